@@ -1,0 +1,1 @@
+"""banger: disposable Linux development VMs (CLI ``banger``, daemon ``bangerd``)."""

@@ -1,0 +1,205 @@
+"""The one error model of banger (DESIGN.md rule 3).
+
+Owns: the ``BangerError`` tree, each class with a stable ``code`` and an HTTP status,
+the wire payload both sides agree on, and the registry the client uses to rebuild
+typed errors from a daemon reply.
+
+Must not: render anything. Errors are rendered in exactly two places: the API's
+error middleware (``banger.api.errors``) as JSON and the CLI's ``main()`` as text.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+ERROR_CLASSES: dict[str, type[BangerError]] = {}
+
+
+class BangerError(Exception):
+    """Base of every error banger raises on purpose: a brief, details and a hint."""
+
+    code: ClassVar[str] = "internal"
+    status: ClassVar[int] = 500
+    default_hint: ClassVar[str | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "code" not in cls.__dict__:
+            raise TypeError(f"{cls.__name__} must define its own error code")
+        if cls.code in ERROR_CLASSES:
+            other = ERROR_CLASSES[cls.code].__name__
+            raise TypeError(f"error code {cls.code!r} used by {other} and {cls.__name__}")
+        ERROR_CLASSES[cls.code] = cls
+
+    def __init__(self, brief: str, *, details: str | None = None, hint: str | None = None):
+        super().__init__(brief)
+        self.brief = brief
+        self.details = details
+        self.hint = hint if hint is not None else self.default_hint
+
+    def to_payload(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "code": self.code,
+                "message": self.brief,
+                "details": self.details,
+                "hint": self.hint,
+            }
+        }
+
+
+ERROR_CLASSES[BangerError.code] = BangerError
+
+
+def error_from_payload(payload: object, *, status: int) -> BangerError:
+    """Rebuild the typed error a daemon reply describes (client side)."""
+    body = payload.get("error") if isinstance(payload, dict) else None
+    if not isinstance(body, dict) or not isinstance(body.get("message"), str):
+        return BadResponse(
+            f"daemon answered HTTP {status} without a banger error body",
+            details=repr(payload)[:500],
+        )
+    cls = ERROR_CLASSES.get(str(body.get("code")), BangerError)
+    err = cls.__new__(cls)
+    BangerError.__init__(
+        err,
+        body["message"],
+        details=_opt_str(body.get("details")),
+        hint=_opt_str(body.get("hint")),
+    )
+    return err
+
+
+def _opt_str(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+# -- input ------------------------------------------------------------------------------
+
+
+class InvalidArgument(BangerError):
+    code = "invalid_argument"
+    status = 400
+
+
+class InvalidRequest(BangerError):
+    """The request body or query did not match the API schema."""
+
+    code = "invalid_request"
+    status = 422
+
+
+class ConfigError(BangerError):
+    code = "config_invalid"
+    status = 400
+    default_hint = "fix the key in ~/.config/banger/config.toml (docs/config.md lists every key)"
+
+
+class UnsupportedHost(BangerError):
+    code = "unsupported_host"
+    status = 400
+    default_hint = "run `banger doctor` to see what this host lacks"
+
+
+# -- lookups and conflicts ----------------------------------------------------------------
+
+
+class NotFound(BangerError):
+    code = "not_found"
+    status = 404
+
+
+class VmNotFound(NotFound):
+    code = "vm_not_found"
+    default_hint = "`banger vm list` shows the VMs that exist"
+
+
+class ImageNotFound(NotFound):
+    code = "image_not_found"
+    default_hint = "`banger image list` shows local images"
+
+
+class KernelNotFound(NotFound):
+    code = "kernel_not_found"
+    default_hint = "`banger kernel list` shows local kernels"
+
+
+class Conflict(BangerError):
+    code = "conflict"
+    status = 409
+
+
+class AlreadyExists(Conflict):
+    code = "already_exists"
+
+
+class InUse(Conflict):
+    code = "in_use"
+
+
+class InvalidState(Conflict):
+    code = "invalid_state"
+
+
+# -- access -------------------------------------------------------------------------------
+
+
+class PermissionDenied(BangerError):
+    code = "permission_denied"
+    status = 403
+
+
+# -- daemon and transport -----------------------------------------------------------------
+
+
+class DaemonUnavailable(BangerError):
+    code = "daemon_unavailable"
+    status = 503
+    default_hint = "`banger daemon status` starts it; `banger daemon logs` shows why it stopped"
+
+
+class DaemonAlreadyRunning(BangerError):
+    code = "daemon_already_running"
+    status = 409
+    default_hint = "stop it with `banger daemon stop`, or use the running one"
+
+
+class DaemonStartFailed(BangerError):
+    code = "daemon_start_failed"
+    status = 500
+    default_hint = "`banger daemon logs` shows the daemon's own account"
+
+
+class BadResponse(BangerError):
+    code = "bad_response"
+    status = 502
+
+
+class Timeout(BangerError):
+    code = "timeout"
+    status = 504
+
+
+class ShuttingDown(BangerError):
+    code = "shutting_down"
+    status = 503
+    default_hint = "the daemon is stopping; run the command again"
+
+
+# -- host work ----------------------------------------------------------------------------
+
+
+class CommandFailed(BangerError):
+    code = "command_failed"
+    status = 500
+
+
+class StateError(BangerError):
+    code = "state_error"
+    status = 500
+    default_hint = "`banger daemon logs` has the details; the state database may need attention"
+
+
+class Interrupted(BangerError):
+    code = "interrupted"
+    status = 499

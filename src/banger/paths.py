@@ -1,0 +1,129 @@
+"""Where banger keeps things on the host (SPEC §2), derived from XDG variables.
+
+Owns: the directory layout and the creation of private (0700, owner-only) directories.
+Must not: create files or decide anything about their contents.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from banger.errors import PermissionDenied
+
+APP = "banger"
+
+
+@dataclass(frozen=True)
+class Layout:
+    config_dir: Path
+    state_dir: Path
+    cache_dir: Path
+    runtime_dir: Path
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, *, uid: int | None = None) -> Layout:
+        env = os.environ if env is None else env
+        uid = os.getuid() if uid is None else uid
+        home = Path(env.get("HOME") or Path.home())
+        state_home = _xdg(env, "XDG_STATE_HOME", home / ".local" / "state")
+        return cls(
+            config_dir=_xdg(env, "XDG_CONFIG_HOME", home / ".config") / APP,
+            state_dir=state_home / APP,
+            cache_dir=_xdg(env, "XDG_CACHE_HOME", home / ".cache") / APP,
+            runtime_dir=_runtime_base(env, uid, state_home / APP / "run"),
+        )
+
+    @property
+    def config_file(self) -> Path:
+        return self.config_dir / "config.toml"
+
+    @property
+    def db_path(self) -> Path:
+        return self.state_dir / "state.db"
+
+    @property
+    def log_file(self) -> Path:
+        return self.state_dir / "bangerd.log"
+
+    @property
+    def socket_path(self) -> Path:
+        return self.runtime_dir / "bangerd.sock"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.runtime_dir / "bangerd.lock"
+
+    @property
+    def start_log_path(self) -> Path:
+        """Where a daemon started by the CLI writes stderr before its log is set up."""
+        return self.runtime_dir / "bangerd.start.log"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.state_dir / "images"
+
+    @property
+    def kernels_dir(self) -> Path:
+        return self.state_dir / "kernels"
+
+    @property
+    def vms_dir(self) -> Path:
+        return self.state_dir / "vms"
+
+    @property
+    def ssh_dir(self) -> Path:
+        return self.state_dir / "ssh"
+
+    @property
+    def oci_cache_dir(self) -> Path:
+        return self.cache_dir / "oci"
+
+    def artifact_roots(self) -> tuple[Path, ...]:
+        """Directories whose entries are published crash-safely (see banger.publish)."""
+        return (self.images_dir, self.kernels_dir, self.vms_dir)
+
+
+def _xdg(env: Mapping[str, str], name: str, default: Path) -> Path:
+    value = env.get(name, "")
+    # The XDG spec says relative values are invalid and must be ignored.
+    return Path(value) if value.startswith("/") else default
+
+
+def _runtime_base(env: Mapping[str, str], uid: int, fallback: Path) -> Path:
+    value = env.get("XDG_RUNTIME_DIR", "")
+    if value.startswith("/"):
+        return Path(value) / APP
+    run_user = Path(f"/run/user/{uid}")
+    try:
+        st = run_user.stat()
+    except OSError:
+        return fallback
+    if st.st_uid == uid and stat.S_ISDIR(st.st_mode):
+        return run_user / APP
+    return fallback
+
+
+def ensure_private_dir(path: Path) -> Path:
+    """Create ``path`` (and parents) so that only the owner can enter it (mode 0700).
+
+    An existing directory owned by someone else is refused: a socket or key inside it
+    could be reached or replaced by that user.
+    """
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = path.lstat()
+    if not stat.S_ISDIR(st.st_mode):
+        raise PermissionDenied(
+            f"{path} is not a directory", hint="remove it; banger recreates it"
+        )
+    if st.st_uid != os.geteuid():
+        raise PermissionDenied(
+            f"{path} belongs to uid {st.st_uid}, not to you (uid {os.geteuid()})",
+            hint="remove it or point XDG_RUNTIME_DIR / XDG_STATE_HOME elsewhere",
+        )
+    if stat.S_IMODE(st.st_mode) != 0o700:
+        path.chmod(0o700)
+    return path
