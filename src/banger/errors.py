@@ -89,6 +89,16 @@ class InvalidRequest(BangerError):
     status = 422
 
 
+class MethodNotAllowed(BangerError):
+    code = "method_not_allowed"
+    status = 405
+
+
+class PayloadTooLarge(BangerError):
+    code = "payload_too_large"
+    status = 413
+
+
 class ConfigError(BangerError):
     code = "config_invalid"
     status = 400

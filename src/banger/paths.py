@@ -116,9 +116,7 @@ def ensure_private_dir(path: Path) -> Path:
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     st = path.lstat()
     if not stat.S_ISDIR(st.st_mode):
-        raise PermissionDenied(
-            f"{path} is not a directory", hint="remove it; banger recreates it"
-        )
+        raise PermissionDenied(f"{path} is not a directory", hint="remove it; banger recreates it")
     if st.st_uid != os.geteuid():
         raise PermissionDenied(
             f"{path} belongs to uid {st.st_uid}, not to you (uid {os.geteuid()})",

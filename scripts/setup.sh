@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Sets up banger on a Debian/Ubuntu machine: system packages (apt), a virtualenv with
+# banger and its locked dependencies (uv), and `banger`/`bangerd` links in ~/.local/bin.
+# Safe to run again: it installs only what is missing and rebuilds banger's build stamp.
+#
+#   scripts/setup.sh          # what a user needs
+#   scripts/setup.sh --dev    # plus test, lint and type-check tools
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+dev=0
+[ "${1:-}" = "--dev" ] && dev=1
+
+# Host tools banger drives (docs/explanation/host-packages.md says why each one).
+packages=(python3 python3-venv git e2fsprogs fakeroot iproute2 nftables openssh-client zstd
+          qemu-system-x86)
+if [ "$dev" = 1 ]; then
+    packages+=(procps)
+fi
+
+missing=()
+for pkg in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "setup: installing system packages: ${missing[*]}"
+    sudo_cmd=()
+    [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+    "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Debian's own python3 (>= 3.11) runs banger; the venv keeps its packages apart.
+if [ ! -x .venv/bin/python ]; then
+    echo "setup: creating .venv with $(/usr/bin/python3 --version)"
+    /usr/bin/python3 -m venv .venv
+fi
+if [ ! -x .venv/bin/uv ]; then
+    .venv/bin/python -m pip install -q --disable-pip-version-check uv
+fi
+sync_args=(--frozen --reinstall-package banger)
+[ "$dev" = 1 ] || sync_args+=(--no-dev)
+UV_PROJECT_ENVIRONMENT=.venv .venv/bin/uv sync -q "${sync_args[@]}"
+
+mkdir -p "$HOME/.local/bin"
+for tool in banger bangerd; do
+    ln -sfn "$PWD/.venv/bin/$tool" "$HOME/.local/bin/$tool"
+done
+case ":$PATH:" in
+    *":$HOME/.local/bin:"*) ;;
+    *) echo "setup: add ~/.local/bin to PATH to run banger from anywhere (or use .venv/bin/banger)";;
+esac
+echo "setup: ready — $(.venv/bin/banger version | head -n 1)"

@@ -1,0 +1,1 @@
+"""The daemon's HTTP/JSON API (FastAPI on a Unix socket the daemon binds itself)."""

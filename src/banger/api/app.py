@@ -1,0 +1,53 @@
+"""The daemon's FastAPI application: routes, middleware and the OpenAPI document.
+
+Owns: mapping HTTP paths to service calls. Must not: contain the services' logic,
+touch SQLite directly or render errors (``banger.api.errors`` does).
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from banger.api import routes_daemon, routes_inventory
+from banger.api.errors import install_error_handlers
+from banger.api.middleware import AccessLogMiddleware, BodyLimitMiddleware
+from banger.api.models import ErrorReply
+from banger.daemon.context import DaemonContext
+from banger.wire import API_PREFIX
+
+ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
+    status: {"model": ErrorReply, "description": "banger error"}
+    for status in (400, 403, 404, 405, 409, 413, 422, 500, 503)
+}
+
+
+def create_app(ctx: DaemonContext) -> FastAPI:
+    app = build_app(ctx.build.version)
+    app.state.ctx = ctx
+    return app
+
+
+def build_app(version: str) -> FastAPI:
+    """The application without a context: enough to produce the OpenAPI document."""
+    app = FastAPI(
+        title="bangerd",
+        version=version,
+        description="banger's daemon API, spoken over a Unix socket owned by one user.",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=f"{API_PREFIX}/openapi.json",
+        responses=ERROR_RESPONSES,
+    )
+    install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware)
+    app.add_middleware(AccessLogMiddleware)
+    app.include_router(routes_daemon.router, prefix=API_PREFIX)
+    app.include_router(routes_inventory.router, prefix=API_PREFIX)
+    return app
+
+
+def openapi_document() -> dict[str, object]:
+    """The committed document (docs/reference/api.json) is this, with the package version."""
+    from importlib.metadata import version
+
+    return build_app(version("banger")).openapi()

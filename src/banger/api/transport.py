@@ -1,0 +1,96 @@
+"""The daemon's listening socket and the per-connection peer check.
+
+Owns: binding the Unix socket inside the private runtime dir with mode 0600 from the
+first instant (umask, then chmod), and refusing connections whose peer uid (SO_PEERCRED)
+is not the daemon's own (SPEC §1, ADVERSARIAL 121-123).
+Must not: know about routes or services.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import struct
+from pathlib import Path
+from typing import Any
+
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from banger.errors import PermissionDenied
+from banger.wire import error_body
+
+log = logging.getLogger("banger.api")
+
+_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+def bind_unix_socket(path: Path) -> socket.socket:
+    """Bind a filesystem (never abstract) socket at ``path``, readable by the owner only."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)
+    try:
+        sock.bind(str(path))
+    except BaseException:
+        sock.close()
+        raise
+    finally:
+        os.umask(old_umask)
+    path.chmod(0o600)
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+def peer_credentials(sock: Any) -> tuple[int, int, int]:
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    pid, uid, gid = _UCRED.unpack(raw)
+    return pid, uid, gid
+
+
+def _refusal(uid: int) -> bytes:
+    err = PermissionDenied(
+        f"this banger daemon belongs to uid {os.geteuid()}; uid {uid} may not use it",
+        hint="run banger as the user that owns the daemon, or start your own daemon",
+    )
+    body = error_body(err)
+    head = (
+        "HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+class PeerCheckedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol, but a connection from another uid gets a 403 and is closed."""
+
+    _refused = False
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        sock = transport.get_extra_info("socket")
+        try:
+            pid, uid, _ = peer_credentials(sock)
+        except OSError:
+            pid, uid = -1, -1
+        if uid != os.geteuid():
+            self._refused = True
+            log.warning("refused connection", extra={"fields": {"peer_uid": uid, "peer_pid": pid}})
+            with contextlib.suppress(OSError):
+                transport.write(_refusal(uid))
+            transport.close()
+            return
+        super().connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._refused:
+            super().data_received(data)
+
+    def eof_received(self) -> None:
+        if not self._refused:
+            super().eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._refused:
+            super().connection_lost(exc)

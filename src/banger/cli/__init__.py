@@ -1,0 +1,1 @@
+"""banger's command-line interface: a thin client of the daemon."""

@@ -1,0 +1,119 @@
+"""``banger daemon status|start|stop|logs``."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+
+from banger.cli.output import emit_json, emit_kv
+from banger.cli.session import Session
+from banger.client import Client
+from banger.launcher import daemon_ping, stop_daemon
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
+@click.group()
+def daemon() -> None:
+    """Start, stop and inspect the per-user daemon (bangerd)."""
+
+
+@daemon.command()
+@json_option
+@click.pass_obj
+def status(session: Session, as_json: bool) -> None:
+    """Show the daemon's build, pid, socket and state (starts it if needed)."""
+    reply = session.client().get("/daemon/status")
+    if as_json:
+        emit_json(reply)
+        return
+    build = reply["build"]
+    counts = reply["db"]["counts"]
+    defaults = reply["vm_defaults"]
+    emit_kv(
+        [
+            ("daemon", f"running, pid {reply['pid']}, up {reply['uptime_s']:.0f}s"),
+            (
+                "build",
+                f"{build['version']} (commit {build['commit']}, built {build['build_time']})",
+            ),
+            ("socket", reply["socket"]),
+            ("state", reply["state_dir"]),
+            ("config", reply["config_file"]),
+            ("log", reply["log_file"]),
+            ("inventory", ", ".join(f"{n} {k}" for k, n in counts.items())),
+            ("vm defaults", defaults["spec_line"].removeprefix("spec: ")),
+        ]
+    )
+
+
+@daemon.command()
+@click.pass_obj
+def start(session: Session) -> None:
+    """Start the daemon if it is not running (other commands do this by themselves)."""
+    ping = session.client().get("/ping")
+    click.echo(f"daemon running, pid {ping['pid']}")
+
+
+@daemon.command()
+@json_option
+@click.pass_obj
+def stop(session: Session, as_json: bool) -> None:
+    """Stop the daemon (waits until it has exited). Not running is not an error."""
+    ping = daemon_ping(session.layout)
+    pid = None if ping is None else int(ping["pid"])
+    if pid is not None:
+        stop_daemon(Client(session.layout.socket_path), pid)
+    if as_json:
+        emit_json({"stopped": pid is not None, "pid": pid})
+    else:
+        click.echo("daemon not running" if pid is None else f"daemon stopped (pid {pid})")
+
+
+@daemon.command()
+@click.option("-n", "--lines", default=50, show_default=True, help="How many recent lines.")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
+@json_option
+@click.pass_obj
+def logs(session: Session, lines: int, follow: bool, as_json: bool) -> None:
+    """Show the daemon's structured log (works while the daemon is down too)."""
+    path = session.layout.log_file
+    if not path.exists():
+        click.echo(f"no daemon log yet ({path})", err=True)
+        return
+    for raw in _tail(path, lines, follow=follow):
+        sys.stdout.write(raw if as_json else format_log_line(raw))
+        sys.stdout.flush()
+
+
+def _tail(path: Path, count: int, *, follow: bool) -> Iterator[str]:
+    with path.open(encoding="utf-8", errors="replace") as fh:
+        recent = fh.readlines()[-count:] if count > 0 else []
+        yield from recent
+        while follow:
+            line = fh.readline()
+            if line:
+                yield line
+            else:
+                time.sleep(0.2)
+
+
+def format_log_line(raw: str) -> str:
+    try:
+        entry: Any = json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+    if not isinstance(entry, dict):
+        return raw
+    head = f"{entry.pop('ts', '?')} {entry.pop('level', '?'):<7} {entry.pop('msg', '')}"
+    entry.pop("logger", None)
+    exc = entry.pop("exc", None)
+    extras = " ".join(f"{k}={json.dumps(v)}" for k, v in entry.items())
+    text = f"{head}  {extras}".rstrip() + "\n"
+    return text + (exc + "\n" if exc else "")

@@ -1,0 +1,74 @@
+"""``banger version``, ``banger doctor`` and ``banger config show``."""
+
+from __future__ import annotations
+
+import click
+
+from banger import buildinfo
+from banger.cli.output import emit_json, emit_kv, follow_stream
+from banger.cli.session import Session
+from banger.errors import BangerError
+from banger.launcher import daemon_ping
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
+class ChecksFailed(BangerError):
+    code = "checks_failed"
+    status = 400
+
+
+@click.command()
+@json_option
+@click.pass_obj
+def version(session: Session, as_json: bool) -> None:
+    """Show the CLI's build and, when a daemon runs, its build (never starts one)."""
+    ours = buildinfo.current()
+    ping = daemon_ping(session.layout)
+    if as_json:
+        emit_json({"cli": ours.as_dict(), "daemon": ping})
+        return
+    rows: list[tuple[str, object]] = [("banger", ours.describe())]
+    if ping is None:
+        rows.append(("daemon", "not running"))
+    else:
+        theirs = buildinfo.BuildInfo(**ping["build"])
+        same = " (same build)" if theirs == ours else " (other build: next command restarts it)"
+        rows.append(("daemon", f"{theirs.describe()}, pid {ping['pid']}{same}"))
+    emit_kv(rows)
+
+
+@click.command()
+@json_option
+@click.pass_obj
+def doctor(session: Session, as_json: bool) -> None:
+    """Check this host for everything banger needs; each check passes, warns or fails.
+
+    Exits 1 when a check fails. `--json` prints the checks as NDJSON progress events.
+    """
+    result = follow_stream(session.client().stream("GET", "/doctor"), as_json=as_json)
+    failed = result.get("failed", []) if isinstance(result, dict) else []
+    if failed:
+        raise ChecksFailed(
+            f"{len(failed)} check(s) failed: {', '.join(failed)}",
+            hint="each failed check above has a hint",
+        )
+
+
+@click.group()
+def config() -> None:
+    """Inspect the configuration (~/.config/banger/config.toml; see docs/config.md)."""
+
+
+@config.command("show")
+@json_option
+@click.pass_obj
+def config_show(session: Session, as_json: bool) -> None:
+    """Show every key in effect and where it came from (default, file, env)."""
+    reply = session.client().get("/config")
+    if as_json:
+        emit_json(reply)
+        return
+    emit_kv([("config file", reply["path"])])
+    sources = reply["sources"]
+    emit_kv([(k, f"{v!r}  [{sources.get(k, 'default')}]") for k, v in reply["values"].items()])

@@ -1,0 +1,90 @@
+"""``banger``: the root command, lazy loading of subcommands, and error rendering.
+
+Owns: turning every outcome into an exit status (0 ok, 1 error, 2 usage, 130 Ctrl-C)
+and printing errors as ``error:``/``hint:`` lines: one of the two places errors are
+rendered. Must not: import heavy modules at start-up; subcommands load on demand.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import click
+
+from banger.cli.session import Session
+from banger.render import format_error
+
+#: command name -> (module, attribute, one-line help shown by `banger --help`)
+LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
+    "version": ("banger.cli.cmd_misc", "version", "Show the CLI's and the daemon's build."),
+    "doctor": ("banger.cli.cmd_misc", "doctor", "Check this host for everything banger needs."),
+    "config": ("banger.cli.cmd_misc", "config", "Show the configuration in effect."),
+    "daemon": ("banger.cli.cmd_daemon", "daemon", "Start, stop and inspect the daemon."),
+    "vm": ("banger.cli.cmd_inventory", "vm", "Manage VMs."),
+    "image": ("banger.cli.cmd_inventory", "image", "Manage images."),
+    "kernel": ("banger.cli.cmd_inventory", "kernel", "Manage kernels."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in LAZY_COMMANDS:
+            module, attr, _ = LAZY_COMMANDS[cmd_name]
+            command = getattr(importlib.import_module(module), attr)
+            assert isinstance(command, click.Command)
+            return command
+        return super().get_command(ctx, cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # Help for the root lists commands without importing every module.
+        rows = [(name, LAZY_COMMANDS[name][2]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks with errors.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """banger: disposable Linux development VMs in one command.
+
+    The CLI talks to a per-user daemon (bangerd) over a Unix socket and starts it
+    when it is not running.
+    """
+    ctx.obj = Session.from_env(debug=debug)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args or os.environ.get("BANGER_DEBUG") == "1"
+    sys.exit(_run(args, debug=debug))
+
+
+def _run(args: list[str], *, debug: bool) -> int:
+    try:
+        result = cli.main(args=args, prog_name="banger", standalone_mode=False)
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except (KeyboardInterrupt, click.Abort):
+        sys.stderr.write("interrupted\n")
+        return 130
+    except BrokenPipeError:
+        # The reader went away (e.g. `banger ... | head`): not an error of ours.
+        _silence_stdout()
+        return 0
+    except Exception as err:  # noqa: BLE001 - every error ends as `error:` + `hint:` here
+        sys.stderr.write(format_error(err, debug=debug))
+        return 1
+    return result if isinstance(result, int) else 0
+
+
+def _silence_stdout() -> None:
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)

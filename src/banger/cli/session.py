@@ -1,0 +1,36 @@
+"""Per-invocation state of the CLI: where things are, debug mode, the daemon client.
+
+Owns: creating the client lazily, auto-starting the daemon on first use and saying
+so on stderr. Must not: render command output.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+
+from banger.client import Client
+from banger.launcher import ensure_daemon
+from banger.paths import Layout
+
+
+@dataclass
+class Session:
+    layout: Layout
+    debug: bool = False
+    _client: Client | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_env(cls, *, debug: bool) -> Session:
+        return cls(layout=Layout.from_env(), debug=debug)
+
+    def client(self) -> Client:
+        """A client of a running daemon of this build, started if need be."""
+        if self._client is None:
+            self._client = ensure_daemon(self.layout, announce=_announce)
+        return self._client
+
+
+def _announce(line: str) -> None:
+    sys.stderr.write(f"banger: {line}\n")
+    sys.stderr.flush()

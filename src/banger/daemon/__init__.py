@@ -1,0 +1,1 @@
+"""bangerd: the daemon that owns all state and all VMs."""

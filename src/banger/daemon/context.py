@@ -1,0 +1,37 @@
+"""What every request handler of the daemon may use, built once at start-up.
+
+Owns: the wiring of layout, config, state database, build stamp and the shutdown
+signal. Must not: hold per-request state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from dataclasses import dataclass, field
+
+from banger.buildinfo import BuildInfo
+from banger.config import Config
+from banger.paths import Layout
+from banger.state.db import AsyncDatabase
+from banger.vmdefaults import HostFacts, VmDefaults, resolve_vm_defaults
+
+
+@dataclass
+class DaemonContext:
+    layout: Layout
+    config: Config
+    db: AsyncDatabase
+    build: BuildInfo
+    host: HostFacts
+    pid: int = field(default_factory=os.getpid)
+    started_at: float = field(default_factory=time.time)
+    shutdown_requested: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def vm_defaults(self) -> VmDefaults:
+        return resolve_vm_defaults(self.config, self.host)
+
+    def uptime_s(self) -> float:
+        return round(time.time() - self.started_at, 3)

@@ -1,0 +1,134 @@
+"""``bangerd``: start-up, serving and orderly shutdown of the daemon.
+
+Owns: the start-up order (private dirs → config → single-instance lock → logs →
+state → leftovers → socket → serve) and undoing it on exit.
+Must not: contain request handling (``banger.api``) or use-case logic (``banger.services``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+
+import uvicorn
+
+from banger import buildinfo
+from banger.api.app import create_app
+from banger.api.transport import PeerCheckedH11Protocol, bind_unix_socket
+from banger.config import load_config
+from banger.daemon.context import DaemonContext
+from banger.daemon.lock import DaemonLock
+from banger.daemon.logs import setup_logging
+from banger.errors import BangerError, DaemonAlreadyRunning
+from banger.paths import Layout, ensure_private_dir
+from banger.publish import cleanup_leftovers
+from banger.render import format_error
+from banger.state.db import AsyncDatabase, Database
+from banger.vmdefaults import HostFacts
+from banger.wire import EXIT_ALREADY_RUNNING
+
+log = logging.getLogger("banger.daemon")
+
+GRACEFUL_SHUTDOWN_S = 10
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="bangerd",
+        description="banger's daemon. Normally started by the `banger` CLI on first use.",
+    )
+    parser.add_argument("--version", action="store_true", help="print the build stamp and exit")
+    parser.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.version:
+        print(f"bangerd {buildinfo.current().describe()}")
+        return
+    try:
+        run(ready_fd=args.ready_fd)
+    except DaemonAlreadyRunning as err:
+        sys.stderr.write(format_error(err, debug=False))
+        sys.exit(EXIT_ALREADY_RUNNING)
+    except BangerError as err:
+        sys.stderr.write(format_error(err, debug=os.environ.get("BANGER_DEBUG") == "1"))
+        sys.exit(1)
+
+
+def run(*, ready_fd: int | None = None) -> None:
+    layout = Layout.from_env()
+    ensure_private_dir(layout.runtime_dir)
+    ensure_private_dir(layout.state_dir)
+    config = load_config(layout=layout)
+    lock = DaemonLock(layout.lock_path, layout.socket_path)
+    lock.acquire()
+    try:
+        setup_logging(layout.log_file, config.log_level)
+        db = Database.open(layout.db_path)
+        try:
+            removed = cleanup_leftovers(layout.artifact_roots())
+            # We hold the lock, so a socket file here is a dead daemon's leftover.
+            layout.socket_path.unlink(missing_ok=True)
+            sock = bind_unix_socket(layout.socket_path)
+            ctx = DaemonContext(
+                layout=layout,
+                config=config,
+                db=AsyncDatabase(db),
+                build=buildinfo.current(),
+                host=HostFacts.probe(),
+            )
+            log.info(
+                "daemon starting",
+                extra={
+                    "fields": {
+                        "pid": ctx.pid,
+                        "socket": str(layout.socket_path),
+                        "build": ctx.build.as_dict(),
+                        "leftovers_removed": [str(p) for p in removed],
+                    }
+                },
+            )
+            try:
+                asyncio.run(_serve(ctx, sock, ready_fd))
+            finally:
+                layout.socket_path.unlink(missing_ok=True)
+                ctx.db.close()
+        finally:
+            db.close()
+    finally:
+        log.info("daemon stopped")
+        lock.release()
+
+
+async def _serve(ctx: DaemonContext, sock: object, ready_fd: int | None) -> None:
+    config = uvicorn.Config(
+        create_app(ctx),
+        http=PeerCheckedH11Protocol,
+        lifespan="off",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+    )
+    server = uvicorn.Server(config)
+    watcher = asyncio.create_task(_watch(server, ctx, ready_fd))
+    try:
+        await server.serve(sockets=[sock])  # type: ignore[list-item]
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+
+
+async def _watch(server: uvicorn.Server, ctx: DaemonContext, ready_fd: int | None) -> None:
+    while not server.started:
+        await asyncio.sleep(0.005)
+    log.info("daemon ready")
+    if ready_fd is not None:
+        with contextlib.suppress(OSError):
+            os.write(ready_fd, b"ready\n")
+            os.close(ready_fd)
+    await ctx.shutdown_requested.wait()
+    log.info("shutdown requested over the API")
+    server.should_exit = True

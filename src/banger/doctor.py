@@ -1,0 +1,201 @@
+"""Host checks for ``banger doctor`` (SPEC §9): each one pass/warn/fail with a hint.
+
+Owns: the list of checks and what each concludes from what it reads on the host.
+Must not: change the host. Checks run in the daemon (it is what will run the VMs) and
+are streamed to the CLI one by one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import platform
+import shutil
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from banger.config import Config
+from banger.paths import Layout
+from banger.vmdefaults import VmDefaults
+from banger.wire import StageState
+
+KVM_GET_API_VERSION = 0xAE00
+KVM_API_VERSION = 12
+MIN_FREE_BYTES = 5 * 1024**3
+
+#: host tool -> Debian package that provides it
+HOST_TOOLS: dict[str, str] = {
+    "mkfs.ext4": "e2fsprogs",
+    "debugfs": "e2fsprogs",
+    "fakeroot": "fakeroot",
+    "ip": "iproute2",
+    "nft": "nftables",
+    "ssh": "openssh-client",
+    "ssh-keygen": "openssh-client",
+    "git": "git",
+    "zstd": "zstd",
+}
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    state: StageState
+    detail: str
+    hint: str | None = None
+
+
+@dataclass(frozen=True)
+class DoctorInputs:
+    layout: Layout
+    config: Config
+    vm_defaults: VmDefaults
+    db_summary: Callable[[], str]
+
+
+Check = Callable[[DoctorInputs], CheckResult]
+
+
+def check_arch(_: DoctorInputs) -> CheckResult:
+    machine = platform.machine()
+    if machine == "x86_64":
+        return CheckResult(StageState.OK, machine)
+    return CheckResult(
+        StageState.FAIL,
+        f"{machine} is not supported yet",
+        hint="banger runs on x86_64 hosts only for now",
+    )
+
+
+def check_kvm(_: DoctorInputs) -> CheckResult:
+    path = "/dev/kvm"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return CheckResult(
+            StageState.WARN,
+            "/dev/kvm is absent: VMs run under QEMU software emulation",
+            hint="enable virtualisation in the firmware and load kvm_intel or kvm_amd",
+        )
+    except PermissionError:
+        return CheckResult(
+            StageState.WARN,
+            "/dev/kvm exists but you cannot open it",
+            hint="add yourself to the kvm group: sudo usermod -aG kvm $USER (then log in again)",
+        )
+    try:
+        version = fcntl.ioctl(fd, KVM_GET_API_VERSION)
+    except OSError as exc:
+        return CheckResult(StageState.WARN, f"/dev/kvm does not answer ioctls: {exc}")
+    finally:
+        os.close(fd)
+    if version != KVM_API_VERSION:
+        return CheckResult(StageState.WARN, f"/dev/kvm reports API version {version}")
+    return CheckResult(
+        StageState.OK,
+        "/dev/kvm opens and reports API 12 (whether it can run a guest is tried at first boot)",
+    )
+
+
+def check_vmm(inputs: DoctorInputs) -> CheckResult:
+    qemu = _find(inputs.config.qemu_bin, "qemu-system-x86_64")
+    firecracker = _find(inputs.config.firecracker_bin, "firecracker")
+    found = [
+        f"{name}: {path}" for name, path in (("qemu", qemu), ("firecracker", firecracker)) if path
+    ]
+    if not found:
+        return CheckResult(
+            StageState.FAIL,
+            "neither qemu-system-x86_64 nor firecracker found",
+            hint="sudo apt-get install qemu-system-x86 (or set qemu_bin in config.toml)",
+        )
+    return CheckResult(StageState.OK, "; ".join(found))
+
+
+def check_host_tools(_: DoctorInputs) -> CheckResult:
+    missing = sorted({tool for tool in HOST_TOOLS if shutil.which(tool) is None})
+    if not missing:
+        return CheckResult(StageState.OK, ", ".join(HOST_TOOLS))
+    packages = " ".join(sorted({HOST_TOOLS[t] for t in missing}))
+    return CheckResult(
+        StageState.WARN,
+        "missing: " + ", ".join(missing),
+        hint=f"sudo apt-get install {packages}",
+    )
+
+
+def check_config(inputs: DoctorInputs) -> CheckResult:
+    path = inputs.config.path or inputs.layout.config_file
+    where = str(path) if path.exists() else f"{path} (absent: built-in defaults)"
+    return CheckResult(StageState.OK, f"loaded {where}")
+
+
+def check_vm_defaults(inputs: DoctorInputs) -> CheckResult:
+    d = inputs.vm_defaults
+    detail = (
+        f"vcpu {d.vcpu.value} ({d.vcpu.source}) · memory {d.memory_mib.value} MiB "
+        f"({d.memory_mib.source}) · disk {d.disk_size_bytes.value // 1024**3}G "
+        f"({d.disk_size_bytes.source})"
+    )
+    return CheckResult(
+        StageState.OK,
+        detail,
+        hint=f"override in [vm_defaults] of {inputs.layout.config_file}",
+    )
+
+
+def check_state(inputs: DoctorInputs) -> CheckResult:
+    return CheckResult(StageState.OK, inputs.db_summary())
+
+
+def check_disk_space(inputs: DoctorInputs) -> CheckResult:
+    usage = shutil.disk_usage(inputs.layout.state_dir)
+    free_gib = usage.free / 1024**3
+    if usage.free < MIN_FREE_BYTES:
+        return CheckResult(
+            StageState.WARN,
+            f"{free_gib:.1f} GiB free under {inputs.layout.state_dir}",
+            hint="images and VM disks need several GiB; free some space",
+        )
+    return CheckResult(StageState.OK, f"{free_gib:.1f} GiB free")
+
+
+def check_runtime_dir(inputs: DoctorInputs) -> CheckResult:
+    rdir = inputs.layout.runtime_dir
+    st = rdir.stat()
+    sock_mode = _mode(inputs.layout.socket_path)
+    if stat.S_IMODE(st.st_mode) != 0o700 or sock_mode not in (None, 0o600):
+        return CheckResult(
+            StageState.FAIL,
+            f"{rdir} or its socket is reachable by others",
+            hint=f"chmod 700 {rdir}; restart the daemon",
+        )
+    return CheckResult(StageState.OK, f"{rdir} (0700, socket 0600)")
+
+
+#: (stage name, check) in the order they run and print
+CHECKS: tuple[tuple[str, Check], ...] = (
+    ("architecture", check_arch),
+    ("kvm", check_kvm),
+    ("vmm", check_vmm),
+    ("host tools", check_host_tools),
+    ("config", check_config),
+    ("vm defaults", check_vm_defaults),
+    ("state", check_state),
+    ("disk space", check_disk_space),
+    ("runtime dir", check_runtime_dir),
+)
+
+
+def _find(configured: str | None, default: str) -> str | None:
+    if configured:
+        return configured if os.access(configured, os.X_OK) else None
+    return shutil.which(default)
+
+
+def _mode(path: Path) -> int | None:
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        return None

@@ -1,0 +1,1 @@
+"""Services: the daemon's use cases, combining state, host and subsystems."""

@@ -1,0 +1,87 @@
+"""What the daemon says about itself: ping, status, resolved config, doctor stream.
+
+Owns: assembling those replies from the daemon context. Must not: speak HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from banger.daemon.context import DaemonContext
+from banger.doctor import CHECKS, DoctorInputs
+from banger.state import repo
+from banger.state.db import Database
+from banger.vmdefaults import spec_line
+from banger.wire import StageState, result_event, stage_event
+
+
+def ping(ctx: DaemonContext) -> dict[str, Any]:
+    return {"build": ctx.build.as_dict(), "pid": ctx.pid, "started_at": ctx.started_at}
+
+
+def vm_defaults_reply(ctx: DaemonContext) -> dict[str, Any]:
+    d = ctx.vm_defaults
+    reply: dict[str, Any] = d.as_dict()
+    reply["spec_line"] = spec_line(d.vcpu.value, d.memory_mib.value, d.disk_size_bytes.value)
+    return reply
+
+
+def _db_info(db: Database) -> dict[str, Any]:
+    return {
+        "path": str(db.path),
+        "schema_version": db.schema_version(),
+        "counts": repo.counts(db),
+    }
+
+
+async def db_info(ctx: DaemonContext) -> dict[str, Any]:
+    info: dict[str, Any] = await ctx.db.run(_db_info)
+    return info
+
+
+async def status(ctx: DaemonContext) -> dict[str, Any]:
+    layout = ctx.layout
+    return {
+        **ping(ctx),
+        "uptime_s": ctx.uptime_s(),
+        "socket": str(layout.socket_path),
+        "state_dir": str(layout.state_dir),
+        "config_file": str(ctx.config.path or layout.config_file),
+        "log_file": str(layout.log_file),
+        "db": await db_info(ctx),
+        "vm_defaults": vm_defaults_reply(ctx),
+    }
+
+
+def _db_summary(db: Database) -> str:
+    integrity = db.integrity_check()
+    counts = repo.counts(db)
+    listed = ", ".join(f"{n} {k}" for k, n in counts.items())
+    return f"{db.path} (schema {db.schema_version()}, integrity {integrity}; {listed})"
+
+
+async def doctor_events(ctx: DaemonContext) -> AsyncIterator[dict[str, Any]]:
+    summary: str = await ctx.db.run(_db_summary)
+    inputs = DoctorInputs(ctx.layout, ctx.config, ctx.vm_defaults, lambda: summary)
+    checks: list[dict[str, Any]] = []
+    for name, check in CHECKS:
+        yield stage_event(name, StageState.RUNNING)
+        started = time.monotonic()
+        result = await asyncio.to_thread(check, inputs)
+        elapsed_ms = int((time.monotonic() - started) * 1000)
+        yield stage_event(
+            name, result.state, detail=result.detail, hint=result.hint, elapsed_ms=elapsed_ms
+        )
+        checks.append(
+            {
+                "name": name,
+                "state": result.state.value,
+                "detail": result.detail,
+                "hint": result.hint,
+            }
+        )
+    failed = [c["name"] for c in checks if c["state"] == StageState.FAIL]
+    yield result_event({"ok": not failed, "failed": failed, "checks": checks})

@@ -1,0 +1,51 @@
+"""Read-only views of what the daemon knows: VMs, images, kernels.
+
+Owns: fetching records through ``banger.state.repo`` and turning them into JSON-able
+dicts. Must not: change anything (the lifecycle services do that).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+from banger.daemon.context import DaemonContext
+from banger.state import repo
+
+
+def record_dict(record: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(record):
+        value = getattr(record, f.name)
+        if isinstance(value, datetime):
+            value = value.isoformat()
+        elif isinstance(value, Enum):
+            value = value.value
+        out[f.name] = value
+    return out
+
+
+async def list_vms(ctx: DaemonContext) -> list[dict[str, Any]]:
+    return [record_dict(r) for r in await ctx.db.run(repo.list_vms)]
+
+
+async def get_vm(ctx: DaemonContext, name: str) -> dict[str, Any]:
+    return record_dict(await ctx.db.run(repo.get_vm, name))
+
+
+async def list_images(ctx: DaemonContext) -> list[dict[str, Any]]:
+    return [record_dict(r) for r in await ctx.db.run(repo.list_images)]
+
+
+async def get_image(ctx: DaemonContext, name: str) -> dict[str, Any]:
+    return record_dict(await ctx.db.run(repo.get_image, name))
+
+
+async def list_kernels(ctx: DaemonContext) -> list[dict[str, Any]]:
+    return [record_dict(r) for r in await ctx.db.run(repo.list_kernels)]
+
+
+async def get_kernel(ctx: DaemonContext, name: str) -> dict[str, Any]:
+    return record_dict(await ctx.db.run(repo.get_kernel, name))

@@ -1,0 +1,68 @@
+"""The CLI's contract for failures: `error:`/`hint:` lines, exit 1; usage errors exit 2;
+a malformed config stops the daemon from starting and names the key (ADVERSARIAL 53-55)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import BangerHome
+
+
+def test_not_found_prints_error_and_hint_and_exits_1(home: BangerHome) -> None:
+    out = home.banger("vm", "show", "ghost")
+    assert out.returncode == 1
+    lines = [line for line in out.stderr.splitlines() if not line.startswith("banger: started")]
+    assert lines[0].startswith("error: ") and "ghost" in lines[0]
+    assert lines[-1].startswith("hint: ")
+    assert "Traceback" not in out.stderr
+
+
+def test_debug_adds_a_traceback(home: BangerHome) -> None:
+    out = home.banger("--debug", "vm", "show", "ghost")
+    assert out.returncode == 1
+    assert "Traceback" in out.stderr
+
+
+@pytest.mark.parametrize("args", [["vm", "show"], ["no-such-command"], ["vm", "list", "--bogus"]])
+def test_usage_errors_exit_2(home: BangerHome, args: list[str]) -> None:
+    out = home.banger(*args)
+    assert out.returncode == 2, out.stderr
+
+
+@pytest.mark.parametrize(
+    ("config", "named"),
+    [
+        ("memroy = 1\n", "memroy"),
+        ("[vm_defaults]\nmemory_mib = -1\n", "vm_defaults.memory_mib"),
+        ("[vm_defaults]\nvcpu = true\n", "vm_defaults.vcpu"),
+        ('[[file_sync]]\nhost = "relative/path"\nguest = "~/x"\n', "file_sync[0].host"),
+        ('[[file_sync]]\nhost = "~/a"\nguest = "/etc/passwd"\n', "file_sync[0].guest"),
+        ("log_level = \n", "line 1"),
+    ],
+)
+def test_malformed_config_refuses_to_start_naming_the_key_e53_e54_e55(
+    home: BangerHome, config: str, named: str
+) -> None:
+    home.write_config(config)
+    out = home.banger("daemon", "status")
+    assert out.returncode == 1
+    assert "error: the daemon could not start" in out.stderr
+    assert named in out.stderr
+    assert "hint:" in out.stderr
+    assert not home.socket.exists()
+
+
+def test_empty_config_is_all_defaults_e53(home: BangerHome) -> None:
+    home.write_config("")
+    out = home.banger("config", "show", "--json")
+    assert out.returncode == 0, out.stderr
+    assert '"default_image_name": "debian-bookworm"' in out.stdout
+
+
+def test_list_commands_have_json_and_empty_text(home: BangerHome) -> None:
+    for kind in ("vm", "image", "kernel"):
+        as_json = home.banger(kind, "list", "--json")
+        assert as_json.returncode == 0, as_json.stderr
+        assert as_json.stdout.strip() == "[]"
+        text = home.banger(kind, "list")
+        assert text.stdout.strip().startswith("no ")

@@ -1,0 +1,100 @@
+"""Shared fixtures: an isolated banger home per test and helpers to run the real CLI."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+
+
+@dataclass
+class BangerHome:
+    """HOME and XDG dirs of a throwaway user profile; env to run banger in it."""
+
+    root: Path
+    env: dict[str, str]
+
+    @property
+    def config_file(self) -> Path:
+        return Path(self.env["XDG_CONFIG_HOME"]) / "banger" / "config.toml"
+
+    @property
+    def runtime_dir(self) -> Path:
+        return Path(self.env["XDG_RUNTIME_DIR"]) / "banger"
+
+    @property
+    def socket(self) -> Path:
+        return self.runtime_dir / "bangerd.sock"
+
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.env["XDG_STATE_HOME"]) / "banger"
+
+    def write_config(self, text: str) -> Path:
+        self.config_file.parent.mkdir(parents=True, exist_ok=True)
+        self.config_file.write_text(text)
+        self.config_file.chmod(0o600)
+        return self.config_file
+
+    def banger(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(BIN / "banger"), *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def daemon_pid(self) -> int | None:
+        lock = self.runtime_dir / "bangerd.lock"
+        with contextlib.suppress(OSError, ValueError):
+            text = lock.read_text().strip()
+            return int(text) if text else None
+        return None
+
+
+def make_home(root: Path) -> BangerHome:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "BANGER_"))}
+    for name, sub in (
+        ("HOME", "home"),
+        ("XDG_CONFIG_HOME", "config"),
+        ("XDG_STATE_HOME", "state"),
+        ("XDG_CACHE_HOME", "cache"),
+        ("XDG_RUNTIME_DIR", "run"),
+    ):
+        path = root / sub
+        path.mkdir(parents=True, exist_ok=True)
+        env[name] = str(path)
+    env["PATH"] = f"{BIN}:{env.get('PATH', '/usr/bin:/bin')}"
+    return BangerHome(root=root, env=env)
+
+
+def stop_daemon_of(home: BangerHome) -> None:
+    """Stop a daemon this test started: politely, then by its pid (ours)."""
+    pid = home.daemon_pid()
+    home.banger("daemon", "stop", timeout=30)
+    if pid is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def home() -> Iterator[BangerHome]:
+    # A short base path keeps socket paths far below the 108-byte sun_path limit.
+    with tempfile.TemporaryDirectory(prefix="bgr-") as tmp:
+        h = make_home(Path(tmp))
+        try:
+            yield h
+        finally:
+            stop_daemon_of(h)

@@ -1,0 +1,91 @@
+"""The error model: unique codes, every class known to the client, text rendering."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+import pytest
+
+import banger
+from banger import errors
+from banger.errors import ERROR_CLASSES, BangerError, error_from_payload
+from banger.render import format_error
+
+
+def _all_error_classes() -> set[type[BangerError]]:
+    for mod in pkgutil.walk_packages(banger.__path__, "banger."):
+        if mod.name.endswith("__main__"):
+            continue
+        importlib.import_module(mod.name)
+    seen: set[type[BangerError]] = set()
+    todo: list[type[BangerError]] = [BangerError]
+    while todo:
+        cls = todo.pop()
+        seen.add(cls)
+        todo.extend(c for c in cls.__subclasses__() if c not in seen)
+    return seen
+
+
+def test_every_error_class_is_registered_under_its_own_unique_code() -> None:
+    classes = _all_error_classes()
+    codes = [c.code for c in classes]
+    assert len(codes) == len(set(codes)), "two classes share a code"
+    for cls in classes:
+        assert ERROR_CLASSES[cls.code] is cls
+
+
+def test_a_duplicate_code_is_refused_at_definition() -> None:
+    with pytest.raises(TypeError, match="used by"):
+        type("Dup", (BangerError,), {"code": "vm_not_found"})
+
+
+def test_a_subclass_without_its_own_code_is_refused() -> None:
+    with pytest.raises(TypeError, match="own error code"):
+        type("NoCode", (errors.NotFound,), {})
+
+
+@pytest.mark.parametrize("cls", sorted(_all_error_classes(), key=lambda c: c.code))
+def test_client_rebuilds_the_same_typed_error(cls: type[BangerError]) -> None:
+    original = cls("brief text", details="line one\nline two", hint="do this")
+    rebuilt = error_from_payload(original.to_payload(), status=cls.status)
+    assert type(rebuilt) is cls
+    assert (rebuilt.brief, rebuilt.details, rebuilt.hint) == (
+        "brief text",
+        original.details,
+        "do this",
+    )
+    assert 400 <= cls.status < 600
+
+
+def test_unknown_code_becomes_the_base_error_and_garbage_a_bad_response() -> None:
+    err = error_from_payload({"error": {"code": "from_the_future", "message": "m"}}, status=500)
+    assert type(err) is BangerError
+    assert err.brief == "m"
+    garbage = error_from_payload("<html>oops</html>", status=502)
+    assert isinstance(garbage, errors.BadResponse)
+
+
+def test_text_rendering_has_error_details_and_hint_lines() -> None:
+    err = errors.VmNotFound("no VM named x", details="checked 3 VMs")
+    text = format_error(err, debug=False)
+    assert text.splitlines() == [
+        "error: no VM named x",
+        "  checked 3 VMs",
+        "hint: `banger vm list` shows the VMs that exist",
+    ]
+
+
+def test_debug_rendering_adds_the_traceback() -> None:
+    try:
+        raise errors.StateError("db broke")
+    except errors.StateError as exc:
+        text = format_error(exc, debug=True)
+    assert "Traceback" in text
+    assert text.rstrip().splitlines()[-2] == "error: db broke"
+
+
+def test_unexpected_exception_renders_with_a_hint() -> None:
+    text = format_error(ValueError("boom"), debug=False)
+    assert text.startswith("error: unexpected ValueError: boom")
+    assert "hint:" in text
