@@ -1,0 +1,76 @@
+"""Routes of images: register, promote (NDJSON progress), list, show, delete."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path
+from pydantic import Field, StrictStr
+from starlette.responses import StreamingResponse
+
+from banger.api.deps import Ctx
+from banger.api.models import ImageInfo, StageEvent, Strict
+from banger.api.progress import ndjson_response
+from banger.images.register import Registration
+from banger.kernels import NAME_PATTERN
+from banger.services import images
+from banger.wire import NDJSON
+
+router = APIRouter(tags=["images"])
+#: A name as it may appear in a URL; the strict rules are checked by the service.
+Name = Annotated[str, Path(min_length=1, max_length=128)]
+#: Host paths: absolute (the CLI makes them so). Longer than PATH_MAX is refused by the
+#: service with a clear message, so the schema only bounds the body.
+HostPath = Annotated[StrictStr, Field(pattern="^/", max_length=8192)]
+ArtifactName = Annotated[StrictStr, Field(pattern=NAME_PATTERN)]
+STREAM: dict[int | str, dict[str, Any]] = {
+    200: {
+        "content": {NDJSON: {"schema": StageEvent.model_json_schema()}},
+        "description": "one StageEvent per line; the result holds the image",
+    }
+}
+
+
+class ImageRegisterBody(Strict):
+    name: ArtifactName
+    rootfs: HostPath
+    kernel: HostPath | None = None
+    kernel_ref: ArtifactName | None = None
+    initrd: HostPath | None = None
+    modules: HostPath | None = None
+    work_seed: HostPath | None = None
+
+
+class ImageDeleted(Strict):
+    name: str
+    deleted: bool
+    files_removed: bool
+
+
+@router.post("/images/register", response_model=ImageInfo, status_code=201)
+async def register_image(ctx: Ctx, body: ImageRegisterBody) -> dict[str, Any]:
+    """Record host files as an unmanaged image; the files stay where they are."""
+    return await images.register(ctx, Registration(**body.model_dump()))
+
+
+@router.post("/images/{name}/promote", response_class=StreamingResponse, responses=STREAM)
+async def promote_image(ctx: Ctx, name: Name) -> StreamingResponse:
+    """Copy a registered image's files into banger's own store, with progress."""
+    image = await images.plan_promote(ctx, name)
+    return ndjson_response(images.promote_events(ctx, image))
+
+
+@router.get("/images", response_model=list[ImageInfo])
+async def list_images(ctx: Ctx) -> list[dict[str, Any]]:
+    return await images.list_images(ctx)
+
+
+@router.get("/images/{name}", response_model=ImageInfo)
+async def show_image(ctx: Ctx, name: Name) -> dict[str, Any]:
+    return await images.get_image(ctx, name)
+
+
+@router.delete("/images/{name}", response_model=ImageDeleted)
+async def delete_image(ctx: Ctx, name: Name) -> dict[str, Any]:
+    """Delete an image; refused (409 in_use) while a VM uses it. Registered files stay."""
+    return await images.delete_image(ctx, name)

@@ -1,0 +1,67 @@
+"""Routes of the local kernel store: import (NDJSON progress), list, show, remove."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path
+from pydantic import Field, StrictBool, StrictStr
+from starlette.responses import StreamingResponse
+
+from banger.api.deps import Ctx
+from banger.api.models import KernelInfo, StageEvent, Strict
+from banger.api.progress import ndjson_response
+from banger.kernels import NAME_PATTERN
+from banger.services import kernels
+from banger.wire import NDJSON
+
+router = APIRouter(tags=["kernels"])
+#: A name as it may appear in a URL; the strict rules are checked by the service.
+Name = Annotated[str, Path(min_length=1, max_length=128)]
+STREAM: dict[int | str, dict[str, Any]] = {
+    200: {
+        "content": {NDJSON: {"schema": StageEvent.model_json_schema()}},
+        "description": "one StageEvent per line; the result holds the kernel",
+    }
+}
+
+
+class KernelImportBody(Strict):
+    name: StrictStr = Field(pattern=NAME_PATTERN)
+    #: An absolute path on the daemon's host (the CLI makes relative paths absolute).
+    source_dir: StrictStr = Field(pattern="^/", max_length=8192)
+    force: StrictBool = False
+
+
+class KernelDetail(KernelInfo):
+    manifest: dict[str, Any] | None = None
+
+
+class KernelRemoved(Strict):
+    name: str
+    removed: bool
+    files_removed: bool
+
+
+@router.post("/kernels/import", response_class=StreamingResponse, responses=STREAM)
+async def import_kernel(ctx: Ctx, body: KernelImportBody) -> StreamingResponse:
+    """Discover a kernel in a host directory and copy it into the store, with progress."""
+    plan = await kernels.plan_import(ctx, body.name, body.source_dir, force=body.force)
+    return ndjson_response(kernels.import_events(ctx, plan))
+
+
+@router.get("/kernels", response_model=list[KernelInfo])
+async def list_kernels(ctx: Ctx) -> list[dict[str, Any]]:
+    return await kernels.list_kernels(ctx)
+
+
+@router.get("/kernels/{name}", response_model=KernelDetail)
+async def show_kernel(ctx: Ctx, name: Name) -> dict[str, Any]:
+    """The kernel's row and its manifest.json."""
+    return await kernels.get_kernel(ctx, name)
+
+
+@router.delete("/kernels/{name}", response_model=KernelRemoved)
+async def remove_kernel(ctx: Ctx, name: Name) -> dict[str, Any]:
+    """Remove a kernel; refused (409 in_use) while an image refers to it."""
+    return await kernels.remove_kernel(ctx, name)

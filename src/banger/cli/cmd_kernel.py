@@ -1,0 +1,112 @@
+"""``banger kernel import|list|show|rm``: the local kernel store (docs/kernels.md)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+from urllib.parse import quote
+
+import click
+
+from banger.cli.output import emit_json, emit_kv, emit_table, follow_stream
+from banger.cli.session import Session
+from banger.kernels import validate_name
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
+def absolute(path: str) -> str:
+    """``path`` made absolute against the CLI's cwd: the daemon's cwd means nothing."""
+    # abspath, not resolve(): a symlink the user named stays the path recorded.
+    return os.path.abspath(path)  # noqa: PTH100
+
+
+def show_record(reply: dict[str, Any], *, skip: tuple[str, ...] = ()) -> None:
+    emit_kv([(k, "-" if v is None else v) for k, v in reply.items() if k not in skip])
+
+
+@click.group()
+def kernel() -> None:
+    """Manage kernels in the local store (docs/kernels.md)."""
+
+
+@kernel.command("import")
+@click.argument("name")
+@click.option(
+    "--from",
+    "source",
+    required=True,
+    metavar="DIR",
+    help="Directory holding the kernel: boot/vmlinuz-<v>, lib/modules/<v>, ...",
+)
+@click.option("--force", is_flag=True, help="Replace a kernel of the same name.")
+@json_option
+@click.pass_obj
+def kernel_import(session: Session, name: str, source: str, force: bool, as_json: bool) -> None:
+    """Import the kernel found in DIR as NAME.
+
+    Keeps an ELF vmlinux (extracted from a bzImage when needed), the bzImage, an initrd
+    (built from the modules when DIR has none) and the modules. `--json` prints the
+    progress as NDJSON events.
+    """
+    validate_name(name)  # here too, so the message is ours and not the schema's
+    body = {"name": name, "source_dir": absolute(source), "force": force}
+    events = session.client().stream("POST", "/kernels/import", body)
+    result = follow_stream(events, as_json=as_json)
+    if not as_json and isinstance(result, dict):
+        version = result.get("version") or "unknown version"
+        click.echo(f"imported kernel {result['name']} ({version}) into {result['dir_path']}")
+
+
+@kernel.command("list")
+@json_option
+@click.pass_obj
+def kernel_list(session: Session, as_json: bool) -> None:
+    """List local kernels."""
+    kernels: list[dict[str, Any]] = session.client().get("/kernels")
+    if as_json:
+        emit_json(kernels)
+        return
+    rows = [
+        (
+            k["name"],
+            k["version"] or "-",
+            k["distro"] or "-",
+            k["arch"],
+            "yes" if k["has_initrd"] else "no",
+            k["source"],
+        )
+        for k in kernels
+    ]
+    columns = ("NAME", "VERSION", "DISTRO", "ARCH", "INITRD", "SOURCE")
+    emit_table(columns, rows, empty="no kernels")
+
+
+@kernel.command("show")
+@click.argument("name")
+@json_option
+@click.pass_obj
+def kernel_show(session: Session, name: str, as_json: bool) -> None:
+    """Show one kernel and its manifest."""
+    reply: dict[str, Any] = session.client().get(f"/kernels/{quote(name, safe='')}")
+    if as_json:
+        emit_json(reply)
+        return
+    show_record(reply, skip=("manifest",))
+    manifest = reply.get("manifest") or {}
+    files = manifest.get("files") or {}
+    emit_kv([("initrd", manifest.get("initrd_origin", "-"))])
+    for entry, info in files.items():
+        origin = f" ({info['origin']})" if isinstance(info, dict) and "origin" in info else ""
+        emit_kv([(f"file {entry}", f"{reply['dir_path']}/{entry}{origin}")])
+
+
+@kernel.command("rm")
+@click.argument("names", nargs=-1, required=True, metavar="NAME...")
+@click.pass_obj
+def kernel_rm(session: Session, names: tuple[str, ...]) -> None:
+    """Remove kernels; refused while an image uses one."""
+    client = session.client()
+    for name in names:
+        client.request("DELETE", f"/kernels/{quote(name, safe='')}")
+        click.echo(f"removed kernel {name}")

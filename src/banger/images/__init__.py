@@ -1,0 +1,1 @@
+"""Images (SPEC §5): rootfs, work seed, kernel, initrd and modules, registered or managed."""
