@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the VM (e2e) tests need, and only the missing ones.
+# Idempotent: a second run installs nothing and touches no package list.
+#
+# It never installs a kernel on the host: the guest kernel is fetched by tests/guests.py
+# with `apt-get download linux-image-cloud-amd64` and unpacked with `dpkg-deb -x` into the
+# test cache ($BANGER_TEST_CACHE, default /var/tmp/banger-test-cache), never into /boot.
+set -euo pipefail
+
+packages=(
+    qemu-system-x86   # qemu-system-x86_64 (TCG) boots the test guests
+    busybox-static    # the guests' initrd and tiny rootfs
+    dropbear-bin      # SSH server of the tiny rootfs (dropbear, dropbearconvert)
+    debootstrap       # the Debian test rootfs
+    e2fsprogs         # mkfs.ext4 -d, debugfs
+    fakeroot
+    cpio              # initrd archives
+    gzip
+    kmod              # depmod for the unpacked guest kernel modules
+    iproute2          # ip netns / bridge / tuntap
+    openssh-client    # ssh, ssh-keygen
+    lz4
+    zstd
+    dpkg-dev          # dpkg-deb (apt-get download + dpkg-deb -x)
+    ca-certificates
+    xfsprogs          # a reflink-capable filesystem for the disk-clone test (loop mount)
+    lzop              # lzo-compressed kernel payloads in the vmlinux extraction tests
+)
+
+missing=()
+for pkg in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+done
+if [ "${#missing[@]}" -eq 0 ]; then
+    exit 0
+fi
+
+echo "test-deps: installing system packages: ${missing[*]}"
+sudo_cmd=()
+[ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+"${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+"${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
