@@ -13,10 +13,7 @@ dev=0
 
 # Host tools banger drives (docs/explanation/host-packages.md says why each one).
 packages=(python3 python3-venv git e2fsprogs fakeroot iproute2 nftables openssh-client zstd
-          qemu-system-x86)
-if [ "$dev" = 1 ]; then
-    packages+=(procps)
-fi
+          lz4 busybox-static qemu-system-x86)
 
 missing=()
 for pkg in "${packages[@]}"; do
@@ -29,6 +26,9 @@ if [ "${#missing[@]}" -gt 0 ]; then
     "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
     "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+
+# The VM tests need a few more (debootstrap, dropbear for the tiny test guest, …).
+[ "$dev" = 1 ] && scripts/test-deps.sh
 
 # Debian's own python3 (>= 3.11) runs banger; the venv keeps its packages apart.
 if [ ! -x .venv/bin/python ]; then

@@ -51,6 +51,14 @@ class BangerError(Exception):
 ERROR_CLASSES[BangerError.code] = BangerError
 
 
+def internal_error() -> BangerError:
+    """What a caller sees for an exception nobody anticipated (the log has the traceback)."""
+    return BangerError(
+        "internal error in the daemon",
+        hint="`banger daemon logs` shows the traceback; please report it",
+    )
+
+
 def error_from_payload(payload: object, *, status: int) -> BangerError:
     """Rebuild the typed error a daemon reply describes (client side)."""
     body = payload.get("error") if isinstance(payload, dict) else None

@@ -9,13 +9,17 @@ import tempfile
 from pathlib import Path
 
 import schemathesis
+from fastapi import FastAPI
 from hypothesis import settings
+from schemathesis.checks import positive_data_acceptance
 
 from banger import buildinfo
 from banger.api.app import create_app, openapi_document
 from banger.config import load_config
 from banger.daemon.context import DaemonContext
+from banger.net.privileged import InProcessPrivilegedOps
 from banger.paths import Layout, ensure_private_dir
+from banger.services.vms import VmService
 from banger.state.db import AsyncDatabase, Database
 from banger.vmdefaults import HostFacts
 
@@ -49,11 +53,26 @@ def test_committed_document_matches_the_code() -> None:
     )
 
 
-APP = create_app(_context())
-schema = schemathesis.openapi.from_asgi("/v1/openapi.json", APP)
+def _app() -> FastAPI:
+    ctx = _context()
+    ops = InProcessPrivilegedOps(ctx.runner, bridge_name=ctx.config.bridge_name)
+    ctx.vms = VmService(ctx, ops)
+    return create_app(ctx)
+
+
+APP = _app()
+# Excluded from fuzzing, each covered by its own tests: importing a kernel from a random
+# host directory (on a workstation "/" holds /boot/vmlinuz-*: it would really import it)
+# and promoting an image (a large copy). Nothing in the fuzzed state exists, so
+# create/start/kill/… of VMs end in clear 404s before any host resource is touched.
+schema = schemathesis.openapi.from_asgi("/v1/openapi.json", APP).exclude(
+    path_regex=r"^/v1/(kernels/import|images/[^/]+/promote)$"
+)
 
 
 @schema.parametrize()
 @settings(max_examples=40, deadline=None)
 def test_api_fuzz_no_server_errors(case: schemathesis.Case) -> None:
-    case.call_and_validate()
+    # Schema-valid requests may still name things that do not exist (404) or host paths
+    # that are not what they must be (400): "positive data acceptance" cannot hold here.
+    case.call_and_validate(excluded_checks=[positive_data_acceptance])

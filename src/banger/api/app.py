@@ -8,7 +8,13 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from banger.api import routes_daemon, routes_inventory
+from banger.api import (
+    routes_daemon,
+    routes_images,
+    routes_inventory,
+    routes_kernels,
+    routes_vms,
+)
 from banger.api.errors import install_error_handlers
 from banger.api.middleware import AccessLogMiddleware, BodyLimitMiddleware
 from banger.api.models import ErrorReply
@@ -43,6 +49,9 @@ def build_app(version: str) -> FastAPI:
     app.add_middleware(AccessLogMiddleware)
     app.include_router(routes_daemon.router, prefix=API_PREFIX)
     app.include_router(routes_inventory.router, prefix=API_PREFIX)
+    app.include_router(routes_vms.router, prefix=API_PREFIX)
+    app.include_router(routes_kernels.router, prefix=API_PREFIX)
+    app.include_router(routes_images.router, prefix=API_PREFIX)
     return app
 
 

@@ -15,9 +15,16 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from banger.errors import BangerError, InvalidRequest, MethodNotAllowed, NotFound
+from banger.errors import (
+    BangerError,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    internal_error,
+)
 from banger.wire import JSON, error_body
 
 log = logging.getLogger("banger.api")
@@ -26,13 +33,6 @@ log = logging.getLogger("banger.api")
 def error_response(err: BangerError, headers: Mapping[str, str] | None = None) -> Response:
     return Response(
         content=error_body(err), status_code=err.status, media_type=JSON, headers=headers
-    )
-
-
-def internal_error() -> BangerError:
-    return BangerError(
-        "internal error in the daemon",
-        hint="`banger daemon logs` shows the traceback; please report it",
     )
 
 
@@ -51,6 +51,15 @@ def describe_validation(errors: list[Any]) -> list[str]:
     return lines
 
 
+def allowed_methods(request: Request) -> list[str]:
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     async def on_banger_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, BangerError)
@@ -62,12 +71,14 @@ def install_error_handlers(app: FastAPI) -> None:
         brief = lines[0] if lines else "invalid request"
         return error_response(InvalidRequest(brief, details="\n".join(lines[1:]) or None))
 
-    async def on_http(_: Request, exc: Exception) -> Response:
+    async def on_http(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
         if exc.status_code == 405:
-            # RFC 9110: a 405 names the allowed methods (Starlette puts them in headers).
+            # RFC 9110: a 405 names every allowed method. Starlette lists only the first
+            # route whose path matched, so collect them from all routes of that path.
+            allow = ", ".join(allowed_methods(request))
             return error_response(
-                MethodNotAllowed("method not allowed on this endpoint"), headers=exc.headers
+                MethodNotAllowed("method not allowed on this endpoint"), headers={"Allow": allow}
             )
         if exc.status_code == 404:
             return error_response(NotFound("no such API endpoint"))

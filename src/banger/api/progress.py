@@ -12,8 +12,7 @@ from typing import Any
 
 from starlette.responses import StreamingResponse
 
-from banger.api.errors import internal_error
-from banger.errors import BangerError
+from banger.errors import BangerError, internal_error
 from banger.wire import NDJSON, encode_event, error_event
 
 log = logging.getLogger("banger.api")

@@ -1,4 +1,4 @@
-"""Routes listing and showing VMs, images and kernels."""
+"""Routes listing and showing VMs."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path
 
 from banger.api.deps import Ctx
-from banger.api.models import ImageInfo, KernelInfo, VmInfo
+from banger.api.models import VmInfo
 from banger.services import inventory
 
 router = APIRouter()
@@ -24,23 +24,3 @@ async def list_vms(ctx: Ctx) -> list[dict[str, Any]]:
 @router.get("/vms/{name}", response_model=VmInfo, tags=["vms"])
 async def show_vm(ctx: Ctx, name: Name) -> dict[str, Any]:
     return await inventory.get_vm(ctx, name)
-
-
-@router.get("/images", response_model=list[ImageInfo], tags=["images"])
-async def list_images(ctx: Ctx) -> list[dict[str, Any]]:
-    return await inventory.list_images(ctx)
-
-
-@router.get("/images/{name}", response_model=ImageInfo, tags=["images"])
-async def show_image(ctx: Ctx, name: Name) -> dict[str, Any]:
-    return await inventory.get_image(ctx, name)
-
-
-@router.get("/kernels", response_model=list[KernelInfo], tags=["kernels"])
-async def list_kernels(ctx: Ctx) -> list[dict[str, Any]]:
-    return await inventory.list_kernels(ctx)
-
-
-@router.get("/kernels/{name}", response_model=KernelInfo, tags=["kernels"])
-async def show_kernel(ctx: Ctx, name: Name) -> dict[str, Any]:
-    return await inventory.get_kernel(ctx, name)

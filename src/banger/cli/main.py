@@ -22,9 +22,9 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
     "doctor": ("banger.cli.cmd_misc", "doctor", "Check this host for everything banger needs."),
     "config": ("banger.cli.cmd_misc", "config", "Show the configuration in effect."),
     "daemon": ("banger.cli.cmd_daemon", "daemon", "Start, stop and inspect the daemon."),
-    "vm": ("banger.cli.cmd_inventory", "vm", "Manage VMs."),
-    "image": ("banger.cli.cmd_inventory", "image", "Manage images."),
-    "kernel": ("banger.cli.cmd_inventory", "kernel", "Manage kernels."),
+    "vm": ("banger.cli.cmd_vm", "vm", "Create and manage VMs."),
+    "image": ("banger.cli.cmd_image", "image", "Register, list and delete images."),
+    "kernel": ("banger.cli.cmd_kernel", "kernel", "Import, list and remove kernels."),
 }
 
 

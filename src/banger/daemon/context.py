@@ -10,10 +10,12 @@ import asyncio
 import os
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from banger.buildinfo import BuildInfo
 from banger.config import Config
 from banger.paths import Layout
+from banger.runner import Runner
 from banger.state.db import AsyncDatabase
 from banger.vmdefaults import HostFacts, VmDefaults, resolve_vm_defaults
 
@@ -28,6 +30,10 @@ class DaemonContext:
     pid: int = field(default_factory=os.getpid)
     started_at: float = field(default_factory=time.time)
     shutdown_requested: asyncio.Event = field(default_factory=asyncio.Event)
+    runner: Runner = field(default_factory=Runner)
+    #: The VM service (``banger.services.vms.VmService``), attached once the daemon has
+    #: built it; typed loosely to keep this module free of service imports.
+    vms: Any = None
 
     @property
     def vm_defaults(self) -> VmDefaults:

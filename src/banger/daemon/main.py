@@ -24,9 +24,12 @@ from banger.daemon.context import DaemonContext
 from banger.daemon.lock import DaemonLock
 from banger.daemon.logs import setup_logging
 from banger.errors import BangerError, DaemonAlreadyRunning
+from banger.net.privileged import InProcessPrivilegedOps
 from banger.paths import Layout, ensure_private_dir
 from banger.publish import cleanup_leftovers
 from banger.render import format_error
+from banger.services.reconcile import reconcile
+from banger.services.vms import VmService
 from banger.state.db import AsyncDatabase, Database
 from banger.vmdefaults import HostFacts
 from banger.wire import EXIT_ALREADY_RUNNING
@@ -112,6 +115,11 @@ async def _serve(ctx: DaemonContext, sock: object, ready_fd: int | None) -> None
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
     )
     server = uvicorn.Server(config)
+    ops = InProcessPrivilegedOps(ctx.runner, bridge_name=ctx.config.bridge_name)
+    service = VmService(ctx, ops)
+    ctx.vms = service
+    await reconcile(service)
+    service.start_monitor()
     watcher = asyncio.create_task(_watch(server, ctx, ready_fd))
     try:
         await server.serve(sockets=[sock])  # type: ignore[list-item]
@@ -119,6 +127,7 @@ async def _serve(ctx: DaemonContext, sock: object, ready_fd: int | None) -> None
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
+        await service.stop_monitor()
 
 
 async def _watch(server: uvicorn.Server, ctx: DaemonContext, ready_fd: int | None) -> None:

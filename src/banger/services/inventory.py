@@ -1,4 +1,4 @@
-"""Read-only views of what the daemon knows: VMs, images, kernels.
+"""Read-only views of VM rows, and the JSON form of any record.
 
 Owns: fetching records through ``banger.state.repo`` and turning them into JSON-able
 dicts. Must not: change anything (the lifecycle services do that).
@@ -33,19 +33,3 @@ async def list_vms(ctx: DaemonContext) -> list[dict[str, Any]]:
 
 async def get_vm(ctx: DaemonContext, name: str) -> dict[str, Any]:
     return record_dict(await ctx.db.run(repo.get_vm, name))
-
-
-async def list_images(ctx: DaemonContext) -> list[dict[str, Any]]:
-    return [record_dict(r) for r in await ctx.db.run(repo.list_images)]
-
-
-async def get_image(ctx: DaemonContext, name: str) -> dict[str, Any]:
-    return record_dict(await ctx.db.run(repo.get_image, name))
-
-
-async def list_kernels(ctx: DaemonContext) -> list[dict[str, Any]]:
-    return [record_dict(r) for r in await ctx.db.run(repo.list_kernels)]
-
-
-async def get_kernel(ctx: DaemonContext, name: str) -> dict[str, Any]:
-    return record_dict(await ctx.db.run(repo.get_kernel, name))

@@ -1,0 +1,146 @@
+"""VM boot: create-to-SSH through banger vs the same disks booted by a bare QEMU command
+line, polled the same way (the difference is banger's overhead); and create time with a
+1G vs a 64G work disk (must be about equal: creation is not proportional to disk size).
+
+Runs inside a network namespace of its own (TESTING.md network rule), with the tiny
+busybox/dropbear guest from tests/guests.py. Run: bench/run [--quick] (or
+`.venv/bin/python -m bench.vm_boot --runs N`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tests import guests
+from tests.vmenv import VmEnv, events, vm_env
+
+from banger.services.vm_boot import ssh_argv
+from banger.vmm.base import Accel, DriveSpec, MachineSpec, NetSpec
+from banger.vmm.qemu import build_argv
+
+TINY = ["--image", "tiny", "--vcpu", "1", "--memory", "256"]
+
+
+def _create(env: VmEnv, name: str, disk: str) -> tuple[float, int]:
+    started = time.perf_counter()
+    out = env.ok("vm", "create", "--name", name, *TINY, "--disk-size", disk, "--json")
+    took = time.perf_counter() - started
+    disks = next(e for e in events(out) if e.get("stage") == "disks" and e["state"] == "ok")
+    return took, int(disks["elapsed_ms"])
+
+
+def _bare_boot(env: VmEnv, vm: dict[str, Any], key: Path) -> float:
+    """Boot the stopped VM's own disks with QEMU directly; seconds until `ssh true` works."""
+    vm_dir = Path(vm["vm_dir"])
+    kernel_dir = env.home.state_dir / "kernels" / "cloud"
+    tap = "bgbench0"
+    env.ns.ip("tuntap", "add", "dev", tap, "mode", "tap")
+    env.ns.ip("link", "set", tap, "master", "banger0", "up")
+    spec = MachineSpec(
+        name="bare",
+        vcpu=1,
+        memory_mib=256,
+        kernel=kernel_dir / "vmlinuz",
+        initrd=kernel_dir / "initrd.img",
+        cmdline=_cmdline(vm),
+        drives=(
+            DriveSpec("rootfs", vm_dir / "rootfs.ext4"),
+            DriveSpec("work", vm_dir / "work.ext4"),
+        ),
+        net=NetSpec(tap=tap, mac=vm["mac"], ip=vm["ip"], gateway="10.213.7.1", prefix_len=24),
+        vm_dir=env.home.root,
+        run_dir=env.home.root,
+        accel=Accel.TCG,
+    )
+    argv = build_argv(Path("/usr/bin/qemu-system-x86_64"), spec)
+    poll = ssh_argv(key, vm_dir / "known_hosts", vm["ip"])
+    started = time.perf_counter()
+    qemu = env.ns.popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while env.ns.run([*poll, "true"], capture_output=True, check=False).returncode != 0:
+            assert qemu.poll() is None, "bare qemu exited"
+            time.sleep(0.2)
+        return time.perf_counter() - started
+    finally:
+        qemu.kill()
+        qemu.wait()
+        env.ns.ip("link", "del", tap)
+
+
+def _cmdline(vm: dict[str, Any]) -> str:
+    from banger.services.vm_boot import host_tsc_khz
+    from banger.vm.cmdline import BootArgs, kernel_cmdline
+
+    return kernel_cmdline(
+        BootArgs(
+            hostname=vm["name"],
+            ip=vm["ip"],
+            gateway="10.213.7.1",
+            netmask="255.255.255.0",
+            dns=("1.1.1.1", "9.9.9.9"),
+            tsc_khz=host_tsc_khz(),
+        )
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="one run of each (CI)")
+    parser.add_argument("--runs", type=int, default=0)
+    args = parser.parse_args()
+    runs = args.runs or (1 if args.quick else 3)
+    banger_s, restart_s, bare_s, small, large = [], [], [], [], []
+    with vm_env() as env:
+        env.ok("kernel", "import", "cloud", "--from", str(guests.cloud_kernel().import_dir))
+        env.ok(
+            "image",
+            "register",
+            "tiny",
+            "--rootfs",
+            str(guests.tiny_rootfs()),
+            "--kernel-ref",
+            "cloud",
+        )
+        key = Path(json.loads(env.ok("config", "show", "--json"))["values"]["ssh_key_file"])
+        for i in range(runs):
+            took, disk_ms = _create(env, f"b{i}", "1G")
+            banger_s.append(took)
+            small.append(disk_ms)
+            env.ok("vm", "stop", f"b{i}")
+            started = time.perf_counter()
+            env.ok("vm", "start", f"b{i}")
+            restart_s.append(time.perf_counter() - started)
+            env.ok("vm", "stop", f"b{i}")
+            bare_s.append(_bare_boot(env, env.json("vm", "show", f"b{i}"), key))
+            env.ok("vm", "delete", f"b{i}")
+            _, disk64_ms = _create(env, f"l{i}", "64G")
+            large.append(disk64_ms)
+            env.ok("vm", "delete", "--force", f"l{i}")
+    med = statistics.median
+    print(f"bench vm_boot: tiny guest under QEMU/TCG, median of {runs} run(s)")
+    print(f"  bare qemu start-to-SSH (baseline)   {med(bare_s):6.2f} s   x1.00")
+    print(
+        f"  banger vm create-to-SSH             {med(banger_s):6.2f} s   "
+        f"x{med(banger_s) / med(bare_s):.2f} (overhead {med(banger_s) - med(bare_s):+.2f} s)"
+    )
+    print(
+        f"  banger vm start-to-SSH (same disks) {med(restart_s):6.2f} s   "
+        f"x{med(restart_s) / med(bare_s):.2f}"
+    )
+    print(f"  disks stage, --disk-size 1G         {med(small):6d} ms")
+    print(
+        f"  disks stage, --disk-size 64G        {med(large):6d} ms   "
+        f"x{med(large) / max(1, med(small)):.2f} of 1G"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,350 @@
+"""``banger vm …``: create, start, stop, restart, kill, delete, set, show, list, logs,
+stats and ssh. Commands that take several names run them concurrently."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+from urllib.parse import quote
+
+import click
+
+from banger.cli.output import emit_json, emit_kv, emit_table, follow_stream
+from banger.cli.session import Session
+from banger.cli.vm_options import ResolvedDefault, memory_mib, size_bytes, vcpu_count
+from banger.errors import BangerError, InvalidState
+from banger.render import format_error
+from banger.units import format_size
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
+def _path(name: str, suffix: str = "") -> str:
+    return f"/vms/{quote(name, safe='')}{suffix}"
+
+
+@click.group()
+def vm() -> None:
+    """Create and manage VMs."""
+
+
+@vm.command()
+@click.option("--name", help="VM name (default: a generated adjective-noun).")
+@click.option("--image", help="Image to boot (default: default_image_name in config).")
+@click.option("--vcpu", cls=ResolvedDefault, field="vcpu", help="Virtual CPUs.")
+@click.option(
+    "--memory", cls=ResolvedDefault, field="memory_mib", help="Memory: MiB, or a size like 2G."
+)
+@click.option(
+    "--disk-size",
+    cls=ResolvedDefault,
+    field="disk_size_bytes",
+    help="Size of the /root work disk, like 8G.",
+)
+@click.option("--nat", is_flag=True, help="Give the VM outbound network access (NAT).")
+@click.option("--vmm", type=click.Choice(["firecracker", "qemu"]), help="Force a VMM.")
+@click.option(
+    "--boot-timeout",
+    default=300,
+    show_default=True,
+    type=click.IntRange(1, 3600),
+    help="Seconds to wait for the guest to accept SSH.",
+)
+@json_option
+@click.pass_obj
+def create(
+    session: Session,
+    *,
+    name: str | None,
+    image: str | None,
+    vcpu: str | None,
+    memory: str | None,
+    disk_size: str | None,
+    nat: bool,
+    vmm: str | None,
+    boot_timeout: int,
+    as_json: bool,
+) -> None:
+    """Create a VM and boot it; prints a spec line, then each stage as it happens."""
+    body: dict[str, Any] = {"nat": nat, "boot_timeout_s": boot_timeout}
+    for key, value in (("name", name), ("image", image), ("vmm", vmm)):
+        if value is not None:
+            body[key] = value
+    if vcpu is not None:
+        body["vcpu"] = vcpu_count(vcpu)
+    if memory is not None:
+        body["memory_mib"] = memory_mib(memory)
+    if disk_size is not None:
+        body["disk_size_bytes"] = size_bytes(disk_size, what="--disk-size")
+    client = session.client()
+    if not as_json:
+        defaults = client.get("/vm-defaults")
+        click.echo(_spec_line(body, defaults))
+    result = follow_stream(client.stream("POST", "/vms", body), as_json=as_json)
+    if not as_json and isinstance(result, dict):
+        click.echo(
+            f"{result['name']} is running at {result['ip']} (banger vm ssh {result['name']})"
+        )
+
+
+def _spec_line(body: dict[str, Any], defaults: dict[str, Any]) -> str:
+    vcpu = body.get("vcpu", defaults["vcpu"]["value"])
+    mem = body.get("memory_mib", defaults["memory_mib"]["value"])
+    disk = body.get("disk_size_bytes", defaults["disk_size_bytes"]["value"])
+    return f"spec: {vcpu} vcpu · {mem} MiB · {format_size(disk)} disk"
+
+
+def _each(names: tuple[str, ...], action: Callable[[str], str]) -> int:
+    """Run ``action`` for every name concurrently; print one line per name."""
+    failed = 0
+    with ThreadPoolExecutor(max_workers=min(8, len(names))) as pool:
+        futures = [pool.submit(action, name) for name in names]
+        for future in futures:
+            try:
+                click.echo(future.result())
+            except BangerError as err:
+                failed += 1
+                sys.stderr.write(format_error(err, debug=False))
+    return 1 if failed else 0
+
+
+@vm.command()
+@click.argument("names", nargs=-1, required=True)
+@json_option
+@click.pass_obj
+def start(session: Session, names: tuple[str, ...], as_json: bool) -> int:
+    """Boot stopped VMs."""
+    client = session.client()
+    if len(names) == 1:
+        follow_stream(client.stream("POST", _path(names[0], "/start")), as_json=as_json)
+        return 0
+
+    def one(name: str) -> str:
+        for event in client.stream("POST", _path(name, "/start")):
+            if event.get("type") == "result":
+                return f"{name}: running"
+        return f"{name}: started"
+
+    return _each(names, one)
+
+
+@vm.command()
+@click.argument("names", nargs=-1, required=True)
+@click.pass_obj
+def stop(session: Session, names: tuple[str, ...]) -> int:
+    """Stop VMs gracefully (then forcefully after a timeout). Stopped VMs stay stopped."""
+    client = session.client()
+    return _each(names, lambda n: f"{n}: {client.post(_path(n, '/stop'))['state']}")
+
+
+@vm.command()
+@click.argument("names", nargs=-1, required=True)
+@click.pass_obj
+def restart(session: Session, names: tuple[str, ...]) -> int:
+    """Stop and boot VMs again."""
+    client = session.client()
+
+    def one(name: str) -> str:
+        for event in client.stream("POST", _path(name, "/restart")):
+            if event.get("type") == "result":
+                return f"{name}: running"
+        return f"{name}: restarted"
+
+    return _each(names, one)
+
+
+@vm.command()
+@click.argument("names", nargs=-1, required=True)
+@click.option(
+    "--signal",
+    "sig",
+    default="KILL",
+    show_default=True,
+    type=click.Choice(["KILL", "TERM", "INT", "HUP", "QUIT", "USR1", "USR2", "STOP", "CONT"]),
+    help="Signal to send to the VMM process.",
+)
+@click.pass_obj
+def kill(session: Session, names: tuple[str, ...], sig: str) -> int:
+    """Send a signal to the VMs' VMM processes (default: SIGKILL)."""
+    client = session.client()
+    return _each(
+        names, lambda n: f"{n}: {client.post(_path(n, '/kill'), {'signal': sig})['state']}"
+    )
+
+
+@vm.command()
+@click.argument("names", nargs=-1, required=True)
+@click.option("-f", "--force", is_flag=True, help="Kill running VMs instead of refusing.")
+@click.pass_obj
+def delete(session: Session, names: tuple[str, ...], force: bool) -> int:
+    """Delete VMs and their disks. A running VM is refused unless --force."""
+    client = session.client()
+    query = "?force=true" if force else ""
+    return _each(
+        names, lambda n: f"{client.request('DELETE', _path(n) + query)['deleted']}: deleted"
+    )
+
+
+@vm.command("set")
+@click.argument("name")
+@click.option("--vcpu", help="Virtual CPUs.")
+@click.option("--memory", help="Memory: MiB, or a size like 2G.")
+@click.option("--disk-size", help="Grow the /root work disk to this size, like 16G.")
+@json_option
+@click.pass_obj
+def set_(
+    session: Session,
+    *,
+    name: str,
+    vcpu: str | None,
+    memory: str | None,
+    disk_size: str | None,
+    as_json: bool,
+) -> None:
+    """Change a stopped VM's vCPUs, memory or work-disk size (zero or negative is an error)."""
+    body: dict[str, Any] = {}
+    if vcpu is not None:
+        body["vcpu"] = vcpu_count(vcpu)
+    if memory is not None:
+        body["memory_mib"] = memory_mib(memory)
+    if disk_size is not None:
+        body["disk_size_bytes"] = size_bytes(disk_size, what="--disk-size")
+    if not body:
+        raise click.UsageError("nothing to change: give --vcpu, --memory or --disk-size")
+    reply = session.client().request("PATCH", _path(name), body)
+    if as_json:
+        emit_json(reply)
+    else:
+        click.echo(
+            f"{name}: {reply['vcpu']} vcpu · {reply['memory_mib']} MiB · "
+            f"{format_size(reply['disk_size_bytes'])} disk"
+        )
+
+
+@vm.command("list")
+@json_option
+@click.pass_obj
+def list_(session: Session, as_json: bool) -> None:
+    """List VMs with their state, size and address."""
+    vms: list[dict[str, Any]] = session.client().get("/vms")
+    if as_json:
+        emit_json(vms)
+        return
+    rows = [
+        (
+            v["name"],
+            v["state"],
+            v["vcpu"],
+            f"{v['memory_mib']} MiB",
+            format_size(v["disk_size_bytes"]),
+            v["ip"] or "-",
+            v["vmm"] or "-",
+        )
+        for v in vms
+    ]
+    emit_table(("NAME", "STATE", "VCPU", "MEMORY", "DISK", "IP", "VMM"), rows, empty="no VMs")
+
+
+@vm.command()
+@click.argument("name")
+@json_option
+@click.pass_obj
+def show(session: Session, name: str, as_json: bool) -> None:
+    """Show everything the daemon records about one VM."""
+    reply: dict[str, Any] = session.client().get(_path(name))
+    if as_json:
+        emit_json(reply)
+    else:
+        emit_kv([(k, "-" if v is None else v) for k, v in reply.items()])
+
+
+@vm.command()
+@click.argument("name")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new output.")
+@click.option(
+    "--vmm",
+    "source",
+    flag_value="vmm",
+    default=False,
+    help="Show the VMM's own log instead of the guest console.",
+)
+@click.pass_obj
+def logs(session: Session, name: str, follow: bool, source: str | bool) -> None:
+    """Show a VM's serial console log (or, with --vmm, the VMM's log)."""
+    client = session.client()
+    which = "vmm" if source == "vmm" else "console"
+    chunk = client.get(_path(name, f"/logs?source={which}"))
+    sys.stdout.write(chunk["data"])
+    while follow:
+        sys.stdout.flush()
+        time.sleep(0.5)
+        chunk = client.get(_path(name, f"/logs?source={which}&offset={chunk['offset']}"))
+        sys.stdout.write(chunk["data"])
+
+
+@vm.command()
+@click.argument("name")
+@json_option
+@click.pass_obj
+def stats(session: Session, name: str, as_json: bool) -> None:
+    """CPU time and memory of the VM's VMM process (from /proc)."""
+    reply = session.client().get(_path(name, "/stats"))
+    if as_json:
+        emit_json(reply)
+        return
+    rss = reply["rss_bytes"]
+    emit_kv(
+        [
+            ("name", reply["name"]),
+            ("state", reply["state"]),
+            ("pid", reply["pid"] or "-"),
+            ("cpu", "-" if reply["cpu_seconds"] is None else f"{reply['cpu_seconds']} s"),
+            ("memory", "-" if rss is None else f"{rss // 1024**2} MiB"),
+            ("uptime", "-" if reply["uptime_s"] is None else f"{reply['uptime_s']} s"),
+        ]
+    )
+
+
+def remote_command(words: tuple[str, ...]) -> str:
+    """ssh hands the guest one string for its shell; keep several words as exact argv."""
+    return words[0] if len(words) == 1 else shlex.join(words)
+
+
+@vm.command(context_settings={"ignore_unknown_options": True})
+@click.argument("name")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.pass_obj
+def ssh(session: Session, name: str, command: tuple[str, ...]) -> int:
+    """Open a shell in the VM, or run `-- COMMAND…` there and exit with its status.
+
+    Several words run as exactly that argv (`-- sh -c 'exit 7'`); a single word is
+    handed to the guest's shell as a command line (`-- 'ls | wc -l'`).
+    """
+    info = session.client().get(_path(name, "/ssh"))
+    if info["state"] != "running" or not info["ip"]:
+        raise InvalidState(
+            f"VM {name!r} is {info['state']}, not running", hint=f"`banger vm start {name}`"
+        )
+    argv = [
+        "ssh",
+        "-i",
+        info["key"],
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        f"UserKnownHostsFile={info['known_hosts']}",
+        "-o",
+        "LogLevel=ERROR",
+        "-l",
+        info["user"],
+    ]
+    argv += ["-t"] if not command and sys.stdin.isatty() else []
+    argv += [info["ip"], "--", remote_command(command)] if command else [info["ip"]]
+    return subprocess.run(argv, check=False).returncode

@@ -1,0 +1,60 @@
+"""Parsing and help for VM size options (``--vcpu``, ``--memory``, ``--disk-size``).
+
+Owns: turning user text into numbers with units in errors (ADVERSARIAL 47) and showing
+the resolved default in ``--help`` with its provenance (config|auto|builtin), computed
+only when help is drawn so ordinary commands do not pay for loading the config.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from banger import units
+
+
+def vcpu_count(text: str) -> int:
+    return units.parse_positive_int(text, what="--vcpu", maximum=64)
+
+
+def memory_mib(text: str) -> int:
+    if text.isascii() and text.isdigit():
+        return units.parse_positive_int(text, what="--memory")
+    return units.parse_size(text, what="--memory") // units.MIB
+
+
+def size_bytes(text: str, *, what: str) -> int:
+    return units.parse_size(text, what=what)
+
+
+class ResolvedDefault(click.Option):
+    """An option whose help shows the default the daemon would use, and where it is from."""
+
+    def __init__(self, *args: Any, field: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.field = field
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        record = super().get_help_record(ctx)
+        if record is None:
+            return None
+        return record[0], f"{record[1]}  [default: {self._resolved()}]"
+
+    def _resolved(self) -> str:
+        from banger.config import load_config
+        from banger.errors import BangerError
+        from banger.vmdefaults import HostFacts, resolve_vm_defaults
+
+        try:
+            defaults = resolve_vm_defaults(load_config(), HostFacts.probe())
+        except BangerError:
+            return "see `banger doctor`"
+        value = getattr(defaults, self.field)
+        if self.field == "disk_size_bytes":
+            shown = units.format_size(value.value)
+        elif self.field == "memory_mib":
+            shown = f"{value.value} MiB"
+        else:
+            shown = str(value.value)
+        return f"{shown} ({value.source})"

@@ -1,0 +1,78 @@
+"""Long operations that report progress and keep going if the client goes away.
+
+Owns: running an operation as a task of the daemon (so a CLI interrupted mid-create
+does not leave a half-made VM behind a cancelled coroutine), relaying its stage events
+to whoever streams them, and timing each stage. Must not: know what the operation does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+from banger.errors import BangerError, internal_error
+from banger.wire import StageState, error_event, result_event, stage_event
+
+log = logging.getLogger("banger.operations")
+
+Event = dict[str, Any]
+_tasks: set[asyncio.Task[None]] = set()
+
+
+class Progress:
+    """Emits stage events; ``with progress.stage("disks"):`` times one stage."""
+
+    def __init__(self, emit: Callable[[Event], None]) -> None:
+        self._emit = emit
+        self.detail: str | None = None
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[Progress]:
+        self._emit(stage_event(name, StageState.RUNNING))
+        self.detail = None
+        started = time.monotonic()
+        try:
+            yield self
+        except BaseException:
+            self._emit(stage_event(name, StageState.FAIL, elapsed_ms=_ms(started)))
+            raise
+        self._emit(stage_event(name, StageState.OK, detail=self.detail, elapsed_ms=_ms(started)))
+
+    def note(self, name: str, state: StageState, detail: str) -> None:
+        self._emit(stage_event(name, state, detail=detail))
+
+
+def _ms(started: float) -> int:
+    return int((time.monotonic() - started) * 1000)
+
+
+def run_streamed(work: Callable[[Progress], Awaitable[Any]]) -> AsyncIterator[Event]:
+    queue: asyncio.Queue[Event] = asyncio.Queue()
+
+    async def body() -> None:
+        try:
+            result = await work(Progress(queue.put_nowait))
+        except BangerError as err:
+            queue.put_nowait(error_event(err))
+        except Exception:
+            log.exception("operation failed unexpectedly")
+            queue.put_nowait(error_event(internal_error()))
+        else:
+            queue.put_nowait(result_event(result))
+
+    task = asyncio.create_task(body())
+    _tasks.add(task)
+    task.add_done_callback(_tasks.discard)
+
+    async def events() -> AsyncIterator[Event]:
+        while True:
+            event = await queue.get()
+            yield event
+            if event["type"] in ("result", "error"):
+                return
+
+    return events()

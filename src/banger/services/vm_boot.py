@@ -1,0 +1,177 @@
+"""Booting one VM: which kernel, which VMM, the machine spec, and waiting for SSH.
+
+Owns: resolving an image's kernel files for a backend, building the ``MachineSpec`` from
+a VM row, and the readiness check (the guest accepts SSH with the managed key and the
+host key banger injected). Must not: change rows or allocate resources.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from banger.errors import CommandFailed, InvalidArgument, Timeout
+from banger.net.addressing import netmask, prefix_len
+from banger.procinfo import ProcessIdentity
+from banger.runner import Runner
+from banger.services.vm_paths import VmPaths
+from banger.state.records import ImageRecord, KernelRecord, VmRecord
+from banger.vm.cmdline import BootArgs, kernel_cmdline
+from banger.vmm.base import Accel, Backend, DriveSpec, MachineSpec, NetSpec, VmmHandle
+
+SSH_PROBE_TIMEOUT_S = 15.0
+CONTROL_SOCKET = {Backend.QEMU: "qmp.sock", Backend.FIRECRACKER: "fc.sock"}
+
+
+@dataclass(frozen=True)
+class BootFiles:
+    kernel: Path
+    initrd: Path | None
+
+
+def boot_files(image: ImageRecord, kernel: KernelRecord | None, backend: Backend) -> BootFiles:
+    """The kernel and initrd a backend boots for ``image`` (SPEC §6: kernels must suit)."""
+    if kernel is not None:
+        kdir = Path(kernel.dir_path)
+        initrd = kdir / "initrd.img" if kernel.has_initrd else None
+        bzimage = kdir / "vmlinuz"
+        # QEMU boots the bzImage directly (smaller, no PVH detour); Firecracker needs ELF.
+        if backend is Backend.QEMU and bzimage.exists():
+            return BootFiles(bzimage, initrd)
+        return BootFiles(kdir / "vmlinux", initrd)
+    if not image.kernel_path:
+        raise InvalidArgument(
+            f"image {image.name!r} has no kernel", hint="register it with --kernel or --kernel-ref"
+        )
+    initrd_path = Path(image.initrd_path) if image.initrd_path else None
+    return BootFiles(Path(image.kernel_path), initrd_path)
+
+
+def host_tsc_khz() -> int | None:
+    """The host TSC frequency, handed to TCG guests so they need not calibrate it."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("cpu MHz"):
+            with contextlib.suppress(ValueError):
+                return int(float(line.split(":", 1)[1]) * 1000)
+    return None
+
+
+@dataclass(frozen=True)
+class NetFacts:
+    gateway: str
+    cidr: str
+    dns: tuple[str, ...]
+
+
+def machine_spec(
+    vm: VmRecord, paths: VmPaths, files: BootFiles, net: NetFacts, accel: Accel
+) -> MachineSpec:
+    assert vm.ip and vm.mac and vm.tap
+    args = BootArgs(
+        hostname=vm.name,
+        ip=vm.ip,
+        gateway=net.gateway,
+        netmask=netmask(net.cidr),
+        dns=net.dns,
+        tsc_khz=host_tsc_khz() if accel is Accel.TCG else None,
+        initrd_net=files.initrd is not None,
+    )
+    return MachineSpec(
+        name=vm.name,
+        vcpu=vm.vcpu,
+        memory_mib=vm.memory_mib,
+        kernel=files.kernel,
+        initrd=files.initrd,
+        cmdline=kernel_cmdline(args),
+        drives=(DriveSpec("rootfs", paths.rootfs), DriveSpec("work", paths.work_disk)),
+        net=NetSpec(
+            tap=vm.tap,
+            mac=vm.mac,
+            ip=vm.ip,
+            gateway=net.gateway,
+            prefix_len=prefix_len(net.cidr),
+            dns=net.dns,
+        ),
+        vm_dir=paths.vm_dir,
+        run_dir=paths.run_dir,
+        accel=accel,
+    )
+
+
+def handle_of(vm: VmRecord, paths: VmPaths) -> VmmHandle | None:
+    if vm.pid is None or vm.pid_start_ticks is None or vm.boot_id is None or vm.vmm is None:
+        return None
+    backend = Backend(vm.vmm)
+    identity = ProcessIdentity(vm.pid, vm.pid_start_ticks, vm.boot_id)
+    return VmmHandle(backend, identity, paths.run_dir / CONTROL_SOCKET[backend])
+
+
+def ssh_argv(key: Path, known_hosts: Path, ip: str, *, connect_timeout_s: int = 2) -> list[str]:
+    return [
+        "ssh",
+        "-i",
+        str(key),
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        f"UserKnownHostsFile={known_hosts}",
+        "-o",
+        f"ConnectTimeout={connect_timeout_s}",
+        "-o",
+        "LogLevel=ERROR",
+        "-l",
+        "root",
+        ip,
+    ]
+
+
+async def _port_open(ip: str, port: int = 22) -> bool:
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(ip, port), 1.0)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
+
+
+async def wait_for_ssh(
+    runner: Runner,
+    argv: list[str],
+    ip: str,
+    *,
+    timeout_s: float,
+    alive: ProcessIdentity | None,
+    console_log: Path,
+) -> float:
+    """Poll until ``ssh … true`` succeeds; returns the seconds it took."""
+    from banger import procinfo
+
+    started = time.monotonic()
+    while True:
+        if alive is not None and not procinfo.is_running(alive):
+            raise CommandFailed(
+                "the VM stopped while booting", hint=f"the guest's console log is {console_log}"
+            )
+        if await _port_open(ip):
+            with contextlib.suppress(CommandFailed, Timeout):
+                await runner.run_async([*argv, "true"], timeout_s=SSH_PROBE_TIMEOUT_S)
+                return time.monotonic() - started
+        if time.monotonic() - started > timeout_s:
+            raise Timeout(
+                f"the guest did not accept SSH within {timeout_s:g}s",
+                hint=f"the guest's console log is {console_log}",
+            )
+        await asyncio.sleep(0.2)

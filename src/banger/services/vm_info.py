@@ -1,0 +1,91 @@
+"""Read-only facts about one VM beyond its row: log slices, process stats, SSH details.
+
+Owns: reading the VM's log files (bounded slices), /proc of the VMM process for CPU and
+memory (SPEC §3), and the SSH parameters. Must not: change anything.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from banger import procinfo
+from banger.services import vm_boot
+from banger.services.vms import VmService
+
+MAX_CHUNK = 1 << 20
+
+
+async def log_chunk(
+    service: VmService, name: str, source: str, offset: int | None, tail_bytes: int
+) -> dict[str, Any]:
+    vm = await service.get(name)
+    paths = service.paths(vm)
+    path = paths.console_log if source == "console" else paths.vmm_log
+    data, new_offset, size = _read_slice(path, offset, tail_bytes)
+    return {
+        "source": source,
+        "path": str(path),
+        "offset": new_offset,
+        "size": size,
+        "data": data.decode(errors="replace"),
+    }
+
+
+def _read_slice(path: Path, offset: int | None, tail_bytes: int) -> tuple[bytes, int, int]:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return b"", 0, 0
+    with os.fdopen(fd, "rb") as fh:
+        size = os.fstat(fd).st_size
+        start = max(0, size - tail_bytes) if offset is None else min(offset, size)
+        fh.seek(start)
+        data = fh.read(min(MAX_CHUNK, size - start))
+    return data, start + len(data), size
+
+
+async def stats(service: VmService, name: str) -> dict[str, Any]:
+    vm = await service.get(name)
+    handle = vm_boot.handle_of(vm, service.paths(vm))
+    cpu = rss = uptime = None
+    if handle is not None and procinfo.is_running(handle.process):
+        cpu, rss, uptime = _proc_stats(handle.process.pid, handle.process.start_ticks)
+    return {
+        "name": vm.name,
+        "state": vm.state.value,
+        "pid": vm.pid,
+        "cpu_seconds": cpu,
+        "rss_bytes": rss,
+        "uptime_s": uptime,
+    }
+
+
+def _proc_stats(pid: int, start_ticks: int) -> tuple[float | None, int | None, float | None]:
+    hz = os.sysconf("SC_CLK_TCK")
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()
+        status = Path(f"/proc/{pid}/status").read_text()
+        uptime_host = float(Path("/proc/uptime").read_text().split()[0])
+    except OSError:
+        return None, None, None
+    cpu = (int(fields[11]) + int(fields[12])) / hz  # utime + stime (fields 14, 15)
+    rss = None
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            rss = int(line.split()[1]) * 1024
+    return round(cpu, 2), rss, round(uptime_host - start_ticks / hz, 1)
+
+
+async def ssh_info(service: VmService, name: str) -> dict[str, Any]:
+    vm = await service.get(name)
+    paths = service.paths(vm)
+    return {
+        "name": vm.name,
+        "state": vm.state.value,
+        "ip": vm.ip,
+        "user": "root",
+        "key": str(service.ctx.config.ssh_key_file()),
+        "known_hosts": str(paths.known_hosts),
+    }

@@ -1,0 +1,440 @@
+"""The VM service: create, start, stop, restart, kill, delete and resize VMs.
+
+Owns: the lifecycle of VM rows and their VMM processes, per-VM locks, the short global
+reservation window (name, IP, TAP), and noticing VMMs that die on their own.
+Must not: build disks or talk netlink itself (``vm_disks``, ``banger.net``), or speak HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal as signals
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from banger import procinfo
+from banger.daemon.context import DaemonContext
+from banger.errors import AlreadyExists, BangerError, InvalidArgument, InvalidState
+from banger.net.addressing import allocate_ip, bridge_interface, mac_for_ip
+from banger.net.privileged import PrivilegedOps
+from banger.net.taps import TapPool
+from banger.publish import remove_published
+from banger.services import vm_boot, vm_disks
+from banger.services.inventory import record_dict
+from banger.services.operations import Progress, run_streamed
+from banger.services.vm_paths import VmPaths
+from banger.state import repo
+from banger.state.records import ImageRecord, KernelRecord, VmRecord, VmState, utc_now
+from banger.vm.naming import generate_name, validate_vm_name
+from banger.vmm import select, spawn
+from banger.vmm.base import Accel, Backend, Vmm
+from banger.vmm.firecracker import FirecrackerVmm
+from banger.vmm.qemu import QemuVmm
+
+log = logging.getLogger("banger.vms")
+
+STOP_TIMEOUT_S = 20.0
+MONITOR_INTERVAL_S = 1.0
+LIVE_STATES = (VmState.STARTING, VmState.RUNNING, VmState.STOPPING)
+
+
+@dataclass(frozen=True)
+class BootPlan:
+    """What a boot uses: the image, its kernel, the VMM and the accelerator."""
+
+    image: ImageRecord
+    kernel: KernelRecord | None
+    vmm: Vmm
+    accel: Accel
+
+
+@dataclass(frozen=True)
+class CreateRequest:
+    name: str | None
+    image: str | None
+    vcpu: int
+    memory_mib: int
+    disk_size_bytes: int
+    nat: bool = False
+    vmm: Backend | None = None
+    boot_timeout_s: float = 300.0
+
+
+class VmService:
+    def __init__(self, ctx: DaemonContext, ops: PrivilegedOps) -> None:
+        self.ctx = ctx
+        self.ops = ops
+        cfg = ctx.config
+        self.taps = TapPool(ops, cfg.bridge_name, cfg.tap_pool_size, os.getuid())
+        self._reserve_lock = asyncio.Lock()
+        self._network_lock = asyncio.Lock()
+        self._network_ready = False
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._stopping: set[str] = set()
+        self._monitor: asyncio.Task[None] | None = None
+        self._said_backend = False
+
+    # -- queries -----------------------------------------------------------------------
+
+    async def get(self, name: str) -> VmRecord:
+        record: VmRecord = await self.ctx.db.run(repo.get_vm, name)
+        return record
+
+    def paths(self, vm: VmRecord) -> VmPaths:
+        assert vm.id is not None
+        return VmPaths.of(self.ctx.layout, vm.name, vm.id)
+
+    @contextlib.asynccontextmanager
+    async def locked(self, name: str) -> AsyncIterator[None]:
+        lock = self._locks.setdefault(name, asyncio.Lock())
+        async with lock:
+            yield
+
+    # -- create ------------------------------------------------------------------------
+
+    def create(self, req: CreateRequest) -> AsyncIterator[dict[str, Any]]:
+        return run_streamed(lambda progress: self._create(req, progress))
+
+    async def _create(self, req: CreateRequest, progress: Progress) -> dict[str, Any]:
+        with progress.stage("reserve"):
+            plan = await self._plan(await self._image(req.image), req.vmm, progress)
+            await self.ensure_network()
+            vm = await self._reserve(req, plan.image, plan.vmm.backend)
+            progress.detail = f"{vm.name}: {vm.ip} on {vm.tap}"
+        try:
+            with progress.stage("disks"):
+                progress.detail = await asyncio.to_thread(
+                    vm_disks.build, self.ctx, vm, self.paths(vm), plan.image
+                )
+        except BaseException:
+            await self.discard(vm)
+            raise
+        if req.nat:
+            with progress.stage("nat"):
+                await self._ensure_nat()
+        async with self.locked(vm.name):
+            vm = await self._boot(vm, plan, progress, timeout_s=req.boot_timeout_s)
+        return record_dict(vm)
+
+    async def _image(self, name: str | None) -> tuple[ImageRecord, KernelRecord | None]:
+        image: ImageRecord = await self.ctx.db.run(
+            repo.get_image, name or self.ctx.config.default_image_name
+        )
+        kernel = None
+        if image.kernel_name:
+            kernel = await self.ctx.db.run(repo.get_kernel, image.kernel_name)
+        return image, kernel
+
+    async def _plan(
+        self,
+        artifacts: tuple[ImageRecord, KernelRecord | None],
+        wanted: Backend | None,
+        progress: Progress | None,
+    ) -> BootPlan:
+        image, kernel = artifacts
+        probe_kernel = vm_boot.boot_files(image, kernel, Backend.QEMU).kernel
+        qemu = select.find_binary(self.ctx.config.qemu_bin, "qemu-system-x86_64")
+        cache = self.ctx.layout.runtime_dir / "kvm-probe.json"
+        kvm = await select.kvm_runs_guests(qemu, probe_kernel, cache)
+        choice = select.choose(self.ctx.config, kvm_usable=kvm, override=wanted)
+        vmm: Vmm
+        if choice.backend is Backend.FIRECRACKER:
+            vmm = FirecrackerVmm(self.ctx.runner, choice.binary)
+        else:
+            vmm = QemuVmm(self.ctx.runner, choice.binary)
+        vmm.check_kernel(vm_boot.boot_files(image, kernel, choice.backend).kernel)
+        if progress is not None and not self._said_backend:
+            self._said_backend = True
+            progress.note("vmm", _state_of(choice.accel), choice.reason)
+        return BootPlan(image, kernel, vmm, choice.accel)
+
+    async def _reserve(self, req: CreateRequest, image: ImageRecord, backend: Backend) -> VmRecord:
+        cfg = self.ctx.config
+        async with self._reserve_lock:
+            existing: list[VmRecord] = await self.ctx.db.run(repo.list_vms)
+            names = {v.name for v in existing}
+            name = validate_vm_name(req.name) if req.name else generate_name(names)
+            if name in names:
+                raise AlreadyExists(
+                    f"a VM named {name!r} already exists",
+                    hint="pick another --name, or `banger vm delete` it",
+                )
+            ip = allocate_ip(cfg.cidr, cfg.bridge_ip, {v.ip for v in existing if v.ip})
+            tap = await asyncio.to_thread(self.taps.acquire, {v.tap for v in existing if v.tap})
+            now = utc_now()
+            record = VmRecord(
+                name=name,
+                image_id=image.id,
+                state=VmState.CREATING,
+                vcpu=req.vcpu,
+                memory_mib=req.memory_mib,
+                disk_size_bytes=req.disk_size_bytes,
+                created_at=now,
+                updated_at=now,
+                vmm=backend.value,
+                nat=req.nat,
+                ip=ip,
+                mac=mac_for_ip(ip),
+                tap=tap,
+                vm_dir=str(self.ctx.layout.vms_dir / name),
+            )
+            try:
+                inserted: VmRecord = await self.ctx.db.run(repo.insert_vm, record)
+            except BaseException:
+                await asyncio.to_thread(self.taps.release, tap)
+                raise
+            return inserted
+
+    async def ensure_network(self) -> None:
+        async with self._network_lock:
+            if self._network_ready:
+                return
+            cfg = self.ctx.config
+            await asyncio.to_thread(
+                self.ops.ensure_bridge, cfg.bridge_name, bridge_interface(cfg.cidr, cfg.bridge_ip)
+            )
+            self._network_ready = True
+
+    async def _ensure_nat(self) -> None:
+        cfg = self.ctx.config
+        await asyncio.to_thread(self.ops.enable_ip_forward)
+        await asyncio.to_thread(self.ops.ensure_nat, cfg.bridge_name, cfg.cidr)
+
+    # -- boot, start -------------------------------------------------------------------
+
+    async def _boot(
+        self, vm: VmRecord, plan: BootPlan, progress: Progress, *, timeout_s: float
+    ) -> VmRecord:
+        vmm, accel = plan.vmm, plan.accel
+        paths = self.paths(vm)
+        cfg = self.ctx.config
+        net = vm_boot.NetFacts(gateway=cfg.bridge_ip, cidr=cfg.cidr, dns=tuple(cfg.default_dns))
+        files = vm_boot.boot_files(plan.image, plan.kernel, vmm.backend)
+        spec = vm_boot.machine_spec(vm, paths, files, net, accel)
+        vm_disks.prepare_run_dir(paths)
+        vm = await self._update(vm.name, state=VmState.STARTING, last_error=None)
+        try:
+            with progress.stage("boot"):
+                handle = await vmm.launch(spec)
+                ident = handle.process
+                vm = await self._update(
+                    vm.name,
+                    pid=ident.pid,
+                    pid_start_ticks=ident.start_ticks,
+                    boot_id=ident.boot_id,
+                    vmm=vmm.backend.value,
+                )
+                progress.detail = f"{vmm.backend.value} ({accel.value}), pid {ident.pid}"
+            with progress.stage("wait-ssh"):
+                argv = vm_boot.ssh_argv(
+                    self.ctx.config.ssh_key_file(), paths.known_hosts, vm.ip or ""
+                )
+                took = await vm_boot.wait_for_ssh(
+                    self.ctx.runner,
+                    argv,
+                    vm.ip or "",
+                    timeout_s=timeout_s,
+                    alive=ident,
+                    console_log=paths.console_log,
+                )
+                progress.detail = f"guest answered SSH after {took:.1f}s"
+        except BaseException as exc:
+            await self._boot_failed(vm, exc)
+            raise
+        return await self._update(vm.name, state=VmState.RUNNING)
+
+    async def _boot_failed(self, vm: VmRecord, exc: BaseException) -> None:
+        current = await self.get(vm.name)
+        handle = vm_boot.handle_of(current, self.paths(current))
+        if handle is not None:
+            spawn.signal_if_ours(handle.process, signals.SIGKILL)
+            await spawn.wait_exit(handle.process, timeout_s=5)
+        reason = exc.brief if isinstance(exc, BangerError) else repr(exc)
+        await self._update(
+            vm.name, state=VmState.ERROR, pid=None, last_error=reason, stopped_at=utc_now()
+        )
+
+    def start(self, name: str, *, boot_timeout_s: float = 300.0) -> AsyncIterator[dict[str, Any]]:
+        return run_streamed(lambda progress: self._start(name, progress, boot_timeout_s))
+
+    async def _start(self, name: str, progress: Progress, timeout_s: float) -> dict[str, Any]:
+        async with self.locked(name):
+            vm = await self.get(name)
+            if self._alive(vm):
+                progress.note("start", _state_of(None), f"{name} is already running")
+                return record_dict(vm)
+            wanted = Backend(vm.vmm) if vm.vmm else None
+            plan = await self._plan(await self._image_of(vm), wanted, progress)
+            await self.ensure_network()
+            if vm.nat:
+                await self._ensure_nat()
+            vm = await self._boot(vm, plan, progress, timeout_s=timeout_s)
+            return record_dict(vm)
+
+    async def _image_of(self, vm: VmRecord) -> tuple[ImageRecord, KernelRecord | None]:
+        if vm.image_id is None:
+            raise InvalidState(f"VM {vm.name!r} has no image recorded")
+        image: ImageRecord = await self.ctx.db.run(repo.get_image_by_id, vm.image_id)
+        return await self._image(image.name)
+
+    # -- stop, kill, restart, delete -----------------------------------------------------
+
+    async def stop(self, name: str) -> VmRecord:
+        async with self.locked(name):
+            vm = await self.get(name)
+            handle = vm_boot.handle_of(vm, self.paths(vm))
+            if handle is None or not procinfo.is_running(handle.process):
+                # Stopping a stopped VM succeeds (ADVERSARIAL 51).
+                return await self._mark_stopped(vm, reason=None)
+            self._stopping.add(name)
+            try:
+                await self._update(name, state=VmState.STOPPING)
+                await self._vmm_for(handle.backend).shutdown(handle, timeout_s=STOP_TIMEOUT_S)
+            finally:
+                self._stopping.discard(name)
+            return await self._mark_stopped(await self.get(name), reason=None)
+
+    async def kill(self, name: str, sig: int) -> VmRecord:
+        async with self.locked(name):
+            vm = await self.get(name)
+            handle = vm_boot.handle_of(vm, self.paths(vm))
+            if handle is None or not procinfo.is_running(handle.process):
+                raise InvalidState(f"VM {name!r} is not running")
+            spawn.signal_if_ours(handle.process, sig)
+            if sig in (signals.SIGKILL, signals.SIGTERM):
+                await spawn.wait_exit(handle.process, timeout_s=10)
+            if not procinfo.is_running(handle.process):
+                return await self._mark_stopped(vm, reason=f"killed with signal {sig}")
+            return vm
+
+    async def delete(self, name: str, *, force: bool) -> None:
+        async with self.locked(name):
+            vm = await self.get(name)
+            handle = vm_boot.handle_of(vm, self.paths(vm))
+            if handle is not None and procinfo.is_running(handle.process):
+                if not force:
+                    raise InvalidState(
+                        f"VM {name!r} is running", hint="stop it first, or delete with --force"
+                    )
+                spawn.signal_if_ours(handle.process, signals.SIGKILL)
+                await spawn.wait_exit(handle.process, timeout_s=10)
+            await self.discard(vm)
+        self._locks.pop(name, None)
+
+    async def discard(self, vm: VmRecord) -> None:
+        """Remove a VM's row, files and TAP (row first: leftovers are swept at start-up)."""
+        await self.ctx.db.run(repo.delete_vm, vm.name)
+        paths = self.paths(vm)
+        await asyncio.to_thread(remove_published, paths.vm_dir)
+        await asyncio.to_thread(shutil.rmtree, paths.run_dir, True)
+        if vm.tap:
+            await asyncio.to_thread(self.taps.release, vm.tap)
+
+    async def set_resources(
+        self, name: str, *, vcpu: int | None, memory_mib: int | None, disk_size_bytes: int | None
+    ) -> VmRecord:
+        async with self.locked(name):
+            vm = await self.get(name)
+            if self._alive(vm):
+                raise InvalidState(
+                    f"VM {name!r} is running: changing its size is not supported after start",
+                    hint="`banger vm stop` it first",
+                )
+            if disk_size_bytes is not None:
+                if disk_size_bytes < vm.disk_size_bytes:
+                    raise InvalidArgument(
+                        f"the work disk can grow but not shrink (now {vm.disk_size_bytes} bytes)"
+                    )
+                await asyncio.to_thread(
+                    vm_disks.grow_work_disk, self.ctx, self.paths(vm), disk_size_bytes
+                )
+            changes = {
+                k: v
+                for k, v in (
+                    ("vcpu", vcpu),
+                    ("memory_mib", memory_mib),
+                    ("disk_size_bytes", disk_size_bytes),
+                )
+                if v is not None
+            }
+            return await self._update(name, **changes) if changes else vm
+
+    # -- state helpers -------------------------------------------------------------------
+
+    def _alive(self, vm: VmRecord) -> bool:
+        handle = vm_boot.handle_of(vm, self.paths(vm))
+        return handle is not None and procinfo.is_running(handle.process)
+
+    def _vmm_for(self, backend: Backend) -> Vmm:
+        cfg = self.ctx.config
+        if backend is Backend.FIRECRACKER:
+            binary = select.find_binary(cfg.firecracker_bin, "firecracker")
+            return FirecrackerVmm(self.ctx.runner, binary or _missing("firecracker"))
+        binary = select.find_binary(cfg.qemu_bin, "qemu-system-x86_64")
+        return QemuVmm(self.ctx.runner, binary or _missing("qemu-system-x86_64"))
+
+    async def _update(self, name: str, **changes: object) -> VmRecord:
+        record: VmRecord = await self.ctx.db.run(repo.update_vm, name, **changes)
+        return record
+
+    async def _mark_stopped(self, vm: VmRecord, *, reason: str | None) -> VmRecord:
+        state = VmState.ERROR if vm.state is VmState.ERROR and reason is None else VmState.STOPPED
+        return await self._update(
+            vm.name,
+            state=state,
+            pid=None,
+            pid_start_ticks=None,
+            stopped_at=utc_now(),
+            last_error=reason if reason else vm.last_error,
+        )
+
+    # -- noticing VMMs that die ------------------------------------------------------------
+
+    def start_monitor(self) -> None:
+        self._monitor = asyncio.create_task(self._watch())
+
+    async def stop_monitor(self) -> None:
+        if self._monitor is not None:
+            self._monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._monitor
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(MONITOR_INTERVAL_S)
+            try:
+                await self.check_all()
+            except Exception:
+                log.exception("VM monitor pass failed")
+
+    async def check_all(self) -> None:
+        spawn.reap()
+        vms: list[VmRecord] = await self.ctx.db.run(repo.list_vms)
+        for vm in vms:
+            if vm.state not in LIVE_STATES or vm.name in self._stopping:
+                continue
+            lock = self._locks.get(vm.name)
+            if lock is not None and lock.locked():
+                continue
+            if not self._alive(vm):
+                log.warning("VMM exited", extra={"fields": {"vm": vm.name, "pid": vm.pid}})
+                await self._mark_stopped(
+                    vm,
+                    reason="the VMM exited unexpectedly "
+                    f"(console log: {self.paths(vm).console_log})",
+                )
+
+
+def _state_of(accel: Accel | None) -> Any:
+    from banger.wire import StageState
+
+    return StageState.WARN if accel is Accel.TCG else StageState.OK
+
+
+def _missing(binary: str) -> Any:
+    raise InvalidState(f"{binary} is no longer installed", hint="`banger doctor` checks VMMs")

@@ -1,0 +1,1 @@
+"""VM domain logic that does no I/O: names, lifecycle states, boot command lines."""

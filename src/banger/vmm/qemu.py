@@ -1,0 +1,150 @@
+"""The QEMU backend: microvm (virtio-mmio) with direct kernel boot, controlled over QMP.
+
+Owns: QEMU's command line for a ``MachineSpec``, starting it detached, and stopping it
+(ACPI power-down, then QMP quit, then SIGKILL). Must not: allocate anything.
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Any, ClassVar
+
+from banger import procinfo
+from banger.errors import CommandFailed, InvalidArgument
+from banger.kernels.vmlinux import KernelFormat, kernel_format
+from banger.runner import Runner
+from banger.vmm import spawn
+from banger.vmm.base import Accel, Backend, MachineSpec, VmmHandle
+from banger.vmm.qmp import QmpClient
+
+SOCKET_TIMEOUT_S = 15.0
+CTRL_ALT_DEL = {"keys": [{"type": "qcode", "data": key} for key in ("ctrl", "alt", "delete")]}
+QUIT_GRACE_S = 5.0
+
+
+def build_argv(binary: Path, spec: MachineSpec, *, machine: str = "microvm") -> list[str]:
+    qmp = spec.run_dir / "qmp.sock"
+    if machine == "microvm":
+        # acpi=on: devices and the power button are described in ACPI (no cmdline devices).
+        argv = [str(binary), "-M", "microvm,acpi=on,rtc=on,isa-serial=on"]
+        blk, net = "virtio-blk-device", "virtio-net-device"
+    else:
+        argv = [str(binary), "-M", "pc"]
+        blk, net = "virtio-blk-pci", "virtio-net-pci"
+    if spec.accel is Accel.KVM:
+        argv += ["-accel", "kvm", "-cpu", "host"]
+    else:
+        argv += ["-accel", "tcg", "-cpu", "max"]
+    argv += [
+        "-name",
+        f"banger-{spec.name}",
+        "-smp",
+        str(spec.vcpu),
+        "-m",
+        str(spec.memory_mib),
+        "-nodefaults",
+        "-no-user-config",
+        "-no-reboot",
+        "-display",
+        "none",
+        "-monitor",
+        "none",
+        "-serial",
+        f"file:{spec.console_log}",
+        "-qmp",
+        f"unix:{qmp},server=on,wait=off",
+        "-kernel",
+        str(spec.kernel),
+        "-append",
+        spec.cmdline,
+    ]
+    if spec.initrd is not None:
+        argv += ["-initrd", str(spec.initrd)]
+    for drive in spec.drives:
+        ro = ",readonly=on" if drive.read_only else ""
+        argv += [
+            "-drive",
+            f"file={drive.path},if=none,id={drive.drive_id},format=raw{ro}",
+            "-device",
+            f"{blk},drive={drive.drive_id}",
+        ]
+    if spec.net is not None:
+        argv += [
+            "-netdev",
+            f"tap,id=n0,ifname={spec.net.tap},script=no,downscript=no",
+            "-device",
+            f"{net},netdev=n0,mac={spec.net.mac}",
+        ]
+    argv += ["-device", "virtio-rng-device" if machine == "microvm" else "virtio-rng-pci"]
+    if machine == "microvm":
+        # The keyboard controller that carries ctrl-alt-del, as Firecracker emulates one:
+        # guests ignore the ACPI power button (its driver is a module, nothing listens).
+        argv += ["-device", "i8042"]
+    return argv
+
+
+class QemuVmm:
+    backend: ClassVar[Backend] = Backend.QEMU
+
+    def __init__(self, runner: Runner, binary: Path, *, machine: str = "microvm") -> None:
+        self.runner = runner
+        self.binary = binary
+        self.machine = machine
+
+    def check_kernel(self, kernel: Path) -> None:
+        if kernel_format(kernel) is KernelFormat.UNKNOWN:
+            raise InvalidArgument(
+                f"{kernel} is neither a bzImage nor an ELF vmlinux: QEMU cannot boot it",
+                hint="import the kernel with `banger kernel import NAME --from DIR`",
+            )
+
+    async def launch(self, spec: MachineSpec) -> VmmHandle:
+        qmp_path = spec.run_dir / "qmp.sock"
+        qmp_path.unlink(missing_ok=True)
+        argv = build_argv(self.binary, spec, machine=self.machine)
+        identity = spawn.spawn_detached(argv, log_path=spec.vmm_log, runner=self.runner)
+        handle = VmmHandle(Backend.QEMU, identity, qmp_path)
+        try:
+            await spawn.wait_for_socket(
+                qmp_path, identity, timeout_s=SOCKET_TIMEOUT_S, log_path=spec.vmm_log
+            )
+            async with QmpClient(qmp_path) as qmp:
+                status = await qmp.execute("query-status")
+            if status.get("status") != "running":
+                raise CommandFailed(f"QEMU is {status.get('status')!r} after start, not running")
+        except BaseException:
+            await self.kill(handle, sig=signal.SIGKILL)
+            raise
+        return handle
+
+    async def shutdown(self, handle: VmmHandle, *, timeout_s: float) -> None:
+        # ctrl-alt-del: busybox init powers off, systemd reboots; with -no-reboot and
+        # reboot=k either way QEMU exits (Firecracker's SendCtrlAltDel semantics).
+        if not await self._ask(handle, "send-key", CTRL_ALT_DEL):
+            return
+        if await spawn.wait_exit(handle.process, timeout_s=timeout_s):
+            return
+        await self._ask(handle, "quit")
+        if await spawn.wait_exit(handle.process, timeout_s=QUIT_GRACE_S):
+            return
+        await self.kill(handle, sig=signal.SIGKILL)
+        await spawn.wait_exit(handle.process, timeout_s=QUIT_GRACE_S)
+
+    async def kill(self, handle: VmmHandle, *, sig: int) -> None:
+        spawn.signal_if_ours(handle.process, sig)
+        if sig == signal.SIGKILL:
+            await spawn.wait_exit(handle.process, timeout_s=QUIT_GRACE_S)
+
+    async def _ask(
+        self, handle: VmmHandle, command: str, arguments: dict[str, Any] | None = None
+    ) -> bool:
+        """Send a QMP command; False when the VMM is already gone."""
+        if not procinfo.is_running(handle.process):
+            return False
+        try:
+            async with QmpClient(handle.control_socket) as qmp:
+                await qmp.execute(command, arguments)
+        except CommandFailed:
+            return procinfo.is_running(handle.process)
+        return True

@@ -1,0 +1,121 @@
+"""A banger daemon running inside a network namespace of the test's own, with the real
+CLI driving it (TESTING.md network rule: bridges, TAPs and guest IPs exist only there).
+
+``VmEnv`` owns one throwaway banger home, one netns and the daemon in it; ``banger()``
+runs the CLI inside the namespace (so `vm ssh` reaches the guests). At the end every VM is
+deleted and any VMM still alive is killed by the pid the daemon recorded for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from banger import procinfo
+from tests.conftest import BIN, BangerHome, make_home
+from tests.netns import Netns, netns
+
+
+@dataclass
+class VmEnv:
+    home: BangerHome
+    ns: Netns
+    daemon: subprocess.Popen[bytes] | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**self.home.env, **self.extra_env}
+
+    def banger(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        return self.ns.run(
+            [str(BIN / "banger"), *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def ok(self, *args: str, timeout: float = 600) -> str:
+        out = self.banger(*args, timeout=timeout)
+        assert out.returncode == 0, f"banger {' '.join(args)} failed:\n{out.stdout}\n{out.stderr}"
+        return out.stdout
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.ok(*args, "--json"))
+
+    def start_daemon(self) -> None:
+        log = (self.home.root / "bangerd.out").open("ab")
+        self.daemon = self.ns.popen(
+            [str(BIN / "bangerd")],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            out = self.banger("version", "--json", timeout=30)
+            if out.returncode == 0 and json.loads(out.stdout)["daemon"] is not None:
+                return
+            assert self.daemon.poll() is None, "daemon exited: see bangerd.out"
+            assert time.monotonic() < deadline, "daemon did not come up"
+            time.sleep(0.1)
+
+    def kill_daemon(self) -> None:
+        assert self.daemon is not None
+        self.daemon.send_signal(signal.SIGKILL)
+        self.daemon.wait(timeout=10)
+
+    def stop_daemon(self) -> None:
+        self.banger("daemon", "stop", timeout=60)
+        if self.daemon is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.daemon.wait(timeout=30)
+
+    def recorded_vmm_pids(self) -> list[procinfo.ProcessIdentity]:
+        db = self.home.state_dir / "state.db"
+        if not db.exists():
+            return []
+        with contextlib.closing(sqlite3.connect(db)) as conn:
+            rows = conn.execute(
+                "SELECT pid, pid_start_ticks, boot_id FROM vms WHERE pid IS NOT NULL"
+            ).fetchall()
+        return [procinfo.ProcessIdentity(*row) for row in rows]
+
+    def cleanup(self) -> None:
+        if self.daemon is not None and self.daemon.poll() is None:
+            for vm in json.loads(self.banger("vm", "list", "--json").stdout or "[]"):
+                self.banger("vm", "delete", "--force", vm["name"], timeout=120)
+        for ident in self.recorded_vmm_pids():
+            if procinfo.is_running(ident):
+                os.kill(ident.pid, signal.SIGKILL)
+        self.stop_daemon()
+
+
+@contextlib.contextmanager
+def vm_env(config: str = "") -> Iterator[VmEnv]:
+    with tempfile.TemporaryDirectory(prefix="bgr-vm-") as tmp, netns() as ns:
+        home = make_home(Path(tmp))
+        home.write_config(config)
+        env = VmEnv(home=home, ns=ns)
+        try:
+            env.start_daemon()
+            yield env
+        finally:
+            env.cleanup()
+
+
+def events(stdout: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
