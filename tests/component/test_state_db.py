@@ -147,12 +147,14 @@ def test_database_from_a_newer_banger_is_refused(db_path: Path) -> None:
 
 
 def test_failed_migration_changes_nothing(db_path: Path) -> None:
-    broken = Migration(2, "broken", ("CREATE TABLE extra (x INTEGER)", "THIS IS NOT SQL"))
+    broken = Migration(
+        LATEST_VERSION + 1, "broken", ("CREATE TABLE extra (x INTEGER)", "THIS IS NOT SQL")
+    )
     with pytest.raises(StateError):
         Database.open(db_path, migrations=(*MIGRATIONS, broken))
     db = Database.open(db_path)
     try:
-        assert db.schema_version() == 1
+        assert db.schema_version() == LATEST_VERSION
         names = db.read(lambda c: [r[0] for r in c.execute("SELECT name FROM sqlite_master")])
         assert "extra" not in names
     finally:

@@ -119,6 +119,7 @@ class ImageInfo(Strict):
     modules_path: str | None = None
     source_digest: str | None = None
     size_bytes: int | None = None
+    init_path: str | None = None
 
 
 class VmInfo(Strict):

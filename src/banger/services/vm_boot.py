@@ -30,6 +30,7 @@ CONTROL_SOCKET = {Backend.QEMU: "qmp.sock", Backend.FIRECRACKER: "fc.sock"}
 class BootFiles:
     kernel: Path
     initrd: Path | None
+    init: str | None = None
 
 
 def boot_files(image: ImageRecord, kernel: KernelRecord | None, backend: Backend) -> BootFiles:
@@ -40,14 +41,14 @@ def boot_files(image: ImageRecord, kernel: KernelRecord | None, backend: Backend
         bzimage = kdir / "vmlinuz"
         # QEMU boots the bzImage directly (smaller, no PVH detour); Firecracker needs ELF.
         if backend is Backend.QEMU and bzimage.exists():
-            return BootFiles(bzimage, initrd)
-        return BootFiles(kdir / "vmlinux", initrd)
+            return BootFiles(bzimage, initrd, image.init_path)
+        return BootFiles(kdir / "vmlinux", initrd, image.init_path)
     if not image.kernel_path:
         raise InvalidArgument(
             f"image {image.name!r} has no kernel", hint="register it with --kernel or --kernel-ref"
         )
     initrd_path = Path(image.initrd_path) if image.initrd_path else None
-    return BootFiles(Path(image.kernel_path), initrd_path)
+    return BootFiles(Path(image.kernel_path), initrd_path, image.init_path)
 
 
 def host_tsc_khz() -> int | None:
@@ -82,6 +83,7 @@ def machine_spec(
         dns=net.dns,
         tsc_khz=host_tsc_khz() if accel is Accel.TCG else None,
         initrd_net=files.initrd is not None,
+        init=files.init,
     )
     return MachineSpec(
         name=vm.name,

@@ -99,6 +99,11 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX vms_image_id ON vms(image_id)",
         ),
     ),
+    Migration(
+        version=2,
+        description="images: the init a pulled image boots with (init= on the command line)",
+        statements=("ALTER TABLE images ADD COLUMN init_path TEXT",),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

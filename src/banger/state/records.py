@@ -66,6 +66,8 @@ class ImageRecord:
     modules_path: str | None = None
     source_digest: str | None = None
     size_bytes: int | None = None
+    #: Guest path passed as ``init=`` (banger's first-boot init for pulled images).
+    init_path: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
