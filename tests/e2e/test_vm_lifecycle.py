@@ -217,3 +217,22 @@ def test_eight_parallel_creates_get_unique_resources_e118(env: VmEnv) -> None:
     for r in results:
         assert env.ok("vm", "ssh", r["name"], "--", "hostname").strip() == r["name"]
     env.ok("vm", "delete", "--force", *[r["name"] for r in results])
+
+
+def test_vm_run_passes_the_exit_status_and_rm_deletes(env: VmEnv) -> None:
+    before = {v["name"] for v in env.json("vm", "list")}
+    out = env.banger("vm", "run", "--rm", *TINY, "--", "sh", "-c", "echo in-guest; exit 7")
+    assert out.returncode == 7, out.stderr
+    assert "in-guest" in out.stdout
+    assert out.stdout.splitlines()[0].startswith("spec: 1 vcpu")
+    assert "deleted" in out.stderr
+    assert {v["name"] for v in env.json("vm", "list")} == before
+
+
+def test_vm_run_without_rm_keeps_the_vm(env: VmEnv) -> None:
+    out = env.banger("vm", "run", "--name", "kept", *TINY, "--", "cat", "/etc/hostname")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[-1] == "kept"
+    assert "still running" in out.stderr
+    assert env.json("vm", "show", "kept")["state"] == "running"
+    env.ok("vm", "delete", "--force", "kept")

@@ -3,7 +3,6 @@ stats and ssh. Commands that take several names run them concurrently."""
 
 from __future__ import annotations
 
-import shlex
 import subprocess
 import sys
 import time
@@ -14,10 +13,12 @@ from urllib.parse import quote
 
 import click
 
+from banger.cli.cmd_run import run
 from banger.cli.output import emit_json, emit_kv, emit_table, follow_stream
 from banger.cli.session import Session
-from banger.cli.vm_options import ResolvedDefault, memory_mib, size_bytes, vcpu_count
-from banger.errors import BangerError, InvalidState
+from banger.cli.vm_common import create_body, create_options, create_vm, ssh_command
+from banger.cli.vm_options import memory_mib, size_bytes, vcpu_count
+from banger.errors import BangerError
 from banger.render import format_error
 from banger.units import format_size
 
@@ -34,69 +35,16 @@ def vm() -> None:
 
 
 @vm.command()
-@click.option("--name", help="VM name (default: a generated adjective-noun).")
-@click.option("--image", help="Image to boot (default: default_image_name in config).")
-@click.option("--vcpu", cls=ResolvedDefault, field="vcpu", help="Virtual CPUs.")
-@click.option(
-    "--memory", cls=ResolvedDefault, field="memory_mib", help="Memory: MiB, or a size like 2G."
-)
-@click.option(
-    "--disk-size",
-    cls=ResolvedDefault,
-    field="disk_size_bytes",
-    help="Size of the /root work disk, like 8G.",
-)
-@click.option("--nat", is_flag=True, help="Give the VM outbound network access (NAT).")
-@click.option("--vmm", type=click.Choice(["firecracker", "qemu"]), help="Force a VMM.")
-@click.option(
-    "--boot-timeout",
-    default=300,
-    show_default=True,
-    type=click.IntRange(1, 3600),
-    help="Seconds to wait for the guest to accept SSH.",
-)
+@create_options
 @json_option
 @click.pass_obj
-def create(
-    session: Session,
-    *,
-    name: str | None,
-    image: str | None,
-    vcpu: str | None,
-    memory: str | None,
-    disk_size: str | None,
-    nat: bool,
-    vmm: str | None,
-    boot_timeout: int,
-    as_json: bool,
-) -> None:
+def create(session: Session, /, as_json: bool, **options: Any) -> None:
     """Create a VM and boot it; prints a spec line, then each stage as it happens."""
-    body: dict[str, Any] = {"nat": nat, "boot_timeout_s": boot_timeout}
-    for key, value in (("name", name), ("image", image), ("vmm", vmm)):
-        if value is not None:
-            body[key] = value
-    if vcpu is not None:
-        body["vcpu"] = vcpu_count(vcpu)
-    if memory is not None:
-        body["memory_mib"] = memory_mib(memory)
-    if disk_size is not None:
-        body["disk_size_bytes"] = size_bytes(disk_size, what="--disk-size")
-    client = session.client()
+    result = create_vm(session, create_body(**options), as_json=as_json)
     if not as_json:
-        defaults = client.get("/vm-defaults")
-        click.echo(_spec_line(body, defaults))
-    result = follow_stream(client.stream("POST", "/vms", body), as_json=as_json)
-    if not as_json and isinstance(result, dict):
         click.echo(
             f"{result['name']} is running at {result['ip']} (banger vm ssh {result['name']})"
         )
-
-
-def _spec_line(body: dict[str, Any], defaults: dict[str, Any]) -> str:
-    vcpu = body.get("vcpu", defaults["vcpu"]["value"])
-    mem = body.get("memory_mib", defaults["memory_mib"]["value"])
-    disk = body.get("disk_size_bytes", defaults["disk_size_bytes"]["value"])
-    return f"spec: {vcpu} vcpu · {mem} MiB · {format_size(disk)} disk"
 
 
 def _each(names: tuple[str, ...], action: Callable[[str], str]) -> int:
@@ -310,11 +258,6 @@ def stats(session: Session, name: str, as_json: bool) -> None:
     )
 
 
-def remote_command(words: tuple[str, ...]) -> str:
-    """ssh hands the guest one string for its shell; keep several words as exact argv."""
-    return words[0] if len(words) == 1 else shlex.join(words)
-
-
 @vm.command(context_settings={"ignore_unknown_options": True})
 @click.argument("name")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
@@ -325,26 +268,7 @@ def ssh(session: Session, name: str, command: tuple[str, ...]) -> int:
     Several words run as exactly that argv (`-- sh -c 'exit 7'`); a single word is
     handed to the guest's shell as a command line (`-- 'ls | wc -l'`).
     """
-    info = session.client().get(_path(name, "/ssh"))
-    if info["state"] != "running" or not info["ip"]:
-        raise InvalidState(
-            f"VM {name!r} is {info['state']}, not running", hint=f"`banger vm start {name}`"
-        )
-    argv = [
-        "ssh",
-        "-i",
-        info["key"],
-        "-o",
-        "IdentitiesOnly=yes",
-        "-o",
-        "StrictHostKeyChecking=yes",
-        "-o",
-        f"UserKnownHostsFile={info['known_hosts']}",
-        "-o",
-        "LogLevel=ERROR",
-        "-l",
-        info["user"],
-    ]
-    argv += ["-t"] if not command and sys.stdin.isatty() else []
-    argv += [info["ip"], "--", remote_command(command)] if command else [info["ip"]]
-    return subprocess.run(argv, check=False).returncode
+    return subprocess.run(ssh_command(session, name, command), check=False).returncode
+
+
+vm.add_command(run)

@@ -245,6 +245,12 @@ class VmService:
                 progress.detail = f"guest answered SSH after {took:.1f}s"
         except BaseException as exc:
             await self._boot_failed(vm, exc)
+            if isinstance(exc, BangerError):
+                exc.hint = (
+                    f"{exc.hint + '; ' if exc.hint else ''}the VM {vm.name!r} is kept "
+                    f"in state error: `banger vm logs {vm.name}` shows its console, "
+                    f"`banger vm delete {vm.name}` removes it"
+                )
             raise
         return await self._update(vm.name, state=VmState.RUNNING)
 

@@ -1,0 +1,50 @@
+"""``banger vm run``: a fresh VM and a shell or a command in it, in one step (SPEC §7).
+
+Owns: the run flow — create (spec line, live stages), then an interactive shell or the
+command after ``--`` with its exit status, then ``--rm`` cleanup (any exit status; a VM
+that never became reachable is kept for `vm logs` and the error says so).
+Must not: duplicate create/ssh logic (``vm_common`` has it).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import Any
+from urllib.parse import quote
+
+import click
+
+from banger.cli.session import Session
+from banger.cli.vm_common import create_body, create_options, create_vm, ssh_command
+
+
+@click.command(context_settings={"ignore_unknown_options": True})
+@create_options
+@click.option(
+    "--rm",
+    "remove",
+    is_flag=True,
+    help="Delete the VM when the shell or command ends (whatever its status).",
+)
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.pass_obj
+def run(session: Session, /, command: tuple[str, ...], remove: bool, **options: Any) -> int:
+    """Create a VM and open a shell in it, or run `-- COMMAND…` and exit with its status.
+
+    The VM starts from the default image (obtained automatically the first time) unless
+    --image says otherwise. With --rm it is deleted afterwards. Several words after `--`
+    run as exactly that argv; one word is a shell command line.
+    """
+    # A VM that never became reachable is kept even with --rm: the daemon's error names
+    # it and points at `banger vm logs`.
+    vm = create_vm(session, create_body(**options), as_json=False)
+    name = vm["name"]
+    try:
+        return subprocess.run(ssh_command(session, name, command), check=False).returncode
+    finally:
+        if remove:
+            session.client().request("DELETE", f"/vms/{quote(name, safe='')}?force=true")
+            sys.stderr.write(f"banger: deleted {name}\n")
+        else:
+            sys.stderr.write(f"banger: {name} is still running (banger vm delete {name})\n")
