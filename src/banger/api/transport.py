@@ -25,6 +25,7 @@ from banger.wire import error_body
 log = logging.getLogger("banger.api")
 
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+REFUSAL_LINGER_S = 1.0
 
 
 def bind_unix_socket(path: Path) -> socket.socket:
@@ -67,6 +68,7 @@ class PeerCheckedH11Protocol(H11Protocol):
     """uvicorn's h11 protocol, but a connection from another uid gets a 403 and is closed."""
 
     _refused = False
+    _refused_transport: asyncio.Transport
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         sock = transport.get_extra_info("socket")
@@ -79,13 +81,19 @@ class PeerCheckedH11Protocol(H11Protocol):
             log.warning("refused connection", extra={"fields": {"peer_uid": uid, "peer_pid": pid}})
             with contextlib.suppress(OSError):
                 transport.write(_refusal(uid))
-            transport.close()
+            # Closing at once would make the peer's request write fail (EPIPE) before it
+            # reads the refusal: close once its request has arrived, or after a second.
+            self._refused_transport = transport
+            asyncio.get_running_loop().call_later(REFUSAL_LINGER_S, transport.close)
             return
         super().connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
-        if not self._refused:
-            super().data_received(data)
+        if self._refused:
+            if b"\r\n\r\n" in data:
+                self._refused_transport.close()
+            return
+        super().data_received(data)
 
     def eof_received(self) -> None:
         if not self._refused:
