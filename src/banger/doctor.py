@@ -13,11 +13,13 @@ import platform
 import shutil
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from banger.config import Config
+from banger.errors import BangerError
 from banger.paths import Layout
+from banger.runner import Runner
 from banger.vmdefaults import VmDefaults
 from banger.wire import StageState
 
@@ -52,6 +54,9 @@ class DoctorInputs:
     config: Config
     vm_defaults: VmDefaults
     db_summary: Callable[[], str]
+    #: Result of the KVM probe boot (None: not probed, e.g. no kernel to boot yet).
+    kvm_runs_guests: bool | None = None
+    runner: Runner = field(default_factory=Runner)
 
 
 Check = Callable[[DoctorInputs], CheckResult]
@@ -68,7 +73,7 @@ def check_arch(_: DoctorInputs) -> CheckResult:
     )
 
 
-def check_kvm(_: DoctorInputs) -> CheckResult:
+def check_kvm(inputs: DoctorInputs) -> CheckResult:
     path = "/dev/kvm"
     try:
         fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
@@ -92,9 +97,75 @@ def check_kvm(_: DoctorInputs) -> CheckResult:
         os.close(fd)
     if version != KVM_API_VERSION:
         return CheckResult(StageState.WARN, f"/dev/kvm reports API version {version}")
+    return _kvm_verdict(inputs.kvm_runs_guests)
+
+
+def _kvm_verdict(runs_guests: bool | None) -> CheckResult:
+    if runs_guests is False:
+        return CheckResult(
+            StageState.WARN,
+            "/dev/kvm exists but could not run a guest (a probe boot under KVM printed "
+            "nothing): VMs run under QEMU software emulation (slow)",
+            hint="nested virtualisation without full KVM (e.g. PVM) cannot boot stock "
+            "kernels; on bare metal, check the kvm_intel/kvm_amd modules",
+        )
+    if runs_guests is None:
+        return CheckResult(
+            StageState.OK,
+            "/dev/kvm opens (API 12); not probed yet: no kernel to boot (import or pull one)",
+        )
+    return CheckResult(StageState.OK, "/dev/kvm runs guests (probe boot printed the kernel banner)")
+
+
+def check_vhost_vsock(_: DoctorInputs) -> CheckResult:
+    if Path("/dev/vhost-vsock").exists():
+        return CheckResult(StageState.OK, "/dev/vhost-vsock present")
     return CheckResult(
-        StageState.OK,
-        "/dev/kvm opens and reports API 12 (whether it can run a guest is tried at first boot)",
+        StageState.WARN,
+        "/dev/vhost-vsock absent: QEMU guests reach banger's agent over virtio-serial instead",
+        hint="optional: sudo modprobe vhost_vsock",
+    )
+
+
+def check_forward_policy(inputs: DoctorInputs) -> CheckResult:
+    try:
+        ruleset = inputs.runner.run(["nft", "list", "ruleset"], timeout_s=10).text
+    except BangerError as exc:
+        return CheckResult(StageState.SKIP, f"cannot read the firewall: {exc.brief}")
+    dropping = forward_drop_chains(ruleset)
+    if dropping:
+        bridge = inputs.config.bridge_name
+        return CheckResult(
+            StageState.WARN,
+            "FORWARD policy drop in "
+            + ", ".join(dropping)
+            + ": traffic of VMs started with --nat would be black-holed",
+            hint=f"allow the bridge: sudo iptables -I FORWARD -i {bridge} -j ACCEPT && "
+            f"sudo iptables -I FORWARD -o {bridge} -j ACCEPT",
+        )
+    return CheckResult(StageState.OK, "no forward chain drops by default")
+
+
+def forward_drop_chains(ruleset: str) -> list[str]:
+    """Chains hooked on forward with policy drop, outside banger's own table."""
+    found, table, chain = [], "", ""
+    for raw in ruleset.splitlines():
+        line = raw.strip()
+        if line.startswith("table "):
+            table = line.removeprefix("table ").removesuffix("{").strip()
+        elif line.startswith("chain "):
+            chain = line.removeprefix("chain ").removesuffix("{").strip()
+        elif "hook forward" in line and "policy drop" in line and table != "inet banger":
+            found.append(f"{table} {chain}")
+    return found
+
+
+def check_network(inputs: DoctorInputs) -> CheckResult:
+    bridge = inputs.config.bridge_name
+    if not Path(f"/sys/class/net/{bridge}").exists():
+        return CheckResult(StageState.OK, f"bridge {bridge} not created yet (made at first VM)")
+    return CheckResult(
+        StageState.OK, f"bridge {bridge} present ({inputs.config.bridge_ip}, {inputs.config.cidr})"
     )
 
 
@@ -178,8 +249,11 @@ def check_runtime_dir(inputs: DoctorInputs) -> CheckResult:
 CHECKS: tuple[tuple[str, Check], ...] = (
     ("architecture", check_arch),
     ("kvm", check_kvm),
+    ("vhost-vsock", check_vhost_vsock),
     ("vmm", check_vmm),
     ("host tools", check_host_tools),
+    ("network", check_network),
+    ("firewall", check_forward_policy),
     ("config", check_config),
     ("vm defaults", check_vm_defaults),
     ("state", check_state),

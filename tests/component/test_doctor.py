@@ -29,3 +29,38 @@ def test_doctor_text_marks_each_check(home: BangerHome) -> None:
     assert any(line.startswith("✓ architecture: x86_64") for line in lines)
     assert any(line.startswith(("✓ vm defaults", "! vm defaults")) for line in lines)
     assert "(auto)" in out.stdout or "(builtin)" in out.stdout
+
+
+def test_forward_drop_chains_are_found_outside_our_table() -> None:
+    from banger.doctor import forward_drop_chains
+
+    ruleset = """table ip filter {
+\tchain FORWARD {
+\t\ttype filter hook forward priority filter; policy drop;
+\t}
+}
+table inet banger {
+\tchain forward {
+\t\ttype filter hook forward priority filter; policy drop;
+\t}
+}
+table inet other {
+\tchain fwd {
+\t\ttype filter hook forward priority 0; policy accept;
+\t}
+}
+"""
+    assert forward_drop_chains(ruleset) == ["ip filter FORWARD"]
+
+
+def test_doctor_reports_kvm_vsock_and_firewall_checks(home: BangerHome) -> None:
+    out = home.banger("doctor", "--json")
+    finished = {
+        e["stage"]: e
+        for e in map(json.loads, out.stdout.splitlines())
+        if e["type"] == "stage" and e["state"] != "running"
+    }
+    assert {"vhost-vsock", "firewall", "network"} <= finished.keys()
+    if not __import__("os").path.exists("/dev/vhost-vsock"):
+        assert finished["vhost-vsock"]["state"] == "warn"
+        assert "virtio-serial" in finished["vhost-vsock"]["detail"]

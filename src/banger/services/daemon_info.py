@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from banger.daemon.context import DaemonContext
@@ -15,6 +16,7 @@ from banger.doctor import CHECKS, DoctorInputs
 from banger.state import repo
 from banger.state.db import Database
 from banger.vmdefaults import spec_line
+from banger.vmm import select
 from banger.wire import StageState, result_event, stage_event
 
 
@@ -63,9 +65,29 @@ def _db_summary(db: Database) -> str:
     return f"{db.path} (schema {db.schema_version()}, integrity {integrity}; {listed})"
 
 
+async def _kvm_probe(ctx: DaemonContext) -> bool | None:
+    """The (cached) KVM probe, booting any stored kernel; None when there is none yet."""
+    kernels = await ctx.db.run(repo.list_kernels)
+    for kernel in kernels:
+        for name in ("vmlinuz", "vmlinux"):
+            path = Path(kernel.dir_path) / name
+            if path.exists():
+                qemu = select.find_binary(ctx.config.qemu_bin, "qemu-system-x86_64")
+                cache = ctx.layout.runtime_dir / "kvm-probe.json"
+                return await select.kvm_runs_guests(qemu, path, cache)
+    return None
+
+
 async def doctor_events(ctx: DaemonContext) -> AsyncIterator[dict[str, Any]]:
     summary: str = await ctx.db.run(_db_summary)
-    inputs = DoctorInputs(ctx.layout, ctx.config, ctx.vm_defaults, lambda: summary)
+    inputs = DoctorInputs(
+        ctx.layout,
+        ctx.config,
+        ctx.vm_defaults,
+        lambda: summary,
+        kvm_runs_guests=await _kvm_probe(ctx),
+        runner=ctx.runner,
+    )
     checks: list[dict[str, Any]] = []
     for name, check in CHECKS:
         yield stage_event(name, StageState.RUNNING)
