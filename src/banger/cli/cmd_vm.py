@@ -66,17 +66,22 @@ def _each(names: tuple[str, ...], action: Callable[[str], str]) -> int:
 @json_option
 @click.pass_obj
 def start(session: Session, names: tuple[str, ...], as_json: bool) -> int:
-    """Boot stopped VMs."""
+    """Boot stopped VMs (several names boot concurrently)."""
+    return _streamed_each(session, names, "/start", as_json=as_json)
+
+
+def _streamed_each(session: Session, names: tuple[str, ...], action: str, *, as_json: bool) -> int:
+    """One VM: show its stages live. Several: run them concurrently, one line each."""
     client = session.client()
     if len(names) == 1:
-        follow_stream(client.stream("POST", _path(names[0], "/start")), as_json=as_json)
+        follow_stream(client.stream("POST", _path(names[0], action)), as_json=as_json)
         return 0
 
     def one(name: str) -> str:
-        for event in client.stream("POST", _path(name, "/start")):
+        for event in client.stream("POST", _path(name, action)):
             if event.get("type") == "result":
-                return f"{name}: running"
-        return f"{name}: started"
+                return f"{name}: {event['data']['state']}"
+        return f"{name}: done"
 
     return _each(names, one)
 
@@ -92,18 +97,11 @@ def stop(session: Session, names: tuple[str, ...]) -> int:
 
 @vm.command()
 @click.argument("names", nargs=-1, required=True)
+@json_option
 @click.pass_obj
-def restart(session: Session, names: tuple[str, ...]) -> int:
+def restart(session: Session, names: tuple[str, ...], as_json: bool) -> int:
     """Stop and boot VMs again."""
-    client = session.client()
-
-    def one(name: str) -> str:
-        for event in client.stream("POST", _path(name, "/restart")):
-            if event.get("type") == "result":
-                return f"{name}: running"
-        return f"{name}: restarted"
-
-    return _each(names, one)
+    return _streamed_each(session, names, "/restart", as_json=as_json)
 
 
 @vm.command()
