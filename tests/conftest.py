@@ -77,6 +77,8 @@ def make_home(root: Path) -> BangerHome:
         path.mkdir(parents=True, exist_ok=True)
         env[name] = str(path)
     env["PATH"] = f"{BIN}:{env.get('PATH', '/usr/bin:/bin')}"
+    # Any free port: 42069 may belong to the developer's own daemon (or another test's).
+    env["BANGER_DNS_PORT"] = "0"
     return BangerHome(root=root, env=env)
 
 

@@ -1,4 +1,4 @@
-"""``banger image register|promote|list|show|delete`` (docs/images.md)."""
+"""``banger image register|pull|promote|list|show|delete`` (docs/images.md)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from urllib.parse import quote
 import click
 
 from banger.cli.cmd_kernel import absolute, json_option, show_record
+from banger.cli.completion import complete_image_names
 from banger.cli.output import emit_json, emit_table, follow_stream
 from banger.cli.session import Session
 from banger.kernels import validate_name
@@ -52,8 +53,58 @@ def image_register(
         click.echo(f"registered image {reply['name']} (unmanaged: banger uses your files)")
 
 
+@image.command("pull")
+@click.argument("ref")
+@click.option(
+    "--name", metavar="NAME", help="Image name (default from REF: debian:12 → debian-12)."
+)
+@click.option("--kernel-ref", metavar="NAME", help="Kernel of the local store the image boots.")
+@click.option(
+    "--size", metavar="SIZE", help="rootfs.ext4 size like 4G (default max(tree * 1.25, 1G))."
+)
+@json_option
+@click.pass_obj
+def image_pull(
+    session: Session,
+    ref: str,
+    *,
+    name: str | None,
+    kernel_ref: str | None,
+    size: str | None,
+    as_json: bool,
+) -> None:
+    """Pull the OCI image REF (linux/amd64) and make it a bootable image.
+
+    REF is [REGISTRY[:PORT]/]NAME[:TAG][@sha256:DIGEST]; Docker Hub is the default
+    registry. Blobs are cached by digest, so pulling again is quick. `--json` prints
+    the progress as NDJSON events.
+    """
+    from banger.oci.reference import default_name, parse_reference
+    from banger.units import parse_size
+
+    reference = parse_reference(ref)  # here too, so a typo fails before the daemon starts
+    name = validate_name(name, kind="image") if name is not None else default_name(reference)
+    if kernel_ref is not None:
+        validate_name(kernel_ref)
+    body: dict[str, Any] = {"ref": ref, "name": name, "kernel_ref": kernel_ref}
+    if size is not None:
+        # 64 MiB: the service's MIN_SIZE_BYTES (the image builder's floor), checked here
+        # too so the message names --size instead of the API field.
+        body["size_bytes"] = parse_size(size, what="--size", minimum_bytes=64 << 20)
+    result = follow_stream(session.client().stream("POST", "/images/pull", body), as_json=as_json)
+    if as_json or not isinstance(result, dict):
+        return
+    digest = str(result.get("source_digest") or "")
+    click.echo(f"pulled image {result['name']} from {result['source']} ({digest[:19]}…)")
+    if not result.get("kernel_name"):
+        click.echo(
+            "note: no kernel recorded; `vm create` needs one: pull again with --kernel-ref NAME "
+            "(`banger kernel list`); the blobs are cached"
+        )
+
+
 @image.command("promote")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_image_names)
 @json_option
 @click.pass_obj
 def image_promote(session: Session, name: str, as_json: bool) -> None:
@@ -90,7 +141,7 @@ def image_list(session: Session, as_json: bool) -> None:
 
 
 @image.command("show")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_image_names)
 @json_option
 @click.pass_obj
 def image_show(session: Session, name: str, as_json: bool) -> None:
@@ -103,7 +154,9 @@ def image_show(session: Session, name: str, as_json: bool) -> None:
 
 
 @image.command("delete")
-@click.argument("names", nargs=-1, required=True, metavar="NAME...")
+@click.argument(
+    "names", nargs=-1, required=True, metavar="NAME...", shell_complete=complete_image_names
+)
 @click.pass_obj
 def image_delete(session: Session, names: tuple[str, ...]) -> None:
     """Delete images; refused while a VM uses one. Registered files are never deleted."""

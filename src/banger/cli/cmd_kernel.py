@@ -1,4 +1,5 @@
-"""``banger kernel import|list|show|rm``: the local kernel store (docs/kernels.md)."""
+"""``banger kernel import|pull|list|show|rm``: the local kernel store (docs/kernels.md)
+and the kernel catalog (docs/catalog.md)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from urllib.parse import quote
 
 import click
 
+from banger.cli.completion import complete_kernel_names
 from banger.cli.output import emit_json, emit_kv, emit_table, follow_stream
 from banger.cli.session import Session
 from banger.kernels import validate_name
@@ -58,11 +60,35 @@ def kernel_import(session: Session, name: str, source: str, force: bool, as_json
         click.echo(f"imported kernel {result['name']} ({version}) into {result['dir_path']}")
 
 
-@kernel.command("list")
+@kernel.command("pull")
+@click.argument("name")
+@click.option("--force", is_flag=True, help="Download again and replace the stored kernel.")
 @json_option
 @click.pass_obj
-def kernel_list(session: Session, as_json: bool) -> None:
-    """List local kernels."""
+def kernel_pull(session: Session, name: str, force: bool, as_json: bool) -> None:
+    """Fetch kernel NAME of the catalog into the store.
+
+    `banger kernel list --available` shows the catalog. The download is checked
+    against the catalog's sha256; an entry without one is trusted on first use (its
+    sha256 is recorded, later pulls must match it), and the pull says so.
+    """
+    validate_name(name)
+    events = session.client().stream("POST", "/kernels/pull", {"name": name, "force": force})
+    result = follow_stream(events, as_json=as_json)
+    if not as_json and isinstance(result, dict):
+        version = result.get("version") or "unknown version"
+        click.echo(f"kernel {result['name']} ({version}) is in {result['dir_path']}")
+
+
+@kernel.command("list")
+@click.option("--available", is_flag=True, help="List the kernel catalog instead.")
+@json_option
+@click.pass_obj
+def kernel_list(session: Session, available: bool, as_json: bool) -> None:
+    """List local kernels, or with --available the catalog's."""
+    if available:
+        _list_available(session, as_json=as_json)
+        return
     kernels: list[dict[str, Any]] = session.client().get("/kernels")
     if as_json:
         emit_json(kernels)
@@ -82,8 +108,28 @@ def kernel_list(session: Session, as_json: bool) -> None:
     emit_table(columns, rows, empty="no kernels")
 
 
+def _list_available(session: Session, *, as_json: bool) -> None:
+    entries: list[dict[str, Any]] = session.client().get("/catalog/kernels")
+    if as_json:
+        emit_json(entries)
+        return
+    rows = [
+        (
+            e["name"],
+            e["version"] or "(archive's)",
+            e["distro"],
+            e["format"],
+            "yes" if e["verified"] else "no (recorded on first pull)",
+            "yes" if e["local"] else "no",
+        )
+        for e in entries
+    ]
+    columns = ("NAME", "VERSION", "DISTRO", "FORMAT", "VERIFIED", "LOCAL")
+    emit_table(columns, rows, empty="the kernel catalog is empty")
+
+
 @kernel.command("show")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_kernel_names)
 @json_option
 @click.pass_obj
 def kernel_show(session: Session, name: str, as_json: bool) -> None:
@@ -102,7 +148,9 @@ def kernel_show(session: Session, name: str, as_json: bool) -> None:
 
 
 @kernel.command("rm")
-@click.argument("names", nargs=-1, required=True, metavar="NAME...")
+@click.argument(
+    "names", nargs=-1, required=True, metavar="NAME...", shell_complete=complete_kernel_names
+)
 @click.pass_obj
 def kernel_rm(session: Session, names: tuple[str, ...]) -> None:
     """Remove kernels; refused while an image uses one."""

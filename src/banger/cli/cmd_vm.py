@@ -14,6 +14,7 @@ from urllib.parse import quote
 import click
 
 from banger.cli.cmd_run import run
+from banger.cli.completion import complete_vm_names
 from banger.cli.output import emit_json, emit_kv, emit_table, follow_stream
 from banger.cli.session import Session
 from banger.cli.vm_common import create_body, create_options, create_vm, ssh_command
@@ -62,7 +63,7 @@ def _each(names: tuple[str, ...], action: Callable[[str], str]) -> int:
 
 
 @vm.command()
-@click.argument("names", nargs=-1, required=True)
+@click.argument("names", nargs=-1, required=True, shell_complete=complete_vm_names)
 @json_option
 @click.pass_obj
 def start(session: Session, names: tuple[str, ...], as_json: bool) -> int:
@@ -87,7 +88,7 @@ def _streamed_each(session: Session, names: tuple[str, ...], action: str, *, as_
 
 
 @vm.command()
-@click.argument("names", nargs=-1, required=True)
+@click.argument("names", nargs=-1, required=True, shell_complete=complete_vm_names)
 @click.pass_obj
 def stop(session: Session, names: tuple[str, ...]) -> int:
     """Stop VMs gracefully (then forcefully after a timeout). Stopped VMs stay stopped."""
@@ -96,7 +97,7 @@ def stop(session: Session, names: tuple[str, ...]) -> int:
 
 
 @vm.command()
-@click.argument("names", nargs=-1, required=True)
+@click.argument("names", nargs=-1, required=True, shell_complete=complete_vm_names)
 @json_option
 @click.pass_obj
 def restart(session: Session, names: tuple[str, ...], as_json: bool) -> int:
@@ -105,7 +106,7 @@ def restart(session: Session, names: tuple[str, ...], as_json: bool) -> int:
 
 
 @vm.command()
-@click.argument("names", nargs=-1, required=True)
+@click.argument("names", nargs=-1, required=True, shell_complete=complete_vm_names)
 @click.option(
     "--signal",
     "sig",
@@ -124,7 +125,7 @@ def kill(session: Session, names: tuple[str, ...], sig: str) -> int:
 
 
 @vm.command()
-@click.argument("names", nargs=-1, required=True)
+@click.argument("names", nargs=-1, required=True, shell_complete=complete_vm_names)
 @click.option("-f", "--force", is_flag=True, help="Kill running VMs instead of refusing.")
 @click.pass_obj
 def delete(session: Session, names: tuple[str, ...], force: bool) -> int:
@@ -137,7 +138,7 @@ def delete(session: Session, names: tuple[str, ...], force: bool) -> int:
 
 
 @vm.command("set")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_vm_names)
 @click.option("--vcpu", help="Virtual CPUs.")
 @click.option("--memory", help="Memory: MiB, or a size like 2G.")
 @click.option("--disk-size", help="Grow the /root work disk to this size, like 16G.")
@@ -197,7 +198,7 @@ def list_(session: Session, as_json: bool) -> None:
 
 
 @vm.command()
-@click.argument("name")
+@click.argument("name", shell_complete=complete_vm_names)
 @json_option
 @click.pass_obj
 def show(session: Session, name: str, as_json: bool) -> None:
@@ -210,7 +211,7 @@ def show(session: Session, name: str, as_json: bool) -> None:
 
 
 @vm.command()
-@click.argument("name")
+@click.argument("name", shell_complete=complete_vm_names)
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new output.")
 @click.option(
     "--vmm",
@@ -234,7 +235,7 @@ def logs(session: Session, name: str, follow: bool, source: str | bool) -> None:
 
 
 @vm.command()
-@click.argument("name")
+@click.argument("name", shell_complete=complete_vm_names)
 @json_option
 @click.pass_obj
 def stats(session: Session, name: str, as_json: bool) -> None:
@@ -257,7 +258,7 @@ def stats(session: Session, name: str, as_json: bool) -> None:
 
 
 @vm.command(context_settings={"ignore_unknown_options": True})
-@click.argument("name")
+@click.argument("name", shell_complete=complete_vm_names)
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.pass_obj
 def ssh(session: Session, name: str, command: tuple[str, ...]) -> int:

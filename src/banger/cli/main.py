@@ -25,6 +25,8 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
     "vm": ("banger.cli.cmd_vm", "vm", "Create and manage VMs."),
     "image": ("banger.cli.cmd_image", "image", "Register, list and delete images."),
     "kernel": ("banger.cli.cmd_kernel", "kernel", "Import, list and remove kernels."),
+    "ssh-config": ("banger.cli.cmd_sshconfig", "ssh_config", "Set up `ssh <name>.vm`."),
+    "completion": ("banger.cli.cmd_completion", "completion", "Print a shell completion script."),
 }
 
 

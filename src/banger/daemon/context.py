@@ -34,6 +34,8 @@ class DaemonContext:
     #: The VM service (``banger.services.vms.VmService``), attached once the daemon has
     #: built it; typed loosely to keep this module free of service imports.
     vms: Any = None
+    #: The DNS server for ``<vm>.vm`` names (``banger.dns.server.DnsServer``).
+    dns: Any = None
 
     @property
     def vm_defaults(self) -> VmDefaults:

@@ -23,6 +23,7 @@ from banger.config import load_config
 from banger.daemon.context import DaemonContext
 from banger.daemon.lock import DaemonLock
 from banger.daemon.logs import setup_logging
+from banger.dns.server import DnsServer, dns_port_from_env, records_from_vms
 from banger.errors import BangerError, DaemonAlreadyRunning
 from banger.net.privileged import InProcessPrivilegedOps
 from banger.paths import Layout, ensure_private_dir
@@ -30,6 +31,7 @@ from banger.publish import cleanup_leftovers
 from banger.render import format_error
 from banger.services.reconcile import reconcile
 from banger.services.vms import VmService
+from banger.state import repo
 from banger.state.db import AsyncDatabase, Database
 from banger.vmdefaults import HostFacts
 from banger.wire import EXIT_ALREADY_RUNNING
@@ -115,19 +117,26 @@ async def _serve(ctx: DaemonContext, sock: object, ready_fd: int | None) -> None
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
     )
     server = uvicorn.Server(config)
-    ops = InProcessPrivilegedOps(ctx.runner, bridge_name=ctx.config.bridge_name)
-    service = VmService(ctx, ops)
-    ctx.vms = service
-    await reconcile(service)
-    service.start_monitor()
-    watcher = asyncio.create_task(_watch(server, ctx, ready_fd))
+    dns = DnsServer(lambda: records_from_vms(repo.list_vms(ctx.db.db)), port=dns_port_from_env())
+    await dns.start()
+    ctx.dns = dns
     try:
-        await server.serve(sockets=[sock])  # type: ignore[list-item]
+        ops = InProcessPrivilegedOps(ctx.runner, bridge_name=ctx.config.bridge_name)
+        service = VmService(ctx, ops)
+        ctx.vms = service
+        await reconcile(service)
+        await service.publish_dns()
+        service.start_monitor()
+        watcher = asyncio.create_task(_watch(server, ctx, ready_fd))
+        try:
+            await server.serve(sockets=[sock])  # type: ignore[list-item]
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            await service.stop_monitor()
     finally:
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
-        await service.stop_monitor()
+        dns.close()
 
 
 async def _watch(server: uvicorn.Server, ctx: DaemonContext, ready_fd: int | None) -> None:

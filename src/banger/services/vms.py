@@ -19,6 +19,7 @@ from typing import Any
 
 from banger import procinfo
 from banger.daemon.context import DaemonContext
+from banger.dns.server import records_from_vms
 from banger.errors import AlreadyExists, BangerError, InvalidArgument, InvalidState
 from banger.net.addressing import allocate_ip, bridge_interface, mac_for_ip
 from banger.net.privileged import PrivilegedOps
@@ -335,6 +336,7 @@ class VmService:
     async def discard(self, vm: VmRecord) -> None:
         """Remove a VM's row, files and TAP (row first: leftovers are swept at start-up)."""
         await self.ctx.db.run(repo.delete_vm, vm.name)
+        await self.publish_dns()
         paths = self.paths(vm)
         await asyncio.to_thread(remove_published, paths.vm_dir)
         await asyncio.to_thread(shutil.rmtree, paths.run_dir, True)
@@ -386,7 +388,15 @@ class VmService:
 
     async def _update(self, name: str, **changes: object) -> VmRecord:
         record: VmRecord = await self.ctx.db.run(repo.update_vm, name, **changes)
+        if "state" in changes:
+            await self.publish_dns()
         return record
+
+    async def publish_dns(self) -> None:
+        """Point ``<vm>.vm`` at running VMs only (records follow start/stop/delete)."""
+        if self.ctx.dns is not None:
+            running = await self.ctx.db.run(repo.list_vms, state=VmState.RUNNING)
+            self.ctx.dns.update(records_from_vms(running))
 
     async def _mark_stopped(self, vm: VmRecord, *, reason: str | None) -> VmRecord:
         state = VmState.ERROR if vm.state is VmState.ERROR and reason is None else VmState.STOPPED
