@@ -18,10 +18,18 @@ daemon's event loop.
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 from typing import Protocol
 
-from banger.errors import AlreadyExists, CommandFailed, Conflict, NotFound, PermissionDenied
+from banger.errors import (
+    AlreadyExists,
+    CommandFailed,
+    Conflict,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+)
 from banger.net import bridge as nl
 from banger.net import nat
 from banger.net.addressing import (
@@ -69,6 +77,13 @@ class PrivilegedOps(Protocol):
 
     def enable_ip_forward(self) -> None:
         """Turn on IPv4 forwarding, without which NAT cannot carry guest traffic."""
+
+    def route_vm_domain(self, bridge: str, dns_port: int) -> bool:
+        """Route ``~vm`` to banger's DNS on the bridge link when systemd-resolved runs."""
+
+
+#: Present while systemd-resolved runs (its varlink socket).
+RESOLVED_SOCKET = Path("/run/systemd/resolve/io.systemd.Resolve")
 
 
 class InProcessPrivilegedOps:
@@ -175,6 +190,21 @@ class InProcessPrivilegedOps:
             ) from exc
         except OSError as exc:
             raise CommandFailed(f"cannot enable IPv4 forwarding: {exc}") from exc
+
+    def route_vm_domain(self, bridge: str, dns_port: int) -> bool:
+        # resolved >= 246 accepts address:port in per-link DNS (bookworm has 252).
+        name = self._check_bridge(bridge)
+        if not 0 < dns_port < 65536:
+            raise InvalidArgument(f"invalid DNS port {dns_port}")
+        if shutil.which("resolvectl") is None or not RESOLVED_SOCKET.exists():
+            return False
+        for argv in (
+            ["resolvectl", "dns", name, f"127.0.0.1:{dns_port}"],
+            ["resolvectl", "domain", name, "~vm"],
+            ["resolvectl", "default-route", name, "false"],
+        ):
+            self._runner.run(argv, timeout_s=10)
+        return True
 
     def _nft(self, script: str) -> None:
         # `-f -` makes nft apply the whole script as one transaction, or none of it.

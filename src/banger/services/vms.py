@@ -200,6 +200,22 @@ class VmService:
                 self.ops.ensure_bridge, cfg.bridge_name, bridge_interface(cfg.cidr, cfg.bridge_ip)
             )
             self._network_ready = True
+            await self._route_dns()
+
+    async def _route_dns(self) -> None:
+        """``ssh <vm>.vm`` from any terminal: resolved sends ``~vm`` to our DNS server."""
+        if self.ctx.dns is None:
+            return
+        try:
+            routed = await asyncio.to_thread(
+                self.ops.route_vm_domain, self.ctx.config.bridge_name, self.ctx.dns.port
+            )
+        except BangerError as exc:
+            log.warning(
+                "could not route ~vm to banger's DNS", extra={"fields": {"error": exc.brief}}
+            )
+            return
+        log.info("~vm DNS routing", extra={"fields": {"systemd_resolved": routed}})
 
     async def _ensure_nat(self) -> None:
         cfg = self.ctx.config
