@@ -12,6 +12,7 @@ packages=(
     busybox-static    # the guests' initrd and tiny rootfs
     dropbear-bin      # SSH server of the tiny rootfs (dropbear, dropbearconvert)
     debootstrap       # the Debian test rootfs
+    mmdebstrap        # the default image built from the host's Debian archive
     e2fsprogs         # mkfs.ext4 -d, debugfs
     fakeroot
     cpio              # initrd archives
@@ -25,6 +26,10 @@ packages=(
     ca-certificates
     xfsprogs          # a reflink-capable filesystem for the disk-clone test (loop mount)
     lzop              # lzo-compressed kernel payloads in the vmlinux extraction tests
+    docker-registry   # the local OCI registry of the pull tests (127.0.0.1 only, own config)
+    skopeo            # pushes OCI layout fixtures into that registry
+    umoci             # inspecting OCI layouts by hand (the tests write theirs in Python)
+    openssl           # signs the test token server's JWTs for the registry's token auth
 )
 
 missing=()
@@ -41,3 +46,9 @@ sudo_cmd=()
 "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
 "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive \
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+
+# Debian's docker-registry package enables a service listening on :5000 on all
+# interfaces; the tests run their own registry on 127.0.0.1 and need none of that.
+if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+    "${sudo_cmd[@]}" systemctl disable --now docker-registry.service >/dev/null 2>&1 || true
+fi

@@ -14,6 +14,7 @@ import os
 import signal
 import sqlite3
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -24,6 +25,10 @@ from typing import Any
 from banger import procinfo
 from tests.conftest import BIN, BangerHome, make_home
 from tests.netns import Netns, netns
+from tests.netproxy import PORT as PROXY_PORT
+from tests.netproxy import HostProxy
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -105,11 +110,23 @@ class VmEnv:
 
 
 @contextlib.contextmanager
-def vm_env(config: str = "") -> Iterator[VmEnv]:
-    with tempfile.TemporaryDirectory(prefix="bgr-vm-") as tmp, netns() as ns:
+def vm_env(config: str = "", *, apt_proxy: bool = False) -> Iterator[VmEnv]:
+    """A daemon in a fresh netns; ``apt_proxy`` gives it a way to Debian's archive only
+    (tests/netproxy.py), for tests that build the default image."""
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="bgr-vm-"))
+        ns = stack.enter_context(netns())
         home = make_home(Path(tmp))
         home.write_config(config)
         env = VmEnv(home=home, ns=ns)
+        if apt_proxy:
+            sock = Path(tmp) / "proxy.sock"
+            stack.enter_context(HostProxy(sock))
+            ns.popen(
+                [sys.executable, "-m", "tests.netproxy", "forward", str(sock), str(PROXY_PORT)],
+                cwd=str(REPO),
+            )
+            env.extra_env["http_proxy"] = f"http://127.0.0.1:{PROXY_PORT}"
         try:
             env.start_daemon()
             yield env

@@ -25,6 +25,9 @@ from banger.errors import (
 from banger.wire import API_PREFIX, JSON
 
 DEFAULT_TIMEOUT_S = 30.0
+#: A progress stream may go quiet between events, but the daemon sends a heartbeat at
+#: least every 10 s (banger.services.operations); this bounds a dead daemon.
+STREAM_IDLE_TIMEOUT_S = 120.0
 #: Largest reply the client reads in one piece; streams are read line by line.
 MAX_REPLY_BYTES = 64 << 20
 MAX_EVENT_BYTES = 1 << 20
@@ -75,6 +78,8 @@ class Client:
     def stream(self, method: str, path: str, body: Any = None) -> Iterator[dict[str, Any]]:
         """Yield progress events; an error event is raised as its typed error."""
         conn, resp = self._open(method, path, body)
+        if conn.sock is not None:
+            conn.sock.settimeout(max(self.timeout_s, STREAM_IDLE_TIMEOUT_S))
         try:
             if resp.status >= 400:
                 raise error_from_payload(_decode(resp.read(MAX_REPLY_BYTES)), status=resp.status)
@@ -90,6 +95,8 @@ class Client:
                     raise BadResponse("progress event is not a JSON object")
                 if event.get("type") == "error":
                     raise error_from_payload(event, status=500)
+                if event.get("type") == "heartbeat":
+                    continue
                 yield event
                 if event.get("type") == "result":
                     return

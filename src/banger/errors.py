@@ -134,7 +134,10 @@ class VmNotFound(NotFound):
 
 class ImageNotFound(NotFound):
     code = "image_not_found"
-    default_hint = "`banger image list` shows local images"
+    default_hint = (
+        "`banger image list` shows local images; `banger image pull REF` fetches one from "
+        "an OCI registry"
+    )
 
 
 class KernelNotFound(NotFound):

@@ -26,7 +26,24 @@ STDERR_TAIL_CHARS = 2000
 DEFAULT_TIMEOUT_S = 120.0
 #: Only these variables reach child processes, so a command behaves the same whatever
 #: the daemon's own environment holds (and no secrets leak into VMM processes).
-PASSED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "USER", "LOGNAME", "TMPDIR")
+PASSED_ENV = (
+    "PATH",
+    "HOME",
+    "LANG",
+    "LC_ALL",
+    "TZ",
+    "USER",
+    "LOGNAME",
+    "TMPDIR",
+    # A host behind a proxy reaches its distribution archive through it (the
+    # default image build runs apt and mmdebstrap).
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+)
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 

@@ -9,6 +9,7 @@ A progress stream is a sequence of events:
     {"type": "stage", "stage": "kvm", "state": "ok", "detail": "...", "elapsed_ms": 3}
     {"type": "result", "data": {...}}        # last line on success
     {"type": "error", "error": {...}}        # last line on failure (same body as HTTP errors)
+    {"type": "heartbeat"}                    # during a silent stage, at least every 10 s
 """
 
 from __future__ import annotations

@@ -2,15 +2,18 @@
 
 Owns: QEMU's command line for a configured microVM (virtio-mmio drives in Firecracker's
 order, the TAP fd Firecracker would hold, an i8042 so ctrl-alt-del reaches the guest as
-on Firecracker), the serial console on the stand-in's stdout (Firecracker writes the
-guest console to its stdout), QMP over an inherited socketpair (no socket file to leave
-behind), QEMU's stderr forwarded to the Firecracker log, and QEMU's death with ours:
-``PR_SET_PDEATHSIG`` from the thread that lives as long as the process (the main one).
+on Firecracker, and, with a vsock device, the virtio-serial port ``org.banger.agent``
+that the stand-in's vsock muxer bridges ``CONNECT 52`` to), the serial console on the
+stand-in's stdout (Firecracker writes the guest console to its stdout), QMP over an
+inherited socketpair (no socket file to leave behind), QEMU's stderr forwarded to the
+Firecracker log, and QEMU's death with ours: ``PR_SET_PDEATHSIG`` from the thread that
+lives as long as the process (the main one).
 Must not: validate API input (``machine`` did).
 
 Guest-visible differences from Firecracker that cannot be avoided: QEMU's devices sit at
 other MMIO addresses (both describe them in ACPI), and TCG needs the TSC frequency on the
-command line (microvm has no HPET to calibrate against), so ``tsc_early_khz`` is added.
+command line (microvm has no HPET to calibrate against), so ``tsc_early_khz`` is added;
+the guest gets a virtio-serial port where Firecracker would give it a vsock device.
 """
 
 from __future__ import annotations
@@ -62,6 +65,8 @@ class GuestSpec:
     memory_mib: int
     drives: tuple[DriveSpec, ...]
     nets: tuple[NetSpec, ...] = field(default=())
+    #: A listening socket for the agent's virtio-serial port (the vsock bridge), if any.
+    agent_fd: int | None = None
 
 
 def build_argv(spec: GuestSpec, qmp_fd: int) -> list[str]:
@@ -85,6 +90,12 @@ def build_argv(spec: GuestSpec, qmp_fd: int) -> list[str]:
         argv += [
             "-drive", f"file={drive.path},if=none,id=d{index},format=raw,cache={cache}{ro}",
             "-device", f"virtio-blk-device,drive=d{index}",
+        ]  # fmt: skip
+    if spec.agent_fd is not None:
+        argv += [
+            "-chardev", f"socket,id=agent,fd={spec.agent_fd},server=on,wait=off",
+            "-device", "virtio-serial-device",
+            "-device", "virtserialport,chardev=agent,name=org.banger.agent",
         ]  # fmt: skip
     for index, net in enumerate(spec.nets):
         mac = f",mac={net.mac}" if net.mac else ""
@@ -117,6 +128,8 @@ class Guest:
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_LINES_KEPT)
         ours, theirs = socket.socketpair()
         pass_fds = (theirs.fileno(), *(n.tap_fd for n in spec.nets))
+        if spec.agent_fd is not None:
+            pass_fds += (spec.agent_fd,)
         argv = build_argv(spec, theirs.fileno())
         log.info("stand-in: starting " + " ".join(argv))
         try:

@@ -12,6 +12,7 @@ Runs on the main thread only: one request at a time, as Firecracker's VMM thread
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +34,8 @@ DEFAULT_KERNEL_CMDLINE = (
 )
 CMDLINE_MAX_SIZE = 2048  # x86_64 layout.rs
 MAX_VCPUS = 32
+#: The guest port the stand-in's vsock reaches: banger's agent (bridged to virtio-serial).
+AGENT_VSOCK_PORT = 52
 
 
 class Fault(Exception):
@@ -74,7 +77,7 @@ class Resources:
     boot: dict[str, Any] | None = None
     drives: list[Drive] = field(default_factory=list)  # the root device first
     nets: list[Net] = field(default_factory=list)
-    vsock: socket.socket | None = None
+    vsock: devices.VsockMuxer | None = None
 
 
 class Machine:
@@ -237,13 +240,10 @@ class Machine:
 
     def _vsock(self, cfg: dict[str, Any]) -> None:
         if self.res.vsock is not None:  # Firecracker drops the old device and its socket
-            old = self.res.vsock.getsockname()
-            self.res.vsock.shutdown(socket.SHUT_RDWR)  # wakes its accept() thread
             self.res.vsock.close()
-            os.unlink(old)
             self.res.vsock = None
         try:
-            self.res.vsock = devices.bind_vsock(cfg["uds_path"])
+            self.res.vsock = devices.VsockMuxer(cfg["uds_path"])
         except devices.DeviceError as exc:
             raise Fault(f"Vsock config error: {exc}") from exc
 
@@ -276,13 +276,31 @@ class Machine:
                 prefix + "System configuration error: Cannot load kernel due to invalid memory "
                 f"configuration or invalid kernel image: {exc}"
             ) from exc
+        agent = self._agent_bridge()
         try:
-            self.guest = Guest(self._guest_spec(boot), self.log)
+            self.guest = Guest(self._guest_spec(boot, agent), self.log)
+            if agent is not None and self.res.vsock is not None:
+                self.res.vsock.attach(AGENT_VSOCK_PORT, agent.getsockname())
         except GuestError as exc:
             raise Fault(prefix + f"Internal error while starting microVM: {exc}") from exc
+        finally:
+            if agent is not None:
+                agent.close()  # QEMU holds its own copy of the listening socket
         self.log.info("Successfully started microvm")
 
-    def _guest_spec(self, boot: dict[str, Any]) -> GuestSpec:
+    def _agent_bridge(self) -> socket.socket | None:
+        """With a vsock device: where QEMU's virtio-serial agent port will listen.
+
+        An abstract Unix socket (no file to leave behind), handed to QEMU as its chardev.
+        """
+        if self.res.vsock is None:
+            return None
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(f"\0fcstandin-{os.getpid()}-{secrets.token_hex(4)}-agent")
+        sock.listen(4)
+        return sock
+
+    def _guest_spec(self, boot: dict[str, Any], agent: socket.socket | None) -> GuestSpec:
         drives = tuple(
             DriveSpec(
                 d.config["path_on_host"], bool(d.config["is_read_only"]), d.config["cache_type"]
@@ -299,6 +317,7 @@ class Machine:
             memory_mib=machine["mem_size_mib"],
             drives=drives,
             nets=nets,
+            agent_fd=agent.fileno() if agent is not None else None,
         )
 
     def _cmdline(self, boot_args: str | None) -> str:

@@ -82,7 +82,7 @@ class ConfigReply(Strict):
 class StageEvent(Strict):
     """One line of an NDJSON progress stream (see banger.wire)."""
 
-    type: Literal["stage", "result", "error"]
+    type: Literal["stage", "result", "error", "heartbeat"]
     stage: str | None = None
     state: Literal["running", "ok", "warn", "fail", "skip"] | None = None
     detail: str | None = None

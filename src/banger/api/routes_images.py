@@ -1,11 +1,11 @@
-"""Routes of images: register, promote (NDJSON progress), list, show, delete."""
+"""Routes of images: register, pull and promote (NDJSON progress), list, show, delete."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path
-from pydantic import Field, StrictStr
+from pydantic import Field, StrictInt, StrictStr
 from starlette.responses import StreamingResponse
 
 from banger.api.deps import Ctx
@@ -14,6 +14,7 @@ from banger.api.progress import ndjson_response
 from banger.images.register import Registration
 from banger.kernels import NAME_PATTERN
 from banger.services import images
+from banger.services import pull as image_pull
 from banger.wire import NDJSON
 
 router = APIRouter(tags=["images"])
@@ -41,6 +42,18 @@ class ImageRegisterBody(Strict):
     work_seed: HostPath | None = None
 
 
+class ImagePullBody(Strict):
+    #: An image reference such as ``debian:bookworm`` or ``ghcr.io/org/app@sha256:…``;
+    #: its grammar is checked by the service, which names the rule broken.
+    ref: Annotated[StrictStr, Field(min_length=1, max_length=512)]
+    name: ArtifactName | None = None
+    kernel_ref: ArtifactName | None = None
+    size_bytes: (
+        Annotated[StrictInt, Field(ge=image_pull.MIN_SIZE_BYTES, le=image_pull.MAX_SIZE_BYTES)]
+        | None
+    ) = None
+
+
 class ImageDeleted(Strict):
     name: str
     deleted: bool
@@ -51,6 +64,19 @@ class ImageDeleted(Strict):
 async def register_image(ctx: Ctx, body: ImageRegisterBody) -> dict[str, Any]:
     """Record host files as an unmanaged image; the files stay where they are."""
     return await images.register(ctx, Registration(**body.model_dump()))
+
+
+@router.post("/images/pull", response_class=StreamingResponse, responses=STREAM)
+async def pull_image(ctx: Ctx, body: ImagePullBody) -> StreamingResponse:
+    """Pull an OCI image (linux/amd64) into a bootable managed image, with progress.
+
+    Refused before any download when the name is taken (409 already_exists), the
+    reference is malformed or ``kernel_ref`` names no stored kernel.
+    """
+    plan = await image_pull.plan_pull(
+        ctx, body.ref, name=body.name, kernel_ref=body.kernel_ref, size_bytes=body.size_bytes
+    )
+    return ndjson_response(image_pull.pull_events(ctx, plan))
 
 
 @router.post("/images/{name}/promote", response_class=StreamingResponse, responses=STREAM)

@@ -1,4 +1,5 @@
-"""Routes of the local kernel store: import (NDJSON progress), list, show, remove."""
+"""Routes of the local kernel store: import and pull (NDJSON progress), list, show,
+remove, and the kernel catalog (``GET /catalog/kernels``)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from banger.api.deps import Ctx
 from banger.api.models import KernelInfo, StageEvent, Strict
 from banger.api.progress import ndjson_response
 from banger.kernels import NAME_PATTERN
-from banger.services import kernels
+from banger.services import catalog, kernels
 from banger.wire import NDJSON
 
 router = APIRouter(tags=["kernels"])
@@ -33,6 +34,30 @@ class KernelImportBody(Strict):
     force: StrictBool = False
 
 
+class KernelPullBody(Strict):
+    name: StrictStr = Field(pattern=NAME_PATTERN)
+    #: Download again and replace the stored kernel (an unverified entry must still
+    #: match the sha256 its first pull recorded).
+    force: StrictBool = False
+
+
+class CatalogKernelInfo(Strict):
+    name: str
+    distro: str
+    arch: str
+    version: str | None
+    format: str
+    description: str
+    url: str | None
+    sha256: str | None
+    size_bytes: int | None
+    verified: bool
+    package: str | None
+    suite: str | None
+    #: Whether the store holds this kernel, pulled from this entry.
+    local: bool
+
+
 class KernelDetail(KernelInfo):
     manifest: dict[str, Any] | None = None
 
@@ -48,6 +73,19 @@ async def import_kernel(ctx: Ctx, body: KernelImportBody) -> StreamingResponse:
     """Discover a kernel in a host directory and copy it into the store, with progress."""
     plan = await kernels.plan_import(ctx, body.name, body.source_dir, force=body.force)
     return ndjson_response(kernels.import_events(ctx, plan))
+
+
+@router.post("/kernels/pull", response_class=StreamingResponse, responses=STREAM)
+async def pull_kernel(ctx: Ctx, body: KernelPullBody) -> StreamingResponse:
+    """Fetch a kernel of the catalog into the store, with progress (docs/catalog.md)."""
+    entry = await catalog.plan_pull(body.name)
+    return ndjson_response(catalog.pull_events(ctx, entry, force=body.force))
+
+
+@router.get("/catalog/kernels", response_model=list[CatalogKernelInfo])
+async def catalog_kernels(ctx: Ctx) -> list[dict[str, Any]]:
+    """The kernel catalog for this host's architecture."""
+    return await catalog.available_kernels(ctx)
 
 
 @router.get("/kernels", response_model=list[KernelInfo])

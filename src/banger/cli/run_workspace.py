@@ -373,3 +373,5 @@ class RunCommand(click.Command):
 
 
 RUN_ARGV = "banger.run_argv"
+#: The keyword arguments ``run_workspace_options`` adds, besides ``dry_run``.
+WORKSPACE_KEYS = ("include_untracked", "branch", "from_ref")

@@ -26,7 +26,7 @@ from banger.state import repo
 from banger.state.records import ImageRecord
 
 #: Held only around the rename into place and the row update, never around copying.
-_publication = asyncio.Lock()
+publication_lock = asyncio.Lock()
 
 
 async def list_images(ctx: DaemonContext) -> list[dict[str, Any]]:
@@ -81,7 +81,7 @@ async def _promote(ctx: DaemonContext, image: ImageRecord, progress: Progress) -
             progress.detail = ", ".join(copied) or "none"
         with progress.stage("publish"):
             final = images_dir / image.name
-            async with _publication:
+            async with publication_lock:
                 current: ImageRecord = await ctx.db.run(repo.get_image, image.name)
                 if current != image:
                     raise InvalidState(f"image {image.name!r} changed during the promotion")

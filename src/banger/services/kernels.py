@@ -32,7 +32,7 @@ from banger.state.records import KernelRecord, utc_now
 
 T = TypeVar("T")
 #: Held only around the rename into place and the row write, never around the copying.
-_publication = asyncio.Lock()
+publication_lock = asyncio.Lock()
 
 
 @dataclass(frozen=True)
@@ -138,7 +138,7 @@ async def _publish(
         has_initrd="initrd.img" in manifest["files"],
         has_modules="modules" in manifest["files"],
     )
-    async with _publication:
+    async with publication_lock:
         exists = await _row_exists(ctx, plan.name)
         if exists and not plan.force:
             raise _exists(plan.name)

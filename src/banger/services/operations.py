@@ -20,6 +20,7 @@ from banger.wire import StageState, error_event, result_event, stage_event
 log = logging.getLogger("banger.operations")
 
 Event = dict[str, Any]
+HEARTBEAT_S = 10.0
 _tasks: set[asyncio.Task[None]] = set()
 
 
@@ -70,7 +71,13 @@ def run_streamed(work: Callable[[Progress], Awaitable[Any]]) -> AsyncIterator[Ev
 
     async def events() -> AsyncIterator[Event]:
         while True:
-            event = await queue.get()
+            try:
+                event = await asyncio.wait_for(queue.get(), HEARTBEAT_S)
+            except TimeoutError:
+                # A long stage (an image build) is silent for minutes: tell the client we
+                # are alive, so its idle timeout measures the daemon, not the stage.
+                yield {"type": "heartbeat"}
+                continue
             yield event
             if event["type"] in ("result", "error"):
                 return

@@ -25,7 +25,7 @@ from banger.net.addressing import allocate_ip, bridge_interface, mac_for_ip
 from banger.net.privileged import PrivilegedOps
 from banger.net.taps import TapPool
 from banger.publish import remove_published
-from banger.services import vm_boot, vm_disks
+from banger.services import catalog, vm_boot, vm_disks
 from banger.services.inventory import record_dict
 from banger.services.operations import Progress, run_streamed
 from banger.services.vm_paths import VmPaths
@@ -102,6 +102,11 @@ class VmService:
         return run_streamed(lambda progress: self._create(req, progress))
 
     async def _create(self, req: CreateRequest, progress: Progress) -> dict[str, Any]:
+        # A catalog image (the default one included) is obtained on first use, with its
+        # kernel and its own progress stages; anything else must already exist.
+        await catalog.ensure_image(
+            self.ctx, req.image or self.ctx.config.default_image_name, progress
+        )
         with progress.stage("reserve"):
             plan = await self._plan(await self._image(req.image), req.vmm, progress)
             await self.ensure_network()

@@ -1,0 +1,287 @@
+"""The kernel catalog: named kernels ``banger kernel pull`` can fetch (SPEC §6).
+
+Owns: the catalog's format and its rules (ADVERSARIAL 44: every sha256 is 64 lowercase
+hex or an explicit ``null`` with ``"verified": false``, (name, version, arch) and
+(name, arch) are unique, URLs are https, or http to loopback in an override), loading
+the embedded ``catalog.json`` or the file named by ``BANGER_KERNEL_CATALOG`` (tests,
+air-gapped mirrors), and finding an entry by name (an unknown name is an error that lists the
+known ones). The URL checks are shared with the image catalog.
+Must not: download anything, or trust a catalog it has not checked entry by entry.
+
+Three kinds of entry (``format``):
+
+- ``tar.zst``: a zstd tar holding ``vmlinux`` (or ``vmlinuz``), optionally ``config``,
+  ``initrd.img``, ``modules/`` and ``banger-kernel.json`` (``banger.kernels.tarball``);
+- ``vmlinux``: a bare ELF kernel, as Firecracker's CI publishes them;
+- ``deb``: a kernel package from the host's distribution archive (``package``, ``suite``),
+  fetched with apt, which checks the archive's signatures itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from banger.errors import InvalidArgument, KernelNotFound
+from banger.kernels import is_valid_name
+from banger.kernels.discover import ARCH
+from banger.oci.reference import is_loopback_host
+
+CATALOG_ENV = "BANGER_KERNEL_CATALOG"
+SCHEMA = 1
+MAX_CATALOG_BYTES = 1 << 20
+#: Largest download a catalog entry may announce (a kernel with modules is ~100 MiB).
+MAX_ARTIFACT_BYTES = 1 << 30
+ARCHES = ("x86_64", "aarch64")
+SHA256_HEX = re.compile(r"[0-9a-f]{64}", re.ASCII)
+_PACKAGE = re.compile(r"[a-z0-9][a-z0-9+.-]{1,99}", re.ASCII)
+_SUITE = re.compile(r"[a-z0-9][a-z0-9.-]{0,63}", re.ASCII)
+_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+~-]{0,127}", re.ASCII)
+_TEXT_MAX = 500
+
+
+class ArtifactFormat(StrEnum):
+    TAR_ZST = "tar.zst"
+    VMLINUX = "vmlinux"
+    DEB = "deb"
+
+
+_DOWNLOADS = (ArtifactFormat.TAR_ZST, ArtifactFormat.VMLINUX)
+_REQUIRED = {"name", "distro", "arch", "version", "format", "description"}
+_KEYS = {
+    ArtifactFormat.TAR_ZST: _REQUIRED | {"url", "sha256", "size_bytes", "verified"},
+    ArtifactFormat.DEB: _REQUIRED | {"package", "suite"},
+}
+_KEYS[ArtifactFormat.VMLINUX] = _KEYS[ArtifactFormat.TAR_ZST]
+
+
+@dataclass(frozen=True, kw_only=True)
+class CatalogKernel:
+    """One catalog entry, checked. ``sha256`` is None only for an unverified download."""
+
+    name: str
+    distro: str
+    arch: str
+    version: str | None
+    format: ArtifactFormat
+    description: str
+    url: str | None = None
+    sha256: str | None = None
+    size_bytes: int | None = None
+    verified: bool = True
+    package: str | None = None
+    suite: str | None = None
+
+    @property
+    def source(self) -> str:
+        """What the store's manifest and row record as the kernel's ``source``."""
+        where = self.url if self.url else f"apt:{self.package}/{self.suite}"
+        return f"catalog:{self.name} {where}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v.value if isinstance(v, StrEnum) else v for k, v in self.__dict__.items()}
+
+
+@dataclass(frozen=True)
+class KernelCatalog:
+    origin: str  # "embedded" or the path of an override file
+    entries: tuple[CatalogKernel, ...]
+
+    def for_arch(self, arch: str = ARCH) -> list[CatalogKernel]:
+        return [e for e in self.entries if e.arch == arch]
+
+    def find(self, name: str, arch: str = ARCH) -> CatalogKernel:
+        for entry in self.for_arch(arch):
+            if entry.name == name:
+                return entry
+        known = ", ".join(e.name for e in self.for_arch(arch)) or "none"
+        raise KernelNotFound(
+            f"kernel {name!r} is not in the kernel catalog ({self.origin})",
+            details=f"available for {arch}: {known}",
+            hint="`banger kernel list --available` shows the catalog",
+        )
+
+
+# -- loading --------------------------------------------------------------------------------
+
+
+def load_catalog(env: Mapping[str, str] | None = None) -> KernelCatalog:
+    """The override named by ``BANGER_KERNEL_CATALOG`` if set, else the embedded one."""
+    override = (os.environ if env is None else env).get(CATALOG_ENV, "")
+    if not override:
+        return parse_catalog(embedded_bytes(), origin="embedded", embedded=True)
+    return parse_catalog(read_override(Path(override), CATALOG_ENV), origin=override)
+
+
+def embedded_bytes() -> bytes:
+    return resources.files("banger.kernels").joinpath("catalog.json").read_bytes()
+
+
+def read_override(path: Path, variable: str) -> bytes:
+    """A catalog file named by an environment variable, bounded in size."""
+    hint = f"fix the file or unset {variable}"
+    if not path.is_absolute():
+        raise InvalidArgument(f"{variable} must be an absolute path, not {str(path)!r}", hint=hint)
+    try:
+        with path.open("rb") as f:
+            data = f.read(MAX_CATALOG_BYTES + 1)
+    except OSError as exc:
+        raise InvalidArgument(f"cannot read {variable}={path}: {exc.strerror}", hint=hint) from exc
+    if len(data) > MAX_CATALOG_BYTES:
+        raise InvalidArgument(f"{path} is larger than {MAX_CATALOG_BYTES} bytes", hint=hint)
+    return data
+
+
+def parse_catalog(data: bytes, *, origin: str, embedded: bool = False) -> KernelCatalog:
+    try:
+        raw = json.loads(data)
+    except ValueError as exc:
+        raise _invalid(origin, [f"not JSON: {exc}"]) from exc
+    found = catalog_problems(raw, embedded=embedded)
+    if found:
+        raise _invalid(origin, found)
+    return KernelCatalog(origin, tuple(_entry(item) for item in raw["kernels"]))
+
+
+def _invalid(origin: str, found: list[str]) -> InvalidArgument:
+    return InvalidArgument(
+        f"the kernel catalog ({origin}) is invalid",
+        details="\n".join(found[:20]),
+        hint=f"fix the file or unset {CATALOG_ENV}" if origin != "embedded" else None,
+    )
+
+
+def _entry(item: dict[str, Any]) -> CatalogKernel:
+    fmt = ArtifactFormat(item["format"])
+    return CatalogKernel(
+        name=item["name"],
+        distro=item["distro"],
+        arch=item["arch"],
+        version=item["version"],
+        format=fmt,
+        description=item["description"],
+        url=item.get("url"),
+        sha256=item.get("sha256"),
+        size_bytes=item.get("size_bytes"),
+        verified=fmt is ArtifactFormat.DEB or item.get("sha256") is not None,
+        package=item.get("package"),
+        suite=item.get("suite"),
+    )
+
+
+# -- the self-test (ADVERSARIAL 44) ---------------------------------------------------------
+
+
+def catalog_problems(raw: object, *, embedded: bool) -> list[str]:
+    """Everything wrong with a parsed catalog; an empty list means it may be used."""
+    if not isinstance(raw, dict) or set(raw) != {"schema", "kernels"}:
+        return ['the top level must be {"schema": 1, "kernels": [...]}']
+    if raw["schema"] != SCHEMA:
+        return [f"schema {raw['schema']!r} is not {SCHEMA}"]
+    items = raw["kernels"]
+    if not isinstance(items, list):
+        return ["kernels must be a list"]
+    found: list[str] = []
+    seen: set[tuple[str, str]] = set()
+    for index, item in enumerate(items):
+        where = f"kernels[{index}]"
+        problems = entry_problems(item, embedded=embedded)
+        found.extend(f"{where}: {p}" for p in problems)
+        if problems:
+            continue
+        key = (item["name"], item["arch"])
+        if key in seen:  # (name, arch) unique implies (name, version, arch) unique
+            found.append(f"{where}: {item['name']} for {item['arch']} appears twice")
+        seen.add(key)
+    return found
+
+
+def entry_problems(item: object, *, embedded: bool) -> list[str]:
+    if not isinstance(item, dict):
+        return ["must be an object"]
+    try:
+        fmt = ArtifactFormat(str(item.get("format")))
+    except ValueError:
+        return [f"format must be one of {', '.join(f.value for f in ArtifactFormat)}"]
+    found = [f"missing {key}" for key in sorted(_REQUIRED - set(item))]
+    found += [f"unknown key {key!r}" for key in sorted(set(item) - _KEYS[fmt])]
+    if found:
+        return found
+    found += _text_problems(item, fmt)
+    if fmt in _DOWNLOADS:
+        found += download_problems(item, embedded=embedded)
+    else:
+        found += _deb_problems(item)
+    return found
+
+
+def _text_problems(item: dict[str, Any], fmt: ArtifactFormat) -> list[str]:
+    found = []
+    if not is_valid_name(item["name"]):
+        found.append(f"invalid name {item['name']!r}")
+    if item["arch"] not in ARCHES:
+        found.append(f"arch must be one of {', '.join(ARCHES)}")
+    for key in ("distro", "description"):
+        if not isinstance(item[key], str) or not 0 < len(item[key]) <= _TEXT_MAX:
+            found.append(f"{key} must be a non-empty string")
+    version = item["version"]
+    if version is None and fmt is not ArtifactFormat.DEB:
+        found.append("version is required (null only for a deb, whose archive decides)")
+    elif version is not None and (not isinstance(version, str) or not _VERSION.fullmatch(version)):
+        found.append(f"invalid version {version!r}")
+    return found
+
+
+def download_problems(item: dict[str, Any], *, embedded: bool) -> list[str]:
+    """Rules for an entry fetched over HTTP(S); shared with the image catalog's bundles."""
+    found = url_problems(item.get("url"), embedded=embedded)
+    sha = item.get("sha256", "missing")
+    verified = item.get("verified")
+    if sha is None:
+        if verified is not False:  # explicit, so nobody drops a checksum by accident
+            found.append('sha256 is null: the entry must say "verified": false')
+    elif not isinstance(sha, str) or not SHA256_HEX.fullmatch(sha):
+        found.append("sha256 must be 64 lowercase hex digits, or null with verified false")
+    elif verified not in (None, True):
+        found.append("an entry with a sha256 is verified; drop verified or set it true")
+    size = item.get("size_bytes")
+    if size is not None and (
+        not isinstance(size, int) or isinstance(size, bool) or not 0 < size <= MAX_ARTIFACT_BYTES
+    ):
+        found.append(f"size_bytes must be null or 1..{MAX_ARTIFACT_BYTES}")
+    return found
+
+
+def url_problems(url: object, *, embedded: bool) -> list[str]:
+    """https only; an override catalog may also use plain http to a loopback host (a
+    mirror on this machine, tests), the transport's own rule."""
+    if not isinstance(url, str) or len(url) > 2048:
+        return ["url must be a string"]
+    parts = urlsplit(url)
+    loopback = parts.scheme == "http" and is_loopback_host(parts.netloc)
+    if parts.scheme != "https" and (embedded or not loopback):
+        where = "" if embedded else " (or http to a loopback host)"
+        return [f"url must use https{where}: {url!r}"]
+    if not parts.hostname or parts.username or parts.password:
+        return [f"url must name a host and carry no credentials: {url!r}"]
+    if any(c.isspace() for c in url) or not parts.path.strip("/"):
+        return [f"url must name a file: {url!r}"]
+    return []
+
+
+def _deb_problems(item: dict[str, Any]) -> list[str]:
+    found = []
+    package, suite = item.get("package"), item.get("suite")
+    if not isinstance(package, str) or not _PACKAGE.fullmatch(package):
+        found.append("a deb entry needs a Debian package name in package")
+    if not isinstance(suite, str) or not _SUITE.fullmatch(suite):
+        found.append("a deb entry needs the archive suite in suite (like bookworm)")
+    return found

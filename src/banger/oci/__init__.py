@@ -1,0 +1,1 @@
+"""OCI images: references, the registry client, the blob cache, layer flattening, ext4."""
