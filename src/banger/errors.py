@@ -113,6 +113,20 @@ class ConfigError(BangerError):
     default_hint = "fix the key in ~/.config/banger/config.toml (docs/config.md lists every key)"
 
 
+class InvalidLayer(InvalidArgument):
+    """An image layer that is malformed or built to escape its root (ADVERSARIAL A)."""
+
+    code = "invalid_layer"
+    status = 422
+
+
+class ImageTooSmall(InvalidArgument):
+    """The flattened tree does not fit the requested image size (ADVERSARIAL 109)."""
+
+    code = "image_too_small"
+    status = 400
+
+
 class UnsupportedHost(BangerError):
     code = "unsupported_host"
     status = 400
@@ -213,6 +227,13 @@ class ShuttingDown(BangerError):
 class CommandFailed(BangerError):
     code = "command_failed"
     status = 500
+
+
+class NoSpace(CommandFailed):
+    """A host filesystem is full or out of inodes (ADVERSARIAL 106, 108)."""
+
+    code = "no_space"
+    status = 507
 
 
 class StateError(BangerError):

@@ -240,6 +240,7 @@ OS_RELEASES = {
     "debian": ('PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nID=debian\n', "debian"),
     "ubuntu": ("ID=ubuntu\nID_LIKE=debian\nVERSION_CODENAME=noble\n", "debian"),
     "mint": ("ID=linuxmint\nID_LIKE='ubuntu debian'\n", "debian"),
+    "elementary": ('ID=elementary\nID_LIKE="ubuntu debian"\n', "debian"),
     "alpine": ('NAME="Alpine Linux"\nID=alpine\nVERSION_ID=3.20.1\n', "alpine"),
     "fedora": ("ID=fedora\nVERSION_ID=40\n", "fedora"),
     "rocky": ('ID="rocky"\nID_LIKE="rhel centos fedora"\n', "fedora"),

@@ -73,6 +73,17 @@ class VmStats(Strict):
     uptime_s: float | None
 
 
+class HealthReply(Strict):
+    vm: str
+    health: dict[str, Any]
+
+
+class PortsReply(Strict):
+    vm: str
+    truncated: bool
+    ports: list[dict[str, Any]]
+
+
 class SshInfo(Strict):
     name: str
     state: str
@@ -182,3 +193,15 @@ async def vm_stats(ctx: Ctx, name: Name) -> dict[str, Any]:
 async def vm_ssh(ctx: Ctx, name: Name) -> dict[str, Any]:
     """What a client needs to run ssh into the VM (key and known_hosts are banger's own)."""
     return await vm_info.ssh_info(_service(ctx), name)
+
+
+@router.get("/vms/{name}/health", response_model=HealthReply)
+async def vm_health(ctx: Ctx, name: Name) -> dict[str, Any]:
+    """Ask the guest agent whether the guest is healthy (bounded in size and time)."""
+    return await vm_info.health(_service(ctx), name)
+
+
+@router.get("/vms/{name}/ports", response_model=PortsReply)
+async def vm_ports(ctx: Ctx, name: Name) -> dict[str, Any]:
+    """Listening sockets in the guest, as the agent reports them; web ones as links."""
+    return await vm_info.listening_ports(_service(ctx), name)

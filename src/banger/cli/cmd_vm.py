@@ -270,4 +270,42 @@ def ssh(session: Session, name: str, command: tuple[str, ...]) -> int:
     return subprocess.run(ssh_command(session, name, command), check=False).returncode
 
 
+@vm.command()
+@click.argument("name", shell_complete=complete_vm_names)
+@json_option
+@click.pass_obj
+def health(session: Session, name: str, as_json: bool) -> None:
+    """Ask the VM's guest agent whether the guest is up (agent images only)."""
+    reply = session.client().get(_path(name, "/health"))
+    if as_json:
+        emit_json(reply)
+        return
+    h = reply["health"]
+    emit_kv(
+        [
+            ("vm", reply["vm"]),
+            ("ok", h["ok"]),
+            ("hostname", h["hostname"]),
+            ("uptime", f"{h['uptime_s']} s"),
+            ("agent", h["agent_version"]),
+        ]
+    )
+
+
+@vm.command()
+@click.argument("name", shell_complete=complete_vm_names)
+@json_option
+@click.pass_obj
+def ports(session: Session, name: str, as_json: bool) -> None:
+    """Listening ports in the VM: PROTO ENDPOINT PROCESS COMMAND, web ones as links."""
+    from banger.guest.ports import COLUMNS, PortEntry, rows
+
+    reply = session.client().get(_path(name, "/ports"))
+    if as_json:
+        emit_json(reply)
+        return
+    entries = [PortEntry.from_dict(d) for d in reply["ports"]]
+    emit_table(COLUMNS, rows(name, entries), empty="no listening ports")
+
+
 vm.add_command(run)

@@ -1,10 +1,12 @@
 """Making a pulled container image bootable (SPEC §5): banger's first-boot init in the tree.
 
-Owns: placing ``banger-init`` (``INIT_PATH``, the VM's ``init=``) and, when banger ships
-one, the guest agent (``AGENT_PATH``) into an image's root tree during the image build,
-every path resolved *inside* the tree the way the guest will see it; reading the image's
-``/etc/os-release`` for the log. The real decisions (what to install, with which package
-manager, through which mirror) happen in the guest, in ``guest/banger-init``.
+Owns: placing ``banger-init`` (``INIT_PATH``, the VM's ``init=``), the guest agent and its
+unit when banger ships them (``AGENT_PATH``), and the list of extra first-boot packages
+(``PACKAGES_PATH``) into an image's root tree during the image build, every path resolved
+*inside* the tree the way the guest will see it; reading the image's ``/etc/os-release``
+for the log; refusing an image without ``/bin/sh``. The real decisions (what to install,
+with which package manager, through which mirror) happen in the guest, in
+``guest/banger-init``.
 
 Must not: follow a symlink on the host. An image is hostile: ``/sbin`` may point to
 ``/../../tmp`` or ``/etc/os-release`` to a host file. Every component is walked with
@@ -41,14 +43,13 @@ PACKAGES_PATH = "/etc/banger/first-boot-packages"
 STAMP_PATH = "/var/lib/banger/provisioned"
 #: A package name in every family's archive (Debian, Alpine, Fedora, Arch, openSUSE).
 PACKAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9+._-]{0,127}", re.ASCII)
-FAMILIES = ("debian", "alpine", "fedora", "arch", "suse")
 
 _MAX_SYMLINKS = 40  # as the kernel's path walk (ELOOP)
 _MAX_OS_RELEASE_BYTES = 64 * 1024
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # Mirrors family_of() in banger-init (which is what decides, in the guest).
 _FAMILY_IDS = {
-    "debian": ("debian", "ubuntu", "raspbian", "linuxmint", "pop", "kali", "devuan"),
+    "debian": ("debian", "ubuntu", "raspbian", "linuxmint", "pop", "kali", "devuan", "elementary"),
     "alpine": ("alpine", "postmarketos", "wolfi"),
     "fedora": ("fedora", "rhel", "centos", "rocky", "almalinux", "ol", "amzn", "nobara"),
     "arch": ("arch", "archarm", "manjaro", "endeavouros", "artix"),

@@ -29,7 +29,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from banger.errors import BangerError, CommandFailed, InvalidArgument, error_from_payload
+from banger.errors import (
+    BangerError,
+    CommandFailed,
+    ImageTooSmall,
+    InvalidArgument,
+    error_from_payload,
+)
 from banger.oci.flatten import DEFAULT_LIMITS, Layer, Limits, OwnerMode, flatten_layers, no_space
 from banger.oci.pathres import DIR_FLAGS
 from banger.publish import remove_tree
@@ -295,7 +301,7 @@ def _mkfs_error(exc: CommandFailed, out: Path, size: int, usage: TreeUsage) -> B
     if _HOST_FULL.search(said):
         return no_space(out.parent, doing="building the ext4 image", needed_bytes=usage.bytes)
     if _IMAGE_FULL.search(said):
-        return InvalidArgument(
+        return ImageTooSmall(
             f"an image of {size >> 20} MiB is too small for the flattened tree "
             f"({usage.bytes >> 20} MiB in {usage.inodes} inodes)",
             details=said,

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from banger.errors import BangerError, CommandFailed, InvalidArgument
+from banger.errors import BangerError, CommandFailed, InvalidArgument, NoSpace
 from banger.oci.entries import (
     IMPLIED_DIR,
     Counts,
@@ -317,7 +317,7 @@ def no_space(path: Path, *, doing: str, needed_bytes: int | None = None) -> Bang
         brief = f"the filesystem of {path} has no free inodes left ({doing})"
     else:
         brief = f"no space left on the filesystem of {path} ({doing}){need}"
-    return CommandFailed(
+    return NoSpace(
         brief,
         details=f"{free >> 20} MiB and {inodes} inodes free there" if free >= 0 else None,
         hint=f"free space on the filesystem of {path} and try again",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from banger.errors import InvalidArgument, PayloadTooLarge
+from banger.errors import InvalidArgument, InvalidLayer, PayloadTooLarge
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -77,7 +77,7 @@ def invalid_layer(
 ) -> InvalidArgument:
     """The error for a layer whose content breaks a rule: nothing of it is kept."""
     where = f" at entry {entry_text(entry)}" if entry is not None else ""
-    return InvalidArgument(f"{layer} is not a valid image layer{where}: {why}", hint=_INVALID_HINT)
+    return InvalidLayer(f"{layer} is not a valid image layer{where}: {why}", hint=_INVALID_HINT)
 
 
 def over_limit(layer: LayerLabel, why: str, *, entry: str | bytes | None = None) -> PayloadTooLarge:

@@ -6,13 +6,19 @@ memory (SPEC §3), and the SSH parameters. Must not: change anything.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 from typing import Any
 
 from banger import procinfo
+from banger.errors import InvalidState
+from banger.guest import ports
+from banger.guest.agent_client import AgentClient, probe_web
 from banger.services import vm_boot
 from banger.services.vms import VmService
+from banger.state.records import VmRecord
+from banger.vmm.channels import agent_channel_at
 
 MAX_CHUNK = 1 << 20
 
@@ -89,3 +95,28 @@ async def ssh_info(service: VmService, name: str) -> dict[str, Any]:
         "key": str(service.ctx.config.ssh_key_file()),
         "known_hosts": str(paths.known_hosts),
     }
+
+
+def _agent(service: VmService, vm: VmRecord) -> AgentClient:
+    handle = vm_boot.handle_of(vm, service.paths(vm))
+    if handle is None or not procinfo.is_running(handle.process):
+        raise InvalidState(f"VM {vm.name!r} is not running", hint=f"`banger vm start {vm.name}`")
+    return agent_channel_at(service.paths(vm).run_dir, handle.backend).client()
+
+
+async def health(service: VmService, name: str) -> dict[str, Any]:
+    """The guest agent's /healthz, through virtio-serial (QEMU) or vsock (Firecracker)."""
+    vm = await service.get(name)
+    reply = await asyncio.to_thread(_agent(service, vm).health)
+    return {"vm": vm.name, "health": reply.to_dict()}
+
+
+async def listening_ports(service: VmService, name: str) -> dict[str, Any]:
+    """Listening sockets the agent reports, merged across IPv4/IPv6, web ones probed."""
+    vm = await service.get(name)
+    reply = await asyncio.to_thread(_agent(service, vm).ports)
+    entries = ports.merge(reply.listeners)
+    if vm.ip:
+        schemes = await probe_web(vm.ip, ports.probe_targets(entries))
+        entries = ports.with_schemes(entries, schemes)
+    return {"vm": vm.name, "truncated": reply.truncated, "ports": [e.to_dict() for e in entries]}

@@ -41,6 +41,7 @@ from banger.procinfo import ProcessIdentity
 from banger.runner import Runner
 from banger.vmm import spawn
 from banger.vmm.base import Backend, MachineSpec, VmmHandle
+from banger.vmm.channels import agent_channel
 from banger.vmm.fc_api import FirecrackerApi, LogLevel
 
 log = logging.getLogger("banger.vmm.firecracker")
@@ -87,6 +88,9 @@ class FirecrackerVmm:
         self.check_kernel(spec.kernel)
         api_socket = spec.run_dir / API_SOCKET_NAME
         api_socket.unlink(missing_ok=True)
+        vsock = agent_channel(spec, Backend.FIRECRACKER).socket_path
+        if vsock is not None:
+            vsock.unlink(missing_ok=True)
         _start_empty(spec.vmm_log)
         identity = spawn.spawn_detached(
             build_argv(self.binary, spec), log_path=spec.console_log, runner=self.runner
@@ -158,6 +162,10 @@ def _configure_and_start(api: FirecrackerApi, spec: MachineSpec) -> None:
         )
     if spec.net is not None:
         api.put_network_interface(NET_IFACE_ID, spec.net.tap, spec.net.mac)
+    # The guest agent's channel: Firecracker's vsock is a Unix socket on the host side.
+    channel = agent_channel(spec, Backend.FIRECRACKER)
+    if channel.socket_path is not None and channel.guest_cid is not None:
+        api.put_vsock(channel.guest_cid, channel.socket_path)
     api.instance_start()
 
 

@@ -16,6 +16,7 @@ from banger.kernels.vmlinux import KernelFormat, kernel_format
 from banger.runner import Runner
 from banger.vmm import spawn
 from banger.vmm.base import Accel, Backend, MachineSpec, VmmHandle
+from banger.vmm.channels import agent_channel
 from banger.vmm.qmp import QmpClient
 
 SOCKET_TIMEOUT_S = 15.0
@@ -77,6 +78,8 @@ def build_argv(binary: Path, spec: MachineSpec, *, machine: str = "microvm") -> 
             f"{net},netdev=n0,mac={spec.net.mac}",
         ]
     argv += ["-device", "virtio-rng-device" if machine == "microvm" else "virtio-rng-pci"]
+    # The guest agent's virtio-serial port (no vhost-vsock needed).
+    argv += agent_channel(spec, Backend.QEMU).qemu_argv(machine)
     if machine == "microvm":
         # The keyboard controller that carries ctrl-alt-del, as Firecracker emulates one:
         # guests ignore the ACPI power button (its driver is a module, nothing listens).
