@@ -282,6 +282,11 @@ class Config(_Table):
     def stats_poll_interval_s(self) -> int:
         return units.parse_duration(self.stats_poll_interval)
 
+    @property
+    def home_dir(self) -> Path:
+        """The HOME that ``~/`` paths in this config mean."""
+        return self._home or Path.home()
+
     def ssh_key_file(self) -> Path:
         """The private key banger uses: ``ssh_key_path`` expanded, else the managed key."""
         layout = self._layout or Layout.from_env()

@@ -15,11 +15,19 @@ from urllib.parse import quote
 
 import click
 
+from banger.cli.run_workspace import (
+    RUN_ARGV,
+    WORKSPACE_KEYS,
+    RunCommand,
+    check_for_run,
+    prepare_for_run,
+    run_workspace_options,
+)
 from banger.cli.session import Session
 from banger.cli.vm_common import create_body, create_options, create_vm, ssh_command
 
 
-@click.command(context_settings={"ignore_unknown_options": True})
+@click.command(cls=RunCommand)
 @create_options
 @click.option(
     "--rm",
@@ -27,9 +35,12 @@ from banger.cli.vm_common import create_body, create_options, create_vm, ssh_com
     is_flag=True,
     help="Delete the VM when the shell or command ends (whatever its status).",
 )
-@click.argument("command", nargs=-1, type=click.UNPROCESSED)
-@click.pass_obj
-def run(session: Session, /, command: tuple[str, ...], remove: bool, **options: Any) -> int:
+@run_workspace_options
+@click.argument("path", required=False)
+@click.pass_context
+def run(
+    ctx: click.Context, /, *, path: str | None, remove: bool, dry_run: bool, **options: Any
+) -> int:
     """Create a VM and open a shell in it, or run `-- COMMAND…` and exit with its status.
 
     The VM starts from the default image (obtained automatically the first time) unless
@@ -38,10 +49,22 @@ def run(session: Session, /, command: tuple[str, ...], remove: bool, **options: 
     """
     # A VM that never became reachable is kept even with --rm: the daemon's error names
     # it and points at `banger vm logs`.
+    session: Session = ctx.obj
+    command: tuple[str, ...] = ctx.meta[RUN_ARGV]
+    ws = {key: options.pop(key) for key in WORKSPACE_KEYS}
+    if path is None and (dry_run or any(ws.values())):
+        raise click.UsageError("--dry-run, --include-untracked, --branch and --from need a PATH")
+    if path is not None and dry_run:
+        prepare_for_run(session, None, path, dry_run=True, **ws)
+        return 0
+    if path is not None:
+        check_for_run(path, **ws)  # refuse a bare repo, submodules… before a VM exists
     vm = create_vm(session, create_body(**options), as_json=False)
     name = vm["name"]
     try:
-        return subprocess.run(ssh_command(session, name, command), check=False).returncode
+        cwd = prepare_for_run(session, name, path, dry_run=False, **ws) if path else None
+        argv = ssh_command(session, name, command, cwd=cwd)
+        return subprocess.run(argv, check=False).returncode
     finally:
         if remove:
             session.client().request("DELETE", f"/vms/{quote(name, safe='')}?force=true")

@@ -14,6 +14,7 @@ from urllib.parse import quote
 import click
 
 from banger.cli.cmd_run import run
+from banger.cli.cmd_workspace import workspace
 from banger.cli.completion import complete_vm_names
 from banger.cli.output import emit_json, emit_kv, emit_table, follow_stream
 from banger.cli.session import Session
@@ -309,3 +310,4 @@ def ports(session: Session, name: str, as_json: bool) -> None:
 
 
 vm.add_command(run)
+vm.add_command(workspace)

@@ -129,4 +129,6 @@ def ssh_command(
     argv += ["-t"] if interactive else []
     if command:
         return [*argv, info["ip"], "--", remote_command(command, cwd=cwd)]
+    if cwd:
+        return [*argv, info["ip"], "--", f'cd {shlex.quote(cwd)} && exec "${{SHELL:-/bin/sh}}" -l']
     return [*argv, info["ip"]]

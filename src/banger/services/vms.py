@@ -36,6 +36,8 @@ from banger.vmm import select, spawn
 from banger.vmm.base import Accel, Backend, Vmm
 from banger.vmm.firecracker import FirecrackerVmm
 from banger.vmm.qemu import QemuVmm
+from banger.wire import StageState
+from banger.workspace import filesync
 
 log = logging.getLogger("banger.vms")
 
@@ -274,7 +276,21 @@ class VmService:
                     f"`banger vm delete {vm.name}` removes it"
                 )
             raise
-        return await self._update(vm.name, state=VmState.RUNNING)
+        vm = await self._update(vm.name, state=VmState.RUNNING)
+        if self.ctx.config.file_sync:
+            await self._file_sync(argv, progress)
+        return vm
+
+    async def _file_sync(self, ssh_argv: list[str], progress: Progress) -> None:
+        """[[file_sync]] after the guest answers SSH; problems are warnings, never fatal."""
+        cfg = self.ctx.config
+        with progress.stage("file-sync"):
+            report = await filesync.sync_files(
+                cfg.file_sync, runner=self.ctx.runner, ssh_prefix=ssh_argv, home=cfg.home_dir
+            )
+            progress.detail = f"{len(report.copied)} of {len(cfg.file_sync)} entries copied"
+        for warning in report.warnings:
+            progress.note("file-sync", StageState.WARN, warning)
 
     async def _boot_failed(self, vm: VmRecord, exc: BaseException) -> None:
         current = await self.get(vm.name)

@@ -6,7 +6,9 @@ Owns: QEMU's command line for a ``MachineSpec``, starting it detached, and stopp
 
 from __future__ import annotations
 
+import asyncio
 import signal
+import time
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -87,6 +89,25 @@ def build_argv(binary: Path, spec: MachineSpec, *, machine: str = "microvm") -> 
     return argv
 
 
+async def _status_when_listening(path: Path, handle: VmmHandle, spec: MachineSpec) -> Any:
+    """QMP ``query-status`` once QEMU listens: its socket file exists from bind(), a moment
+    before listen(), and a connection in that gap is refused."""
+    deadline = time.monotonic() + SOCKET_TIMEOUT_S
+    while True:
+        try:
+            async with QmpClient(path) as qmp:
+                return await qmp.execute("query-status")
+        except CommandFailed as exc:
+            refused = isinstance(exc.__cause__, ConnectionRefusedError)
+            if not refused or time.monotonic() > deadline:
+                raise
+            if not procinfo.is_running(handle.process):
+                raise CommandFailed(
+                    "QEMU exited while starting", details=spawn.log_tail(spec.vmm_log)
+                ) from exc
+        await asyncio.sleep(0.02)
+
+
 class QemuVmm:
     backend: ClassVar[Backend] = Backend.QEMU
 
@@ -112,8 +133,7 @@ class QemuVmm:
             await spawn.wait_for_socket(
                 qmp_path, identity, timeout_s=SOCKET_TIMEOUT_S, log_path=spec.vmm_log
             )
-            async with QmpClient(qmp_path) as qmp:
-                status = await qmp.execute("query-status")
+            status = await _status_when_listening(qmp_path, handle, spec)
             if status.get("status") != "running":
                 raise CommandFailed(f"QEMU is {status.get('status')!r} after start, not running")
         except BaseException:
