@@ -13,7 +13,7 @@ from banger.api.models import ImageInfo, StageEvent, Strict
 from banger.api.progress import ndjson_response
 from banger.images.register import Registration
 from banger.kernels import NAME_PATTERN
-from banger.services import images
+from banger.services import catalog, images
 from banger.services import pull as image_pull
 from banger.wire import NDJSON
 
@@ -71,8 +71,12 @@ async def pull_image(ctx: Ctx, body: ImagePullBody) -> StreamingResponse:
     """Pull an OCI image (linux/amd64) into a bootable managed image, with progress.
 
     Refused before any download when the name is taken (409 already_exists), the
-    reference is malformed or ``kernel_ref`` names no stored kernel.
+    reference is malformed or ``kernel_ref`` names no stored kernel. A bare name from the
+    image catalog (``debian-bookworm``) obtains that catalog image, kernel included,
+    through the catalog's sources in order.
     """
+    if await catalog.is_catalog_name(body.ref) and body.name is None:
+        return ndjson_response(catalog.ensure_image_events(ctx, body.ref))
     plan = await image_pull.plan_pull(
         ctx, body.ref, name=body.name, kernel_ref=body.kernel_ref, size_bytes=body.size_bytes
     )

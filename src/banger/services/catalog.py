@@ -291,6 +291,26 @@ async def ensure_kernel(ctx: DaemonContext, names: Sequence[str], progress: Prog
 # -- images on first use ----------------------------------------------------------------------
 
 
+async def is_catalog_name(ref: str) -> bool:
+    """A bare catalog name (no registry, tag or digest), not an OCI reference."""
+    if any(c in ref for c in ":/@"):
+        return False
+    return (await asyncio.to_thread(image_catalog.load_catalog)).find(ref) is not None
+
+
+def ensure_image_events(ctx: DaemonContext, name: str) -> AsyncIterator[dict[str, Any]]:
+    """``image pull <catalog name>``: obtain it now, streamed; the result is its row."""
+
+    async def work(progress: Progress) -> dict[str, Any]:
+        await ensure_image(ctx, name, progress)
+        row = await _image_row(ctx, name)
+        if row is None:
+            raise ImageNotFound(f"catalog image {name!r} could not be obtained")
+        return record_dict(row)
+
+    return run_streamed(work)
+
+
 async def ensure_image(ctx: DaemonContext, name: str, progress: Progress) -> None:
     """Make catalog image ``name`` local if it is not; nothing when it is not in the catalog
     (the caller then reports ``ImageNotFound``)."""
