@@ -36,6 +36,7 @@ if [ ! -x .venv/bin/python ]; then
     /usr/bin/python3 -m venv .venv
 fi
 if [ ! -x .venv/bin/uv ]; then
+    .venv/bin/python -m pip --version >/dev/null 2>&1 || .venv/bin/python -m ensurepip >/dev/null
     .venv/bin/python -m pip install -q --disable-pip-version-check uv
 fi
 sync_args=(--frozen --reinstall-package banger)

@@ -83,7 +83,11 @@ def image_pull(
     from banger.units import parse_size
 
     reference = parse_reference(ref)  # here too, so a typo fails before the daemon starts
-    name = validate_name(name, kind="image") if name is not None else default_name(reference)
+    # Without --name the daemon picks it: a bare catalog name (`debian-bookworm`) obtains
+    # that catalog image, anything else gets a name made from the reference.
+    default_name(reference)
+    if name is not None:
+        validate_name(name, kind="image")
     if kernel_ref is not None:
         validate_name(kernel_ref)
     body: dict[str, Any] = {"ref": ref, "name": name, "kernel_ref": kernel_ref}
@@ -95,7 +99,8 @@ def image_pull(
     if as_json or not isinstance(result, dict):
         return
     digest = str(result.get("source_digest") or "")
-    click.echo(f"pulled image {result['name']} from {result['source']} ({digest[:19]}…)")
+    origin = f"{result['source']} ({digest[:19]}…)" if digest else result["source"]
+    click.echo(f"pulled image {result['name']} from {origin}")
     if not result.get("kernel_name"):
         click.echo(
             "note: no kernel recorded; `vm create` needs one: pull again with --kernel-ref NAME "
