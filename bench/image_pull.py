@@ -104,7 +104,7 @@ def _layer_bytes(layout: Path) -> int:
     return sum(int(layer["size"]) for layer in manifest["layers"])
 
 
-def _push(layout: Path, reg: LocalRegistry) -> None:
+def push_layout(layout: Path, reg: LocalRegistry) -> None:
     # LocalRegistry.push wants an OciLayout, whose constructor rewrites index.json.
     subprocess.run(
         [
@@ -191,7 +191,7 @@ def main() -> int:
         tempfile.TemporaryDirectory(prefix="bgr-bench-", dir="/tmp") as tmp,
         running_registry(Path(tmp) / "registry") as reg,
     ):
-        _push(layout, reg)
+        push_layout(layout, reg)
         ref = f"{reg.host}/{REPO_TAG}"
         for i in range(runs):
             root = Path(tmp) / f"h{i}"
