@@ -57,6 +57,8 @@ class DoctorInputs:
     #: Result of the KVM probe boot (None: not probed, e.g. no kernel to boot yet).
     kvm_runs_guests: bool | None = None
     runner: Runner = field(default_factory=Runner)
+    #: "local" | "catalog" | "missing": where the default image would come from.
+    default_image: str = "missing"
 
 
 Check = Callable[[DoctorInputs], CheckResult]
@@ -160,6 +162,38 @@ def forward_drop_chains(ruleset: str) -> list[str]:
     return found
 
 
+def check_default_image(inputs: DoctorInputs) -> CheckResult:
+    name = inputs.config.default_image_name
+    if inputs.default_image == "local":
+        return CheckResult(StageState.OK, f"{name} is local")
+    if inputs.default_image == "catalog":
+        return CheckResult(
+            StageState.OK,
+            f"{name} is in the catalog: the first `vm run` obtains it",
+            hint=f"`banger image pull {name}` obtains it now",
+        )
+    return CheckResult(
+        StageState.FAIL,
+        f"{name} is neither local nor in the catalog",
+        hint="set default_image_name to a local image or a catalog one (`banger image list`)",
+    )
+
+
+def check_ssh_config(_: DoctorInputs) -> CheckResult:
+    config = Path.home() / ".ssh" / "config"
+    try:
+        text = config.read_text(errors="replace")
+    except OSError:
+        text = ""
+    if "banger/ssh_config" in text:
+        return CheckResult(StageState.OK, f"{config} includes banger's ssh_config")
+    return CheckResult(
+        StageState.OK,
+        "`ssh <name>.vm` is not set up (optional)",
+        hint="`banger ssh-config --install` adds one Include line to ~/.ssh/config",
+    )
+
+
 def check_network(inputs: DoctorInputs) -> CheckResult:
     bridge = inputs.config.bridge_name
     if not Path(f"/sys/class/net/{bridge}").exists():
@@ -256,6 +290,8 @@ CHECKS: tuple[tuple[str, Check], ...] = (
     ("firewall", check_forward_policy),
     ("config", check_config),
     ("vm defaults", check_vm_defaults),
+    ("default image", check_default_image),
+    ("ssh-config", check_ssh_config),
     ("state", check_state),
     ("disk space", check_disk_space),
     ("runtime dir", check_runtime_dir),

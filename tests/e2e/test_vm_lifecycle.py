@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -61,6 +62,7 @@ def test_create_ssh_stop_start_delete_tiny_guest(env: VmEnv) -> None:
     assert mounted.startswith("755:0\n") and "/dev/vdb /root ext4" in mounted
     vm = _vm(env, "life")
     assert vm["state"] == "running" and vm["ip"].startswith("10.213.7.")
+    assert _dns(env, "LIFE.vm") == vm["ip"]  # case-insensitive, follows state (H.77/78)
 
     refused = env.banger("vm", "delete", "life")
     assert refused.returncode == 1 and "is running" in refused.stderr and "hint:" in refused.stderr
@@ -77,6 +79,28 @@ def test_create_ssh_stop_start_delete_tiny_guest(env: VmEnv) -> None:
     assert "dropbear" in console.lower()
     env.ok("vm", "delete", "--force", "life")
     assert all(v["name"] != "life" for v in env.json("vm", "list"))
+    assert _dns(env, "life.vm") == "NXDOMAIN"
+
+
+DNS_QUERY = """
+import sys, dns.message, dns.query, dns.rcode
+reply = dns.query.udp(dns.message.make_query(sys.argv[1], "A"), "127.0.0.1",
+                      port=int(sys.argv[2]), timeout=3)
+print(reply.answer[0][0].address if reply.answer else dns.rcode.to_text(reply.rcode()))
+"""
+
+
+def _dns(env: VmEnv, name: str) -> str:
+    """Ask the daemon's DNS server, from inside the namespace where it listens."""
+    port = env.json("daemon", "status")["dns"].rsplit(":", 1)[1]
+    out = env.ns.run(
+        [sys.executable, "-c", DNS_QUERY, name, port],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    return out.stdout.strip()
 
 
 def test_ssh_exit_status_is_the_commands(env: VmEnv) -> None:

@@ -67,6 +67,8 @@ class DaemonStatus(Strict):
     log_file: str
     db: DbInfo
     vm_defaults: VmDefaultsReply
+    #: Where `<vm>.vm` names are answered (127.0.0.1:42069 unless BANGER_DNS_PORT says).
+    dns: str | None = None
 
 
 class ShutdownReply(Strict):

@@ -268,7 +268,11 @@ def ssh(session: Session, name: str, command: tuple[str, ...]) -> int:
     Several words run as exactly that argv (`-- sh -c 'exit 7'`); a single word is
     handed to the guest's shell as a command line (`-- 'ls | wc -l'`).
     """
-    return subprocess.run(ssh_command(session, name, command), check=False).returncode
+    code = subprocess.run(ssh_command(session, name, command), check=False).returncode
+    if not command:
+        # An interactive session ended: the VM did not (SPEC §8).
+        sys.stderr.write(f"banger: {name} is still running (banger vm stop {name})\n")
+    return code
 
 
 @vm.command()

@@ -55,6 +55,7 @@ async def status(ctx: DaemonContext) -> dict[str, Any]:
         "log_file": str(layout.log_file),
         "db": await db_info(ctx),
         "vm_defaults": vm_defaults_reply(ctx),
+        "dns": f"127.0.0.1:{ctx.dns.port}" if ctx.dns is not None else None,
     }
 
 
@@ -63,6 +64,16 @@ def _db_summary(db: Database) -> str:
     counts = repo.counts(db)
     listed = ", ".join(f"{n} {k}" for k, n in counts.items())
     return f"{db.path} (schema {db.schema_version()}, integrity {integrity}; {listed})"
+
+
+async def _default_image(ctx: DaemonContext) -> str:
+    from banger.images import catalog
+
+    name = ctx.config.default_image_name
+    if any(i.name == name for i in await ctx.db.run(repo.list_images)):
+        return "local"
+    found = (await asyncio.to_thread(catalog.load_catalog)).find(name)
+    return "catalog" if found is not None else "missing"
 
 
 async def _kvm_probe(ctx: DaemonContext) -> bool | None:
@@ -86,6 +97,7 @@ async def doctor_events(ctx: DaemonContext) -> AsyncIterator[dict[str, Any]]:
         ctx.vm_defaults,
         lambda: summary,
         kvm_runs_guests=await _kvm_probe(ctx),
+        default_image=await _default_image(ctx),
         runner=ctx.runner,
     )
     checks: list[dict[str, Any]] = []
