@@ -4,7 +4,7 @@ The Debian test rootfs (it has python3-minimal) gets the agent and its systemd u
 an image would carry them (copied into the rootfs copy with ``debugfs -w``, the unit
 enabled). Then:
 
-- QEMU, with the command line banger builds (``banger.vmm.qemu.build_argv``) plus the
+- QEMU, with the command line banger builds (``banger.vmm.qemu.build_argv``), which has the
   agent channel's arguments (``banger.vmm.channels``): ``/healthz`` answers through
   virtio-serial (``wait_for_agent``, the readiness call); a web server started over SSH
   shows in ``/ports``, the host-side probe (inside the namespace) finds HTTP and HTTPS,
@@ -153,7 +153,7 @@ def debian(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Booted]:
     )
     channel = agent_channel(spec, Backend.QEMU)
     binary = Path(shutil.which("qemu-system-x86_64") or "qemu-system-x86_64")
-    argv = qemu.build_argv(binary, spec) + channel.qemu_argv()
+    argv = qemu.build_argv(binary, spec)  # includes the agent channel
     try:
         with netns() as ns:
             bridge_with_taps(ns, "br0", f"{GATEWAY}/24", ["tap0"])
