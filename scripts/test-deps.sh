@@ -30,6 +30,7 @@ packages=(
     skopeo            # pushes OCI layout fixtures into that registry
     umoci             # inspecting OCI layouts by hand (the tests write theirs in Python)
     openssl           # signs the test token server's JWTs for the registry's token auth
+    bind9-dnsutils    # dig, the DNS tests' second client
 )
 
 missing=()
