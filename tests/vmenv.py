@@ -60,6 +60,22 @@ class VmEnv:
     def json(self, *args: str) -> Any:
         return json.loads(self.ok(*args, "--json"))
 
+    def add_test_guests(self, *, tiny: bool = True) -> None:
+        """Import the cached cloud kernel as `cloud` and register the tiny guest as `tiny`."""
+        from tests import guests
+
+        self.ok("kernel", "import", "cloud", "--from", str(guests.cloud_kernel().import_dir))
+        if tiny:
+            self.ok(
+                "image",
+                "register",
+                "tiny",
+                "--rootfs",
+                str(guests.tiny_rootfs()),
+                "--kernel-ref",
+                "cloud",
+            )
+
     def start_daemon(self) -> None:
         log = (self.home.root / "bangerd.out").open("ab")
         self.daemon = self.ns.popen(

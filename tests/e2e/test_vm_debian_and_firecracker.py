@@ -14,7 +14,7 @@ STANDIN = Path(__file__).resolve().parents[1] / "fcstandin" / "firecracker"
 
 def test_debian_guest_with_systemd_boots_and_accepts_ssh() -> None:
     with vm_env() as env:
-        env.ok("kernel", "import", "cloud", "--from", str(guests.cloud_kernel().import_dir))
+        env.add_test_guests(tiny=False)
         env.ok(
             "image",
             "register",
@@ -63,16 +63,7 @@ def test_debian_guest_with_systemd_boots_and_accepts_ssh() -> None:
 def test_firecracker_path_through_the_standin() -> None:
     config = f'firecracker_bin = "{STANDIN}"\nvmm = "firecracker"\n'
     with vm_env(config) as env:
-        env.ok("kernel", "import", "cloud", "--from", str(guests.cloud_kernel().import_dir))
-        env.ok(
-            "image",
-            "register",
-            "tiny",
-            "--rootfs",
-            str(guests.tiny_rootfs()),
-            "--kernel-ref",
-            "cloud",
-        )
+        env.add_test_guests()
         env.ok(
             "vm",
             "create",

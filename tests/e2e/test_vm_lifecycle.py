@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 
-from tests import guests
 from tests.conftest import BIN
 from tests.vmenv import VmEnv, events, vm_env
 
@@ -28,17 +27,7 @@ TINY = ("--image", "tiny", "--vcpu", "1", "--memory", "256", "--disk-size", "1G"
 @pytest.fixture(scope="module")
 def env() -> Iterator[VmEnv]:
     with vm_env("tap_pool_size = 2\n") as e:
-        kernel = guests.cloud_kernel()
-        e.ok("kernel", "import", "cloud", "--from", str(kernel.import_dir))
-        e.ok(
-            "image",
-            "register",
-            "tiny",
-            "--rootfs",
-            str(guests.tiny_rootfs()),
-            "--kernel-ref",
-            "cloud",
-        )
+        e.add_test_guests()
         yield e
 
 

@@ -16,7 +16,6 @@ import pytest
 
 from banger.runner import Runner
 from banger.workspace import GuestShell
-from tests import guests
 from tests.conftest import BIN
 from tests.unit.test_gitrepo import GIT_ENV, git, make_repo
 from tests.vmenv import VmEnv, vm_env
@@ -94,17 +93,7 @@ def sync_source(tmp_path_factory: pytest.TempPathFactory, secret_dir: Path) -> P
 def env(sync_source: Path) -> Iterator[VmEnv]:
     config = f'tap_pool_size = 2\n[[file_sync]]\nhost = "{sync_source}"\nguest = "~/.cfg"\n'
     with vm_env(config) as e:
-        kernel = guests.cloud_kernel()
-        e.ok("kernel", "import", "cloud", "--from", str(kernel.import_dir))
-        e.ok(
-            "image",
-            "register",
-            "tiny",
-            "--rootfs",
-            str(guests.tiny_rootfs()),
-            "--kernel-ref",
-            "cloud",
-        )
+        e.add_test_guests()
         e.extra_env.update(GIT_ENV)
         yield e
 
