@@ -1,12 +1,14 @@
 """VM run: `banger vm run --rm -- true` wall time for the tiny and the Debian guest, and
-how much of it is banger's own work (everything but the guest's boot) as a share.
+how much of it is banger's own work (everything but the guest's boot) as a share; and the
+Debian guest again with banger's agent in it, whose readiness (`wait-ready`) is then the
+agent's answer instead of an ssh handshake: the ratio of the two is printed.
 
-"Guest boot" is the create stream's `boot` + `wait-ssh` stages (QEMU spawned until the
-guest answers SSH); the rest of the wall time (CLI start, reserve, disks, the ssh exec of
+"Guest boot" is the create stream's `boot` + `wait-ready` stages (QEMU spawned until the
+guest answers); the rest of the wall time (CLI start, reserve, disks, the ssh exec of
 `true`, the delete) is banger's. Two ways, each once per run:
 
 - `vm run --rm`: its wall time, with the boot stages read from its progress lines
-  (`✓ wait-ssh: … (N ms)`; a stage under 100 ms prints no time and counts as 0);
+  (`✓ wait-ready: … (N ms)`; a stage under 100 ms prints no time and counts as 0);
 - the same steps one by one: `vm create --json` (per-stage `elapsed_ms`), `vm ssh -- true`,
   `vm delete --force`, which splits banger's share into its parts.
 
@@ -29,8 +31,10 @@ from tests.vmenv import VmEnv, events, vm_env
 GUESTS = {
     "tiny": ["--vcpu", "1", "--memory", "256", "--disk-size", "1G"],
     "debian": ["--vcpu", "2", "--memory", "1024", "--disk-size", "1G"],
+    # the same Debian guest carrying banger's agent: readiness is the agent's /healthz
+    "debagent": ["--vcpu", "2", "--memory", "1024", "--disk-size", "1G"],
 }
-BOOT_STAGES = ("boot", "wait-ssh")
+BOOT_STAGES = ("boot", "wait-ready")
 # _plain() in src/banger/cli/output.py: "<mark> <stage>: <detail>[ (<ms> ms)]"
 _STAGE_LINE = re.compile(r"^\S+ (?P<stage>[\w-]+): .*?(?: \((?P<ms>\d+) ms\))?$")
 
@@ -46,7 +50,7 @@ def _run_once(env: VmEnv, image: str) -> tuple[float, float]:
         m = _STAGE_LINE.match(line)
         if m and m["stage"] in BOOT_STAGES:
             seen[m["stage"]] = int(m["ms"] or 0)
-    assert "wait-ssh" in seen, f"vm run printed no wait-ssh stage:\n{out.stdout}"
+    assert "wait-ready" in seen, f"vm run printed no wait-ready stage:\n{out.stdout}"
     return wall, sum(seen.values()) / 1000
 
 
@@ -80,7 +84,12 @@ def main() -> int:
     parts: dict[str, dict[str, list[float]]] = {g: {} for g in GUESTS}
     with vm_env() as env:
         env.ok("kernel", "import", "cloud", "--from", str(guests.cloud_kernel().import_dir))
-        for image, rootfs in (("tiny", guests.tiny_rootfs()), ("debian", guests.debian_rootfs())):
+        rootfses = {
+            "tiny": guests.tiny_rootfs(),
+            "debian": guests.debian_rootfs(),
+            "debagent": guests.debian_agent_rootfs(),
+        }
+        for image, rootfs in rootfses.items():
             env.ok("image", "register", image, "--rootfs", str(rootfs), "--kernel-ref", "cloud")
         for i in range(runs):
             for image in GUESTS:
@@ -95,7 +104,7 @@ def main() -> int:
         wall, boot = med(walls[image]), med(boots[image])
         own = wall - boot
         print(
-            f"  {image:<6} vm run wall {wall:6.2f} s   guest boot {boot:6.2f} s   "
+            f"  {image:<8} vm run wall {wall:6.2f} s   guest boot {boot:6.2f} s   "
             f"banger's own work {own:5.2f} s = {own / wall:5.1%} of wall"
         )
         split = {p: med(v) for p, v in parts[image].items()}
@@ -103,10 +112,16 @@ def main() -> int:
         guest = sum(split.get(s, 0.0) for s in BOOT_STAGES)
         mine = ", ".join(f"{p} {s:.2f} s" for p, s in split.items() if p not in BOOT_STAGES)
         print(
-            f"  {'':<6} step by step {total:5.2f} s   guest boot {guest:6.2f} s   "
+            f"  {'':<8} step by step {total:5.2f} s   guest boot {guest:6.2f} s   "
             f"banger's own work {total - guest:5.2f} s = {(total - guest) / total:5.1%}"
         )
-        print(f"  {'':<6}   banger's parts: {mine}")
+        print(f"  {'':<8}   banger's parts: {mine}")
+    ssh_way = med(parts["debian"]["wait-ready"])
+    agent_way = med(parts["debagent"]["wait-ready"])
+    print(
+        f"  readiness on the Debian guest: wait-ready {agent_way:.2f} s with the agent vs "
+        f"{ssh_way:.2f} s by SSH alone (x{agent_way / ssh_way:.2f})"
+    )
     return 0
 
 

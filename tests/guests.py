@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import pwd
@@ -69,6 +70,7 @@ INITRD_MODULES = (
 )
 
 _BUSYBOX = Path("/bin/busybox")  # busybox-static
+AGENT_SRC = Path(__file__).resolve().parents[1] / "src" / "banger" / "guest"
 _DROPBEAR_BINARIES = ("/usr/sbin/dropbear", "/usr/bin/dropbearconvert", "/usr/bin/dropbearkey")
 
 
@@ -114,6 +116,15 @@ def tiny_rootfs() -> Path:
 
 def debian_rootfs() -> Path:
     return _artifact("debian-rootfs", DEBIAN_RECIPE, _build_debian_rootfs) / "rootfs.ext4"
+
+
+def debian_agent_rootfs() -> Path:
+    """The Debian rootfs with banger's guest agent installed, as images banger makes carry it."""
+    digest = hashlib.sha256()
+    for source in sorted(AGENT_SRC.glob("banger[-_]agent*")):
+        digest.update(source.name.encode() + b"\0" + source.read_bytes())
+    key = f"{DEBIAN_RECIPE}-agent-{digest.hexdigest()[:12]}"
+    return _artifact("debian-agent-rootfs", key, _build_debian_agent_rootfs) / "rootfs.ext4"
 
 
 def test_ssh_keypair() -> tuple[Path, Path]:
@@ -532,6 +543,39 @@ def _build_debian_rootfs(tmp: Path) -> None:
         _mkfs_ext4(tree, tmp / "rootfs.ext4", "1G", "debroot")
     finally:
         _remove_tree(tree)
+
+
+def _build_debian_agent_rootfs(tmp: Path) -> None:
+    _run(["cp", "--sparse=always", str(debian_rootfs()), str(tmp / "rootfs.ext4")])
+    install_agent(tmp / "rootfs.ext4")
+
+
+def install_agent(rootfs: Path) -> None:
+    """What an image with the agent holds: the file (0755) and the enabled unit."""
+    agent, unit = AGENT_SRC / "banger_agent.py", AGENT_SRC / "banger-agent.service"
+    wants = "/etc/systemd/system/multi-user.target.wants/banger-agent.service"
+    script = f"""\
+mkdir /usr/local/lib/banger
+write {agent} /usr/local/lib/banger/banger-agent
+sif /usr/local/lib/banger/banger-agent mode 0100755
+write {unit} /etc/systemd/system/banger-agent.service
+sif /etc/systemd/system/banger-agent.service mode 0100644
+symlink {wants} /etc/systemd/system/banger-agent.service
+"""
+    subprocess.run(
+        ["debugfs", "-w", "-f", "-", str(rootfs)],
+        input=script,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    listing = subprocess.run(
+        ["debugfs", "-R", "stat /usr/local/lib/banger/banger-agent", str(rootfs)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "Mode:  0755" in listing
 
 
 def _configure_debian(root: Path) -> None:

@@ -1,8 +1,8 @@
 """The guest agent in a real guest (SPEC §8): Debian under QEMU/TCG, and Firecracker's vsock.
 
-The Debian test rootfs (it has python3-minimal) gets the agent and its systemd unit the way
-an image would carry them (copied into the rootfs copy with ``debugfs -w``, the unit
-enabled). Then:
+The Debian test rootfs (it has python3-minimal) with the agent and its systemd unit the way
+an image carries them (``tests.guests.debian_agent_rootfs``: written with ``debugfs -w``,
+the unit enabled). Then:
 
 - QEMU, with the command line banger builds (``banger.vmm.qemu.build_argv``), which has the
   agent channel's arguments (``banger.vmm.channels``): ``/healthz`` answers through
@@ -65,38 +65,9 @@ pytestmark = pytest.mark.skipif(
     reason="needs root, /dev/net/tun, qemu-system-x86_64, iproute2, ssh, debugfs",
 )
 
-SRC = Path(__file__).resolve().parents[2] / "src" / "banger" / "guest"
 STANDIN = Path(__file__).resolve().parents[1] / "fcstandin" / "firecracker"
 HOSTNAME = "agent-deb"
 BOOT_TIMEOUT_S = 300.0
-
-
-def install_agent(rootfs: Path) -> None:
-    """What an image with the agent holds: the file (0755) and the enabled unit."""
-    agent, unit = SRC / "banger_agent.py", SRC / "banger-agent.service"
-    wants = "/etc/systemd/system/multi-user.target.wants/banger-agent.service"
-    script = f"""\
-mkdir /usr/local/lib/banger
-write {agent} /usr/local/lib/banger/banger-agent
-sif /usr/local/lib/banger/banger-agent mode 0100755
-write {unit} /etc/systemd/system/banger-agent.service
-sif /etc/systemd/system/banger-agent.service mode 0100644
-symlink {wants} /etc/systemd/system/banger-agent.service
-"""
-    subprocess.run(
-        ["debugfs", "-w", "-f", "-", str(rootfs)],
-        input=script,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    listing = subprocess.run(
-        ["debugfs", "-R", "stat /usr/local/lib/banger/banger-agent", str(rootfs)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    assert "Mode:  0755" in listing
 
 
 @dataclass
@@ -136,8 +107,7 @@ class Booted:
 def debian(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Booted]:
     tmp = tmp_path_factory.mktemp("agent-deb")
     run_dir = Path(tempfile.mkdtemp(prefix="bgag-"))  # short: sockets live here
-    prepared = prepare(tmp, guests.debian_rootfs(), HOSTNAME)
-    install_agent(prepared.rootfs)
+    prepared = prepare(tmp, guests.debian_agent_rootfs(), HOSTNAME)
     spec = MachineSpec(
         name=HOSTNAME,
         vcpu=2,
@@ -369,8 +339,7 @@ def test_firecracker_vsock_connect_reaches_the_agent(tmp_path: Path) -> None:
     kernel = guests.cloud_kernel()
     vmlinux = tmp_path / "vmlinux"
     extract_vmlinux(kernel.vmlinuz, vmlinux, Runner())
-    prepared = prepare(tmp_path, guests.debian_rootfs(), "agent-fc")
-    install_agent(prepared.rootfs)
+    prepared = prepare(tmp_path, guests.debian_agent_rootfs(), "agent-fc")
     run_dir = Path(tempfile.mkdtemp(prefix="bgfc-"))
     spec = MachineSpec(
         name="agent-fc", vcpu=2, memory_mib=512, kernel=vmlinux, initrd=guests.mini_initrd(),

@@ -1,22 +1,20 @@
-"""Booting one VM: which kernel, which VMM, the machine spec, and waiting for SSH.
+"""Booting one VM: which kernel, which VMM, the machine spec, and the ssh command line.
 
 Owns: resolving an image's kernel files for a backend, building the ``MachineSpec`` from
-a VM row, and the readiness check (the guest accepts SSH with the managed key and the
-host key banger injected). Must not: change rows or allocate resources.
+a VM row, and the ``ssh`` argv banger uses for a VM (managed key, the VM's known_hosts).
+Waiting for the guest is ``banger.services.readiness``. Must not: change rows or allocate
+resources.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from banger.errors import CommandFailed, InvalidArgument, Timeout
+from banger.errors import InvalidArgument
 from banger.net.addressing import netmask, prefix_len
 from banger.procinfo import ProcessIdentity
-from banger.runner import Runner
 from banger.services.vm_paths import VmPaths
 from banger.state.records import ImageRecord, KernelRecord, VmRecord
 from banger.vm.cmdline import BootArgs, kernel_cmdline
@@ -136,44 +134,3 @@ def ssh_argv(key: Path, known_hosts: Path, ip: str, *, connect_timeout_s: int = 
         "root",
         ip,
     ]
-
-
-async def _port_open(ip: str, port: int = 22) -> bool:
-    try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(ip, port), 1.0)
-    except (OSError, TimeoutError):
-        return False
-    writer.close()
-    with contextlib.suppress(OSError):
-        await writer.wait_closed()
-    return True
-
-
-async def wait_for_ssh(
-    runner: Runner,
-    argv: list[str],
-    ip: str,
-    *,
-    timeout_s: float,
-    alive: ProcessIdentity | None,
-    console_log: Path,
-) -> float:
-    """Poll until ``ssh … true`` succeeds; returns the seconds it took."""
-    from banger import procinfo
-
-    started = time.monotonic()
-    while True:
-        if alive is not None and not procinfo.is_running(alive):
-            raise CommandFailed(
-                "the VM stopped while booting", hint=f"the guest's console log is {console_log}"
-            )
-        if await _port_open(ip):
-            with contextlib.suppress(CommandFailed, Timeout):
-                await runner.run_async([*argv, "true"], timeout_s=SSH_PROBE_TIMEOUT_S)
-                return time.monotonic() - started
-        if time.monotonic() - started > timeout_s:
-            raise Timeout(
-                f"the guest did not accept SSH within {timeout_s:g}s",
-                hint=f"the guest's console log is {console_log}",
-            )
-        await asyncio.sleep(0.2)

@@ -25,7 +25,7 @@ from banger.net.addressing import allocate_ip, bridge_interface, mac_for_ip
 from banger.net.privileged import PrivilegedOps
 from banger.net.taps import TapPool
 from banger.publish import remove_published
-from banger.services import catalog, vm_boot, vm_disks
+from banger.services import catalog, readiness, vm_boot, vm_disks
 from banger.services.inventory import record_dict
 from banger.services.operations import Progress, run_streamed
 from banger.services.vm_paths import VmPaths
@@ -34,6 +34,7 @@ from banger.state.records import ImageRecord, KernelRecord, VmRecord, VmState, u
 from banger.vm.naming import generate_name, validate_vm_name
 from banger.vmm import select, spawn
 from banger.vmm.base import Accel, Backend, Vmm
+from banger.vmm.channels import agent_channel_at
 from banger.vmm.firecracker import FirecrackerVmm
 from banger.vmm.qemu import QemuVmm
 from banger.wire import StageState
@@ -254,19 +255,16 @@ class VmService:
                     vmm=vmm.backend.value,
                 )
                 progress.detail = f"{vmm.backend.value} ({accel.value}), pid {ident.pid}"
-            with progress.stage("wait-ssh"):
+            with progress.stage("wait-ready"):
                 argv = vm_boot.ssh_argv(
                     self.ctx.config.ssh_key_file(), paths.known_hosts, vm.ip or ""
                 )
-                took = await vm_boot.wait_for_ssh(
-                    self.ctx.runner,
-                    argv,
-                    vm.ip or "",
-                    timeout_s=timeout_s,
-                    alive=ident,
-                    console_log=paths.console_log,
+                agent = agent_channel_at(paths.run_dir, vmm.backend).client()
+                guest = readiness.Guest(vm.ip or "", ident, paths.console_log)
+                ready = await readiness.wait_until_ready(
+                    self.ctx.runner, argv, agent, guest, timeout_s=timeout_s
                 )
-                progress.detail = f"guest answered SSH after {took:.1f}s"
+                progress.detail = ready.describe()
         except BaseException as exc:
             await self._boot_failed(vm, exc)
             if isinstance(exc, BangerError):
