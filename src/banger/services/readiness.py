@@ -62,6 +62,7 @@ class Guest:
     ip: str
     alive: ProcessIdentity | None
     console_log: Path
+    ssh_port: int = SSH_PORT
 
     def check_alive(self) -> None:
         if self.alive is not None and not procinfo.is_running(self.alive):
@@ -91,7 +92,7 @@ async def wait_for_ssh(runner: Runner, argv: list[str], guest: Guest, *, timeout
     started = time.monotonic()
     while True:
         guest.check_alive()
-        if await port_open(guest.ip):
+        if await port_open(guest.ip, guest.ssh_port):
             with contextlib.suppress(CommandFailed, Timeout):
                 await runner.run_async([*argv, "true"], timeout_s=SSH_PROBE_TIMEOUT_S)
                 return time.monotonic() - started
@@ -106,7 +107,7 @@ async def wait_for_agent_and_sshd(client: AgentClient, guest: Guest, *, timeout_
     await wait_for_agent(
         client, timeout_s=timeout_s, alive=guest.alive, console_log=guest.console_log
     )
-    while not await port_open(guest.ip):
+    while not await port_open(guest.ip, guest.ssh_port):
         guest.check_alive()
         if time.monotonic() - started > timeout_s:
             raise guest.timed_out("accept connections on port 22", timeout_s)
