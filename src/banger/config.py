@@ -1,8 +1,9 @@
 """Loading and validating ``config.toml`` plus ``BANGER_*`` overrides (SPEC §9).
 
 Owns: the pydantic models of every config key with its default and rule, reading the file
-(refusing tamperable, non-UTF-8 or malformed ones), environment overrides, provenance of
-each value, and the translation of pydantic's ValidationError into one ConfigError.
+(refusing tamperable, non-UTF-8 or malformed ones), environment overrides and provenance of
+each value. The value rules themselves are ``banger.config_rules``; the wording of a
+ValidationError as one ConfigError is ``banger.config_errors``.
 
 Must not: touch the network, the bridge or the VMM, check that ``file_sync`` host paths
 exist (a missing one is a warning at VM start, SPEC §7), or let pydantic's own error text
@@ -11,13 +12,12 @@ reach the user.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import stat
 import tomllib
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from enum import StrEnum
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
@@ -35,10 +35,11 @@ from pydantic import (
     ValidationInfo,
     field_validator,
 )
-from pydantic_core import ErrorDetails
 
+from banger import config_rules as rules
 from banger import units
-from banger.errors import ConfigError, InvalidArgument
+from banger.config_errors import table_model, translate
+from banger.errors import ConfigError
 from banger.paths import Layout
 
 ENV_PREFIX = "BANGER_"
@@ -46,11 +47,6 @@ CONFIG_PATH_ENV = "BANGER_CONFIG"
 # /dev/zero or a huge file must not be read whole; real configs are a few KiB.
 MAX_CONFIG_BYTES = 1024 * 1024
 
-_IMAGE_NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}", re.ASCII)
-# IFNAMSIZ is 16 with the NUL; the kernel expands "%" in a name as an allocation pattern.
-_IFNAME_RE = re.compile(r"[A-Za-z0-9_-]{1,15}", re.ASCII)
-_MODE_RE = re.compile(r"[0-7]{3,5}", re.ASCII)
-_RFC1918 = tuple(IPv4Network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))
 _TOML_POS_RE = re.compile(r"\s*\(at (?:line (\d+), column (\d+)|end of document)\)$")
 
 
@@ -75,121 +71,8 @@ class Source(StrEnum):
     DEFAULT = "default"
 
 
-# -- value rules: each raises ValueError whose text is "<rule> (got <input>)" ---------------
-
-
-def _fail(rule: str, value: object) -> ValueError:
-    return ValueError(f"{rule} (got {units.describe_input(value)})")
-
-
-def _text(value: object, rule: str) -> str:
-    if not isinstance(value, str):
-        raise _fail(rule, value)
-    if not value or "\x00" in value:
-        raise _fail(f"{rule}; it must not be empty or contain NUL", value)
-    return value
-
-
-def _user_path(value: object) -> str:
-    rule = "must be an absolute path or start with ~/"
-    text = _text(value, rule)
-    if text.startswith("~") and not text.startswith("~/"):
-        raise _fail("must start with ~/ or /; ~user paths are not supported", text)
-    if not text.startswith(("/", "~/")):
-        raise _fail(f"{rule} (relative paths are ambiguous)", text)
-    return text
-
-
-def _sync_host(value: object) -> str:
-    return _no_dotdot(_user_path(value))
-
-
-def _sync_guest(value: object) -> str:
-    text = _text(value, "must be a path under ~/ or /root/")
-    rest = text.removeprefix("~/") if text.startswith("~/") else text.removeprefix("/root/")
-    if rest == text or not rest.strip("/"):
-        raise _fail("must name a file or directory under ~/ or /root/", text)
-    return _no_dotdot(text)
-
-
-def _no_dotdot(text: str) -> str:
-    if ".." in text.split("/"):
-        raise _fail("must not contain .. components", text)
-    return text
-
-
-def _mode(value: object) -> str:
-    rule = 'must be a quoted octal mode like "0600" or "0755"'
-    if not isinstance(value, str) or not _MODE_RE.fullmatch(value):
-        raise _fail(rule, value)
-    if int(value, 8) > 0o7777:
-        raise _fail("must be at most 07777", value)
-    return value
-
-
-def _image_name(value: object) -> str:
-    text = _text(value, "must be an image name")
-    if not _IMAGE_NAME_RE.fullmatch(text):
-        raise _fail("must be 1-63 of a-z, 0-9, '.', '-', '_' starting with a letter or digit", text)
-    return text
-
-
-def _ifname(value: object) -> str:
-    text = _text(value, "must be an interface name")
-    if not _IFNAME_RE.fullmatch(text):
-        raise _fail("must be 1-15 of A-Z, a-z, 0-9, '_', '-' (a Linux interface name)", text)
-    return text
-
-
-def _ipv4(value: object) -> str:
-    text = _text(value, "must be a quoted IPv4 address")
-    try:
-        address = IPv4Address(text)
-    except ValueError:
-        raise _fail("must be an IPv4 address like 10.213.7.1", text) from None
-    return str(address)
-
-
-def _dns_server(value: object) -> str:
-    text = _ipv4(value)
-    address = IPv4Address(text)
-    # The guest's own loopback, a multicast group or a broadcast address is no resolver.
-    if address.is_unspecified or address.is_loopback or address.is_multicast:
-        raise _fail("must be a unicast IPv4 address the guest can reach", text)
-    return text
-
-
-def _cidr(value: object) -> str:
-    rule = "must be an IPv4 network like 10.213.7.0/24"
-    text = _text(value, rule)
-    try:
-        network = IPv4Network(text, strict=False)
-    except ValueError:
-        raise _fail(rule, text) from None
-    if network.network_address != IPv4Address(text.partition("/")[0]):
-        raise _fail(f"must have no host bits set ({network} is the network)", text)
-    if "/" not in text or not 16 <= network.prefixlen <= 29:
-        raise _fail("must have a prefix length from /16 to /29", text)
-    if not any(network.subnet_of(private) for private in _RFC1918):
-        raise _fail("must be a private range (10/8, 172.16/12 or 192.168/16)", text)
-    return str(network)
-
-
-def _units(parse: Callable[..., int], **limits: int) -> BeforeValidator:
-    """Keep a size or duration as the user wrote it, after checking that it parses."""
-
-    def check(value: object) -> str:
-        try:
-            parse(value, **limits)
-        except InvalidArgument as exc:
-            raise ValueError(exc.brief) from None
-        return typing.cast(str, value)
-
-    return BeforeValidator(check)
-
-
 _rule = BeforeValidator
-UserPath = Annotated[str, _rule(_user_path)]
+UserPath = Annotated[str, _rule(rules.user_path)]
 StrictInt = Annotated[int, Strict()]
 
 
@@ -205,7 +88,9 @@ class VmDefaultsConfig(_Table):
 
     vcpu: Annotated[StrictInt, Field(ge=1, le=64)] | None = None
     memory_mib: Annotated[StrictInt, Field(ge=128, le=1048576)] | None = None
-    disk_size: Annotated[str, _units(units.parse_size, minimum_bytes=256 * units.MIB)] | None = None
+    disk_size: (
+        Annotated[str, rules.as_written(units.parse_size, minimum_bytes=256 * units.MIB)] | None
+    ) = None
 
     @property
     def disk_size_bytes(self) -> int | None:
@@ -215,9 +100,9 @@ class VmDefaultsConfig(_Table):
 class FileSyncEntry(_Table):
     """One ``[[file_sync]]`` entry: a host file or directory copied into the guest."""
 
-    host: Annotated[str, _rule(_sync_host)]
-    guest: Annotated[str, _rule(_sync_guest)]
-    mode: Annotated[str, _rule(_mode)] | None = None
+    host: Annotated[str, _rule(rules.sync_host)]
+    guest: Annotated[str, _rule(rules.sync_guest)]
+    mode: Annotated[str, _rule(rules.mode)] | None = None
 
     @property
     def mode_bits(self) -> int | None:
@@ -232,16 +117,16 @@ class Config(_Table):
     qemu_bin: UserPath | None = None
     vmm: VmmChoice = VmmChoice.AUTO
     ssh_key_path: UserPath | None = None
-    default_image_name: Annotated[str, _rule(_image_name)] = "debian-bookworm"
-    auto_stop_stale_after: Annotated[str, _units(units.parse_duration)] = "0"
-    stats_poll_interval: Annotated[str, _units(units.parse_duration, minimum_s=1)] = "5s"
-    bridge_name: Annotated[str, _rule(_ifname)] = "banger0"
+    default_image_name: Annotated[str, _rule(rules.image_name)] = "debian-bookworm"
+    auto_stop_stale_after: Annotated[str, rules.as_written(units.parse_duration)] = "0"
+    stats_poll_interval: Annotated[str, rules.as_written(units.parse_duration, minimum_s=1)] = "5s"
+    bridge_name: Annotated[str, _rule(rules.ifname)] = "banger0"
     # cidr precedes bridge_ip so that bridge_ip's check can see the validated network.
-    cidr: Annotated[str, _rule(_cidr)] = "10.213.7.0/24"
-    bridge_ip: Annotated[str, _rule(_ipv4)] = "10.213.7.1"
+    cidr: Annotated[str, _rule(rules.cidr)] = "10.213.7.0/24"
+    bridge_ip: Annotated[str, _rule(rules.ipv4)] = "10.213.7.1"
     tap_pool_size: Annotated[StrictInt, Field(ge=0, le=64)] = 4
-    default_dns: Annotated[list[Annotated[str, _rule(_dns_server)]], Field(max_length=3)] = Field(
-        default_factory=lambda: ["1.1.1.1", "9.9.9.9"]
+    default_dns: Annotated[list[Annotated[str, _rule(rules.dns_server)]], Field(max_length=3)] = (
+        Field(default_factory=lambda: ["1.1.1.1", "9.9.9.9"])
     )
     vm_defaults: VmDefaultsConfig = Field(default_factory=VmDefaultsConfig)
     file_sync: list[FileSyncEntry] = Field(default_factory=list)
@@ -259,9 +144,11 @@ class Config(_Table):
             return value
         network, address = IPv4Network(cidr), IPv4Address(value)
         if address not in network:
-            raise _fail(f"must lie inside cidr {cidr} (set bridge_ip and cidr together)", value)
+            raise rules.fail(
+                f"must lie inside cidr {cidr} (set bridge_ip and cidr together)", value
+            )
         if address in (network.network_address, network.broadcast_address):
-            raise _fail(f"must not be the network or broadcast address of {cidr}", value)
+            raise rules.fail(f"must not be the network or broadcast address of {cidr}", value)
         return value
 
     @property
@@ -312,18 +199,11 @@ def expand_user_path(text: str, *, home: Path) -> Path:
 # -- key catalogue (derived from the models, used by docs and env overrides) ---------------
 
 
-def _table_model(annotation: Any) -> type[BaseModel] | None:
-    if typing.get_origin(annotation) is list:
-        annotation = typing.get_args(annotation)[0]
-    is_model = isinstance(annotation, type) and issubclass(annotation, BaseModel)
-    return annotation if is_model else None
-
-
 def config_keys() -> list[str]:
     """Every documented key in dotted form, ``file_sync.host`` for array-of-table keys."""
     keys = []
     for name, field in Config.model_fields.items():
-        table = _table_model(field.annotation)
+        table = table_model(field.annotation)
         if table is None:
             keys.append(name)
         else:
@@ -333,7 +213,7 @@ def config_keys() -> list[str]:
 
 def env_keys() -> list[str]:
     """Top-level keys that ``BANGER_<KEY>`` can override (everything but tables)."""
-    return [n for n, f in Config.model_fields.items() if _table_model(f.annotation) is None]
+    return [n for n, f in Config.model_fields.items() if table_model(f.annotation) is None]
 
 
 def env_var_for(key: str) -> str:
@@ -376,7 +256,7 @@ def load_config(
     try:
         config = Config.model_validate({**from_file, **from_env})
     except ValidationError as exc:
-        raise _translate(exc, path, from_env) from exc
+        raise translate(exc, path, from_env, model=Config, env_var=env_var_for) from exc
     config._sources = _sources(from_file, from_env)
     config._path = path
     config._layout = layout
@@ -479,100 +359,3 @@ def _check_owner_and_mode(path: Path, st: os.stat_result) -> None:
             details="another user could change how banger runs your VMs",
             hint=f"chmod 600 {path}",
         )
-
-
-# -- ValidationError -> ConfigError ---------------------------------------------------------
-
-
-def _translate(exc: ValidationError, path: Path, from_env: Mapping[str, object]) -> ConfigError:
-    errors = exc.errors(include_url=False)
-    problems = [_describe(err, from_env) for err in errors]
-    env_vars = sorted({env_var_for(str(e["loc"][0])) for e in errors if _from_env(e, from_env)})
-    in_file = any(not _from_env(e, from_env) for e in errors)
-    fixes = ([f"fix {path}"] if in_file else []) + [f"fix or unset {v}" for v in env_vars]
-    if any(e["type"] == "extra_forbidden" for e in errors):
-        fixes[0] = f"remove or rename the key in {path}"
-    brief = problems[0] if len(problems) == 1 else f"{problems[0]} (and {len(problems) - 1} more)"
-    return ConfigError(
-        brief,
-        details="\n".join(problems) if len(problems) > 1 else None,
-        hint="; ".join(fixes) + " (docs/config.md lists every key and its rule)",
-    )
-
-
-def _from_env(err: ErrorDetails, from_env: Mapping[str, object]) -> bool:
-    return bool(err["loc"]) and err["loc"][0] in from_env
-
-
-def _dotted(loc: tuple[int | str, ...]) -> str:
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else f".{part}"
-    return text.lstrip(".")
-
-
-def _describe(err: ErrorDetails, from_env: Mapping[str, object]) -> str:
-    loc = tuple(err["loc"])
-    if err["type"] == "extra_forbidden":
-        return _unknown_key(loc)
-    env = _from_env(err, from_env)
-    # Env values are scalars or lists, so whatever follows the key is an index.
-    name = env_var_for(str(loc[0])) + _dotted(loc[1:]) if env else _dotted(loc)
-    return f"{name}: {_rule_text(err, loc, env=env)}"
-
-
-def _unknown_key(loc: tuple[int | str, ...]) -> str:
-    key, table_loc = str(loc[-1]), loc[:-1]
-    model: type[BaseModel] = Config
-    for part in table_loc:
-        if isinstance(part, str):
-            model = _table_model(model.model_fields[part].annotation) or model
-    where = "at the top level" if not table_loc else f"in {_dotted(table_loc)}"
-    where = f"in [{table_loc[0]}]" if len(table_loc) == 1 else where
-    close = difflib.get_close_matches(key, list(model.model_fields), n=1, cutoff=0.6)
-    suggestion = f' (did you mean "{close[0]}"?)' if close else _belongs_elsewhere(key)
-    return f'unknown key "{key}" {where}{suggestion}'
-
-
-def _belongs_elsewhere(key: str) -> str:
-    # TOML puts every key after a [table] header into that table: a classic slip.
-    if key in Config.model_fields:
-        return " (it is a top-level key: move it above the first [table])"
-    for name, field in Config.model_fields.items():
-        table = _table_model(field.annotation)
-        if table is not None and key in table.model_fields:
-            header = f"[[{name}]]" if typing.get_origin(field.annotation) is list else f"[{name}]"
-            return f" (it belongs in {header})"
-    return ""
-
-
-_RULES = {
-    "greater_than_equal": "must be at least {ge}",
-    "less_than_equal": "must be at most {le}",
-    "enum": "must be one of {expected}",
-    "too_long": "must have at most {max_length} entries",
-    "list_type": "must be a list",
-    "string_type": "must be a quoted string",
-    "model_type": "must be a table",
-    "model_attributes_type": "must be a table",
-    "dict_type": "must be a table",
-}
-
-
-def _rule_text(err: ErrorDetails, loc: tuple[int | str, ...], *, env: bool) -> str:
-    kind, ctx, value = err["type"], err.get("ctx") or {}, err.get("input")
-    if kind == "value_error":
-        return str(ctx["error"])  # our own rules already end in "(got …)"
-    if kind == "missing":
-        return "is required"
-    if kind == "int_type" and isinstance(value, bool):
-        rule = "must be an integer, not a boolean"
-    elif kind == "int_type" and isinstance(value, float):
-        rule = "must be an integer, not a decimal number"
-    elif kind == "int_type":
-        rule = "must be an integer written with the digits 0-9" + ("" if env else ", unquoted")
-    elif kind == "list_type" and loc == ("file_sync",):
-        rule = "must be written as [[file_sync]] tables (an array of tables)"
-    else:
-        rule = _RULES.get(kind, "is not valid").format(**ctx)
-    return f"{rule} (got {units.describe_input(value)})"
