@@ -13,7 +13,7 @@ from banger.api.deps import Ctx
 from banger.api.models import KernelInfo, StageEvent, Strict
 from banger.api.progress import ndjson_response
 from banger.kernels import NAME_PATTERN
-from banger.services import catalog, kernels
+from banger.services import kernel_pull, kernels
 from banger.wire import NDJSON
 
 router = APIRouter(tags=["kernels"])
@@ -78,14 +78,14 @@ async def import_kernel(ctx: Ctx, body: KernelImportBody) -> StreamingResponse:
 @router.post("/kernels/pull", response_class=StreamingResponse, responses=STREAM)
 async def pull_kernel(ctx: Ctx, body: KernelPullBody) -> StreamingResponse:
     """Fetch a kernel of the catalog into the store, with progress (docs/catalog.md)."""
-    entry = await catalog.plan_pull(body.name)
-    return ndjson_response(catalog.pull_events(ctx, entry, force=body.force))
+    entry = await kernel_pull.plan_pull(body.name)
+    return ndjson_response(kernel_pull.pull_events(ctx, entry, force=body.force))
 
 
 @router.get("/catalog/kernels", response_model=list[CatalogKernelInfo])
 async def catalog_kernels(ctx: Ctx) -> list[dict[str, Any]]:
     """The kernel catalog for this host's architecture."""
-    return await catalog.available_kernels(ctx)
+    return await kernel_pull.available_kernels(ctx)
 
 
 @router.get("/kernels", response_model=list[KernelInfo])

@@ -350,3 +350,8 @@ def _versioned(depends: str, package: str) -> str:
             details=depends[-500:] or None,
         )
     return match.group(1)
+
+
+def host_suite_sources(suite: str) -> list[str]:
+    """The host's apt sources, pointed at ``suite`` (for a kernel package or a build)."""
+    return suite_sources(host_sources(), suite, host=host_release())
