@@ -20,7 +20,6 @@ from banger.state.records import ImageRecord, KernelRecord, VmRecord
 from banger.vm.cmdline import BootArgs, kernel_cmdline
 from banger.vmm.base import Accel, Backend, DriveSpec, MachineSpec, NetSpec, VmmHandle
 
-SSH_PROBE_TIMEOUT_S = 15.0
 CONTROL_SOCKET = {Backend.QEMU: "qmp.sock", Backend.FIRECRACKER: "fc.sock"}
 
 
