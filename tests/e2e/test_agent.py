@@ -39,9 +39,10 @@ import pytest
 
 from banger.errors import CommandFailed
 from banger.guest import ports
-from banger.guest.agent_client import AgentClient, wait_for_agent
+from banger.guest.agent_client import AgentClient
 from banger.kernels.vmlinux import extract_vmlinux
 from banger.runner import Runner
+from banger.services.readiness import wait_for_agent
 from banger.vmm import qemu
 from banger.vmm.base import Accel, Backend, DriveSpec, MachineSpec, NetSpec
 from banger.vmm.channels import AgentChannel, agent_channel

@@ -6,8 +6,9 @@ Owns: reaching a VM's agent over its channel — QEMU's virtio-serial chardev so
 vhost-vsock (``over_vsock``) —; one request at a time on the serial channel (a lock per
 socket path, shared by every client in the process); reading each reply under hard
 bounds (handshake line ≤ 32 bytes, head ≤ 16 KiB, body ≤ 1 MiB, one deadline for the whole
-call, lock wait included); validating what ``/healthz`` and ``/ports`` say; waiting for a
-booting guest's agent; and the web probe ``vm ports`` uses (``probe_web``).
+call, lock wait included); and the web probe ``vm ports`` uses (``probe_web``). What
+``/healthz`` and ``/ports`` say is checked by ``banger.guest.agent_replies``; waiting for a
+booting guest's agent is ``banger.services.readiness``.
 
 Must not: use anything the guest says as a host path or command (ADVERSARIAL 64), block
 past its deadline (ADVERSARIAL 100), or print: guest text is made printable here and the
@@ -23,9 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import json
-import math
 import re
 import secrets
 import socket
@@ -37,14 +36,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from banger import procinfo
-from banger.errors import BadResponse, BangerError, CommandFailed, Timeout
-from banger.guest.ports import Listener, printable
-from banger.procinfo import ProcessIdentity
+from banger.errors import BadResponse, CommandFailed, Timeout
+from banger.guest.agent_replies import AgentHealth, GuestPorts, parse_health, parse_ports
+from banger.guest.ports import printable
 
 DEFAULT_TIMEOUT_S = 5.0
-#: One readiness attempt: long enough for a TCG guest to answer, short enough to retry.
-ATTEMPT_TIMEOUT_S = 2.0
 AGENT_VSOCK_PORT = 52
 MAX_HANDSHAKE_BYTES = 32  # "OK 4294967295\n" is 14
 MAX_HEAD_BYTES = 16 * 1024
@@ -52,10 +48,6 @@ MAX_BODY_BYTES = 1024 * 1024
 MAX_HEADERS = 100
 #: Replies to earlier, abandoned requests that may still arrive on the serial stream.
 MAX_STALE_REPLIES = 4
-MAX_LISTENERS = 4096
-MAX_ADDRESS_CHARS = 64
-MAX_NAME_CHARS = 256
-MAX_COMMAND_CHARS = 4096
 PROBE_TIMEOUT_S = 3.0
 PLAIN_GRACE_S = 0.3
 PROBE_CONCURRENCY = 16
@@ -81,29 +73,6 @@ class AgentReply:
     status: int
     headers: dict[str, str]
     body: bytes
-
-
-@dataclass(frozen=True)
-class AgentHealth:
-    ok: bool
-    uptime_s: float
-    hostname: str
-    agent_version: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "ok": self.ok,
-            "uptime_s": self.uptime_s,
-            "hostname": self.hostname,
-            "agent_version": self.agent_version,
-        }
-
-
-@dataclass(frozen=True)
-class GuestPorts:
-    listeners: tuple[Listener, ...]
-    #: the agent listed only the first of more sockets than it reports
-    truncated: bool
 
 
 class _Deadline:
@@ -399,110 +368,6 @@ def _read_reply(stream: _Stream) -> AgentReply:
         raise BadResponse(f"{what} announced a body of {length} bytes (at most {MAX_BODY_BYTES})")
     body = stream.exactly(length, "a reply body")
     return AgentReply(int(status.group(1)), headers, body)
-
-
-# -- validating what the guest says -------------------------------------------------------
-
-
-def _text(data: dict[str, Any], key: str, limit: int, *, optional: bool = False) -> str | None:
-    value = data.get(key)
-    if value is None and optional:
-        return None
-    if not isinstance(value, str):
-        raise ValueError(f"{key!r} is not a string")
-    if len(value) > limit:
-        raise ValueError(f"{key!r} is longer than {limit} characters")
-    return printable(value, limit)
-
-
-def _integer(value: object, key: str, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ValueError(f"{key!r} is not an integer in [{low}, {high}]")
-    return value
-
-
-def parse_health(data: dict[str, Any]) -> AgentHealth:
-    ok = data.get("ok")
-    if not isinstance(ok, bool):
-        raise ValueError("'ok' is not a boolean")
-    uptime = data.get("uptime_s")
-    if isinstance(uptime, bool) or not isinstance(uptime, int | float):
-        raise ValueError("'uptime_s' is not a number")
-    if not math.isfinite(uptime) or uptime < 0:
-        raise ValueError("'uptime_s' is not a finite, non-negative number")
-    hostname = _text(data, "hostname", MAX_NAME_CHARS) or ""
-    version = _text(data, "agent_version", 64) or ""
-    return AgentHealth(ok, float(uptime), hostname, version)
-
-
-def parse_listener(item: object) -> Listener:
-    if not isinstance(item, dict):
-        raise ValueError("a listener is not an object")
-    proto = item.get("proto")
-    if proto not in ("tcp", "udp"):
-        raise ValueError(f"unknown proto {printable(str(proto), 20)!r}")
-    address = _text(item, "address", MAX_ADDRESS_CHARS) or ""
-    try:
-        normalized = str(ipaddress.ip_address(address))
-    except ValueError:
-        raise ValueError(f"{address!r} is not an IP address") from None
-    port = _integer(item.get("port"), "port", 1, 65535)
-    pid = item.get("pid")
-    return Listener(
-        proto=proto,
-        address=normalized,
-        port=port,
-        pid=None if pid is None else _integer(pid, "pid", 1, 2**31),
-        process=_text(item, "process", MAX_NAME_CHARS, optional=True),
-        command=_text(item, "command", MAX_COMMAND_CHARS, optional=True),
-    )
-
-
-def parse_ports(data: dict[str, Any]) -> GuestPorts:
-    items = data.get("ports")
-    if not isinstance(items, list):
-        raise ValueError("'ports' is not a list")
-    if len(items) > MAX_LISTENERS:
-        raise ValueError(f"more than {MAX_LISTENERS} listeners")
-    truncated = data.get("truncated", False)
-    return GuestPorts(tuple(parse_listener(i) for i in items), truncated is True)
-
-
-# -- readiness ------------------------------------------------------------------------------
-
-
-async def wait_for_agent(
-    client: AgentClient,
-    *,
-    timeout_s: float,
-    alive: ProcessIdentity | None,
-    console_log: Path,
-    attempt_timeout_s: float = ATTEMPT_TIMEOUT_S,
-) -> tuple[float, AgentHealth]:
-    """Ask ``/healthz`` until it answers; returns (seconds it took, the health reply)."""
-    started = time.monotonic()
-    last: BangerError | None = None
-    while True:
-        if alive is not None and not procinfo.is_running(alive):
-            raise CommandFailed(
-                "the VM stopped while booting", hint=f"the guest's console log is {console_log}"
-            )
-        left = timeout_s - (time.monotonic() - started)
-        if left <= 0:
-            raise Timeout(
-                f"the guest agent did not answer within {timeout_s:g}s",
-                details=f"last attempt: {last.brief}" if last is not None else None,
-                hint=f"the guest's console log is {console_log}",
-            )
-        try:
-            health = await asyncio.to_thread(
-                client.health, timeout_s=min(attempt_timeout_s, max(left, 0.05))
-            )
-        except (BadResponse, CommandFailed, Timeout) as exc:
-            last = exc
-            await asyncio.sleep(0.1)
-            continue
-        return time.monotonic() - started, health
 
 
 # -- the web probe (vm ports) -------------------------------------------------------------

@@ -28,8 +28,9 @@ from enum import StrEnum
 from pathlib import Path
 
 from banger import procinfo
-from banger.errors import BangerError, CommandFailed, Timeout
-from banger.guest.agent_client import AgentClient, wait_for_agent
+from banger.errors import BadResponse, BangerError, CommandFailed, Timeout
+from banger.guest.agent_client import AgentClient
+from banger.guest.agent_replies import AgentHealth
 from banger.procinfo import ProcessIdentity
 from banger.runner import Runner
 
@@ -37,6 +38,8 @@ SSH_PORT = 22
 SSH_PROBE_TIMEOUT_S = 15.0
 PORT_PROBE_TIMEOUT_S = 1.0
 POLL_S = 0.2
+#: One agent attempt: long enough for a TCG guest to answer, short enough to retry.
+ATTEMPT_TIMEOUT_S = 2.0
 
 
 class Via(StrEnum):
@@ -99,6 +102,40 @@ async def wait_for_ssh(runner: Runner, argv: list[str], guest: Guest, *, timeout
         if time.monotonic() - started > timeout_s:
             raise guest.timed_out("accept SSH", timeout_s)
         await asyncio.sleep(POLL_S)
+
+
+async def wait_for_agent(
+    client: AgentClient,
+    *,
+    timeout_s: float,
+    alive: ProcessIdentity | None,
+    console_log: Path,
+    attempt_timeout_s: float = ATTEMPT_TIMEOUT_S,
+) -> tuple[float, AgentHealth]:
+    """Ask ``/healthz`` until it answers; returns (seconds it took, the health reply)."""
+    started = time.monotonic()
+    last: BangerError | None = None
+    while True:
+        if alive is not None and not procinfo.is_running(alive):
+            raise CommandFailed(
+                "the VM stopped while booting", hint=f"the guest's console log is {console_log}"
+            )
+        left = timeout_s - (time.monotonic() - started)
+        if left <= 0:
+            raise Timeout(
+                f"the guest agent did not answer within {timeout_s:g}s",
+                details=f"last attempt: {last.brief}" if last is not None else None,
+                hint=f"the guest's console log is {console_log}",
+            )
+        try:
+            health = await asyncio.to_thread(
+                client.health, timeout_s=min(attempt_timeout_s, max(left, 0.05))
+            )
+        except (BadResponse, CommandFailed, Timeout) as exc:
+            last = exc
+            await asyncio.sleep(0.1)
+            continue
+        return time.monotonic() - started, health
 
 
 async def wait_for_agent_and_sshd(client: AgentClient, guest: Guest, *, timeout_s: float) -> float:
