@@ -1,7 +1,8 @@
 """Read-only facts about one VM beyond its row: log slices, process stats, SSH details.
 
-Owns: reading the VM's log files (bounded slices), /proc of the VMM process for CPU and
-memory (SPEC §3), and the SSH parameters. Must not: change anything.
+Owns: reading the VM's log files (bounded slices, through ``console_logs``), /proc of the
+VMM process for CPU and memory (SPEC §3), and the SSH parameters. Must not: change
+anything.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from banger import procinfo
 from banger.errors import InvalidState
 from banger.guest import ports
 from banger.guest.agent_client import AgentClient, probe_web
-from banger.services import vm_boot
+from banger.services import console_logs, vm_boot
 from banger.services.vms import VmService
 from banger.state.records import VmRecord
 from banger.vmm.channels import agent_channel_at
@@ -29,27 +30,17 @@ async def log_chunk(
     vm = await service.get(name)
     paths = service.paths(vm)
     path = paths.console_log if source == "console" else paths.vmm_log
-    data, new_offset, size = _read_slice(path, offset, tail_bytes)
+    # After a rotation the tail continues in ``<log>.1`` (console_logs, ADVERSARIAL 102).
+    chunk = await asyncio.to_thread(
+        console_logs.read_slice, path, offset, tail_bytes, limit=MAX_CHUNK
+    )
     return {
         "source": source,
         "path": str(path),
-        "offset": new_offset,
-        "size": size,
-        "data": data.decode(errors="replace"),
+        "offset": chunk.offset,
+        "size": chunk.size,
+        "data": chunk.data.decode(errors="replace"),
     }
-
-
-def _read_slice(path: Path, offset: int | None, tail_bytes: int) -> tuple[bytes, int, int]:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return b"", 0, 0
-    with os.fdopen(fd, "rb") as fh:
-        size = os.fstat(fd).st_size
-        start = max(0, size - tail_bytes) if offset is None else min(offset, size)
-        fh.seek(start)
-        data = fh.read(min(MAX_CHUNK, size - start))
-    return data, start + len(data), size
 
 
 async def stats(service: VmService, name: str) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from banger.net.addressing import allocate_ip, bridge_interface, mac_for_ip
 from banger.net.privileged import PrivilegedOps
 from banger.net.taps import TapPool
 from banger.publish import remove_published
-from banger.services import catalog, readiness, vm_boot, vm_disks
+from banger.services import catalog, console_logs, readiness, vm_boot, vm_disks
 from banger.services.inventory import record_dict
 from banger.services.operations import Progress, run_streamed
 from banger.services.vm_paths import VmPaths
@@ -466,6 +466,7 @@ class VmService:
     async def check_all(self) -> None:
         spawn.reap()
         vms: list[VmRecord] = await self.ctx.db.run(repo.list_vms)
+        await self._cap_logs(vms)
         for vm in vms:
             if vm.state not in LIVE_STATES or vm.name in self._stopping:
                 continue
@@ -479,6 +480,17 @@ class VmService:
                     reason="the VMM exited unexpectedly "
                     f"(console log: {self.paths(vm).console_log})",
                 )
+
+    async def _cap_logs(self, vms: list[VmRecord]) -> None:
+        """Bound what guests write to their logs (ADVERSARIAL 102), booting VMs too: no VM
+        lock is needed, the files are only truncated in place and renamed by path."""
+        live = [self.paths(vm) for vm in vms if vm.state in LIVE_STATES]
+        logs = [p.console_log for p in live] + [p.vmm_log for p in live]
+        for rotation in await asyncio.to_thread(console_logs.cap_logs, logs):
+            log.info(
+                "VM log rotated",
+                extra={"fields": {"path": str(rotation.path), "kept": rotation.kept_bytes}},
+            )
 
 
 def _state_of(accel: Accel | None) -> Any:

@@ -34,6 +34,11 @@ AGENT_SOCKET = "agent.sock"
 VSOCK_SOCKET = "vsock.sock"
 
 
+def qemu_option_value(path: Path | None) -> str:
+    """``path`` inside a QEMU ``key=value,…`` option: a comma is written twice."""
+    return str(path).replace(",", ",,")
+
+
 class ChannelKind(StrEnum):
     VIRTIO_SERIAL = "virtio-serial"
     VHOST_VSOCK = "vhost-vsock"
@@ -55,7 +60,7 @@ class AgentChannel:
         if self.kind is ChannelKind.VIRTIO_SERIAL:
             return [
                 "-chardev",
-                f"socket,id=agent,path={self.socket_path},server=on,wait=off",
+                f"socket,id=agent,path={qemu_option_value(self.socket_path)},server=on,wait=off",
                 "-device",
                 "virtio-serial-device" if mmio else "virtio-serial-pci",
                 "-device",

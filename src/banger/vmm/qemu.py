@@ -18,7 +18,7 @@ from banger.kernels.vmlinux import KernelFormat, kernel_format
 from banger.runner import Runner
 from banger.vmm import spawn
 from banger.vmm.base import Accel, Backend, MachineSpec, VmmHandle
-from banger.vmm.channels import agent_channel
+from banger.vmm.channels import agent_channel, qemu_option_value
 from banger.vmm.qmp import QmpClient
 
 SOCKET_TIMEOUT_S = 15.0
@@ -53,10 +53,14 @@ def build_argv(binary: Path, spec: MachineSpec, *, machine: str = "microvm") -> 
         "none",
         "-monitor",
         "none",
+        # append=on: O_APPEND, so the log can be cut in place (console_logs) without
+        # leaving a hole, and a restart adds to it instead of truncating it.
+        "-chardev",
+        f"file,id=console,path={qemu_option_value(spec.console_log)},append=on",
         "-serial",
-        f"file:{spec.console_log}",
+        "chardev:console",
         "-qmp",
-        f"unix:{qmp},server=on,wait=off",
+        f"unix:{qemu_option_value(qmp)},server=on,wait=off",
         "-kernel",
         str(spec.kernel),
         "-append",
@@ -68,7 +72,7 @@ def build_argv(binary: Path, spec: MachineSpec, *, machine: str = "microvm") -> 
         ro = ",readonly=on" if drive.read_only else ""
         argv += [
             "-drive",
-            f"file={drive.path},if=none,id={drive.drive_id},format=raw{ro}",
+            f"file={qemu_option_value(drive.path)},if=none,id={drive.drive_id},format=raw{ro}",
             "-device",
             f"{blk},drive={drive.drive_id}",
         ]

@@ -30,6 +30,8 @@ _children: dict[int, subprocess.Popen[bytes]] = {}
 def spawn_detached(
     argv: Sequence[str], *, log_path: Path, runner: Runner, stdout_path: Path | None = None
 ) -> ProcessIdentity:
+    # O_APPEND: console_logs cuts these logs in place while we write (ADVERSARIAL 102); an
+    # appending writer then goes on at offset 0 instead of behind a hole.
     log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
     out_fd = log_fd
     if stdout_path is not None:
