@@ -227,7 +227,7 @@ WEB = textwrap.dedent(
 PROBE = textwrap.dedent(
     """\
     import asyncio, json, sys
-    from banger.guest.agent_client import probe_web
+    from banger.guest.webprobe import probe_web
     ports = [int(p) for p in sys.argv[2].split(",")]
     print(json.dumps(asyncio.run(probe_web(sys.argv[1], ports))))
     """

@@ -1,6 +1,6 @@
 """``vm ports``: merging the agent's sockets into rows, endpoints, web links, the web probe.
 
-The formatter is pure. The probe (``agent_client.probe_web``) is exercised here against
+The formatter is pure. The probe (``webprobe.probe_web``) is exercised here against
 servers on 127.0.0.1 only: plain HTTP, HTTPS with a throwaway self-signed certificate,
 a silent port, a non-HTTP talker and a closed port.
 """
@@ -20,7 +20,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from banger.guest.agent_client import probe_web
 from banger.guest.ports import (
     COLUMNS,
     Listener,
@@ -33,6 +32,7 @@ from banger.guest.ports import (
     rows,
     with_schemes,
 )
+from banger.guest.webprobe import probe_web
 
 
 def L(

@@ -6,9 +6,9 @@ Owns: reaching a VM's agent over its channel — QEMU's virtio-serial chardev so
 vhost-vsock (``over_vsock``) —; one request at a time on the serial channel (a lock per
 socket path, shared by every client in the process); reading each reply under hard
 bounds (handshake line ≤ 32 bytes, head ≤ 16 KiB, body ≤ 1 MiB, one deadline for the whole
-call, lock wait included); and the web probe ``vm ports`` uses (``probe_web``). What
-``/healthz`` and ``/ports`` say is checked by ``banger.guest.agent_replies``; waiting for a
-booting guest's agent is ``banger.services.readiness``.
+call, lock wait included). What ``/healthz`` and ``/ports`` say is checked by
+``banger.guest.agent_replies``; waiting for a booting guest's agent is
+``banger.services.readiness``; the web probe of ``vm ports`` is ``banger.guest.webprobe``.
 
 Must not: use anything the guest says as a host path or command (ADVERSARIAL 64), block
 past its deadline (ADVERSARIAL 100), or print: guest text is made printable here and the
@@ -22,16 +22,13 @@ Firecracker closed the connection because nothing listens on the port yet);
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import re
 import secrets
 import socket
-import ssl
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,9 +45,6 @@ MAX_BODY_BYTES = 1024 * 1024
 MAX_HEADERS = 100
 #: Replies to earlier, abandoned requests that may still arrive on the serial stream.
 MAX_STALE_REPLIES = 4
-PROBE_TIMEOUT_S = 3.0
-PLAIN_GRACE_S = 0.3
-PROBE_CONCURRENCY = 16
 REQUEST_ID_HEADER = "X-Banger-Request"
 
 _OK_LINE = re.compile(rb"OK ([0-9]{1,10})\n")
@@ -368,68 +362,3 @@ def _read_reply(stream: _Stream) -> AgentReply:
         raise BadResponse(f"{what} announced a body of {length} bytes (at most {MAX_BODY_BYTES})")
     body = stream.exactly(length, "a reply body")
     return AgentReply(int(status.group(1)), headers, body)
-
-
-# -- the web probe (vm ports) -------------------------------------------------------------
-
-
-async def probe_web(
-    ip: str,
-    ports: Iterable[int],
-    *,
-    timeout_s: float = PROBE_TIMEOUT_S,
-    concurrency: int = PROBE_CONCURRENCY,
-) -> dict[int, str]:
-    """Which of ``ports`` on ``ip`` answer HTTPS or HTTP: ``{port: "https" | "http"}``.
-
-    Runs where the guest's address is routed (the daemon, in its network namespace). Per
-    port, a TLS and a plain attempt start together (each sends ``HEAD /`` and reads five
-    bytes within ``timeout_s``); HTTPS wins. Once plain HTTP has answered, TLS gets
-    ``PLAIN_GRACE_S`` more: a plain server may sit on a TLS hello until the timeout, and
-    a guest under emulation can need seconds for a real TLS handshake. Certificates are
-    not checked: this only asks whether the port speaks TLS at all.
-    """
-    gate = asyncio.Semaphore(concurrency)
-
-    async def one(port: int) -> tuple[int, str | None]:
-        async with gate:
-            return port, await probe_port(ip, port, timeout_s=timeout_s)
-
-    found = await asyncio.gather(*(one(p) for p in sorted(set(ports))))
-    return {port: scheme for port, scheme in found if scheme is not None}
-
-
-async def probe_port(ip: str, port: int, *, timeout_s: float) -> str | None:
-    tls = asyncio.ensure_future(speaks_http(ip, port, tls=True, timeout_s=timeout_s))
-    try:
-        if await speaks_http(ip, port, tls=False, timeout_s=timeout_s):
-            done, _ = await asyncio.wait({tls}, timeout=PLAIN_GRACE_S)
-            return "https" if tls in done and tls.result() else "http"
-        return "https" if await tls else None
-    finally:
-        if not tls.done():
-            tls.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await tls
-
-
-async def speaks_http(ip: str, port: int, *, tls: bool, timeout_s: float) -> bool:
-    context: ssl.SSLContext | None = None
-    if tls:
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    writer: asyncio.StreamWriter | None = None
-    host = f"[{ip}]" if ":" in ip else ip
-    try:
-        async with asyncio.timeout(timeout_s):
-            reader, writer = await asyncio.open_connection(ip, port, ssl=context)
-            writer.write(f"HEAD / HTTP/1.0\r\nHost: {host}:{port}\r\n\r\n".encode())
-            await writer.drain()
-            return await reader.readexactly(5) == b"HTTP/"
-    except (OSError, TimeoutError, ssl.SSLError, asyncio.IncompleteReadError, ValueError):
-        return False
-    finally:
-        if writer is not None:
-            with contextlib.suppress(Exception):
-                writer.transport.abort()

@@ -6,7 +6,7 @@ same port on ``0.0.0.0`` and ``::`` — become one), which rows are worth a web 
 endpoint text (``<vm>.vm:port``, or ``http(s)://<vm>.vm:port/`` once a probe said so, or the
 loopback address for a listener only the guest can reach), the JSON form the API carries,
 and making guest-supplied text safe for a terminal. Pure: no I/O (the probe itself is
-``banger.guest.agent_client.probe_web``).
+``banger.guest.webprobe.probe_web``).
 Must not: trust guest text: process names and commands may hold escape sequences.
 """
 

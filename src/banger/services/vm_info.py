@@ -15,7 +15,8 @@ from typing import Any
 from banger import procinfo
 from banger.errors import InvalidState
 from banger.guest import ports
-from banger.guest.agent_client import AgentClient, probe_web
+from banger.guest.agent_client import AgentClient
+from banger.guest.webprobe import probe_web
 from banger.services import console_logs, vm_boot
 from banger.services.vms import VmService
 from banger.state.records import VmRecord
