@@ -1,7 +1,8 @@
 """CLI latency: `banger daemon status` against a running daemon vs `python3 -c pass`.
 
 The ratio says how much of a CLI call is banger's own work on top of starting the
-interpreter. Run: bench/run [--quick] [--runs N].
+interpreter; `import click` is the floor any click CLI pays (what costs what:
+docs/explanation/cli-startup.md). Run: bench/run [--quick] [--runs N].
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ BIN = Path(sys.executable).parent
 
 def _env(root: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "BANGER_"))}
+    # An installed banger has its bytecode; without it every run would compile anew.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     for name in ("HOME", "XDG_CONFIG_HOME", "XDG_STATE_HOME", "XDG_CACHE_HOME", "XDG_RUNTIME_DIR"):
         path = root / name.lower()
         path.mkdir()
@@ -51,11 +54,13 @@ def main() -> int:
         try:
             cases = {
                 "python3 -c pass (baseline)": [sys.executable, "-c", "pass"],
+                "python3 -c 'import click'": [sys.executable, "-c", "import click"],
                 "banger version": [banger, "version"],
                 "banger daemon status": [banger, "daemon", "status"],
                 "banger vm list --json": [banger, "vm", "list", "--json"],
             }
-            _median_ms(cases["banger daemon status"], env, 2)  # warm caches
+            for argv in cases.values():
+                _median_ms(argv, env, 2)  # warm caches, write bytecode
             figures = {name: _median_ms(argv, env, runs) for name, argv in cases.items()}
         finally:
             subprocess.run([banger, "daemon", "stop"], env=env, check=False, capture_output=True)

@@ -11,18 +11,20 @@ from __future__ import annotations
 import contextlib
 import os
 import select
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from banger import buildinfo
 from banger.client import Client
 from banger.errors import DaemonStartFailed, DaemonUnavailable, Timeout
 from banger.paths import Layout, ensure_private_dir
 from banger.wire import EXIT_ALREADY_RUNNING
+
+if TYPE_CHECKING:
+    import subprocess
 
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 20.0
@@ -53,6 +55,8 @@ def ensure_daemon(layout: Layout, *, announce: Announce) -> Client:
 
 def start_daemon(layout: Layout, *, timeout_s: float = START_TIMEOUT_S) -> int:
     """Start bangerd detached and wait until it serves; returns its pid."""
+    import subprocess  # only here: every other CLI call finds the daemon running
+
     ensure_private_dir(layout.runtime_dir)
     read_fd, write_fd = os.pipe()
     try:
@@ -77,6 +81,8 @@ def start_daemon(layout: Layout, *, timeout_s: float = START_TIMEOUT_S) -> int:
 
 
 def _after_failed_start(layout: Layout, proc: subprocess.Popen[bytes], timeout_s: float) -> int:
+    import subprocess
+
     try:
         code = proc.wait(timeout=1.0)
     except subprocess.TimeoutExpired:

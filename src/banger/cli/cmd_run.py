@@ -8,23 +8,20 @@ Must not: duplicate create/ssh logic (``vm_common`` has it).
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from typing import Any
 from urllib.parse import quote
 
 import click
 
-from banger.cli.run_workspace import (
+from banger.cli.session import Session
+from banger.cli.vm_common import create_body, create_options, create_vm, ssh_command
+from banger.cli.workspace_options import (
     RUN_ARGV,
     WORKSPACE_KEYS,
     RunCommand,
-    check_for_run,
-    prepare_for_run,
     run_workspace_options,
 )
-from banger.cli.session import Session
-from banger.cli.vm_common import create_body, create_options, create_vm, ssh_command
 
 
 @click.command(cls=RunCommand)
@@ -47,6 +44,10 @@ def run(
     --image says otherwise. With --rm it is deleted afterwards. Several words after `--`
     run as exactly that argv; one word is a shell command line.
     """
+    import subprocess
+
+    from banger.cli.run_workspace import check_for_run, prepare_for_run
+
     # A VM that never became reachable is kept even with --rm: the daemon's error names
     # it and points at `banger vm logs`.
     session: Session = ctx.obj

@@ -3,11 +3,9 @@ stats and ssh. Commands that take several names run them concurrently."""
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import quote
 
@@ -21,7 +19,6 @@ from banger.cli.session import Session
 from banger.cli.vm_common import create_body, create_options, create_vm, ssh_command
 from banger.cli.vm_options import memory_mib, size_bytes, vcpu_count
 from banger.errors import BangerError
-from banger.render import format_error
 from banger.units import format_size
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -51,6 +48,10 @@ def create(session: Session, /, as_json: bool, **options: Any) -> None:
 
 def _each(names: tuple[str, ...], action: Callable[[str], str]) -> int:
     """Run ``action`` for every name concurrently; print one line per name."""
+    from concurrent.futures import ThreadPoolExecutor  # with logging: ~3 ms
+
+    from banger.render import format_error
+
     failed = 0
     with ThreadPoolExecutor(max_workers=min(8, len(names))) as pool:
         futures = [pool.submit(action, name) for name in names]
@@ -268,6 +269,8 @@ def ssh(session: Session, name: str, command: tuple[str, ...]) -> int:
     Several words run as exactly that argv (`-- sh -c 'exit 7'`); a single word is
     handed to the guest's shell as a command line (`-- 'ls | wc -l'`).
     """
+    import subprocess
+
     code = subprocess.run(ssh_command(session, name, command), check=False).returncode
     if not command:
         # An interactive session ended: the VM did not (SPEC §8).

@@ -11,23 +11,12 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import click
 
-from banger.cli.run_workspace import (
-    DEFAULT_GUEST_PATH,
-    Mode,
-    guest_shell,
-    make_plan,
-    print_plan,
-    report,
-    send_plan,
-)
 from banger.cli.session import Session
-from banger.workspace import check_guest_path
-from banger.workspace.archive import Kind
+from banger.cli.workspace_options import DEFAULT_GUEST_PATH, Mode
 
 
 @click.group()
@@ -83,6 +72,10 @@ def prepare(
     are on disk (uncommitted edits included); untracked files only with
     --include-untracked, ignored files never. Symlinks are copied as symlinks.
     """
+    from banger.cli.run_workspace import guest_shell, make_plan, print_plan, report, send_plan
+    from banger.workspace import check_guest_path
+    from banger.workspace.archive import Kind
+
     guest_path = check_guest_path(guest_path)
     plan = make_plan(
         path.expanduser(),
@@ -149,6 +142,8 @@ def export(
     Commits made in the guest and uncommitted edits are both in it, relative to the
     base commit; new files the guest's .gitignore does not ignore are included.
     """
+    from banger.cli.run_workspace import guest_shell
+    from banger.workspace import check_guest_path
     from banger.workspace.export import Via, export_patch
 
     result = export_patch(
@@ -175,6 +170,8 @@ def export(
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
+    import tempfile
+
     path = path.expanduser()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or Path())
     try:

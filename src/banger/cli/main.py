@@ -14,7 +14,6 @@ import sys
 import click
 
 from banger.cli.session import Session
-from banger.render import format_error
 
 #: command name -> (module, attribute, one-line help shown by `banger --help`)
 LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -81,6 +80,8 @@ def _run(args: list[str], *, debug: bool) -> int:
         _silence_stdout()
         return 0
     except Exception as err:  # noqa: BLE001 - every error ends as `error:` + `hint:` here
+        from banger.render import format_error  # traceback and textwrap: errors only
+
         sys.stderr.write(format_error(err, debug=debug))
         return 1
     return result if isinstance(result, int) else 0

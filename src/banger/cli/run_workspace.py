@@ -10,22 +10,20 @@ it is, ``.git`` and ignored files included (submodules work there, nowhere else)
 REF's committed tree instead of the host's files.
 
 Must not: run git itself (``workspace.gitrepo`` does) or read a working-tree file except
-through ``workspace.archive`` (no symlink is ever followed).
+through ``workspace.archive`` (no symlink is ever followed). Loaded only when a command
+copies a workspace: what click needs to build the commands is in ``workspace_options``.
 """
 
 from __future__ import annotations
 
 import sys
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
-from typing import IO, Any, TypeVar
-
-import click
+from typing import IO
 
 from banger.cli.session import Session
+from banger.cli.workspace_options import DEFAULT_GUEST_PATH, Mode
 from banger.errors import AlreadyExists, InvalidArgument
 from banger.runner import Runner
 from banger.workspace import EXIT_EXISTS, GuestShell, check_guest_path, guest_failure
@@ -48,14 +46,6 @@ from banger.workspace.gitrepo import (
     check_branch_name,
     open_repo,
 )
-
-DEFAULT_GUEST_PATH = "/root/repo"
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-class Mode(StrEnum):
-    TRACKED = "tracked"
-    FULL = "full"
 
 
 @dataclass
@@ -330,48 +320,3 @@ def check_for_run(
 ) -> None:
     """Refuse what ``prepare_for_run`` would refuse, before a VM exists."""
     make_plan(Path(path), include_untracked=include_untracked, branch=branch, from_ref=from_ref)
-
-
-def run_workspace_options(func: F) -> F:
-    """``vm run``'s workspace flags (they need a PATH)."""
-    options = (
-        click.option(
-            "--include-untracked",
-            is_flag=True,
-            help="Also copy untracked files git does not ignore (ignored files never).",
-        ),
-        click.option(
-            "--dry-run",
-            is_flag=True,
-            help="Print the files and mode that would be copied; create nothing.",
-        ),
-        click.option("--branch", metavar="NAME", help="Create and check out a guest-only branch."),
-        click.option(
-            "--from", "from_ref", metavar="REF", help="Start --branch at REF (its committed tree)."
-        ),
-    )
-    for option in reversed(options):
-        func = option(func)
-    return func
-
-
-class RunCommand(click.Command):
-    """A command whose words after the first ``--`` are kept apart, verbatim.
-
-    click would merge them into the positional arguments, so ``vm run ./repo -- make``
-    could not tell the path from the command; they are in ``ctx.meta[RUN_ARGV]``.
-    """
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if "--" in args:
-            cut = args.index("--")
-            ctx.meta[RUN_ARGV] = tuple(args[cut + 1 :])
-            args = args[:cut]
-        else:
-            ctx.meta[RUN_ARGV] = ()
-        return super().parse_args(ctx, args)
-
-
-RUN_ARGV = "banger.run_argv"
-#: The keyword arguments ``run_workspace_options`` adds, besides ``dry_run``.
-WORKSPACE_KEYS = ("include_untracked", "branch", "from_ref")

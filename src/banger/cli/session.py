@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from banger.client import Client
-from banger.launcher import ensure_daemon
 from banger.paths import Layout
+
+if TYPE_CHECKING:
+    from banger.client import Client
 
 
 @dataclass
@@ -27,6 +29,8 @@ class Session:
     def client(self) -> Client:
         """A client of a running daemon of this build, started if need be."""
         if self._client is None:
+            from banger.launcher import ensure_daemon  # not needed for --help or usage errors
+
             self._client = ensure_daemon(self.layout, announce=_announce)
         return self._client
 

@@ -43,7 +43,7 @@ _OPTIONS = (
         default=300,
         show_default=True,
         type=click.IntRange(1, 3600),
-        help="Seconds to wait for the guest to accept SSH.",
+        help="Seconds to wait for the guest to answer (its agent, or SSH).",
     ),
 )
 
