@@ -2,11 +2,13 @@
 
 Owns: reading ``/proc/<pid>/stat`` start ticks and the host boot id. A pid alone is not
 an identity: pids are reused, and after a host reboot every pid means something else.
-(pid, start ticks, boot id) is. Must not: signal anything.
+(pid, start ticks, boot id) is. Also whether a process group still has a live member
+(``banger.runner`` stopping a command's session). Must not: signal anything.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +33,18 @@ def _stat_fields(pid: int) -> list[str] | None:
         return None
     # comm (field 2) may contain spaces and parentheses: split after the last ')'.
     return raw.rsplit(")", 1)[-1].split()
+
+
+def group_alive(pgid: int) -> bool:
+    """True if a process that is not a zombie is in process group ``pgid``."""
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        fields = _stat_fields(int(entry.name))
+        # After comm: state, ppid, pgrp.
+        if fields and len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            return True
+    return False
 
 
 def start_ticks(pid: int) -> int | None:

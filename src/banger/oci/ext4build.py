@@ -8,7 +8,9 @@ being in the session), and ``mkfs.ext4 -d`` copies the tree into a sparse image 
 fakeroot answers its stat and getxattr calls from that record. Also the image size rule
 (``size_bytes``, else max(tree * 1.25, 1 GiB)), a sizing walk that follows no symlink
 (ADVERSARIAL 30), telling an image too small for its tree (109) from a full host
-filesystem (106, 108), and removing the tree afterwards.
+filesystem (106, 108), and removing the tree afterwards. Nothing of the session outlives
+the daemon: Runner's PDEATHSIG takes the fakeroot script, the worker follows the script
+and stops faked (``flatten_worker.die_with_session``), mkfs follows the worker (94).
 Must not: run a host command except through ``Runner``, chown for real, or mount. The
 session steps (``run_session``) run in the worker process, never in the daemon.
 """
@@ -153,7 +155,15 @@ def _request(
 def _run_worker(
     runner: Runner, request: dict[str, Any], cwd: Path, timeout_s: float
 ) -> dict[str, Any]:
-    argv = ["fakeroot", "--", sys.executable, "-m", "banger.oci.flatten_worker"]
+    # --die-with-parent: flatten_worker.DIE_WITH_PARENT (that module is not imported here).
+    argv = [
+        "fakeroot",
+        "--",
+        sys.executable,
+        "-m",
+        "banger.oci.flatten_worker",
+        "--die-with-parent",
+    ]
     result = runner.run(
         argv,
         input_bytes=json.dumps(request).encode(),
