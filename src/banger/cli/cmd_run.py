@@ -15,7 +15,7 @@ from urllib.parse import quote
 import click
 
 from banger.cli.session import Session
-from banger.cli.vm_common import create_body, create_options, create_vm, ssh_command
+from banger.cli.vm_common import create_body, create_options, create_vm, run_ssh, ssh_command
 from banger.cli.workspace_options import (
     RUN_ARGV,
     WORKSPACE_KEYS,
@@ -44,8 +44,6 @@ def run(
     --image says otherwise. With --rm it is deleted afterwards. Several words after `--`
     run as exactly that argv; one word is a shell command line.
     """
-    import subprocess
-
     from banger.cli.run_workspace import check_for_run, prepare_for_run
 
     # A VM that never became reachable is kept even with --rm: the daemon's error names
@@ -65,7 +63,7 @@ def run(
     try:
         cwd = prepare_for_run(session, name, path, dry_run=False, **ws) if path else None
         argv = ssh_command(session, name, command, cwd=cwd)
-        return subprocess.run(argv, check=False).returncode
+        return run_ssh(session, name, argv)
     finally:
         if remove:
             session.client().request("DELETE", f"/vms/{quote(name, safe='')}?force=true")

@@ -16,7 +16,7 @@ from banger.cli.cmd_workspace import workspace
 from banger.cli.completion import complete_vm_names
 from banger.cli.output import emit_json, emit_kv, emit_table, follow_stream
 from banger.cli.session import Session
-from banger.cli.vm_common import create_body, create_options, create_vm, ssh_command
+from banger.cli.vm_common import create_body, create_options, create_vm, run_ssh, ssh_command
 from banger.cli.vm_options import memory_mib, size_bytes, vcpu_count
 from banger.errors import BangerError
 from banger.units import format_size
@@ -269,9 +269,7 @@ def ssh(session: Session, name: str, command: tuple[str, ...]) -> int:
     Several words run as exactly that argv (`-- sh -c 'exit 7'`); a single word is
     handed to the guest's shell as a command line (`-- 'ls | wc -l'`).
     """
-    import subprocess
-
-    code = subprocess.run(ssh_command(session, name, command), check=False).returncode
+    code = run_ssh(session, name, ssh_command(session, name, command))
     if not command:
         # An interactive session ended: the VM did not (SPEC §8).
         sys.stderr.write(f"banger: {name} is still running (banger vm stop {name})\n")

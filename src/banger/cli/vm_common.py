@@ -2,7 +2,8 @@
 following the create stream, and the ssh command line for a VM.
 
 Owns: turning options into the API's create body (units checked here, ADVERSARIAL 47)
-and the exact ssh invocation (banger's key, the VM's own known_hosts, strict checking).
+and the exact ssh invocation (banger's key, the VM's own known_hosts, strict checking,
+keepalives), and saying why a session was lost when the VM went away under it.
 """
 
 from __future__ import annotations
@@ -18,10 +19,16 @@ import click
 from banger.cli.output import follow_stream
 from banger.cli.session import Session
 from banger.cli.vm_options import ResolvedDefault, memory_mib, size_bytes, vcpu_count
-from banger.errors import BadResponse, InvalidState
+from banger.errors import BadResponse, BangerError, InvalidState, NotFound
 from banger.units import format_size
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: A guest whose VMM dies sends no FIN or RST, so without keepalives ssh would wait for
+#: TCP to give up (~15 min, ADVERSARIAL 99); this way it gives up after ~20 s of silence.
+SERVER_ALIVE = ("-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3")
+#: ssh's own exit status for "the connection failed" (the remote command's otherwise).
+SSH_FAILED = 255
 
 _OPTIONS = (
     click.option("--name", help="VM name (default: a generated adjective-noun)."),
@@ -122,6 +129,7 @@ def ssh_command(
         f"UserKnownHostsFile={info['known_hosts']}",
         "-o",
         "LogLevel=ERROR",
+        *SERVER_ALIVE,
         "-l",
         info["user"],
     ]
@@ -132,3 +140,29 @@ def ssh_command(
     if cwd:
         return [*argv, info["ip"], "--", f'cd {shlex.quote(cwd)} && exec "${{SHELL:-/bin/sh}}" -l']
     return [*argv, info["ip"]]
+
+
+def run_ssh(session: Session, name: str, argv: list[str]) -> int:
+    """Run ``argv`` (from ``ssh_command``); returns its exit status. When ssh itself
+    failed, say whether the VM stopped under it (ssh's own message is below LogLevel)."""
+    import subprocess
+
+    code = subprocess.run(argv, check=False).returncode
+    if code == SSH_FAILED:
+        lost = _why_lost(session, name)
+        if lost:
+            sys.stderr.write(f"banger: lost the connection to {name}: {lost}\n")
+    return code
+
+
+def _why_lost(session: Session, name: str) -> str | None:
+    try:
+        vm = session.client().get(f"/vms/{quote(name, safe='')}")
+    except NotFound:
+        return "the VM no longer exists"
+    except BangerError:
+        return None
+    if vm["state"] == "running":
+        return None
+    reason = f" ({vm['last_error']})" if vm.get("last_error") else ""
+    return f"the VM is {vm['state']}{reason}"

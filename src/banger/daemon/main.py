@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import resource
 import sys
 
 import uvicorn
@@ -24,7 +25,7 @@ from banger.daemon.context import DaemonContext
 from banger.daemon.lock import DaemonLock
 from banger.daemon.logs import setup_logging
 from banger.dns.server import DnsServer, dns_port_from_env, records_from_vms
-from banger.errors import BangerError, DaemonAlreadyRunning
+from banger.errors import BangerError, DaemonAlreadyRunning, UnsupportedHost
 from banger.net.privileged import InProcessPrivilegedOps
 from banger.paths import Layout, ensure_private_dir
 from banger.publish import cleanup_leftovers
@@ -39,6 +40,12 @@ from banger.wire import EXIT_ALREADY_RUNNING
 log = logging.getLogger("banger.daemon")
 
 GRACEFUL_SHUTDOWN_S = 10
+#: Open files the daemon must be allowed: every operation in flight holds a few (its API
+#: connection, a QMP or Firecracker API socket, ssh pipes, probe sockets), and 8 parallel
+#: creates plus clients fit easily. Distributions default to a soft limit of 1024.
+MIN_OPEN_FILES = 256
+#: What a lower soft limit is raised to, when the hard limit allows it.
+RAISED_OPEN_FILES = 4096
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -63,6 +70,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def run(*, ready_fd: int | None = None) -> None:
+    ensure_open_files_limit()
     layout = Layout.from_env()
     ensure_private_dir(layout.runtime_dir)
     ensure_private_dir(layout.state_dir)
@@ -105,6 +113,23 @@ def run(*, ready_fd: int | None = None) -> None:
     finally:
         log.info("daemon stopped")
         lock.release()
+
+
+def ensure_open_files_limit() -> None:
+    """A low soft RLIMIT_NOFILE is raised; a hard one below ``MIN_OPEN_FILES`` is refused
+    at start-up (ADVERSARIAL 105), rather than failing requests at random with EMFILE."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    unlimited = hard == resource.RLIM_INFINITY
+    if not unlimited and hard < MIN_OPEN_FILES:
+        raise UnsupportedHost(
+            f"the open-files limit (RLIMIT_NOFILE) is {hard}: bangerd needs at least "
+            f"{MIN_OPEN_FILES}",
+            hint="raise it, e.g. `ulimit -n 1024` in the shell that starts banger "
+            "(LimitNOFILE= in a systemd unit)",
+        )
+    if soft < MIN_OPEN_FILES:
+        wanted = RAISED_OPEN_FILES if unlimited else min(hard, RAISED_OPEN_FILES)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
 async def _serve(ctx: DaemonContext, sock: object, ready_fd: int | None) -> None:

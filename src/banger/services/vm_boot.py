@@ -129,6 +129,12 @@ def ssh_argv(key: Path, known_hosts: Path, ip: str, *, connect_timeout_s: int = 
         f"ConnectTimeout={connect_timeout_s}",
         "-o",
         "LogLevel=ERROR",
+        # A guest whose VMM dies sends no FIN or RST: without keepalives a copy to it
+        # would wait for TCP to give up (~15 min, ADVERSARIAL 99), not ~20 s.
+        "-o",
+        "ServerAliveInterval=5",
+        "-o",
+        "ServerAliveCountMax=3",
         "-l",
         "root",
         ip,

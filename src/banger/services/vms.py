@@ -20,7 +20,7 @@ from typing import Any
 from banger import procinfo
 from banger.daemon.context import DaemonContext
 from banger.dns.server import records_from_vms
-from banger.errors import AlreadyExists, BangerError, InvalidArgument, InvalidState
+from banger.errors import AlreadyExists, BangerError, CommandFailed, InvalidArgument, InvalidState
 from banger.net.addressing import allocate_ip, bridge_interface, mac_for_ip
 from banger.net.privileged import PrivilegedOps
 from banger.net.taps import TapPool
@@ -33,7 +33,7 @@ from banger.state import repo
 from banger.state.records import ImageRecord, KernelRecord, VmRecord, VmState, utc_now
 from banger.vm.naming import generate_name, validate_vm_name
 from banger.vmm import select, spawn
-from banger.vmm.base import Accel, Backend, Vmm
+from banger.vmm.base import Accel, Backend, Vmm, VmmHandle
 from banger.vmm.channels import agent_channel_at
 from banger.vmm.firecracker import FirecrackerVmm
 from banger.vmm.qemu import QemuVmm
@@ -43,6 +43,8 @@ from banger.workspace import filesync
 log = logging.getLogger("banger.vms")
 
 STOP_TIMEOUT_S = 20.0
+#: How long a SIGKILLed VMM may take to be gone (it frees the guest's memory first).
+KILL_WAIT_S = 10.0
 MONITOR_INTERVAL_S = 1.0
 LIVE_STATES = (VmState.STARTING, VmState.RUNNING, VmState.STOPPING)
 
@@ -336,10 +338,27 @@ class VmService:
             self._stopping.add(name)
             try:
                 await self._update(name, state=VmState.STOPPING)
-                await self._vmm_for(handle.backend).shutdown(handle, timeout_s=STOP_TIMEOUT_S)
+                await self._shut_down(name, handle)
             finally:
                 self._stopping.discard(name)
-            return await self._mark_stopped(await self.get(name), reason=None)
+            outcome = await _stop_outcome(handle)
+            return await self._mark_stopped(await self.get(name), reason=outcome)
+
+    async def _shut_down(self, name: str, handle: VmmHandle) -> None:
+        """The backend's graceful stop; whatever goes wrong there, the VMM ends: a stop
+        never leaves a VM half-stopped (ADVERSARIAL 96, 97)."""
+        try:
+            await self._vmm_for(handle.backend).shutdown(handle, timeout_s=STOP_TIMEOUT_S)
+        except BangerError as exc:
+            log.warning("graceful stop failed", extra={"fields": {"vm": name, "error": exc.brief}})
+        if not procinfo.is_running(handle.process):
+            return
+        spawn.signal_if_ours(handle.process, signals.SIGKILL)
+        if not await spawn.wait_exit(handle.process, timeout_s=KILL_WAIT_S):
+            raise CommandFailed(
+                f"the VMM of {name!r} (pid {handle.process.pid}) survived SIGKILL",
+                hint="it is stuck in the kernel (state D in /proc); `banger vm stop` again later",
+            )
 
     async def kill(self, name: str, sig: int) -> VmRecord:
         async with self.locked(name):
@@ -497,6 +516,22 @@ def _state_of(accel: Accel | None) -> Any:
     from banger.wire import StageState
 
     return StageState.WARN if accel is Accel.TCG else StageState.OK
+
+
+async def _stop_outcome(handle: VmmHandle) -> str | None:
+    """What ``last_error`` says after a stop: nothing for a clean exit (or one we cannot
+    know: a VMM adopted after a daemon restart is not our child)."""
+    status = await spawn.exit_status(handle.process)
+    pid = handle.process.pid
+    if not status:
+        return None
+    if status < 0:
+        try:
+            sig = signals.Signals(-status).name
+        except ValueError:
+            sig = f"signal {-status}"
+        return f"forcefully terminated: the VMM (pid {pid}) ended by {sig}, not by the guest"
+    return f"the VMM (pid {pid}) exited with status {status} while stopping"
 
 
 def _missing(binary: str) -> Any:

@@ -2,10 +2,10 @@
 
 Owns: the Firecracker command line, the order of pre-boot API calls for a
 ``MachineSpec`` (logger, machine, boot source, drives with the first as root, network),
-``InstanceStart``, and stopping (``SendCtrlAltDel``, then SIGKILL). Must not: allocate
-TAPs, disks or names, or trust a pid alone (``banger.procinfo`` decides whether a
-process is still ours; after a daemon restart we are not Firecracker's parent, so
-``waitpid`` tells nothing).
+``InstanceStart``, and stopping (``SendCtrlAltDel``, then SIGKILL: after the timeout, or
+at once when the API does not take the request). Must not: allocate TAPs, disks or
+names, or trust a pid alone (``banger.procinfo`` decides whether a process is still ours;
+after a daemon restart we are not Firecracker's parent, so ``waitpid`` tells nothing).
 
 Firecracker facts relied on (firecracker-microvm/firecracker, docs and swagger):
 - it boots only an uncompressed ELF ``vmlinux`` (x86-64; bzImage support is unreleased);
@@ -48,6 +48,8 @@ log = logging.getLogger("banger.vmm.firecracker")
 
 SOCKET_TIMEOUT_S = 10.0
 KILL_GRACE_S = 5.0
+#: After the API failed on a live Firecracker: long enough for one that is exiting anyway.
+UNANSWERED_GRACE_S = 1.0
 API_SOCKET_NAME = "fc.sock"
 NET_IFACE_ID = "eth0"
 _MAX_ID_LEN = 64
@@ -117,8 +119,10 @@ class FirecrackerVmm:
             api = FirecrackerApi(handle.control_socket, timeout_s=min(max(timeout_s, 1.0), 5.0))
             await asyncio.to_thread(api.send_ctrl_alt_del)
         except BangerError as exc:
-            # A VMM that cannot take the request is ended below all the same.
+            # A VMM that cannot take the request (stopped, wedged: ADVERSARIAL 97) will not
+            # stop the guest either: end it now rather than after the whole timeout.
             log.warning("SendCtrlAltDel to %s failed: %s", handle.control_socket, exc.brief)
+            timeout_s = min(timeout_s, UNANSWERED_GRACE_S)
         if await spawn.wait_exit(handle.process, timeout_s=timeout_s):
             return
         log.warning("%s did not stop within %gs; killing it", handle.control_socket, timeout_s)

@@ -7,13 +7,15 @@ Owns: QEMU's command line for a ``MachineSpec``, starting it detached, and stopp
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import time
+from enum import Enum
 from pathlib import Path
 from typing import Any, ClassVar
 
 from banger import procinfo
-from banger.errors import CommandFailed, InvalidArgument
+from banger.errors import CommandFailed, InvalidArgument, Timeout
 from banger.kernels.vmlinux import KernelFormat, kernel_format
 from banger.runner import Runner
 from banger.vmm import spawn
@@ -21,9 +23,23 @@ from banger.vmm.base import Accel, Backend, MachineSpec, VmmHandle
 from banger.vmm.channels import agent_channel, qemu_option_value
 from banger.vmm.qmp import QmpClient
 
+log = logging.getLogger("banger.vmm.qemu")
+
 SOCKET_TIMEOUT_S = 15.0
 CTRL_ALT_DEL = {"keys": [{"type": "qcode", "data": key} for key in ("ctrl", "alt", "delete")]}
 QUIT_GRACE_S = 5.0
+#: After a QMP command failed on a live QEMU: long enough for one that is exiting anyway.
+UNANSWERED_GRACE_S = 1.0
+
+
+class Answer(Enum):
+    """How a QMP command went."""
+
+    DONE = "done"
+    #: The VMM is not running (any more): nothing left to ask.
+    GONE = "gone"
+    #: The VMM runs but QMP did not answer (refused, closed, or timed out).
+    UNANSWERED = "unanswered"
 
 
 def build_argv(binary: Path, spec: MachineSpec, *, machine: str = "microvm") -> list[str]:
@@ -146,17 +162,28 @@ class QemuVmm:
         return handle
 
     async def shutdown(self, handle: VmmHandle, *, timeout_s: float) -> None:
+        if await self._graceful(handle, timeout_s=timeout_s):
+            return
+        log.warning("QEMU %s did not stop gracefully; killing it", handle.process.pid)
+        await self.kill(handle, sig=signal.SIGKILL)
+
+    async def _graceful(self, handle: VmmHandle, *, timeout_s: float) -> bool:
+        """ctrl-alt-del, then QMP ``quit``; False when QEMU must be killed: it did not
+        exit in time, or its QMP does not answer (a stopped or wedged process, ADVERSARIAL
+        97: nothing it is asked will happen, so waiting longer is pointless)."""
         # ctrl-alt-del: busybox init powers off, systemd reboots; with -no-reboot and
         # reboot=k either way QEMU exits (Firecracker's SendCtrlAltDel semantics).
-        if not await self._ask(handle, "send-key", CTRL_ALT_DEL):
-            return
-        if await spawn.wait_exit(handle.process, timeout_s=timeout_s):
-            return
-        await self._ask(handle, "quit")
-        if await spawn.wait_exit(handle.process, timeout_s=QUIT_GRACE_S):
-            return
-        await self.kill(handle, sig=signal.SIGKILL)
-        await spawn.wait_exit(handle.process, timeout_s=QUIT_GRACE_S)
+        steps = (("send-key", CTRL_ALT_DEL, timeout_s), ("quit", None, QUIT_GRACE_S))
+        for command, arguments, wait_s in steps:
+            answer = await self._ask(handle, command, arguments)
+            if answer is Answer.GONE:
+                return True
+            if answer is Answer.UNANSWERED:
+                # A QMP connection that closes under ``quit`` may be QEMU exiting.
+                return await spawn.wait_exit(handle.process, timeout_s=UNANSWERED_GRACE_S)
+            if await spawn.wait_exit(handle.process, timeout_s=wait_s):
+                return True
+        return False
 
     async def kill(self, handle: VmmHandle, *, sig: int) -> None:
         spawn.signal_if_ours(handle.process, sig)
@@ -165,13 +192,16 @@ class QemuVmm:
 
     async def _ask(
         self, handle: VmmHandle, command: str, arguments: dict[str, Any] | None = None
-    ) -> bool:
-        """Send a QMP command; False when the VMM is already gone."""
+    ) -> Answer:
+        """Send a QMP command and say how it went."""
         if not procinfo.is_running(handle.process):
-            return False
+            return Answer.GONE
         try:
             async with QmpClient(handle.control_socket) as qmp:
                 await qmp.execute(command, arguments)
-        except CommandFailed:
-            return procinfo.is_running(handle.process)
-        return True
+        except (CommandFailed, Timeout) as exc:
+            if not procinfo.is_running(handle.process):
+                return Answer.GONE
+            log.warning("QMP %s to %s failed: %s", command, handle.control_socket, exc.brief)
+            return Answer.UNANSWERED
+        return Answer.DONE

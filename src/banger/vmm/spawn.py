@@ -2,7 +2,8 @@
 
 Owns: the detached spawn (new session, stdin closed, output to a log, minimal env, no
 inherited fds: ADVERSARIAL 104), waiting for a control socket to appear, reaping our own
-children, and signalling a process only while it is provably the one we started.
+children (and remembering how they ended), and signalling a process only while it is
+provably the one we started.
 Must not: know which VMM it runs.
 """
 
@@ -22,9 +23,13 @@ from banger.procinfo import ProcessIdentity
 from banger.runner import Runner
 
 LOG_TAIL_BYTES = 4000
+#: How many exit statuses of reaped children are remembered (oldest forgotten first).
+ENDED_KEPT = 256
 
 #: Our own VMM children, so exited ones are reaped instead of lingering as zombies.
-_children: dict[int, subprocess.Popen[bytes]] = {}
+_children: dict[int, tuple[subprocess.Popen[bytes], ProcessIdentity]] = {}
+#: Exit statuses of reaped children (Popen's returncode: negative = killed by a signal).
+_ended: dict[ProcessIdentity, int] = {}
 
 
 def spawn_detached(
@@ -52,18 +57,37 @@ def spawn_detached(
         os.close(log_fd)
         if out_fd != log_fd:
             os.close(out_fd)
-    _children[proc.pid] = proc
     identity = procinfo.identify(proc.pid)
     if identity is None:
         raise CommandFailed(f"{argv[0]} exited at once", details=log_tail(log_path))
+    _children[proc.pid] = (proc, identity)
     return identity
 
 
 def reap() -> None:
     """Collect exit statuses of our VMM children that have ended."""
-    for pid, proc in list(_children.items()):
+    for pid, (proc, identity) in list(_children.items()):
         if proc.poll() is not None:
             del _children[pid]
+            _ended[identity] = proc.returncode
+            while len(_ended) > ENDED_KEPT:
+                del _ended[next(iter(_ended))]
+
+
+async def exit_status(identity: ProcessIdentity, *, timeout_s: float = 2.0) -> int | None:
+    """How a VMM we started ended: its exit code, or minus the signal that killed it.
+
+    None while it runs, and for a VMM this daemon did not start (after a restart we are
+    not its parent: ``waitpid`` cannot tell). A killed multi-threaded VMM shows as a
+    zombie while its other threads still exit, and cannot be reaped until they have:
+    that short moment is waited for."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        reap()
+        pending = identity.pid in _children and _children[identity.pid][1] == identity
+        if not pending or procinfo.is_running(identity) or time.monotonic() > deadline:
+            return _ended.get(identity)
+        await asyncio.sleep(0.01)
 
 
 async def wait_for_socket(
