@@ -473,6 +473,27 @@ def test_export_on_the_host_and_in_the_guest_give_the_same_appliable_patch(
     assert (repo / "bin.dat").read_bytes() == bytes(reversed(range(256)))
 
 
+def test_guest_export_sees_a_same_size_edit_made_in_the_second_of_the_index(
+    tmp_path: Path, busybox_path: Path
+) -> None:
+    """Racy git: an edit of a tracked file that keeps its size and lands in the same second
+    as the guest's index looks clean by its stat alone. git re-reads such entries only
+    when the index file's own mtime says so, so the throwaway index must keep it (cp -p)."""
+    from banger.workspace.export import Via, export_patch
+
+    repo, guest = _prepared_guest(tmp_path, busybox_path)
+    git(guest, "update-index", "--refresh")
+    target, index = guest / "bin.dat", guest / ".git" / "index"
+    recorded = target.stat()
+    target.write_bytes(bytes(reversed(range(256))))  # same size, new content
+    os.utime(target, ns=(recorded.st_atime_ns, recorded.st_mtime_ns))
+    os.utime(index, ns=(recorded.st_atime_ns, recorded.st_mtime_ns))  # written that second
+    result = export_patch(
+        local_shell(None), guest_path=str(guest), base_commit=None, host_repo=repo, via=Via.GUEST
+    )
+    assert result.files == 1 and b"diff --git a/bin.dat b/bin.dat" in result.patch
+
+
 def test_export_base_commit_errors_and_override(tmp_path: Path, busybox_path: Path) -> None:
     from banger.errors import InvalidState
     from banger.workspace.export import Via, export_patch

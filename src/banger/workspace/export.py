@@ -7,8 +7,10 @@ with ``--binary`` so ``git apply`` on the host takes it as is.
 
 Two ways to make it, chosen per export:
 
-- **in the guest** when it has git: a throwaway index (``GIT_INDEX_FILE``), ``git add -A``
-  and ``git diff --cached --binary BASE`` — the guest's own index is left alone;
+- **in the guest** when it has git: a throwaway copy of its index (``GIT_INDEX_FILE``; the
+  copy keeps the index's mtime, which git needs to see a same-size edit made in the second
+  the index was written: "racy git"), ``git add -A`` and ``git diff --cached --binary
+  BASE`` — the guest's own index is left alone;
 - **on the host** otherwise (banger's images ship no git): the guest's tree, minus
   ``.git``, comes back as a tar over SSH and is unpacked into a temp repository whose
   objects are borrowed from the host repository (``objects/info/alternates``), where the
@@ -86,7 +88,7 @@ def guest_diff_script(guest_path: str, base: str) -> str:
             f"command -v git >/dev/null 2>&1 || exit {EXIT_NO_GIT}",
             f"cd -- {shlex.quote(guest_path)}",
             'idx=$(mktemp); trap \'rm -f -- "$idx"\' EXIT; rm -f -- "$idx"',
-            'if [ -f .git/index ]; then cp .git/index "$idx"; fi',
+            'if [ -f .git/index ]; then cp -p .git/index "$idx"; fi',
             'GIT_INDEX_FILE="$idx"; export GIT_INDEX_FILE',
             f"{_GIT} add -A",
             f"{_GIT} {_DIFF} {shlex.quote(base)} --",
