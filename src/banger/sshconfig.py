@@ -73,6 +73,9 @@ def render_snippet(*, key: Path, vms_dir: Path, python: str) -> str:
             "    UserKnownHostsFile /dev/null",
             "    GlobalKnownHostsFile /dev/null",
             f"    KnownHostsCommand {helper}",
+            "    # a session to a VM that died ends within ~20 s instead of hanging",
+            "    ServerAliveInterval 5",
+            "    ServerAliveCountMax 3",
             "",
         ]
     )

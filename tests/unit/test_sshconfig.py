@@ -42,6 +42,7 @@ def test_snippet_has_the_host_block() -> None:
     assert "User root" in lines
     assert "IdentityFile /s/ssh/id_ed25519" in lines
     assert "StrictHostKeyChecking yes" in lines
+    assert "ServerAliveInterval 5" in lines and "ServerAliveCountMax 3" in lines  # J.99
     assert "UserKnownHostsFile /dev/null" in lines
     assert (
         "KnownHostsCommand /usr/bin/python3 -I -m banger.sshconfig known-hosts /s/vms %H" in lines
