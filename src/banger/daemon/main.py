@@ -31,6 +31,7 @@ from banger.paths import Layout, ensure_private_dir
 from banger.publish import cleanup_leftovers
 from banger.render import format_error
 from banger.services.reconcile import reconcile
+from banger.services.vm_monitor import VmMonitor
 from banger.services.vms import VmService
 from banger.state import repo
 from banger.state.db import AsyncDatabase, Database
@@ -151,7 +152,8 @@ async def _serve(ctx: DaemonContext, sock: object, ready_fd: int | None) -> None
         ctx.vms = service
         await reconcile(service)
         await service.publish_dns()
-        service.start_monitor()
+        monitor = VmMonitor(service)
+        monitor.start()
         watcher = asyncio.create_task(_watch(server, ctx, ready_fd))
         try:
             await server.serve(sockets=[sock])  # type: ignore[list-item]
@@ -159,7 +161,7 @@ async def _serve(ctx: DaemonContext, sock: object, ready_fd: int | None) -> None
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
-            await service.stop_monitor()
+            await monitor.stop()
     finally:
         dns.close()
 

@@ -18,7 +18,8 @@ from pathlib import Path
 from banger import procinfo
 from banger.publish import STAGING_DIR, remove_published
 from banger.services import vm_boot
-from banger.services.vms import LIVE_STATES, VmService
+from banger.services.vm_monitor import LIVE_STATES
+from banger.services.vms import VmService
 from banger.state import repo
 from banger.state.records import VmRecord, VmState, utc_now
 from banger.vmm import spawn

@@ -1,7 +1,8 @@
 """The VM service: create, start, stop, restart, kill, delete and resize VMs.
 
-Owns: the lifecycle of VM rows and their VMM processes, per-VM locks, the short global
-reservation window (name, IP, TAP), and noticing VMMs that die on their own.
+Owns: the lifecycle of VM rows and their VMM processes, per-VM locks and the short global
+reservation window (name, IP, TAP). Noticing VMMs that die on their own is
+``vm_monitor``; the bridge, NAT and ``~vm`` routing are ``vm_network``.
 Must not: build disks or talk netlink itself (``vm_disks``, ``banger.net``), or speak HTTP.
 """
 
@@ -21,13 +22,14 @@ from banger import procinfo
 from banger.daemon.context import DaemonContext
 from banger.dns.server import records_from_vms
 from banger.errors import AlreadyExists, BangerError, CommandFailed, InvalidArgument, InvalidState
-from banger.net.addressing import allocate_ip, bridge_interface, mac_for_ip
+from banger.net.addressing import allocate_ip, mac_for_ip
 from banger.net.privileged import PrivilegedOps
 from banger.net.taps import TapPool
 from banger.publish import remove_published
-from banger.services import catalog, console_logs, readiness, vm_boot, vm_disks
+from banger.services import catalog, readiness, vm_boot, vm_disks
 from banger.services.inventory import record_dict
 from banger.services.operations import Progress, run_streamed
+from banger.services.vm_network import VmNetwork
 from banger.services.vm_paths import VmPaths
 from banger.state import repo
 from banger.state.records import ImageRecord, KernelRecord, VmRecord, VmState, utc_now
@@ -45,8 +47,6 @@ log = logging.getLogger("banger.vms")
 STOP_TIMEOUT_S = 20.0
 #: How long a SIGKILLed VMM may take to be gone (it frees the guest's memory first).
 KILL_WAIT_S = 10.0
-MONITOR_INTERVAL_S = 1.0
-LIVE_STATES = (VmState.STARTING, VmState.RUNNING, VmState.STOPPING)
 
 
 @dataclass(frozen=True)
@@ -78,11 +78,9 @@ class VmService:
         cfg = ctx.config
         self.taps = TapPool(ops, cfg.bridge_name, cfg.tap_pool_size, os.getuid())
         self._reserve_lock = asyncio.Lock()
-        self._network_lock = asyncio.Lock()
-        self._network_ready = False
+        self.network = VmNetwork(ctx, ops)
         self._locks: dict[str, asyncio.Lock] = {}
         self._stopping: set[str] = set()
-        self._monitor: asyncio.Task[None] | None = None
         self._said_backend = False
 
     # -- queries -----------------------------------------------------------------------
@@ -114,7 +112,7 @@ class VmService:
         )
         with progress.stage("reserve"):
             plan = await self._plan(await self._image(req.image), req.vmm, progress)
-            await self.ensure_network()
+            await self.network.ensure()
             vm = await self._reserve(req, plan.image, plan.vmm.backend)
             progress.detail = f"{vm.name}: {vm.ip} on {vm.tap}"
         try:
@@ -127,7 +125,7 @@ class VmService:
             raise
         if req.nat:
             with progress.stage("nat"):
-                await self._ensure_nat()
+                await self.network.ensure_nat()
         async with self.locked(vm.name):
             vm = await self._boot(vm, plan, progress, timeout_s=req.boot_timeout_s)
         return record_dict(vm)
@@ -200,37 +198,6 @@ class VmService:
                 await asyncio.to_thread(self.taps.release, tap)
                 raise
             return inserted
-
-    async def ensure_network(self) -> None:
-        async with self._network_lock:
-            if self._network_ready:
-                return
-            cfg = self.ctx.config
-            await asyncio.to_thread(
-                self.ops.ensure_bridge, cfg.bridge_name, bridge_interface(cfg.cidr, cfg.bridge_ip)
-            )
-            self._network_ready = True
-            await self._route_dns()
-
-    async def _route_dns(self) -> None:
-        """``ssh <vm>.vm`` from any terminal: resolved sends ``~vm`` to our DNS server."""
-        if self.ctx.dns is None:
-            return
-        try:
-            routed = await asyncio.to_thread(
-                self.ops.route_vm_domain, self.ctx.config.bridge_name, self.ctx.dns.port
-            )
-        except BangerError as exc:
-            log.warning(
-                "could not route ~vm to banger's DNS", extra={"fields": {"error": exc.brief}}
-            )
-            return
-        log.info("~vm DNS routing", extra={"fields": {"systemd_resolved": routed}})
-
-    async def _ensure_nat(self) -> None:
-        cfg = self.ctx.config
-        await asyncio.to_thread(self.ops.enable_ip_forward)
-        await asyncio.to_thread(self.ops.ensure_nat, cfg.bridge_name, cfg.cidr)
 
     # -- boot, start -------------------------------------------------------------------
 
@@ -314,9 +281,9 @@ class VmService:
                 return record_dict(vm)
             wanted = Backend(vm.vmm) if vm.vmm else None
             plan = await self._plan(await self._image_of(vm), wanted, progress)
-            await self.ensure_network()
+            await self.network.ensure()
             if vm.nat:
-                await self._ensure_nat()
+                await self.network.ensure_nat()
             vm = await self._boot(vm, plan, progress, timeout_s=timeout_s)
             return record_dict(vm)
 
@@ -463,53 +430,18 @@ class VmService:
             last_error=reason if reason else vm.last_error,
         )
 
-    # -- noticing VMMs that die ------------------------------------------------------------
+    # -- for the monitor -------------------------------------------------------------------
 
-    def start_monitor(self) -> None:
-        self._monitor = asyncio.create_task(self._watch())
+    def busy(self, name: str) -> bool:
+        """An operation holds the VM (its lock, or a stop in progress): leave it alone."""
+        lock = self._locks.get(name)
+        return name in self._stopping or (lock is not None and lock.locked())
 
-    async def stop_monitor(self) -> None:
-        if self._monitor is not None:
-            self._monitor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._monitor
+    def alive(self, vm: VmRecord) -> bool:
+        return self._alive(vm)
 
-    async def _watch(self) -> None:
-        while True:
-            await asyncio.sleep(MONITOR_INTERVAL_S)
-            try:
-                await self.check_all()
-            except Exception:
-                log.exception("VM monitor pass failed")
-
-    async def check_all(self) -> None:
-        spawn.reap()
-        vms: list[VmRecord] = await self.ctx.db.run(repo.list_vms)
-        await self._cap_logs(vms)
-        for vm in vms:
-            if vm.state not in LIVE_STATES or vm.name in self._stopping:
-                continue
-            lock = self._locks.get(vm.name)
-            if lock is not None and lock.locked():
-                continue
-            if not self._alive(vm):
-                log.warning("VMM exited", extra={"fields": {"vm": vm.name, "pid": vm.pid}})
-                await self._mark_stopped(
-                    vm,
-                    reason="the VMM exited unexpectedly "
-                    f"(console log: {self.paths(vm).console_log})",
-                )
-
-    async def _cap_logs(self, vms: list[VmRecord]) -> None:
-        """Bound what guests write to their logs (ADVERSARIAL 102), booting VMs too: no VM
-        lock is needed, the files are only truncated in place and renamed by path."""
-        live = [self.paths(vm) for vm in vms if vm.state in LIVE_STATES]
-        logs = [p.console_log for p in live] + [p.vmm_log for p in live]
-        for rotation in await asyncio.to_thread(console_logs.cap_logs, logs):
-            log.info(
-                "VM log rotated",
-                extra={"fields": {"path": str(rotation.path), "kept": rotation.kept_bytes}},
-            )
+    async def mark_stopped(self, vm: VmRecord, *, reason: str | None) -> VmRecord:
+        return await self._mark_stopped(vm, reason=reason)
 
 
 def _state_of(accel: Accel | None) -> Any:
