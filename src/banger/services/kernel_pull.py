@@ -27,8 +27,9 @@ from banger.kernels import catalog as kernel_catalog
 from banger.kernels import pull, tarball, validate_name
 from banger.kernels.catalog import MAX_ARTIFACT_BYTES, ArtifactFormat, CatalogKernel
 from banger.kernels.discover import discover
-from banger.kernels.store import KernelBuild, publish_kernel, read_manifest
-from banger.publish import Staging, remove_published, staging
+from banger.kernels.store import KernelBuild, read_manifest
+from banger.publish import Staging, staging
+from banger.services import kernels
 from banger.services.inventory import record_dict
 from banger.services.kernels import publication_lock as kernel_publication
 from banger.services.operations import Progress, run_streamed
@@ -193,24 +194,8 @@ async def _publish_kernel(
     async with kernel_publication:
         exists = await _kernel_row(ctx, entry.name) is not None
         replace = exists or os.path.lexists(final)  # a directory without a row: a crash's
-        await asyncio.to_thread(publish_kernel, stage, final, replace=replace)
-        try:
-            await _write_kernel_row(ctx, record, exists=exists)
-        except BangerError:
-            if not exists:
-                await asyncio.to_thread(remove_published, final)
-            raise
+        await kernels.publish_with_row(ctx, stage, final, record, exists=exists, replace=replace)
     return record
-
-
-async def _write_kernel_row(ctx: DaemonContext, record: KernelRecord, *, exists: bool) -> None:
-    if not exists:
-        await ctx.db.run(repo.insert_kernel, record)
-        return
-    changes = record_dict(record)
-    del changes["name"]
-    changes["imported_at"] = record.imported_at
-    await ctx.db.run(repo.update_kernel, record.name, **changes)
 
 
 async def _kernel_row(ctx: DaemonContext, name: str) -> KernelRecord | None:

@@ -144,14 +144,29 @@ async def _publish(
             raise _exists(plan.name)
         # A directory without a row is what a crash before the row write leaves behind.
         replace = plan.force or (not exists and os.path.lexists(final))
-        await asyncio.to_thread(publish_kernel, stage, final, replace=replace)
-        try:
-            await _write_row(ctx, record, exists=exists)
-        except BangerError:
-            if not exists:  # do not leave a published directory without its row
-                await asyncio.to_thread(remove_published, final)
-            raise
+        await publish_with_row(ctx, stage, final, record, exists=exists, replace=replace)
     return record
+
+
+async def publish_with_row(
+    ctx: DaemonContext,
+    stage: Staging,
+    final: Path,
+    record: KernelRecord,
+    *,
+    exists: bool,
+    replace: bool,
+) -> None:
+    """Publish a staged kernel directory, then insert or update its row; if the row cannot
+    be written, a directory that did not exist before is taken back (no dir without row).
+    The caller holds ``publication_lock``."""
+    await asyncio.to_thread(publish_kernel, stage, final, replace=replace)
+    try:
+        await _write_row(ctx, record, exists=exists)
+    except BangerError:
+        if not exists:
+            await asyncio.to_thread(remove_published, final)
+        raise
 
 
 async def _write_row(ctx: DaemonContext, record: KernelRecord, *, exists: bool) -> None:
