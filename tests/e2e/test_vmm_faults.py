@@ -136,21 +136,27 @@ def test_sigkill_during_a_graceful_stop_ends_the_stop_at_once_e96(env: VmEnv) ->
     assert all(v["name"] != "e96" for v in env.json("vm", "list"))
 
 
+def _stop_while_stopped(env: VmEnv, name: str, ident: procinfo.ProcessIdentity) -> float:
+    """SIGSTOP the VMM, then `vm stop`: it must succeed within 12 s and leave no process."""
+    os.kill(ident.pid, signal.SIGSTOP)
+    _wait_for("SIGSTOP", lambda: _proc_state(ident.pid) == "T", 5)
+    started = time.monotonic()
+    out = env.banger("vm", "stop", name, timeout=120)
+    took = time.monotonic() - started
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"{name}: stopped"
+    assert took < 12, f"stop took {took:.1f}s"
+    assert not procinfo.is_running(ident)
+    return took
+
+
 def test_sigstopped_vmm_is_killed_by_a_bounded_stop_e97(env: VmEnv) -> None:
     """ADVERSARIAL 97: a SIGSTOPped QEMU cannot answer QMP; `vm stop` gives up on the
     graceful path, kills it and returns within seconds, leaving no process."""
     ident = _identity(_create(env, "e97"))
     with _released(ident):
-        os.kill(ident.pid, signal.SIGSTOP)
-        _wait_for("SIGSTOP", lambda: _proc_state(ident.pid) == "T", 5)
-        started = time.monotonic()
-        out = env.banger("vm", "stop", "e97", timeout=120)
-        took = time.monotonic() - started
+        took = _stop_while_stopped(env, "e97", ident)
     print(f"stop of a SIGSTOPped QEMU took {took:.1f}s")
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "e97: stopped"
-    assert took < 12, f"stop took {took:.1f}s"
-    assert not procinfo.is_running(ident)
     after = _vm(env, "e97")
     assert after["state"] == "stopped" and after["pid"] is None
     assert "forcefully terminated" in (after["last_error"] or "")
@@ -421,16 +427,8 @@ def test_firecracker_standin_fds_env_and_sigstop_e104_e97() -> None:
         guest_qemu = _children_of(ident.pid)
         assert len(guest_qemu) == 1  # the stand-in boots the guest under QEMU
         with _released(ident), _released(guest_qemu[0]):
-            os.kill(ident.pid, signal.SIGSTOP)
-            _wait_for("SIGSTOP", lambda: _proc_state(ident.pid) == "T", 5)
-            started = time.monotonic()
-            out = fc.banger("vm", "stop", "fcv", timeout=120)
-            took = time.monotonic() - started
+            took = _stop_while_stopped(fc, "fcv", ident)
         print(f"stop of a SIGSTOPped Firecracker stand-in took {took:.1f}s")
-        assert out.returncode == 0, out.stderr
-        assert out.stdout.strip() == "fcv: stopped"
-        assert took < 12, f"stop took {took:.1f}s"
-        assert not procinfo.is_running(ident)
         assert "forcefully terminated" in (_vm(fc, "fcv")["last_error"] or "")
         # (it dies with the stand-in: PR_SET_PDEATHSIG)
         _wait_for("the stand-in's QEMU to go", lambda: not procinfo.is_running(guest_qemu[0]), 10)
