@@ -178,18 +178,7 @@ async def _publish_kernel(
 
     data = await in_thread(manifest, "writing the manifest")
     final = ctx.layout.kernels_dir / entry.name
-    record = KernelRecord(
-        name=entry.name,
-        arch=data["arch"],
-        source=entry.source,
-        dir_path=str(final),
-        imported_at=imported_at,
-        distro=data["distro"],
-        version=data["version"],
-        sha256=data["sha256"],
-        has_initrd="initrd.img" in data["files"],
-        has_modules="modules" in data["files"],
-    )
+    record = kernels.record_from_manifest(entry.name, entry.source, final, imported_at, data)
     # The import's own publication lock: an import of the same name cannot interleave.
     async with kernel_publication:
         exists = await _kernel_row(ctx, entry.name) is not None

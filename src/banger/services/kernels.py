@@ -15,6 +15,7 @@ import asyncio
 import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -126,8 +127,23 @@ async def _publish(
         lambda: build.manifest(plan.name, source, imported_at.isoformat()), "writing the manifest"
     )
     final = ctx.layout.kernels_dir / plan.name
-    record = KernelRecord(
-        name=plan.name,
+    record = record_from_manifest(plan.name, source, final, imported_at, manifest)
+    async with publication_lock:
+        exists = await _row_exists(ctx, plan.name)
+        if exists and not plan.force:
+            raise _exists(plan.name)
+        # A directory without a row is what a crash before the row write leaves behind.
+        replace = plan.force or (not exists and os.path.lexists(final))
+        await publish_with_row(ctx, stage, final, record, exists=exists, replace=replace)
+    return record
+
+
+def record_from_manifest(
+    name: str, source: str, final: Path, imported_at: datetime, manifest: dict[str, Any]
+) -> KernelRecord:
+    """The row of a kernel about to be published at ``final``, from its manifest."""
+    return KernelRecord(
+        name=name,
         arch=manifest["arch"],
         source=source,
         dir_path=str(final),
@@ -138,14 +154,6 @@ async def _publish(
         has_initrd="initrd.img" in manifest["files"],
         has_modules="modules" in manifest["files"],
     )
-    async with publication_lock:
-        exists = await _row_exists(ctx, plan.name)
-        if exists and not plan.force:
-            raise _exists(plan.name)
-        # A directory without a row is what a crash before the row write leaves behind.
-        replace = plan.force or (not exists and os.path.lexists(final))
-        await publish_with_row(ctx, stage, final, record, exists=exists, replace=replace)
-    return record
 
 
 async def publish_with_row(
