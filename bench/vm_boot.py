@@ -75,8 +75,8 @@ def _bare_boot(env: VmEnv, vm: dict[str, Any], key: Path) -> float:
 
 
 def _cmdline(vm: dict[str, Any]) -> str:
+    from banger.model.cmdline import BootArgs, kernel_cmdline
     from banger.services.vm_boot import host_tsc_khz
-    from banger.vm.cmdline import BootArgs, kernel_cmdline
 
     return kernel_cmdline(
         BootArgs(

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from banger import procinfo
+from banger.host import procinfo
 from tests.conftest import BIN, BangerHome, make_home
 from tests.netns import Netns, netns
 from tests.netproxy import PORT as PROXY_PORT

@@ -35,11 +35,11 @@ from banger.disks.identity import inject_rootfs, inject_workdisk, make_identity
 from banger.disks.workdisk import create_work_disk
 from banger.errors import BangerError
 from banger.guest.agent_client import AgentClient, AgentHealth, GuestPorts
+from banger.host.runner import Runner
 from banger.images.bootable import AGENT_PATH, INIT_PATH, PACKAGES_PATH, STAMP_PATH
 from banger.images.pull import BOOTABLE
 from banger.oci.ext4build import build_rootfs_image
 from banger.oci.flatten import Layer
-from banger.runner import Runner
 from tests import aptrepo, guests
 from tests.component.test_guests import (
     GATEWAY,

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from banger.model.records import ImageRecord, KernelRecord, VmRecord, VmState, utc_now
 from banger.state import repo
 from banger.state.db import Database
-from banger.state.records import ImageRecord, KernelRecord, VmRecord, VmState, utc_now
 from tests.conftest import BangerHome
 
 SHIM = """\

@@ -16,8 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-from banger.client import Client
-from banger.launcher import pid_alive
+from banger.cli.client import Client
+from banger.cli.launcher import pid_alive
 from tests.conftest import BIN, BangerHome
 
 

@@ -26,18 +26,18 @@ from typing import Any
 
 import pytest
 
-from banger import buildinfo
-from banger.config import load_config
-from banger.daemon.context import DaemonContext
+from banger.config.settings import load_config
+from banger.config.vm_defaults import HostFacts
 from banger.errors import BangerError
+from banger.host import buildinfo
+from banger.host.paths import Layout, ensure_private_dir
 from banger.images.bootable import INIT_PATH
 from banger.images.localbuild import host_release, host_sources, suite_sources
-from banger.paths import Layout, ensure_private_dir
 from banger.services.catalog import ensure_image
+from banger.services.context import DaemonContext
 from banger.services.operations import Progress
 from banger.state import repo
 from banger.state.db import AsyncDatabase, Database
-from banger.vmdefaults import HostFacts
 from tests.component.test_kernel_pull import GOOD, Route, Server, entry, sha, tar_zst
 
 pytestmark = [pytest.mark.component, pytest.mark.timeout(2400)]

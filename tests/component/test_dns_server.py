@@ -34,7 +34,7 @@ from banger.dns.server import (
     records_from_vms,
 )
 from banger.errors import ConfigError, InvalidArgument
-from banger.state.records import VmRecord, VmState, utc_now
+from banger.model.records import VmRecord, VmState, utc_now
 from tests.conftest import BangerHome
 
 T = TypeVar("T")

@@ -32,7 +32,7 @@ def test_doctor_text_marks_each_check(home: BangerHome) -> None:
 
 
 def test_forward_drop_chains_are_found_outside_our_table() -> None:
-    from banger.doctor import forward_drop_chains
+    from banger.services.doctor import forward_drop_chains
 
     ruleset = """table ip filter {
 \tchain FORWARD {

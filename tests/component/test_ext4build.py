@@ -26,9 +26,9 @@ from pathlib import Path
 import pytest
 
 from banger.errors import CommandFailed, InvalidArgument
+from banger.host.runner import Runner
 from banger.oci.ext4build import BuildResult, build_rootfs_image
 from banger.oci.flatten import Layer
-from banger.runner import Runner
 from tests.layers import (
     chardev,
     directory,
@@ -83,7 +83,7 @@ def build_as(user: str, layers: list[Layer], out: Path, work: Path, **kw: object
         from pathlib import Path
         from banger.oci.ext4build import build_rootfs_image
         from banger.oci.flatten import Layer
-        from banger.runner import Runner
+        from banger.host.runner import Runner
         args = json.loads(sys.argv[1])
         layers = [Layer(Path(p), m, d) for p, m, d in args["layers"]]
         result = build_rootfs_image(

@@ -29,11 +29,11 @@ from typing import Any, TypeVar
 
 import pytest
 
-from banger import procinfo
 from banger.errors import CommandFailed, InvalidArgument
+from banger.host import procinfo
+from banger.host.procinfo import ProcessIdentity
+from banger.host.runner import PASSED_ENV, Runner
 from banger.kernels.vmlinux import extract_vmlinux
-from banger.procinfo import ProcessIdentity
-from banger.runner import PASSED_ENV, Runner
 from banger.vmm.base import Backend, DriveSpec, MachineSpec, NetSpec, VmmHandle
 from banger.vmm.fc_api import FirecrackerApi, LogLevel
 from banger.vmm.firecracker import FirecrackerVmm

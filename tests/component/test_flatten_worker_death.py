@@ -24,11 +24,11 @@ from pathlib import Path
 
 import pytest
 
-from banger import procinfo
 from banger.errors import Timeout
+from banger.host import procinfo
+from banger.host.procinfo import ProcessIdentity
+from banger.host.runner import TERM_GRACE_S, Runner
 from banger.oci.flatten import DEFAULT_LIMITS
-from banger.procinfo import ProcessIdentity
-from banger.runner import TERM_GRACE_S, Runner
 from tests.layers import directory, file, write_layer
 
 pytestmark = pytest.mark.component
@@ -44,7 +44,7 @@ import json, sys
 from pathlib import Path
 from banger.oci.ext4build import build_rootfs_image
 from banger.oci.flatten import Layer
-from banger.runner import Runner
+from banger.host.runner import Runner
 
 args = json.loads(sys.argv[1])
 build_rootfs_image(

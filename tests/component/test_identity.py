@@ -20,7 +20,7 @@ from banger.disks import identity as ident
 from banger.disks.ext4edit import Ext4Editor, check_guest_path
 from banger.disks.workdisk import create_work_disk
 from banger.errors import InvalidArgument
-from banger.runner import Runner
+from banger.host.runner import Runner
 
 pytestmark = pytest.mark.component
 

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from banger.client import Client
+from banger.cli.client import Client
 from banger.errors import InvalidArgument, InvalidRequest
+from banger.model.records import VmRecord, VmState, utc_now
 from banger.state import repo
 from banger.state.db import Database
-from banger.state.records import VmRecord, VmState, utc_now
 from tests.component.test_kernels import make_ext4, synthetic_tree
 from tests.conftest import BIN, BangerHome
 from tests.unit.test_vmlinux import compress, fake_elf, make_bzimage

@@ -23,12 +23,12 @@ from typing import Any
 
 import pytest
 
-from banger.client import Client
+from banger.cli.client import Client
 from banger.errors import CommandFailed, InvalidArgument, InvalidRequest, KernelNotFound
+from banger.host.runner import Runner
 from banger.kernels.initrd import MODULES, build_initrd
 from banger.kernels.store import sha256_file, verify_kernel
 from banger.kernels.vmlinux import Compression, extract_vmlinux, find_payload, is_elf_vmlinux
-from banger.runner import Runner
 from tests.conftest import BIN, BangerHome, make_home, stop_daemon_of
 from tests.guests import CloudKernel, cloud_kernel
 from tests.unit.test_vmlinux import compress, fake_elf, make_bzimage

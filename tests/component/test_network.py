@@ -25,10 +25,10 @@ from typing import Any, TypeVar
 import pytest
 
 from banger.errors import AlreadyExists, BangerError, InvalidArgument, NotFound
-from banger.net.addressing import mac_for_ip
+from banger.host.runner import Runner
+from banger.model.addressing import mac_for_ip
 from banger.net.privileged import InProcessPrivilegedOps
 from banger.net.taps import TapPool
-from banger.runner import Runner
 from tests.netns import Netns, netns
 
 pytestmark = [

@@ -13,15 +13,15 @@ from fastapi import FastAPI
 from hypothesis import settings
 from schemathesis.checks import positive_data_acceptance
 
-from banger import buildinfo
 from banger.api.app import create_app, openapi_document
-from banger.config import load_config
-from banger.daemon.context import DaemonContext
+from banger.config.settings import load_config
+from banger.config.vm_defaults import HostFacts
+from banger.host import buildinfo
+from banger.host.paths import Layout, ensure_private_dir
 from banger.net.privileged import InProcessPrivilegedOps
-from banger.paths import Layout, ensure_private_dir
+from banger.services.context import DaemonContext
 from banger.services.vms import VmService
 from banger.state.db import AsyncDatabase, Database
-from banger.vmdefaults import HostFacts
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -27,10 +27,10 @@ from banger.errors import (
     StateError,
     VmNotFound,
 )
+from banger.model.records import ImageRecord, KernelRecord, VmRecord, VmState, utc_now
 from banger.state import repo
 from banger.state.db import AsyncDatabase, Database
 from banger.state.migrations import LATEST_VERSION, MIGRATIONS, Migration
-from banger.state.records import ImageRecord, KernelRecord, VmRecord, VmState, utc_now
 
 pytestmark = pytest.mark.component
 
@@ -341,7 +341,7 @@ _OTHER_WRITER = """
     from pathlib import Path
     from banger.state import repo
     from banger.state.db import Database
-    from banger.state.records import KernelRecord, utc_now
+    from banger.model.records import KernelRecord, utc_now
 
     db = Database.open(Path(sys.argv[1]))
     print("ready", flush=True)
@@ -422,7 +422,7 @@ _BATCH_WRITER = """
     from pathlib import Path
     from banger.state import repo
     from banger.state.db import Database
-    from banger.state.records import KernelRecord, utc_now
+    from banger.model.records import KernelRecord, utc_now
 
     db = Database.open(Path(sys.argv[1]))
     start = int(sys.argv[2])
@@ -473,7 +473,7 @@ _FSIZE_WRITER = """
     from banger.errors import StateError
     from banger.state import repo
     from banger.state.db import Database
-    from banger.state.records import KernelRecord, utc_now
+    from banger.model.records import KernelRecord, utc_now
 
     def k(name, size):
         return KernelRecord(name=name, arch="x86_64", source="x" * size, dir_path="/",

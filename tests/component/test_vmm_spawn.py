@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from banger import procinfo
-from banger.runner import Runner
+from banger.host import procinfo
+from banger.host.runner import Runner
 from banger.vmm import spawn
 
 pytestmark = pytest.mark.component

@@ -22,7 +22,7 @@ from banger.disks.workdisk import (
     read_geometry,
 )
 from banger.errors import AlreadyExists, InvalidArgument, StateError
-from banger.runner import Runner
+from banger.host.runner import Runner
 
 pytestmark = pytest.mark.component
 

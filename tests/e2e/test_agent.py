@@ -40,8 +40,8 @@ import pytest
 from banger.errors import CommandFailed
 from banger.guest import ports
 from banger.guest.agent_client import AgentClient
+from banger.host.runner import Runner
 from banger.kernels.vmlinux import extract_vmlinux
-from banger.runner import Runner
 from banger.services.readiness import wait_for_agent
 from banger.vmm import qemu
 from banger.vmm.base import Accel, Backend, DriveSpec, MachineSpec, NetSpec

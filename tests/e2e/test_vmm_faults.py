@@ -27,8 +27,8 @@ from typing import Any
 
 import pytest
 
-from banger import procinfo
-from banger.runner import PASSED_ENV
+from banger.host import procinfo
+from banger.host.runner import PASSED_ENV
 from tests.conftest import BIN, BangerHome, make_home, stop_daemon_of
 from tests.vmenv import VmEnv, events, vm_env
 

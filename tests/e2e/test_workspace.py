@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from banger.runner import Runner
+from banger.host.runner import Runner
 from banger.workspace import GuestShell
 from tests.conftest import BIN
 from tests.unit.test_gitrepo import GIT_ENV, git, make_repo
@@ -210,7 +210,7 @@ def test_vm_run_with_a_path_runs_the_command_in_the_copy(env: VmEnv, repo: Path)
 
 def test_file_sync_skips_a_nested_symlink_e59(env: VmEnv, vm: str, sync_source: Path) -> None:
     """Through `banger vm ssh` (the same transport the daemon's start step uses)."""
-    from banger.config import FileSyncEntry
+    from banger.config.settings import FileSyncEntry
     from banger.workspace.filesync import sync_files_blocking
 
     shell = GuestShell(

@@ -9,8 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from banger.errors import Conflict, InvalidArgument
-from banger.net import nat
-from banger.net.addressing import (
+from banger.model.addressing import (
     MAX_TAP_INDEX,
     allocate_ip,
     bridge_interface,
@@ -27,6 +26,7 @@ from banger.net.addressing import (
     validate_tap_name,
     validate_uid,
 )
+from banger.net import nat
 
 CIDR, BRIDGE_IP = "10.213.7.0/24", "10.213.7.1"
 

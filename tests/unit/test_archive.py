@@ -17,7 +17,7 @@ import pytest
 
 from banger.cli.run_workspace import Mode, make_plan, print_plan, send_plan
 from banger.errors import AlreadyExists, CommandFailed, InvalidArgument
-from banger.runner import Result
+from banger.host.runner import Result
 from banger.workspace import GuestShell
 from banger.workspace.archive import Kind, RootDir, TarWriter, Unsafe, _ExactReader, display
 from tests.unit.test_gitrepo import ODD_NAMES, fsmonitor_trap, git, isolated_home, make_repo

@@ -15,14 +15,14 @@ from typing import Any
 
 import pytest
 
-from banger.config import load_config
+from banger.config.settings import load_config
 from banger.errors import InvalidArgument, KernelNotFound, UnsupportedHost
+from banger.host.paths import Layout
 from banger.images import catalog as images
 from banger.images import localbuild
 from banger.images.localbuild import AptSource
 from banger.kernels import catalog as kernels
 from banger.kernels.catalog import SHA256_HEX, ArtifactFormat
-from banger.paths import Layout
 
 GOOD_SHA = "a" * 64
 

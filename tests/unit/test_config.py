@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from banger.config import (
+from banger.config.settings import (
     Config,
     LogLevel,
     Source,
@@ -19,7 +19,7 @@ from banger.config import (
     load_config,
 )
 from banger.errors import ConfigError
-from banger.paths import Layout
+from banger.host.paths import Layout
 
 
 @pytest.fixture

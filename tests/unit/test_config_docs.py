@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from banger.config import CONFIG_PATH_ENV, config_keys, env_keys, env_var_for, load_config
+from banger.config.settings import CONFIG_PATH_ENV, config_keys, env_keys, env_var_for, load_config
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "config.md"
 

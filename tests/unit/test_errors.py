@@ -9,8 +9,8 @@ import pytest
 
 import banger
 from banger import errors
+from banger.cli.render import format_error
 from banger.errors import ERROR_CLASSES, BangerError, error_from_payload
-from banger.render import format_error
 
 
 def _all_error_classes() -> set[type[BangerError]]:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from banger.config import FileSyncEntry
-from banger.runner import Runner
+from banger.config.settings import FileSyncEntry
+from banger.host.runner import Runner
 from banger.workspace import GuestShell
 from banger.workspace.filesync import (
     SyncArchive,

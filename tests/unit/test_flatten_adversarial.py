@@ -24,9 +24,9 @@ from pathlib import Path
 import pytest
 
 from banger.errors import BangerError, InvalidArgument, PayloadTooLarge
+from banger.host.publish import remove_tree
 from banger.oci.ext4build import tree_usage
 from banger.oci.flatten import FlattenStats, Layer, Limits, OwnerMode, flatten_layers
-from banger.publish import remove_tree
 from tests.layers import (
     Entry,
     base256,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from banger.errors import InvalidArgument, PermissionDenied
-from banger.runner import Runner
+from banger.host.runner import Runner
 from banger.workspace.gitrepo import (
     MODE_SUBMODULE,
     MODE_SYMLINK,

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from banger.errors import InvalidArgument
-from banger.kernels import validate_name
 from banger.kernels.discover import discover
+from banger.model.artifact_names import validate_name
 from tests.unit.test_vmlinux import compress, fake_elf, make_bzimage
 
 V = "6.1.0-56-cloud-amd64"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from banger.errors import AlreadyExists, InvalidArgument, PermissionDenied, StateError
-from banger.publish import (
+from banger.host.publish import (
     STAGING_DIR,
     Step,
     cleanup_leftovers,
@@ -89,7 +89,7 @@ _CRASHER = textwrap.dedent(
     """
     import os, signal, sys
     from pathlib import Path
-    from banger.publish import staging
+    from banger.host.publish import staging
 
     root, kill_at = Path(sys.argv[1]), sys.argv[2]
 

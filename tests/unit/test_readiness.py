@@ -17,7 +17,7 @@ import pytest
 
 from banger.errors import CommandFailed, Timeout
 from banger.guest.agent_client import AgentClient
-from banger.procinfo import ProcessIdentity
+from banger.host.procinfo import ProcessIdentity
 from banger.services import readiness
 from banger.services.readiness import Guest, Via, first_ready
 

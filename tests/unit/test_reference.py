@@ -7,9 +7,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from banger.errors import InvalidArgument
-from banger.kernels import is_valid_name
+from banger.model.artifact_names import is_valid_name
+from banger.model.hosts import is_loopback_host
 from banger.oci.digest import Digest, Hasher, digest_of, parse_digest
-from banger.oci.reference import Reference, default_name, is_loopback_host, parse_reference
+from banger.oci.reference import Reference, default_name, parse_reference
 
 HEX = "a" * 64
 DIGEST = f"sha256:{HEX}"

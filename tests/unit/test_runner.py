@@ -3,7 +3,7 @@
 Each child leads its own session; a timeout, a cancellation or an exception in the caller
 stops the whole session (SIGTERM, a short grace, SIGKILL), so a command that forks (``sh
 -c`` with background jobs, mmdebstrap, fakeroot) leaves nothing behind. Survivors are
-checked by process identity (pid + start time, ``banger.procinfo``): a pid alone may have
+checked by process identity (pid + start time, ``banger.host.procinfo``): a pid alone may have
 been reused, and a zombie waiting for init to reap it is not a survivor.
 """
 
@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from banger import procinfo
 from banger.errors import CommandFailed, Timeout
-from banger.procinfo import ProcessIdentity
-from banger.runner import TERM_GRACE_S, Runner
+from banger.host import procinfo
+from banger.host.procinfo import ProcessIdentity
+from banger.host.runner import TERM_GRACE_S, Runner
 
 #: A shell with two background children; it writes its own pid and theirs to "$1".
 FORKING = 'echo $$ >> "$1"; sleep 300 & echo $! >> "$1"; sleep 300 & echo $! >> "$1"; wait'

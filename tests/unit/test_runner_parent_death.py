@@ -25,9 +25,9 @@ from pathlib import Path
 
 import pytest
 
-from banger import procinfo
-from banger.procinfo import ProcessIdentity
-from banger.runner import Runner, die_with_parent
+from banger.host import procinfo
+from banger.host.procinfo import ProcessIdentity
+from banger.host.runner import Runner, die_with_parent
 from banger.vmm import spawn
 
 GONE_WITHIN_S = 2.0
@@ -36,7 +36,7 @@ CHILD = 'echo $$ > "$1"; exec sleep 300'
 
 PARENT = f"""
 import asyncio, sys
-from banger.runner import Runner
+from banger.host.runner import Runner
 
 how, pid_file = sys.argv[1], sys.argv[2]
 argv = ["sh", "-c", {CHILD!r}, "sh", pid_file]
@@ -52,7 +52,7 @@ elif how == "event-loop":
 #: A child that is slow to ask for PDEATHSIG: the parent dies before it does.
 SLOW_CHILD = """
 import sys, time
-from banger.runner import die_with_parent
+from banger.host.runner import die_with_parent
 
 parent = int(sys.argv[1])
 open(sys.argv[2], "w").write("ready")

@@ -20,10 +20,10 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from banger import sshconfig
 from banger.cli import main as cli_main
+from banger.cli import sshconfig
+from banger.cli.sshconfig import BEGIN_MARKER, END_MARKER
 from banger.errors import InvalidArgument, InvalidState, PermissionDenied
-from banger.sshconfig import BEGIN_MARKER, END_MARKER
 
 INCLUDE = "~/.config/banger/ssh_config"
 NAMES = [INCLUDE, "/home/u/.config/banger/ssh_config"]
@@ -310,7 +310,7 @@ def test_known_hosts_for_anything_else_is_empty(vms_dir: Path, host: str) -> Non
 
 def test_known_hosts_helper_as_ssh_runs_it(vms_dir: Path) -> None:
     def helper(*args: str) -> subprocess.CompletedProcess[str]:
-        argv = [sys.executable, "-I", "-m", "banger.sshconfig", *args]
+        argv = [sys.executable, "-I", "-m", "banger.cli.sshconfig", *args]
         return subprocess.run(argv, capture_output=True, text=True, check=False, timeout=30)
 
     ok = helper("known-hosts", str(vms_dir), "brisk-badger.vm")

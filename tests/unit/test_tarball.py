@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from banger.errors import InvalidArgument
+from banger.host.runner import Runner
 from banger.kernels.tarball import Limits, extract_tar, member_parts, unpack
-from banger.runner import Runner
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from banger import units
 from banger.errors import InvalidArgument
-from banger.units import (
+from banger.model import units
+from banger.model.units import (
     GIB,
     KIB,
     MAX_DURATION_S,

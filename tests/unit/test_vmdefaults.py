@@ -7,8 +7,8 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from banger.config import Config, VmDefaultsConfig
-from banger.vmdefaults import (
+from banger.config.settings import Config, VmDefaultsConfig
+from banger.config.vm_defaults import (
     HostFacts,
     Provenance,
     Resolved,

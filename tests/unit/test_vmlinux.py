@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 
 from banger.errors import CommandFailed, InvalidArgument
+from banger.host.runner import Runner
 from banger.kernels import vmlinux as vm
 from banger.kernels.vmlinux import KernelFormat, extract_vmlinux, is_elf_vmlinux, kernel_format
-from banger.runner import Runner
 
 
 def fake_elf(size: int = 300_000) -> bytes:

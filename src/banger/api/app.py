@@ -18,8 +18,8 @@ from banger.api import (
 from banger.api.errors import install_error_handlers
 from banger.api.middleware import AccessLogMiddleware, BodyLimitMiddleware
 from banger.api.models import ErrorReply
-from banger.daemon.context import DaemonContext
-from banger.wire import API_PREFIX
+from banger.model.wire import API_PREFIX
+from banger.services.context import DaemonContext
 
 ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
     status: {"model": ErrorReply, "description": "banger error"}

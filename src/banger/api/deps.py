@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from banger.daemon.context import DaemonContext
+from banger.services.context import DaemonContext
 
 
 def _context(request: Request) -> DaemonContext:

@@ -25,7 +25,7 @@ from banger.errors import (
     NotFound,
     internal_error,
 )
-from banger.wire import JSON, error_body
+from banger.model.wire import JSON, error_body
 
 log = logging.getLogger("banger.api")
 

@@ -14,7 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from banger.api.errors import error_response
 from banger.errors import PayloadTooLarge
-from banger.wire import MAX_REQUEST_BYTES
+from banger.model.wire import MAX_REQUEST_BYTES
 
 log = logging.getLogger("banger.api.access")
 

@@ -82,7 +82,7 @@ class ConfigReply(Strict):
 
 
 class StageEvent(Strict):
-    """One line of an NDJSON progress stream (see banger.wire)."""
+    """One line of an NDJSON progress stream (see banger.model.wire)."""
 
     type: Literal["stage", "result", "error", "heartbeat"]
     stage: str | None = None

@@ -1,4 +1,4 @@
-"""Streams a long operation's progress as NDJSON (see ``banger.wire``).
+"""Streams a long operation's progress as NDJSON (see ``banger.model.wire``).
 
 Owns: turning an async iterator of events into a streaming response whose last line
 is a result or an error event. Must not: know what the operation does.
@@ -13,7 +13,7 @@ from typing import Any
 from starlette.responses import StreamingResponse
 
 from banger.errors import BangerError, internal_error
-from banger.wire import NDJSON, encode_event, error_event
+from banger.model.wire import NDJSON, encode_event, error_event
 
 log = logging.getLogger("banger.api")
 

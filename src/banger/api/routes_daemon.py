@@ -10,8 +10,8 @@ from starlette.responses import StreamingResponse
 from banger.api.deps import Ctx
 from banger.api.models import ConfigReply, DaemonStatus, Ping, ShutdownReply, StageEvent
 from banger.api.progress import ndjson_response
+from banger.model.wire import NDJSON
 from banger.services import daemon_info
-from banger.wire import NDJSON
 
 router = APIRouter()
 

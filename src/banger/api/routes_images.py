@@ -12,10 +12,10 @@ from banger.api.deps import Ctx
 from banger.api.models import ImageInfo, StageEvent, Strict
 from banger.api.progress import ndjson_response
 from banger.images.register import Registration
-from banger.kernels import NAME_PATTERN
+from banger.model.artifact_names import NAME_PATTERN
+from banger.model.wire import NDJSON
 from banger.services import catalog, images
 from banger.services import pull as image_pull
-from banger.wire import NDJSON
 
 router = APIRouter(tags=["images"])
 #: A name as it may appear in a URL; the strict rules are checked by the service.

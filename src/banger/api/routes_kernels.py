@@ -12,9 +12,9 @@ from starlette.responses import StreamingResponse
 from banger.api.deps import Ctx
 from banger.api.models import KernelInfo, StageEvent, Strict
 from banger.api.progress import ndjson_response
-from banger.kernels import NAME_PATTERN
+from banger.model.artifact_names import NAME_PATTERN
+from banger.model.wire import NDJSON
 from banger.services import kernel_pull, kernels
-from banger.wire import NDJSON
 
 router = APIRouter(tags=["kernels"])
 #: A name as it may appear in a URL; the strict rules are checked by the service.

@@ -14,11 +14,11 @@ from banger.api.deps import Ctx
 from banger.api.models import StageEvent, Strict, VmDefaultsReply, VmInfo
 from banger.api.progress import ndjson_response
 from banger.errors import InvalidArgument
+from banger.model.wire import NDJSON
 from banger.services import daemon_info, vm_info
 from banger.services.inventory import record_dict
 from banger.services.vms import CreateRequest, VmService
 from banger.vmm.base import Backend
-from banger.wire import NDJSON
 
 router = APIRouter(tags=["vms"])
 Name = Annotated[str, Path(min_length=1, max_length=128)]

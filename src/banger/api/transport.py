@@ -20,7 +20,7 @@ from typing import Any
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from banger.errors import PermissionDenied
-from banger.wire import error_body
+from banger.model.wire import error_body
 
 log = logging.getLogger("banger.api")
 

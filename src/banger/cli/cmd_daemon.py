@@ -11,10 +11,10 @@ from typing import Any
 
 import click
 
+from banger.cli.client import Client
+from banger.cli.launcher import daemon_ping, stop_daemon
 from banger.cli.output import emit_json, emit_kv
 from banger.cli.session import Session
-from banger.client import Client
-from banger.launcher import daemon_ping, stop_daemon
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 

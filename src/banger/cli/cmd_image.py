@@ -11,8 +11,8 @@ from banger.cli.cmd_kernel import absolute, json_option, show_record
 from banger.cli.completion import complete_image_names
 from banger.cli.output import emit_json, emit_table, follow_stream
 from banger.cli.session import Session
-from banger.kernels import validate_name
-from banger.units import format_size
+from banger.model.artifact_names import validate_name
+from banger.model.units import format_size
 
 _PATH_OPTIONS = ("rootfs", "kernel", "initrd", "modules", "work_seed")
 
@@ -79,8 +79,8 @@ def image_pull(
     registry. Blobs are cached by digest, so pulling again is quick. `--json` prints
     the progress as NDJSON events.
     """
+    from banger.model.units import parse_size
     from banger.oci.reference import default_name, parse_reference
-    from banger.units import parse_size
 
     reference = parse_reference(ref)  # here too, so a typo fails before the daemon starts
     # Without --name the daemon picks it: a bare catalog name (`debian-bookworm`) obtains

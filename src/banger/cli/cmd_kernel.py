@@ -12,7 +12,7 @@ import click
 from banger.cli.completion import complete_kernel_names
 from banger.cli.output import emit_json, emit_kv, emit_table, follow_stream
 from banger.cli.session import Session
-from banger.kernels import validate_name
+from banger.model.artifact_names import validate_name
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 

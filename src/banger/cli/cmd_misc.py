@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import click
 
-from banger import buildinfo
+from banger.cli.launcher import daemon_ping
 from banger.cli.output import emit_json, emit_kv, follow_stream
 from banger.cli.session import Session
 from banger.errors import BangerError
-from banger.launcher import daemon_ping
+from banger.host import buildinfo
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 

@@ -2,7 +2,7 @@
 
 Owns: writing ``~/.config/banger/ssh_config`` and, only when asked, the Include block
 in ``~/.ssh/config``. Needs no daemon. Must not: edit files itself
-(``banger.sshconfig`` does) or touch ``~/.ssh/config`` without a flag.
+(``banger.cli.sshconfig`` does) or touch ``~/.ssh/config`` without a flag.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from pathlib import Path
 
 import click
 
-from banger import sshconfig
+from banger.cli import sshconfig
 from banger.cli.output import emit_json
 from banger.cli.session import Session
-from banger.paths import Layout, ensure_private_dir
+from banger.host.paths import Layout, ensure_private_dir
 
 
 @click.command("ssh-config")
@@ -78,7 +78,7 @@ def _include_names(snippet_path: Path, home: Path) -> list[str]:
 
 
 def _write_snippet(layout: Layout, path: Path) -> str:
-    from banger.config import load_config  # pydantic: only when needed
+    from banger.config.settings import load_config  # pydantic: only when needed
 
     config = load_config(layout=layout)
     text = sshconfig.render_snippet(

@@ -19,7 +19,7 @@ from banger.cli.session import Session
 from banger.cli.vm_common import create_body, create_options, create_vm, run_ssh, ssh_command
 from banger.cli.vm_options import memory_mib, size_bytes, vcpu_count
 from banger.errors import BangerError
-from banger.units import format_size
+from banger.model.units import format_size
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
@@ -50,7 +50,7 @@ def _each(names: tuple[str, ...], action: Callable[[str], str]) -> int:
     """Run ``action`` for every name concurrently; print one line per name."""
     from concurrent.futures import ThreadPoolExecutor  # with logging: ~3 ms
 
-    from banger.render import format_error
+    from banger.cli.render import format_error
 
     failed = 0
     with ThreadPoolExecutor(max_workers=min(8, len(names))) as pool:

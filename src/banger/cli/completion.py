@@ -14,8 +14,8 @@ from typing import Any
 import click
 from click.shell_completion import CompletionItem
 
-from banger.client import Client
-from banger.paths import Layout
+from banger.cli.client import Client
+from banger.host.paths import Layout
 
 #: A completion that takes longer than this is worse than none.
 TIMEOUT_S = 1.0

@@ -80,7 +80,7 @@ def _run(args: list[str], *, debug: bool) -> int:
         _silence_stdout()
         return 0
     except Exception as err:  # noqa: BLE001 - every error ends as `error:` + `hint:` here
-        from banger.render import format_error  # traceback and textwrap: errors only
+        from banger.cli.render import format_error  # traceback and textwrap: errors only
 
         sys.stderr.write(format_error(err, debug=debug))
         return 1

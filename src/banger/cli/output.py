@@ -11,7 +11,7 @@ import sys
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from banger.wire import StageState
+from banger.model.wire import StageState
 
 MARKS = {
     StageState.OK: ("✓", "green"),

@@ -25,7 +25,7 @@ from typing import IO
 from banger.cli.session import Session
 from banger.cli.workspace_options import DEFAULT_GUEST_PATH, Mode
 from banger.errors import AlreadyExists, InvalidArgument
-from banger.runner import Runner
+from banger.host.runner import Runner
 from banger.workspace import EXIT_EXISTS, GuestShell, check_guest_path, guest_failure
 from banger.workspace.archive import (
     Item,

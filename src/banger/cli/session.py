@@ -10,10 +10,10 @@ import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from banger.paths import Layout
+from banger.host.paths import Layout
 
 if TYPE_CHECKING:
-    from banger.client import Client
+    from banger.cli.client import Client
 
 
 @dataclass
@@ -29,7 +29,7 @@ class Session:
     def client(self) -> Client:
         """A client of a running daemon of this build, started if need be."""
         if self._client is None:
-            from banger.launcher import ensure_daemon  # not needed for --help or usage errors
+            from banger.cli.launcher import ensure_daemon  # not needed for --help or usage errors
 
             self._client = ensure_daemon(self.layout, announce=_announce)
         return self._client

@@ -20,7 +20,7 @@ from banger.cli.output import follow_stream
 from banger.cli.session import Session
 from banger.cli.vm_options import ResolvedDefault, memory_mib, size_bytes, vcpu_count
 from banger.errors import BadResponse, BangerError, InvalidState, NotFound
-from banger.units import format_size
+from banger.model.units import format_size
 
 F = TypeVar("F", bound=Callable[..., Any])
 

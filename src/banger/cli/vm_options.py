@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from banger import units
+from banger.model import units
 
 
 def vcpu_count(text: str) -> int:
@@ -42,9 +42,9 @@ class ResolvedDefault(click.Option):
         return record[0], f"{record[1]}  [default: {self._resolved()}]"
 
     def _resolved(self) -> str:
-        from banger.config import load_config
+        from banger.config.settings import load_config
+        from banger.config.vm_defaults import HostFacts, resolve_vm_defaults
         from banger.errors import BangerError
-        from banger.vmdefaults import HostFacts, resolve_vm_defaults
 
         try:
             defaults = resolve_vm_defaults(load_config(), HostFacts.probe())

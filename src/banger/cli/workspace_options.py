@@ -2,7 +2,7 @@
 the copy modes, the default guest path, ``vm run``'s workspace flags and its ``--`` split.
 
 Owns: only what click needs to build those commands. Must not: import the workspace
-machinery (``run_workspace``, ``banger.workspace``, ``banger.runner`` and asyncio), so
+machinery (``run_workspace``, ``banger.workspace``, ``banger.host.runner`` and asyncio), so
 that ``banger vm list`` and its siblings do not pay for it (docs/explanation/cli-startup.md).
 """
 

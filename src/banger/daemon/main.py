@@ -17,26 +17,26 @@ import sys
 
 import uvicorn
 
-from banger import buildinfo
 from banger.api.app import create_app
 from banger.api.transport import PeerCheckedH11Protocol, bind_unix_socket
-from banger.config import load_config
-from banger.daemon.context import DaemonContext
+from banger.cli.render import format_error
+from banger.config.settings import load_config
+from banger.config.vm_defaults import HostFacts
 from banger.daemon.lock import DaemonLock
 from banger.daemon.logs import setup_logging
 from banger.dns.server import DnsServer, dns_port_from_env, records_from_vms
 from banger.errors import BangerError, DaemonAlreadyRunning, UnsupportedHost
+from banger.host import buildinfo
+from banger.host.paths import Layout, ensure_private_dir
+from banger.host.publish import cleanup_leftovers
+from banger.model.wire import EXIT_ALREADY_RUNNING
 from banger.net.privileged import InProcessPrivilegedOps
-from banger.paths import Layout, ensure_private_dir
-from banger.publish import cleanup_leftovers
-from banger.render import format_error
+from banger.services.context import DaemonContext
 from banger.services.reconcile import reconcile
 from banger.services.vm_monitor import VmMonitor
 from banger.services.vms import VmService
 from banger.state import repo
 from banger.state.db import AsyncDatabase, Database
-from banger.vmdefaults import HostFacts
-from banger.wire import EXIT_ALREADY_RUNNING
 
 log = logging.getLogger("banger.daemon")
 

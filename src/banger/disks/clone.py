@@ -8,7 +8,7 @@ and of disk space. The destination is created exclusively (0600), fsynced, and r
 again on any failure.
 Must not: copy a hole byte by byte, replace an existing file, follow a symlink at the
 destination, or publish anything (callers clone into a staging directory; see
-``banger.publish``).
+``banger.host.publish``).
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from banger.errors import CommandFailed, InvalidArgument
-from banger.runner import Runner
+from banger.host.runner import Runner
 
 #: debugfs reads its script with fgets() into a BUFSIZ (8 KiB) buffer: a longer line
 #: would be cut and its tail run as a second command. Doubled quotes can double a path's

@@ -20,9 +20,9 @@ from pathlib import Path
 
 from banger.disks.ext4edit import Ext4Editor
 from banger.errors import AlreadyExists, CommandFailed, InvalidArgument, PermissionDenied
-from banger.paths import ensure_private_dir
-from banger.publish import rename_noreplace, write_file_atomic
-from banger.runner import Runner
+from banger.host.paths import ensure_private_dir
+from banger.host.publish import rename_noreplace, write_file_atomic
+from banger.host.runner import Runner
 
 HOST_KEY_PATH = "/etc/ssh/ssh_host_ed25519_key"
 DROP_IN_PATH = "/etc/ssh/sshd_config.d/50-banger.conf"
@@ -44,7 +44,7 @@ BAKED_HOST_KEYS = tuple(
     for suffix in ("", ".pub")
 )
 MANAGED_KEY_COMMENT = "banger"
-# An RFC 1123 label, the same rule as VM names (banger.vm.naming).
+# An RFC 1123 label, the same rule as VM names (banger.model.naming).
 _HOSTNAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?", re.ASCII)
 _PUBLIC_KEY = re.compile(
     rb"(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(?:256|384|521)|sk-ssh-ed25519@openssh\.com"

@@ -21,8 +21,8 @@ from pathlib import Path
 from banger.disks.clone import clone_file
 from banger.disks.ext4edit import run_debugfs
 from banger.errors import AlreadyExists, CommandFailed, InvalidArgument, StateError
-from banger.runner import Runner
-from banger.units import MIB, format_size
+from banger.host.runner import Runner
+from banger.model.units import MIB, format_size
 
 WORK_LABEL = "banger-work"
 #: Smallest work disk: below this mke2fs's own choices (journal, inode count) degenerate.

@@ -25,7 +25,7 @@ from types import MappingProxyType
 
 from banger.dns.answers import answer
 from banger.errors import BangerError, ConfigError, InvalidArgument
-from banger.state.records import VmRecord, VmState
+from banger.model.records import VmRecord, VmState
 
 log = logging.getLogger("banger.dns")
 

@@ -32,9 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from banger.errors import InvalidArgument
-from banger.kernels import is_valid_name
 from banger.kernels.catalog import ARCHES, download_problems, read_override
 from banger.kernels.discover import ARCH
+from banger.model.artifact_names import is_valid_name
 
 CATALOG_ENV = "BANGER_IMAGE_CATALOG"
 SCHEMA = 1

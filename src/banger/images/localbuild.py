@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from banger.errors import CommandFailed, InvalidArgument, UnsupportedHost
-from banger.publish import remove_tree
-from banger.runner import Runner
+from banger.host.publish import remove_tree
+from banger.host.runner import Runner
 
 APT_ETC = Path("/etc/apt")
 OS_RELEASE = Path("/etc/os-release")

@@ -19,6 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from banger.errors import BadResponse, StateError
+from banger.host.publish import remove_tree
+from banger.host.runner import Runner
+from banger.model.records import ImageRecord, utc_now
+from banger.model.units import format_size
 from banger.oci.blobcache import BlobCache, Fetched, OnBytes
 from banger.oci.digest import Digest
 from banger.oci.ext4build import BuildResult, build_rootfs_image
@@ -35,10 +39,6 @@ from banger.oci.manifest import (
 )
 from banger.oci.reference import Reference
 from banger.oci.registry import RegistryClient
-from banger.publish import remove_tree
-from banger.runner import Runner
-from banger.state.records import ImageRecord, utc_now
-from banger.units import format_size
 
 log = logging.getLogger("banger.images.pull")
 

@@ -25,10 +25,10 @@ from pathlib import Path
 
 from banger.disks.clone import clone_file
 from banger.errors import InvalidArgument
-from banger.kernels import validate_name
 from banger.kernels.store import copy_file, copy_tree
 from banger.kernels.vmlinux import KernelFormat, kernel_format
-from banger.state.records import ImageRecord, utc_now
+from banger.model.artifact_names import validate_name
+from banger.model.records import ImageRecord, utc_now
 
 PATH_MAX = 4096
 NAME_MAX = 255

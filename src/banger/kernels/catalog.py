@@ -31,9 +31,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from banger.errors import InvalidArgument, KernelNotFound
-from banger.kernels import is_valid_name
 from banger.kernels.discover import ARCH
-from banger.oci.reference import is_loopback_host
+from banger.model.artifact_names import is_valid_name
+from banger.model.hosts import is_loopback_host
 
 CATALOG_ENV = "BANGER_KERNEL_CATALOG"
 SCHEMA = 1

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from banger.errors import CommandFailed, InvalidArgument
+from banger.host.runner import Runner
 from banger.kernels.vmlinux import is_x86_64_elf
-from banger.runner import Runner
 
 BUSYBOX = Path("/bin/busybox")
 BUSYBOX_HINT = "install the static busybox: apt-get install busybox-static"

@@ -4,7 +4,7 @@ Owns: a streaming GET whose sha256 is computed over exactly the bytes received, 
 anything decompresses them (38); the size checks: ``Content-Length`` against the bytes
 received, the catalog's ``size_bytes``, and a hard cap (39); an overall deadline; and
 deleting the file on any failure, so an error never leaves a partial download behind.
-A ``kill -9`` cannot run that clean-up: callers download inside a ``banger.publish``
+A ``kill -9`` cannot run that clean-up: callers download inside a ``banger.host.publish``
 staging directory, which the daemon empties at its next start (42).
 HTTP itself (timeouts, retries on 429/5xx and dropped connections, redirects, slow-drip
 bodies, "plain http only to loopback") is the registry client's transport, the one HTTP
@@ -28,13 +28,13 @@ from pathlib import Path
 from typing import IO, Any
 
 from banger.errors import BadResponse, InvalidArgument, Timeout
+from banger.host.publish import write_file_atomic
 from banger.kernels.catalog import SHA256_HEX, CatalogKernel
 from banger.kernels.store import MANIFEST
 from banger.kernels.vmlinux import is_x86_64_elf, read_head
+from banger.model.units import format_size
 from banger.oci.transport import HttpTransport, Response, Transport, stream_error
 from banger.oci.transport import redact as redact_url
-from banger.publish import write_file_atomic
-from banger.units import format_size
 
 CHUNK_BYTES = 1 << 20
 TRANSFER_TIMEOUT_S = 3600.0

@@ -35,11 +35,11 @@ from pathlib import Path
 from typing import Any
 
 from banger.errors import CommandFailed, InvalidArgument, StateError
+from banger.host.publish import Staging, fsync_dir, fsync_tree, remove_published, write_file_atomic
+from banger.host.runner import Runner
 from banger.kernels.discover import Discovered
 from banger.kernels.initrd import build_initrd, has_virtio_modules
 from banger.kernels.vmlinux import extract_vmlinux, is_x86_64_elf, read_head
-from banger.publish import Staging, fsync_dir, fsync_tree, remove_published, write_file_atomic
-from banger.runner import Runner
 
 MANIFEST = "manifest.json"
 VMLINUX = "vmlinux"

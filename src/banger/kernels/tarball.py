@@ -26,7 +26,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO
 
 from banger.errors import CommandFailed, InvalidArgument
-from banger.runner import Runner
+from banger.host.runner import Runner
 
 MIB = 1 << 20
 #: zstd's own default decoder limit; frames needing more are refused (ADVERSARIAL 40).

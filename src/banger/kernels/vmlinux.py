@@ -29,7 +29,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from banger.errors import CommandFailed, InvalidArgument
-from banger.runner import Runner
+from banger.host.runner import Runner
 
 #: Largest vmlinux we accept; a real one is 30-80 MiB. Guards against decompression bombs.
 MAX_VMLINUX_BYTES = 512 << 20

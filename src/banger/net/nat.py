@@ -9,7 +9,7 @@ callers pass it through ``addressing.validate_bridge_name`` and the CIDR through
 
 from __future__ import annotations
 
-from banger.net.addressing import validate_bridge_name, validate_private_cidr
+from banger.model.addressing import validate_bridge_name, validate_private_cidr
 
 TABLE_FAMILY = "inet"
 TABLE_NAME = "banger"

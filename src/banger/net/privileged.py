@@ -3,7 +3,7 @@
 Owns: ``PrivilegedOps``, the complete list of root-only network steps banger takes, and
 ``InProcessPrivilegedOps``, which performs them in the calling process when the daemon
 itself runs as root. Every method re-validates every argument with the validators in
-``banger.net.addressing`` (ADVERSARIAL 127): the root helper of a later issue will sit
+``banger.model.addressing`` (ADVERSARIAL 127): the root helper of a later issue will sit
 behind this same protocol, take its arguments from an unprivileged caller and run exactly
 these checks before calling the same code.
 
@@ -30,9 +30,8 @@ from banger.errors import (
     NotFound,
     PermissionDenied,
 )
-from banger.net import bridge as nl
-from banger.net import nat
-from banger.net.addressing import (
+from banger.host.runner import Runner
+from banger.model.addressing import (
     BRIDGE_PREFIX,
     is_our_bridge_name,
     is_our_tap,
@@ -43,7 +42,8 @@ from banger.net.addressing import (
     validate_tap_name,
     validate_uid,
 )
-from banger.runner import Runner
+from banger.net import bridge as nl
+from banger.net import nat
 
 log = logging.getLogger("banger.net")
 

@@ -21,7 +21,7 @@ import threading
 from collections.abc import Iterable
 
 from banger.errors import AlreadyExists, BangerError, Conflict
-from banger.net.addressing import MAX_TAP_INDEX, tap_name, validate_tap_name
+from banger.model.addressing import MAX_TAP_INDEX, tap_name, validate_tap_name
 from banger.net.privileged import PrivilegedOps
 
 log = logging.getLogger("banger.net.taps")

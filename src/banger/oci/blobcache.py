@@ -28,11 +28,11 @@ from pathlib import Path
 from typing import Protocol
 
 from banger.errors import BadResponse, BangerError, StateError, Timeout
+from banger.host.paths import ensure_private_dir
+from banger.host.publish import fsync_dir, write_file_atomic
+from banger.model.units import format_size
 from banger.oci.digest import Digest, Hasher
 from banger.oci.transport import RetryPolicy
-from banger.paths import ensure_private_dir
-from banger.publish import fsync_dir, write_file_atomic
-from banger.units import format_size
 
 log = logging.getLogger("banger.oci.blobcache")
 

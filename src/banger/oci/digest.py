@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 
 from banger.errors import InvalidArgument
-from banger.units import describe_input
+from banger.model.units import describe_input
 
 ALGORITHM = "sha256"
 DIGEST_RULE = "sha256: followed by exactly 64 lowercase hex digits"

@@ -38,10 +38,10 @@ from banger.errors import (
     InvalidArgument,
     error_from_payload,
 )
+from banger.host.publish import remove_tree
+from banger.host.runner import Runner
 from banger.oci.flatten import DEFAULT_LIMITS, Layer, Limits, OwnerMode, flatten_layers, no_space
 from banger.oci.pathres import DIR_FLAGS
-from banger.publish import remove_tree
-from banger.runner import Runner
 
 log = logging.getLogger(__name__)
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from banger.errors import BangerError, CommandFailed, InvalidArgument, NoSpace
+from banger.host.publish import remove_tree
 from banger.oci.entries import (
     IMPLIED_DIR,
     Counts,
@@ -45,7 +46,6 @@ from banger.oci.limits import (
 )
 from banger.oci.pathres import DIR_FLAGS, Dir, Parts, Refused, Tree, split_name
 from banger.oci.tarwalk import STREAM_ERRORS, Layer, LayerStream, describe
-from banger.publish import remove_tree
 
 __all__ = [
     "DEFAULT_LIMITS",

@@ -25,7 +25,7 @@ from types import FrameType
 from typing import Any
 
 from banger.errors import BangerError, CommandFailed
-from banger.runner import die_with_parent
+from banger.host.runner import die_with_parent
 
 #: What ``banger.oci.ext4build`` passes: the parent is the ``fakeroot`` script, which
 #: Runner started as the leader of a new session.

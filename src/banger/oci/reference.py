@@ -14,9 +14,10 @@ import re
 from dataclasses import dataclass, replace
 
 from banger.errors import InvalidArgument
-from banger.kernels import is_valid_name
+from banger.model.artifact_names import is_valid_name
+from banger.model.hosts import is_loopback_host, split_port
+from banger.model.units import describe_input
 from banger.oci.digest import Digest, parse_digest
-from banger.units import describe_input
 
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_API_HOST = "registry-1.docker.io"
@@ -130,7 +131,7 @@ def _split_domain(rest: str) -> tuple[str, str]:
 
 
 def _check_domain(domain: str, text: str) -> None:
-    host, port = _split_port(domain)
+    host, port = split_port(domain)
     if port is not None and (_PORT.fullmatch(port) is None or not 0 < int(port) < 65536):
         raise _invalid(text, f"registry port {describe_input(port)} is not a number 1-65535")
     if host.startswith("[") and host.endswith("]"):
@@ -147,16 +148,6 @@ def _check_domain(domain: str, text: str) -> None:
         )
 
 
-def _split_port(domain: str) -> tuple[str, str | None]:
-    if domain.startswith("["):
-        end = domain.find("]")
-        if end != -1 and domain[end + 1 : end + 2] == ":":
-            return domain[: end + 1], domain[end + 2 :]
-        return domain, None
-    host, colon, port = domain.partition(":")
-    return host, port if colon else None
-
-
 def _check_path(path: str, text: str) -> None:
     for component in path.split("/"):
         if _PATH_COMPONENT.fullmatch(component) is not None:
@@ -164,18 +155,6 @@ def _check_path(path: str, text: str) -> None:
         if component and _PATH_COMPONENT.fullmatch(component.lower()) is not None:
             raise _invalid(text, f"repository {describe_input(path)} must be lowercase")
         raise _invalid(text, f"repository {describe_input(path)} breaks the rule: {PATH_RULE}")
-
-
-def is_loopback_host(domain: str) -> bool:
-    """True for ``localhost``, ``127.0.0.0/8`` and ``[::1]``, with or without a port."""
-    host, _ = _split_port(domain)
-    if host.lower() == "localhost":
-        return True
-    candidate = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    try:
-        return ipaddress.ip_address(candidate).is_loopback
-    except ValueError:
-        return False
 
 
 def default_name(ref: Reference) -> str:

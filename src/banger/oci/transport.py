@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import SplitResult, parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 
-from banger import buildinfo
 from banger.errors import BadResponse, BangerError, InvalidArgument, Timeout
-from banger.oci.reference import is_loopback_host
+from banger.host import buildinfo
+from banger.model.hosts import is_loopback_host
 
 log = logging.getLogger("banger.oci.transport")
 

@@ -21,29 +21,30 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from banger.daemon.context import DaemonContext
 from banger.errors import (
     AlreadyExists,
     BadResponse,
     BangerError,
     ImageNotFound,
 )
+from banger.host.publish import Staging, remove_published, remove_tree, staging
 from banger.images import catalog as image_catalog
 from banger.images import localbuild
 from banger.images.catalog import CatalogImage, ImageSource, SourceType
 from banger.images.register import check_ext4
 from banger.kernels import pull, tarball
 from banger.kernels.catalog import MAX_ARTIFACT_BYTES
-from banger.oci.reference import is_loopback_host, parse_reference
-from banger.publish import Staging, remove_published, remove_tree, staging
+from banger.model.hosts import is_loopback_host
+from banger.model.records import ImageRecord, utc_now
+from banger.model.wire import StageState
+from banger.oci.reference import parse_reference
 from banger.services import kernel_pull
+from banger.services.context import DaemonContext
 from banger.services.images import publication_lock as image_publication
 from banger.services.inventory import record_dict
 from banger.services.operations import Progress, run_streamed
 from banger.services.steps import in_thread, named_lock, say_unverified
 from banger.state import repo
-from banger.state.records import ImageRecord, utc_now
-from banger.wire import StageState
 
 #: A registry that does not accept a TCP connection in this time is treated as
 #: unreachable, and the next source is tried (Docker Hub behind a firewall, offline).

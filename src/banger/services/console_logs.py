@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from banger.errors import StateError
-from banger.publish import fsync_dir
+from banger.host.publish import fsync_dir
 
 log = logging.getLogger("banger.console_logs")
 

@@ -11,13 +11,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from banger.daemon.context import DaemonContext
-from banger.doctor import CHECKS, DoctorInputs
+from banger.config.vm_defaults import spec_line
+from banger.model.wire import StageState, result_event, stage_event
+from banger.services.context import DaemonContext
+from banger.services.doctor import CHECKS, DoctorInputs
 from banger.state import repo
 from banger.state.db import Database
-from banger.vmdefaults import spec_line
 from banger.vmm import select
-from banger.wire import StageState, result_event, stage_event
 
 
 def ping(ctx: DaemonContext) -> dict[str, Any]:

@@ -16,14 +16,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from banger.daemon.context import DaemonContext
 from banger.errors import BangerError, InvalidState
+from banger.host.publish import remove_published, staging
 from banger.images import register as reg
-from banger.publish import remove_published, staging
+from banger.model.records import ImageRecord
+from banger.services.context import DaemonContext
 from banger.services.inventory import record_dict
 from banger.services.operations import Progress, run_streamed
 from banger.state import repo
-from banger.state.records import ImageRecord
 
 #: Held only around the rename into place and the row update, never around copying.
 publication_lock = asyncio.Lock()

@@ -11,7 +11,7 @@ from datetime import datetime
 from enum import Enum
 from typing import Any
 
-from banger.daemon.context import DaemonContext
+from banger.services.context import DaemonContext
 from banger.state import repo
 
 

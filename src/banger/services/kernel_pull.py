@@ -16,27 +16,28 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from banger.daemon.context import DaemonContext
 from banger.errors import (
     AlreadyExists,
     BangerError,
     KernelNotFound,
 )
+from banger.host.publish import Staging, staging
 from banger.images import localbuild
 from banger.kernels import catalog as kernel_catalog
-from banger.kernels import pull, tarball, validate_name
+from banger.kernels import pull, tarball
 from banger.kernels.catalog import MAX_ARTIFACT_BYTES, ArtifactFormat, CatalogKernel
 from banger.kernels.discover import discover
 from banger.kernels.store import KernelBuild, read_manifest
-from banger.publish import Staging, staging
+from banger.model.artifact_names import validate_name
+from banger.model.records import KernelRecord, utc_now
+from banger.model.wire import StageState
 from banger.services import kernels
+from banger.services.context import DaemonContext
 from banger.services.inventory import record_dict
 from banger.services.kernels import publication_lock as kernel_publication
 from banger.services.operations import Progress, run_streamed
 from banger.services.steps import in_thread, named_lock, say_unverified
 from banger.state import repo
-from banger.state.records import KernelRecord, utc_now
-from banger.wire import StageState
 
 _kernel_locks: dict[str, asyncio.Lock] = {}
 

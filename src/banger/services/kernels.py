@@ -19,17 +19,17 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from banger.daemon.context import DaemonContext
 from banger.errors import AlreadyExists, BangerError, KernelNotFound, StateError
+from banger.host.publish import Staging, remove_published, staging
 from banger.images.register import check_path
-from banger.kernels import is_valid_name, validate_name
 from banger.kernels.discover import Discovered, discover
 from banger.kernels.store import KernelBuild, publish_kernel, read_manifest
-from banger.publish import Staging, remove_published, staging
+from banger.model.artifact_names import is_valid_name, validate_name
+from banger.model.records import KernelRecord, utc_now
+from banger.services.context import DaemonContext
 from banger.services.inventory import record_dict
 from banger.services.operations import Progress, run_streamed
 from banger.state import repo
-from banger.state.records import KernelRecord, utc_now
 
 T = TypeVar("T")
 #: Held only around the rename into place and the row write, never around the copying.

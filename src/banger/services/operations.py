@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 from banger.errors import BangerError, internal_error
-from banger.wire import StageState, error_event, result_event, stage_event
+from banger.model.wire import StageState, error_event, result_event, stage_event
 
 log = logging.getLogger("banger.operations")
 

@@ -30,24 +30,24 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from banger.daemon.context import DaemonContext
 from banger.errors import AlreadyExists, ImageNotFound, InvalidArgument, StateError
+from banger.host.publish import Staging, Step, remove_published, staging
 from banger.images import pull as steps
-from banger.kernels import validate_name
+from banger.model.artifact_names import validate_name
+from banger.model.records import ImageRecord
+from banger.model.units import format_size
+from banger.model.wire import StageState
 from banger.oci.blobcache import BlobCache, Fetched
 from banger.oci.ext4build import TREE_DIR, BuildResult
 from banger.oci.manifest import Descriptor
 from banger.oci.reference import Reference, default_name, parse_reference
 from banger.oci.registry import RegistryClient
 from banger.oci.transport import HttpTransport
-from banger.publish import Staging, Step, remove_published, staging
+from banger.services.context import DaemonContext
 from banger.services.images import publication_lock as publication
 from banger.services.inventory import record_dict
 from banger.services.operations import Progress, run_streamed
 from banger.state import repo
-from banger.state.records import ImageRecord
-from banger.units import format_size
-from banger.wire import StageState
 
 log = logging.getLogger("banger.services.pull")
 T = TypeVar("T")

@@ -27,12 +27,12 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from banger import procinfo
 from banger.errors import BadResponse, BangerError, CommandFailed, Timeout
 from banger.guest.agent_client import AgentClient
 from banger.guest.agent_replies import AgentHealth
-from banger.procinfo import ProcessIdentity
-from banger.runner import Runner
+from banger.host import procinfo
+from banger.host.procinfo import ProcessIdentity
+from banger.host.runner import Runner
 
 SSH_PORT = 22
 SSH_PROBE_TIMEOUT_S = 15.0

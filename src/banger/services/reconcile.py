@@ -15,13 +15,13 @@ import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from banger import procinfo
-from banger.publish import STAGING_DIR, remove_published
+from banger.host import procinfo
+from banger.host.publish import STAGING_DIR, remove_published
+from banger.model.records import VmRecord, VmState, utc_now
 from banger.services import vm_boot
 from banger.services.vm_monitor import LIVE_STATES
 from banger.services.vms import VmService
 from banger.state import repo
-from banger.state.records import VmRecord, VmState, utc_now
 from banger.vmm import spawn
 
 log = logging.getLogger("banger.reconcile")

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from banger.errors import StateError
+from banger.model.wire import StageState
 from banger.services.operations import Progress
-from banger.wire import StageState
 
 T = TypeVar("T")
 

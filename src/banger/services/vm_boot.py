@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from banger.errors import InvalidArgument
-from banger.net.addressing import netmask, prefix_len
-from banger.procinfo import ProcessIdentity
+from banger.host.procinfo import ProcessIdentity
+from banger.model.addressing import netmask, prefix_len
+from banger.model.cmdline import BootArgs, kernel_cmdline
+from banger.model.records import ImageRecord, KernelRecord, VmRecord
 from banger.services.vm_paths import VmPaths
-from banger.state.records import ImageRecord, KernelRecord, VmRecord
-from banger.vm.cmdline import BootArgs, kernel_cmdline
 from banger.vmm.base import Accel, Backend, DriveSpec, MachineSpec, NetSpec, VmmHandle
 
 CONTROL_SOCKET = {Backend.QEMU: "qmp.sock", Backend.FIRECRACKER: "fc.sock"}

@@ -11,15 +11,15 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from banger.daemon.context import DaemonContext
 from banger.disks import identity as ident
 from banger.disks.clone import clone_file
 from banger.disks.workdisk import create_work_disk
 from banger.disks.workdisk import grow_work_disk as grow_disk
-from banger.paths import ensure_private_dir
-from banger.publish import staging
+from banger.host.paths import ensure_private_dir
+from banger.host.publish import staging
+from banger.model.records import ImageRecord, VmRecord
+from banger.services.context import DaemonContext
 from banger.services.vm_paths import VmPaths
-from banger.state.records import ImageRecord, VmRecord
 
 
 def build(ctx: DaemonContext, vm: VmRecord, paths: VmPaths, image: ImageRecord) -> str:

@@ -12,14 +12,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-from banger import procinfo
 from banger.errors import InvalidState
 from banger.guest import ports
 from banger.guest.agent_client import AgentClient
 from banger.guest.webprobe import probe_web
+from banger.host import procinfo
+from banger.model.records import VmRecord
 from banger.services import console_logs, vm_boot
 from banger.services.vms import VmService
-from banger.state.records import VmRecord
 from banger.vmm.channels import agent_channel_at
 
 MAX_CHUNK = 1 << 20

@@ -13,9 +13,9 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING
 
+from banger.model.records import VmRecord, VmState
 from banger.services import console_logs
 from banger.state import repo
-from banger.state.records import VmRecord, VmState
 from banger.vmm import spawn
 
 if TYPE_CHECKING:

@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from banger.daemon.context import DaemonContext
 from banger.errors import BangerError
-from banger.net.addressing import bridge_interface
+from banger.model.addressing import bridge_interface
 from banger.net.privileged import PrivilegedOps
+from banger.services.context import DaemonContext
 
 log = logging.getLogger("banger.vms")
 

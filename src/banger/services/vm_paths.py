@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from banger.paths import Layout
+from banger.host.paths import Layout
 
 
 @dataclass(frozen=True)

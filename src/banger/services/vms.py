@@ -18,28 +18,28 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from banger import procinfo
-from banger.daemon.context import DaemonContext
 from banger.dns.server import records_from_vms
 from banger.errors import AlreadyExists, BangerError, CommandFailed, InvalidArgument, InvalidState
-from banger.net.addressing import allocate_ip, mac_for_ip
+from banger.host import procinfo
+from banger.host.publish import remove_published
+from banger.model.addressing import allocate_ip, mac_for_ip
+from banger.model.naming import generate_name, validate_vm_name
+from banger.model.records import ImageRecord, KernelRecord, VmRecord, VmState, utc_now
+from banger.model.wire import StageState
 from banger.net.privileged import PrivilegedOps
 from banger.net.taps import TapPool
-from banger.publish import remove_published
 from banger.services import catalog, readiness, vm_boot, vm_disks
+from banger.services.context import DaemonContext
 from banger.services.inventory import record_dict
 from banger.services.operations import Progress, run_streamed
 from banger.services.vm_network import VmNetwork
 from banger.services.vm_paths import VmPaths
 from banger.state import repo
-from banger.state.records import ImageRecord, KernelRecord, VmRecord, VmState, utc_now
-from banger.vm.naming import generate_name, validate_vm_name
 from banger.vmm import select, spawn
 from banger.vmm.base import Accel, Backend, Vmm, VmmHandle
 from banger.vmm.channels import agent_channel_at
 from banger.vmm.firecracker import FirecrackerVmm
 from banger.vmm.qemu import QemuVmm
-from banger.wire import StageState
 from banger.workspace import filesync
 
 log = logging.getLogger("banger.vms")
@@ -445,7 +445,7 @@ class VmService:
 
 
 def _state_of(accel: Accel | None) -> Any:
-    from banger.wire import StageState
+    from banger.model.wire import StageState
 
     return StageState.WARN if accel is Accel.TCG else StageState.OK
 

@@ -5,7 +5,7 @@ Owns: everything banger remembers across daemon restarts.
 Must not: touch the filesystem beyond the database files, the host, or VMs.
 """
 
+from banger.model.records import ImageRecord, KernelRecord, VmRecord, VmState
 from banger.state.db import AsyncDatabase, Database
-from banger.state.records import ImageRecord, KernelRecord, VmRecord, VmState
 
 __all__ = ["AsyncDatabase", "Database", "ImageRecord", "KernelRecord", "VmRecord", "VmState"]

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Concatenate, ParamSpec, TypeVar
 
 from banger.errors import StateError
-from banger.paths import ensure_private_dir
+from banger.host.paths import ensure_private_dir
 from banger.state.migrations import MIGRATIONS, Migration
 
 T = TypeVar("T")

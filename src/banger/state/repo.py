@@ -1,6 +1,6 @@
 """Reading and writing kernel, image and VM rows.
 
-Owns: the SQL for each table, conversion between rows and ``banger.state.records``, and
+Owns: the SQL for each table, conversion between rows and ``banger.model.records``, and
 turning constraint violations into errors that name the thing (``AlreadyExists`` naming
 the field, ``InUse`` naming a user, a ``NotFound`` subclass naming what was asked for).
 Must not: open connections or manage transactions beyond "one call, one transaction"
@@ -32,8 +32,8 @@ from banger.errors import (
     StateError,
     VmNotFound,
 )
+from banger.model.records import ImageRecord, KernelRecord, VmRecord, VmState, utc_now
 from banger.state.db import Database
-from banger.state.records import ImageRecord, KernelRecord, VmRecord, VmState, utc_now
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -13,7 +13,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import ClassVar, Protocol
 
-from banger.procinfo import ProcessIdentity
+from banger.host.procinfo import ProcessIdentity
 
 
 class Backend(StrEnum):

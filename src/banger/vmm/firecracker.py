@@ -4,7 +4,7 @@ Owns: the Firecracker command line, the order of pre-boot API calls for a
 ``MachineSpec`` (logger, machine, boot source, drives with the first as root, network),
 ``InstanceStart``, and stopping (``SendCtrlAltDel``, then SIGKILL: after the timeout, or
 at once when the API does not take the request). Must not: allocate TAPs, disks or
-names, or trust a pid alone (``banger.procinfo`` decides whether a process is still ours;
+names, or trust a pid alone (``banger.host.procinfo`` decides whether a process is still ours;
 after a daemon restart we are not Firecracker's parent, so ``waitpid`` tells nothing).
 
 Firecracker facts relied on (firecracker-microvm/firecracker, docs and swagger):
@@ -34,11 +34,11 @@ import time
 from pathlib import Path
 from typing import ClassVar
 
-from banger import procinfo
 from banger.errors import BangerError, CommandFailed, InvalidArgument
+from banger.host import procinfo
+from banger.host.procinfo import ProcessIdentity
+from banger.host.runner import Runner
 from banger.kernels.vmlinux import KernelFormat, kernel_format
-from banger.procinfo import ProcessIdentity
-from banger.runner import Runner
 from banger.vmm import spawn
 from banger.vmm.base import Backend, MachineSpec, VmmHandle
 from banger.vmm.channels import agent_channel

@@ -14,10 +14,10 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, ClassVar
 
-from banger import procinfo
 from banger.errors import CommandFailed, InvalidArgument, Timeout
+from banger.host import procinfo
+from banger.host.runner import Runner
 from banger.kernels.vmlinux import KernelFormat, kernel_format
-from banger.runner import Runner
 from banger.vmm import spawn
 from banger.vmm.base import Accel, Backend, MachineSpec, VmmHandle
 from banger.vmm.channels import agent_channel, qemu_option_value

@@ -19,9 +19,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from banger import procinfo
-from banger.config import Config, VmmChoice
+from banger.config.settings import Config, VmmChoice
 from banger.errors import UnsupportedHost
+from banger.host import procinfo
 from banger.vmm.base import Accel, Backend
 
 PROBE_TIMEOUT_S = 6.0

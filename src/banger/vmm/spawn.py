@@ -17,10 +17,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from banger import procinfo
 from banger.errors import CommandFailed
-from banger.procinfo import ProcessIdentity
-from banger.runner import Runner
+from banger.host import procinfo
+from banger.host.procinfo import ProcessIdentity
+from banger.host.runner import Runner
 
 LOG_TAIL_BYTES = 4000
 #: How many exit statuses of reaped children are remembered (oldest forgotten first).

@@ -25,7 +25,7 @@ from pathlib import PurePosixPath
 from typing import IO, TypeVar
 
 from banger.errors import CommandFailed, InvalidArgument, Timeout
-from banger.runner import STDERR_TAIL_CHARS, Result, Runner
+from banger.host.runner import STDERR_TAIL_CHARS, Result, Runner
 
 log = logging.getLogger("banger.workspace")
 

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import IO
 
 from banger.errors import CommandFailed, InvalidArgument, InvalidState
-from banger.runner import Runner
+from banger.host.runner import Runner
 from banger.workspace import EXIT_NO_GIT, GuestShell, guest_failure
 from banger.workspace.archive import RootDir, Unsafe, display
 from banger.workspace.gitrepo import Repo, is_object_id, open_repo, tmp_git

@@ -29,9 +29,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from banger.config import FileSyncEntry, expand_user_path
+from banger.config.settings import FileSyncEntry, expand_user_path
 from banger.errors import BangerError
-from banger.runner import Runner
+from banger.host.runner import Runner
 from banger.workspace import GuestShell
 from banger.workspace.archive import Item, Kind, RootDir, TarWriter, display, walk
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from banger.errors import BangerError, CommandFailed, InvalidArgument, PermissionDenied
-from banger.runner import Result, Runner
+from banger.host.runner import Result, Runner
 
 HARDENING = (
     "--no-optional-locks",

@@ -17,11 +17,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from banger import buildinfo
-from banger.client import Client
+from banger.cli.client import Client
 from banger.errors import DaemonStartFailed, DaemonUnavailable, Timeout
-from banger.paths import Layout, ensure_private_dir
-from banger.wire import EXIT_ALREADY_RUNNING
+from banger.host import buildinfo
+from banger.host.paths import Layout, ensure_private_dir
+from banger.model.wire import EXIT_ALREADY_RUNNING
 
 if TYPE_CHECKING:
     import subprocess

@@ -3,7 +3,7 @@
 Owns: reading ``/proc/<pid>/stat`` start ticks and the host boot id. A pid alone is not
 an identity: pids are reused, and after a host reboot every pid means something else.
 (pid, start ticks, boot id) is. Also whether a process group still has a live member
-(``banger.runner`` stopping a command's session). Must not: signal anything.
+(``banger.host.runner`` stopping a command's session). Must not: signal anything.
 """
 
 from __future__ import annotations

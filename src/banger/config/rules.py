@@ -1,8 +1,8 @@
-"""The rules a config value must follow, one function each (used by ``banger.config``).
+"""The rules a config value must follow, one function each (used by ``banger.config.settings``).
 
 Owns: checking one scalar value (paths, modes, names, addresses, networks, sizes and
 durations as written) and raising ``ValueError`` whose text is ``"<rule> (got <input>)"``,
-which ``banger.config_errors`` shows as is. Must not: know keys, files or the environment.
+which ``banger.config.messages`` shows as is. Must not: know keys, files or the environment.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from ipaddress import IPv4Address, IPv4Network
 
 from pydantic import BeforeValidator
 
-from banger import units
 from banger.errors import InvalidArgument
+from banger.model import units
 
 _IMAGE_NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}", re.ASCII)
 # IFNAMSIZ is 16 with the NUL; the kernel expands "%" in a name as an allocation pattern.

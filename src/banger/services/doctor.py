@@ -16,12 +16,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from banger.config import Config
+from banger.config.settings import Config
+from banger.config.vm_defaults import VmDefaults
 from banger.errors import BangerError
-from banger.paths import Layout
-from banger.runner import Runner
-from banger.vmdefaults import VmDefaults
-from banger.wire import StageState
+from banger.host.paths import Layout
+from banger.host.runner import Runner
+from banger.model.wire import StageState
 
 KVM_GET_API_VERSION = 0xAE00
 KVM_API_VERSION = 12

@@ -2,8 +2,8 @@
 
 Owns: the pydantic models of every config key with its default and rule, reading the file
 (refusing tamperable, non-UTF-8 or malformed ones), environment overrides and provenance of
-each value. The value rules themselves are ``banger.config_rules``; the wording of a
-ValidationError as one ConfigError is ``banger.config_errors``.
+each value. The value rules themselves are ``banger.config.rules``; the wording of a
+ValidationError as one ConfigError is ``banger.config.messages``.
 
 Must not: touch the network, the bridge or the VMM, check that ``file_sync`` host paths
 exist (a missing one is a warning at VM start, SPEC §7), or let pydantic's own error text
@@ -36,11 +36,11 @@ from pydantic import (
     field_validator,
 )
 
-from banger import config_rules as rules
-from banger import units
-from banger.config_errors import table_model, translate
+from banger.config import rules
+from banger.config.messages import table_model, translate
 from banger.errors import ConfigError
-from banger.paths import Layout
+from banger.host.paths import Layout
+from banger.model import units
 
 ENV_PREFIX = "BANGER_"
 CONFIG_PATH_ENV = "BANGER_CONFIG"
@@ -84,7 +84,7 @@ class _Table(BaseModel):
 
 
 class VmDefaultsConfig(_Table):
-    """``[vm_defaults]``: each key unset means "let banger choose" (banger.vmdefaults)."""
+    """``[vm_defaults]``: each key unset means "let banger choose" (banger.config.vm_defaults)."""
 
     vcpu: Annotated[StrictInt, Field(ge=1, le=64)] | None = None
     memory_mib: Annotated[StrictInt, Field(ge=128, le=1048576)] | None = None

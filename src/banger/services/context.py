@@ -12,12 +12,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from banger.buildinfo import BuildInfo
-from banger.config import Config
-from banger.paths import Layout
-from banger.runner import Runner
+from banger.config.settings import Config
+from banger.config.vm_defaults import HostFacts, VmDefaults, resolve_vm_defaults
+from banger.host.buildinfo import BuildInfo
+from banger.host.paths import Layout
+from banger.host.runner import Runner
 from banger.state.db import AsyncDatabase
-from banger.vmdefaults import HostFacts, VmDefaults, resolve_vm_defaults
 
 
 @dataclass

@@ -83,7 +83,7 @@ class Layout:
         return self.cache_dir / "oci"
 
     def artifact_roots(self) -> tuple[Path, ...]:
-        """Directories whose entries are published crash-safely (see banger.publish)."""
+        """Directories whose entries are published crash-safely (see banger.host.publish)."""
         return (self.images_dir, self.kernels_dir, self.vms_dir)
 
 

@@ -17,8 +17,8 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from banger import units
 from banger.errors import ConfigError
+from banger.model import units
 
 
 def table_model(annotation: Any) -> type[BaseModel] | None:

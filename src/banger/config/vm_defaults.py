@@ -16,8 +16,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Generic, TypeVar
 
-from banger import units
-from banger.config import Config
+from banger.config.settings import Config
+from banger.model import units
 
 T = TypeVar("T")
 

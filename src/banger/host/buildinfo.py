@@ -25,7 +25,7 @@ class BuildInfo:
 
 def current() -> BuildInfo:
     try:
-        from banger import _build_info  # type: ignore[attr-defined,unused-ignore]
+        from banger import _build_info  # type: ignore[attr-defined, unused-ignore]
     except ImportError:
         # Running from a source tree that was never installed: say so rather than guess.
         return BuildInfo(version="0+unknown", commit="unknown", build_time="unknown")

@@ -27,7 +27,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from banger.errors import AlreadyExists, InvalidArgument, StateError, UnsupportedHost
-from banger.paths import ensure_private_dir
+from banger.host.paths import ensure_private_dir
 
 log = logging.getLogger(__name__)
 

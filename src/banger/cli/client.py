@@ -2,7 +2,7 @@
 
 Owns: requests, reading replies (framed by Content-Length, chunked coding or the end of
 the connection), NDJSON stream reading, and rebuilding typed errors from replies.
-Must not: start or stop the daemon (``banger.launcher`` does) or print anything.
+Must not: start or stop the daemon (``banger.cli.launcher`` does) or print anything.
 
 Its own small HTTP/1.1 rather than ``http.client``: importing that pulls in ``email``
 and ``ssl``, about 20 ms of every CLI call (docs/explanation/cli-startup.md). It sends
@@ -30,7 +30,7 @@ from banger.errors import (
     Timeout,
     error_from_payload,
 )
-from banger.wire import API_PREFIX, JSON
+from banger.model.wire import API_PREFIX, JSON
 
 DEFAULT_TIMEOUT_S = 30.0
 #: A progress stream may go quiet between events, but the daemon sends a heartbeat at

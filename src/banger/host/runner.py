@@ -41,10 +41,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from banger import procinfo
 from banger.errors import CommandFailed, Timeout
+from banger.host import procinfo
 
-log = logging.getLogger("banger.runner")
+log = logging.getLogger("banger.host.runner")
 
 STDERR_TAIL_CHARS = 2000
 DEFAULT_TIMEOUT_S = 120.0

@@ -1,0 +1,150 @@
+"""The package layout is the architecture (docs/explanation/architecture.md): every import
+inside ``src/banger`` points down the rank table below, and no two packages import each
+other, directly or through others. Imports inside functions count too (they are still
+dependencies); ``if TYPE_CHECKING:`` imports count as well.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[2] / "src" / "banger"
+
+#: Lower ranks are imported by higher ones, never the other way round. Packages of one
+#: rank may import each other as long as no cycle forms.
+RANKS: dict[str, int] = {
+    "errors": 0,
+    "_build_info": 0,  # generated at build time: version, commit, build time
+    "model": 1,
+    "host": 2,
+    "config": 2,
+    "oci": 3,
+    "images": 3,
+    "kernels": 3,
+    "disks": 3,
+    "net": 3,
+    "dns": 3,
+    "vmm": 3,
+    "guest": 3,
+    "workspace": 3,
+    "state": 3,
+    "services": 4,
+    "api": 5,
+    "daemon": 6,
+    "cli": 5,
+    # ``python -m banger.sshconfig`` shim for installed ssh configs: calls the CLI's code.
+    "sshconfig": 6,
+}
+
+#: (importer package, imported package) pairs tolerated for now. Must be empty.
+ALLOWED: set[tuple[str, str]] = set()
+
+
+def _package_of(module: str) -> str:
+    parts = module.split(".")
+    assert parts[0] == "banger", module
+    return parts[1] if len(parts) > 1 else ""
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(SRC.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _imports(path: Path) -> Iterator[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module == "banger":
+                for alias in node.names:
+                    yield f"banger.{alias.name}"
+            else:
+                yield node.module
+
+
+def _edges() -> dict[tuple[str, str], list[str]]:
+    edges: dict[tuple[str, str], list[str]] = {}
+    for path in sorted(SRC.rglob("*.py")):
+        if path.name == "_build_info.py":
+            continue
+        here = _package_of(_module_name(path))
+        for target in _imports(path):
+            if not target.startswith("banger.") and target != "banger":
+                continue
+            there = _package_of(target)
+            if there in ("", here):
+                continue
+            edges.setdefault((here, there), []).append(str(path.relative_to(SRC)))
+    return edges
+
+
+def test_the_package_root_holds_only_the_error_tree_and_the_shim() -> None:
+    loose = {p.name for p in SRC.glob("*.py")} - {"_build_info.py"}
+    assert loose == {"__init__.py", "errors.py", "sshconfig.py"}
+
+
+def test_every_package_has_a_rank() -> None:
+    packages = {p.name for p in SRC.iterdir() if (p / "__init__.py").is_file()}
+    assert packages <= set(RANKS), sorted(packages - set(RANKS))
+
+
+def test_imports_point_down() -> None:
+    upward = [
+        f"{here} -> {there} ({', '.join(sorted(set(files)))})"
+        for (here, there), files in sorted(_edges().items())
+        if (here, there) not in ALLOWED and RANKS[there] > RANKS[here]
+    ]
+    assert upward == []
+
+
+def test_no_package_cycles() -> None:
+    graph: dict[str, set[str]] = {}
+    for here, there in _edges():
+        if (here, there) not in ALLOWED:
+            graph.setdefault(here, set()).add(there)
+    cycles = []
+    for start in sorted(graph):
+        seen: set[str] = set()
+        stack = [(start, [start])]
+        while stack:
+            node, trail = stack.pop()
+            for nxt in sorted(graph.get(node, ())):
+                if nxt == start:
+                    cycles.append(" -> ".join([*trail, nxt]))
+                elif nxt not in seen:
+                    seen.add(nxt)
+                    stack.append((nxt, [*trail, nxt]))
+    assert cycles == []
+
+
+@pytest.mark.parametrize("package", ["model"])
+def test_model_is_stdlib_only(package: str) -> None:
+    """The model layer does no I/O: nothing of banger but the error tree, no third party."""
+    allowed_third_party: set[str] = set()
+    bad = []
+    for path in sorted((SRC / package).rglob("*.py")):
+        for target in _imports(path):
+            top = target.split(".")[0]
+            if top == "banger":
+                if _package_of(target) not in ("errors", package):
+                    bad.append(f"{path.name}: {target}")
+            elif top not in _STDLIB and top not in allowed_third_party:
+                bad.append(f"{path.name}: {target}")
+    assert bad == []
+
+
+def test_allow_list_is_empty() -> None:
+    assert ALLOWED == set()
+
+
+_STDLIB = frozenset(__import__("sys").stdlib_module_names) | {"__future__"}
