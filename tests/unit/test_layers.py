@@ -173,7 +173,7 @@ def test_helper_loads_no_daemon_or_cli_dependency() -> None:
     import sys
 
     code = (
-        "import sys, banger.helper.main;"
+        "import sys, banger.helper.main, banger.net.helper_client;"
         "print('\\n'.join(sorted({m.split('.')[0] for m in sys.modules})))"
     )
     out = subprocess.run(
