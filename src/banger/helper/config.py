@@ -167,9 +167,17 @@ def socket_group(config: HelperConfig) -> int:
         return grp.getgrnam(config.group).gr_gid
     except KeyError:
         pass
-    if len(config.owners) == 1:
+    hint = f"sudo groupadd {config.group} and add the owner(s) to it"
+    if len(config.owners) != 1:
+        raise ConfigError(
+            f"group {config.group!r} does not exist, and with several owners the helper needs it",
+            hint=hint,
+        )
+    try:
         return pwd.getpwuid(config.owners[0]).pw_gid
-    raise ConfigError(
-        f"group {config.group!r} does not exist, and with several owners the helper needs it",
-        hint=f"sudo groupadd {config.group} and add the owners to it",
-    )
+    except KeyError:
+        raise ConfigError(
+            f"group {config.group!r} does not exist, and owner uid {config.owners[0]} has no "
+            "user entry whose group could stand in",
+            hint=hint,
+        ) from None

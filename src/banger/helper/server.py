@@ -39,6 +39,7 @@ WRITE_TIMEOUT_S = 5.0
 MAX_CONNECTIONS = 16
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 ACCEPT_POLL_S = 0.5
+DRAIN_S = 0.5
 
 
 class HelperServer:
@@ -127,6 +128,11 @@ class HelperServer:
             except OSError as exc:
                 log.info("could not send a reply: %s", exc)
                 return
+            # Unread bytes at close make the kernel reset the connection: drain a little
+            # of what an oversized caller still sends, so that it reads our reply first.
+            deadline = time.monotonic() + DRAIN_S
             with contextlib.suppress(OSError):
-                conn.settimeout(0.2)
-                conn.recv(MAX_REQUEST_BYTES)
+                while (left := deadline - time.monotonic()) > 0:
+                    conn.settimeout(left)
+                    if not conn.recv(65536):
+                        break
