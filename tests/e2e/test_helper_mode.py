@@ -49,7 +49,7 @@ class UserEnv:
     user: str
     uid: int
     base: Path
-    helper: subprocess.Popen[bytes]
+    helper: subprocess.Popen[bytes] | None
     daemon: subprocess.Popen[bytes] | None = None
 
     @property
@@ -116,7 +116,7 @@ def _uid_of(pid: int) -> int:
 
 
 @contextlib.contextmanager
-def user_env() -> Iterator[UserEnv]:
+def user_env(*, helper: bool = True) -> Iterator[UserEnv]:
     user = f"bgrh{secrets.token_hex(3)}"
     base = Path(tempfile.mkdtemp(prefix="bgr-u-"))
     base.chmod(0o755)
@@ -132,7 +132,7 @@ def user_env() -> Iterator[UserEnv]:
         (base / "helper").mkdir(mode=0o755)
         (base / "dev").mkdir(mode=0o755)
         with netns() as ns:
-            env = UserEnv(ns, user, uid, base, _start_helper(ns, user, base))
+            env = UserEnv(ns, user, uid, base, _start_helper(ns, user, base) if helper else None)
             try:
                 yield env
             finally:
@@ -168,14 +168,18 @@ def _cleanup(env: UserEnv) -> None:
             env.daemon.wait(timeout=30)
 
 
+def _add_tiny_guest(e: UserEnv) -> None:
+    e.ok("kernel", "import", "cloud", "--from", str(guests.cloud_kernel().import_dir))
+    rootfs = str(guests.tiny_rootfs())
+    e.ok("image", "register", "tiny", "--rootfs", rootfs, "--kernel-ref", "cloud")
+    e.ok("image", "show", "tiny")  # registered by the user, in the user's state
+
+
 @pytest.fixture(scope="module")
 def env() -> Iterator[UserEnv]:
     with user_env() as e:
         e.start_daemon()
-        e.ok("kernel", "import", "cloud", "--from", str(guests.cloud_kernel().import_dir))
-        rootfs = str(guests.tiny_rootfs())
-        e.ok("image", "register", "tiny", "--rootfs", rootfs, "--kernel-ref", "cloud")
-        e.ok("image", "show", "tiny")  # registered by the user, in the user's state
+        _add_tiny_guest(e)
         yield e
 
 
@@ -201,3 +205,19 @@ def test_the_vmm_is_the_users_and_only_the_helper_is_root(env: UserEnv) -> None:
     assert root == [env.helper.pid], [Path(f"/proc/{p}/cmdline").read_bytes()[:100] for p in root]
     assert env.ok("vm", "ssh", "mine", "--", "hostname").strip() == "mine"
     env.ok("vm", "delete", "--force", "mine")
+
+
+def test_without_a_helper_vm_creation_names_mode_none_and_the_fix() -> None:
+    with user_env(helper=False) as e:
+        e.start_daemon()
+        _add_tiny_guest(e)
+        doctor = e.banger("doctor")
+        assert doctor.returncode != 0
+        network = next(line for line in doctor.stdout.splitlines() if "network:" in line)
+        assert network.startswith("✗ network: mode none"), doctor.stdout
+        out = e.banger("vm", "run", "--rm", *TINY, "--", "true")
+        assert out.returncode != 0
+        assert "privilege mode: none" in out.stderr, out.stderr
+        assert f"sudo banger-helper --owner {e.user}" in out.stderr
+        assert "rootless mode" in out.stderr and "not built yet" in out.stderr
+        assert json.loads(e.ok("vm", "list", "--json")) == []
