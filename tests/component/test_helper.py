@@ -35,6 +35,7 @@ from banger.errors import (
     InvalidArgument,
     PermissionDenied,
 )
+from banger.helper.server import MAX_CONNECTIONS
 from banger.host.runner import Runner
 from banger.model.wire import StageState
 from banger.net.helper_client import HelperPrivilegedOps
@@ -341,6 +342,29 @@ def test_a_slow_request_times_out_without_holding_up_others(helper: Helper) -> N
     assert time.monotonic() - started < 2.0
     reply = pending.result(timeout=30)
     assert reply["ok"] is False and reply["error"]["code"] == "timeout"
+
+
+def _hold_all_slots_then_call(sock: Path) -> tuple[dict[str, Any], str]:
+    held = []
+    for _ in range(MAX_CONNECTIONS):
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        conn.connect(str(sock))
+        held.append(conn)
+    time.sleep(0.5)  # let the helper accept them all
+    try:
+        extra = _raw(sock, encode_frame({"verb": "hello", "args": {}}), 0.0)
+    finally:
+        for conn in held:
+            conn.close()  # their threads see EOF and end at once
+    time.sleep(0.5)
+    return extra, HelperPrivilegedOps(sock).hello().bridge_name
+
+
+def test_idle_connections_cannot_pile_up(helper: Helper) -> None:
+    """At most MAX_CONNECTIONS are served at once; one more is told so, not queued."""
+    extra, after = helper.as_uid(OWNER).call(_hold_all_slots_then_call)
+    assert extra["ok"] is False and extra["error"]["code"] == "in_use", extra
+    assert after == BRIDGE
 
 
 # -- the helper's own start-up checks ----------------------------------------------------------

@@ -75,11 +75,18 @@ class HelperServer:
                     conn, error_reply(InUse("the helper is busy; try again in a moment"))
                 )
                 continue
-            threading.Thread(target=self._serve_one, args=(conn,), daemon=True).start()
+            try:
+                threading.Thread(target=self._serve_one, args=(conn,), daemon=True).start()
+            except RuntimeError:  # no thread to be had (a limit): refuse this one, go on
+                self._slots.release()
+                self._reply_and_close(conn, error_reply(InUse("the helper is out of threads")))
 
     def _serve_one(self, conn: socket.socket) -> None:
         try:
             self._reply_and_close(conn, self._answer(conn))
+        except Exception:  # nothing may end the helper; the log says what happened
+            log.exception("connection handling failed")
+            conn.close()
         finally:
             self._slots.release()
 
