@@ -78,9 +78,32 @@ class UserEnv:
         assert out.returncode == 0, f"banger {' '.join(args)}:\n{out.stdout}\n{out.stderr}"
         return out.stdout
 
+    def start_helper(self) -> None:
+        """``banger-helper --owner USER`` as root in the namespace, ready to answer."""
+        sock, log = self.helper_socket, self.base / "helper.log"
+        self.helper = self.ns.popen(
+            [str(BIN / "banger-helper"), "--owner", self.user, "--socket", str(sock)],
+            stdout=log.open("ab"),
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        while not sock.exists():
+            assert self.helper.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "helper did not come up"
+            time.sleep(0.05)
+
+    def stop_helper(self) -> None:
+        assert self.helper is not None
+        self.helper.terminate()
+        self.helper.wait(timeout=30)
+        self.helper = None
+
     def start_daemon(self) -> None:
         tun = self.base / "dev" / "tun"
-        script = f'mknod -m 666 {tun} c 10 200 && mount --bind {tun} /dev/net/tun && exec "$@"'
+        script = (
+            f"{{ [ -e {tun} ] || mknod -m 666 {tun} c 10 200; }} && "
+            f'mount --bind {tun} /dev/net/tun && exec "$@"'
+        )
         log = (self.base / "bangerd.out").open("ab")
         self.daemon = self.ns.popen(
             [
@@ -117,7 +140,9 @@ def user_env(*, helper: bool = True) -> Iterator[UserEnv]:
         (base / "helper").mkdir(mode=0o755)
         (base / "dev").mkdir(mode=0o755)
         with netns() as ns:
-            env = UserEnv(ns, user, uid, base, _start_helper(ns, user, base) if helper else None)
+            env = UserEnv(ns, user, uid, base, None)
+            if helper:
+                env.start_helper()
             try:
                 yield env
             finally:
@@ -125,22 +150,6 @@ def user_env(*, helper: bool = True) -> Iterator[UserEnv]:
     finally:
         subprocess.run(["userdel", user], check=False)
         shutil.rmtree(base, ignore_errors=True)
-
-
-def _start_helper(ns: Netns, user: str, base: Path) -> subprocess.Popen[bytes]:
-    sock = base / "helper" / "run" / "helper.sock"
-    log = (base / "helper.log").open("ab")
-    proc = ns.popen(
-        [str(BIN / "banger-helper"), "--owner", user, "--socket", str(sock)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 30
-    while not sock.exists():
-        assert proc.poll() is None, (base / "helper.log").read_text()
-        assert time.monotonic() < deadline, "helper did not come up"
-        time.sleep(0.05)
-    return proc
 
 
 def _cleanup(env: UserEnv) -> None:

@@ -81,3 +81,25 @@ def test_without_a_helper_vm_creation_names_mode_none_and_the_fix() -> None:
         assert f"sudo banger-helper --owner {e.user}" in out.stderr
         assert "rootless mode" in out.stderr and "not built yet" in out.stderr
         assert json.loads(e.ok("vm", "list", "--json")) == []
+
+
+def test_the_daemon_starts_without_its_helper_and_finds_it_when_it_is_back() -> None:
+    """Warm TAPs outlive a stopped daemon; with the helper down they cannot be swept, and
+    that must not keep the daemon from starting. The helper is asked again at each call."""
+    with user_env() as e:
+        e.start_daemon()
+        add_tiny_guest(e)
+        e.ok("vm", "run", "--rm", *TINY, "--", "true")
+        e.ok("daemon", "stop")
+        assert e.daemon is not None
+        e.daemon.wait(timeout=30)
+        e.stop_helper()
+        left = [n for n in json.loads(e.ns.ip("-j", "link").stdout) if "bgtap" in n["ifname"]]
+        assert left, "expected the warm TAP pool to outlive the daemon"
+
+        e.start_daemon()
+        out = e.banger("vm", "run", "--rm", *TINY, "--", "true")
+        assert out.returncode != 0 and "privilege mode: none" in out.stderr, out.stderr
+
+        e.start_helper()
+        e.ok("vm", "run", "--rm", *TINY, "--", "true")  # same daemon, no restart
