@@ -29,6 +29,8 @@ from banger.net import privilege_mode
 KVM_GET_API_VERSION = 0xAE00
 KVM_API_VERSION = 12
 MIN_FREE_BYTES = 5 * 1024**3
+#: An unprivileged VMM opens this to attach to the TAP the helper made for its user.
+TUN_DEVICE = "/dev/net/tun"
 
 #: host tool -> Debian package that provides it
 HOST_TOOLS: dict[str, str] = {
@@ -228,6 +230,13 @@ def check_network(inputs: DoctorInputs) -> CheckResult:
             f"{hello.bridge_address} and config.toml says {ours[0]} {ours[1]}",
             hint="make bridge_name, bridge_ip and cidr in config.toml and the helper's "
             "/etc/banger/helper.toml agree",
+        )
+    if not os.access(TUN_DEVICE, os.R_OK | os.W_OK):
+        return CheckResult(
+            StageState.FAIL,
+            f"mode helper, but you cannot open {TUN_DEVICE}: the VMM, running as you, "
+            "could not attach to its TAP",
+            hint=f"sudo chmod 0666 {TUN_DEVICE} (Debian's default mode)",
         )
     if hello.build != buildinfo.current().as_dict():
         return CheckResult(
