@@ -399,6 +399,32 @@ def test_helper_refuses_to_start_on_a_bad_config(
     assert not (tmp_path / "run" / "helper.sock").exists()
 
 
+@pytest.mark.parametrize("kind", ["symlink", "user-owned", "file"])
+def test_helper_refuses_a_socket_directory_it_cannot_trust(tmp_path: Path, kind: str) -> None:
+    """The socket's directory gets root:group 0750; never through a link or for a user's dir."""
+    tmp_path.chmod(0o755)
+    victim = tmp_path / "victim"
+    victim.mkdir(mode=0o755)
+    run = tmp_path / "run"
+    if kind == "symlink":
+        run.symlink_to(victim)
+    elif kind == "user-owned":
+        run.mkdir(mode=0o755)
+        os.chown(run, OWNER, OWNER)
+    else:
+        run.write_text("")
+    out = subprocess.run(
+        [*HELPER, "--owner", "nobody", "--socket", str(run / "helper.sock")],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 2 and "owned by root" in out.stderr, out.stderr
+    assert victim.stat().st_mode & 0o777 == 0o755 and victim.stat().st_gid == 0
+    assert not any(victim.iterdir())
+
+
 def test_helper_refuses_to_run_as_a_normal_user(tmp_path: Path) -> None:
     out = subprocess.run(
         [

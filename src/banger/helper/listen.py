@@ -47,14 +47,26 @@ def bind(path: Path, gid: int) -> socket.socket:
 def _prepare_dir(directory: Path, gid: int) -> None:
     with contextlib.suppress(FileExistsError):
         directory.mkdir(DIR_MODE)
-    st = os.lstat(directory)
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0:
+    # Owner and mode are set through a descriptor opened without following a symlink, so
+    # a directory swapped for a link after the check cannot redirect them.
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
         raise PermissionDenied(
-            f"{directory} must be a directory owned by root (it holds the helper's socket)",
+            f"{directory} must be a directory owned by root (it holds the helper's socket): "
+            f"{exc.strerror}",
             hint=f"remove {directory} or pick another --socket",
-        )
-    os.chown(directory, 0, gid, follow_symlinks=False)
-    directory.chmod(DIR_MODE)
+        ) from None
+    try:
+        if os.fstat(fd).st_uid != 0:
+            raise PermissionDenied(
+                f"{directory} must be owned by root (it holds the helper's socket)",
+                hint=f"remove {directory} or pick another --socket",
+            )
+        os.fchown(fd, 0, gid)
+        os.fchmod(fd, DIR_MODE)
+    finally:
+        os.close(fd)
 
 
 def _remove_stale(path: Path) -> None:
