@@ -93,6 +93,7 @@ def _run(args: argparse.Namespace) -> int:
     if path is None and helper_config.DEFAULT_CONFIG.exists():
         path = helper_config.DEFAULT_CONFIG
     config = helper_config.load(path, owners=args.owner)
+    _warn_if_code_is_not_roots()
     # A fixed PATH: nft and resolvectl come from the system's directories, whatever the
     # environment of whoever started the helper says.
     runner = Runner(extra_env={"PATH": DEFAULT_PATH})
@@ -121,6 +122,24 @@ def _run(args: argparse.Namespace) -> int:
         with contextlib.suppress(FileNotFoundError):
             args.socket.unlink()
     return 0
+
+
+def _warn_if_code_is_not_roots() -> None:
+    """Whoever can write the code root runs is root: say so when that is not only root.
+
+    Run from a developer's own virtualenv (``sudo .venv/bin/banger-helper``) that is the
+    developer, who has sudo anyway; an installed helper must be root's alone.
+    """
+    package = Path(__file__).resolve().parents[1]  # .../banger
+    for path in (package, Path(sys.prefix).resolve()):
+        st = path.stat()
+        if st.st_uid != 0 or st.st_mode & 0o022:
+            log.warning(
+                "running code from %s, which uid %d (or others) can write: whoever can write "
+                "it can run code as root; install banger root-owned for a lasting setup",
+                path,
+                st.st_uid,
+            )
 
 
 if __name__ == "__main__":
