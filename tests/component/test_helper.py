@@ -490,12 +490,12 @@ def test_modes_as_doctor_and_vm_creation_see_them(helper: Helper) -> None:
     name, brief, hint = owner.call(_create_without_helper)
     assert name == "HelperPrivilegedOps"
     assert "privilege mode: none" in brief and "uid 4242" in brief
-    assert hint is not None and "sudo banger-helper --owner 4242" in hint
+    assert hint is not None and "sudo " in hint and "banger-helper --owner 4242" in hint
     assert "rootless mode" in hint and "not built yet" in hint
 
     state, detail, hint = owner.call(_doctor_network_without_helper)
     assert state == StageState.FAIL.value and detail.startswith("mode none"), detail
-    assert hint is not None and "sudo banger-helper" in hint
+    assert hint is not None and "banger-helper --owner 4242" in hint
 
     state, detail, _ = _doctor_network(helper.socket)  # this test process is root
     assert state == StageState.OK.value and detail.startswith("mode root"), detail

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import pwd
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -187,6 +188,12 @@ def _rebuilt(reply: dict[str, Any]) -> BangerError:
     return err
 
 
+def _helper_command() -> str:
+    """The helper next to this interpreter (sudo's PATH rarely has a virtualenv's bin)."""
+    beside = Path(sys.executable).parent / "banger-helper"
+    return str(beside) if beside.exists() else "banger-helper"
+
+
 def unavailable(path: Path, exc: OSError | None = None) -> HelperUnavailable:
     """Privilege mode "none": not root, and no helper answers. Names the fix."""
     uid = os.geteuid()
@@ -198,7 +205,7 @@ def unavailable(path: Path, exc: OSError | None = None) -> HelperUnavailable:
     return HelperUnavailable(
         f"no banger-helper answers on {path}{reason}: this daemon runs as {user} (uid {uid}), "
         "not root, so it cannot create the bridge and TAPs (privilege mode: none)",
-        hint=f"start the root helper: `sudo banger-helper --owner {user}` (`banger system "
+        hint=f"start the root helper: `sudo {_helper_command()} --owner {user}` (`banger system "
         "install` will set it up as a service), or run the daemon as root; rootless mode "
         "(no helper, no root) is not built yet",
     )
