@@ -596,3 +596,43 @@ def test_fuzzed_arguments_never_crash_the_helper_or_leave_the_namespace(helper: 
     assert ruleset.count("table ") <= 1
     if ruleset.strip():
         assert "table inet banger" in ruleset and f"ip saddr {CIDR}" in ruleset
+
+
+def test_fuzzed_bytes_never_crash_the_helper(helper: Helper) -> None:
+    """Arbitrary bodies behind a correct length, and arbitrary JSON values: error replies."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    owner = helper.as_uid(OWNER)
+    json_values = st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner),
+        max_leaves=10,
+    )
+    bodies = st.one_of(
+        st.binary(max_size=300),
+        json_values.map(lambda v: json.dumps(v).encode()),
+    )
+
+    @settings(
+        max_examples=200,
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
+    @given(body=bodies)
+    def fuzz(body: bytes) -> None:
+        if len(body) > MAX_REQUEST_BYTES:
+            return
+        reply = owner.raw(len(body).to_bytes(4, "big") + body)
+        assert (
+            reply["ok"] is False
+            or reply["result"] is None
+            or isinstance(reply["result"], dict | list | bool)
+        )
+        if reply["ok"] is False:
+            assert reply["error"]["code"] in ERROR_CLASSES and reply["error"]["code"] != "internal"
+
+    fuzz()
+    assert helper.alive(), helper.log.read_text()
+    assert "unexpected failure" not in helper.log.read_text()
+    assert owner.ops("list_taps") == []
