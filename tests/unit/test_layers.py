@@ -35,6 +35,8 @@ RANKS: dict[str, int] = {
     "services": 4,
     # banger-helper, the root helper: errors, model, host and net only (checked below).
     "helper": 4,
+    # `banger system`: the units of helper and owner daemon (root, in the CLI process).
+    "system": 4,
     "api": 5,
     "daemon": 6,
     "cli": 5,

@@ -26,6 +26,7 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
     "kernel": ("banger.cli.cmd_kernel", "kernel", "Import, list and remove kernels."),
     "ssh-config": ("banger.cli.cmd_sshconfig", "ssh_config", "Set up `ssh <name>.vm`."),
     "completion": ("banger.cli.cmd_completion", "completion", "Print a shell completion script."),
+    "system": ("banger.cli.cmd_system", "system", "Install the root helper and daemon units."),
 }
 
 
