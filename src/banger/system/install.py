@@ -118,6 +118,8 @@ class SystemInstaller:
         manifest = manifest or mf.Manifest(owner=owner.name, group=GROUP)
         out = Outcome()
         files = self._render(owner)
+        for path, content in files.items():  # refused before anything is changed
+            self._check_ours(path, content, manifest)
         self._make_root_dirs(ETC_DIR, manifest, out)  # the manifest's home comes first
         self._group(owner, manifest, out)
         for path in files:
@@ -218,16 +220,20 @@ class SystemInstaller:
             out.changed = True
             out.lines.append(f"created {host.at(path)}")
 
-    def _write(self, path: Path, content: str, manifest: mf.Manifest, out: Outcome) -> None:
+    def _check_ours(self, path: Path, content: str, manifest: mf.Manifest) -> None:
         target = self._host.at(path)
         current = read_if_regular(target)
-        if current == content and _root_owned(target):
-            return
         if current is not None and str(path) not in manifest.files and current != content:
             raise Conflict(
                 f"{target} exists and was not written by banger system install",
                 hint="move it away (or merge it by hand), then run install again",
             )
+
+    def _write(self, path: Path, content: str, manifest: mf.Manifest, out: Outcome) -> None:
+        target = self._host.at(path)
+        current = read_if_regular(target)
+        if current == content and _root_owned(target):
+            return
         if manifest.note("files", str(path)):
             self._save(manifest)
         write_root_file(target, content)
