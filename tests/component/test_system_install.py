@@ -225,6 +225,44 @@ def test_uninstall_keeps_the_owners_state_and_a_group_that_was_there(tree: Tree)
     assert group is not None and group[3] == ""  # the group stays, the membership goes
 
 
+def test_the_owner_defaults_to_whoever_ran_sudo(tree: Tree) -> None:
+    out = tree.banger("install", "--root", str(tree.root), env={"SUDO_USER": tree.user})
+    assert out.returncode == 0, out.stderr
+    assert tree.daemon_unit.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((), "whose daemon? no --owner and no SUDO_USER"),
+        (("--owner", "root"), "root cannot be the owner"),
+        (("--owner", "no-such-user-bg"), "is not a user on this host"),
+    ],
+)
+def test_no_owner_or_a_wrong_one_is_refused(
+    tree: Tree, args: tuple[str, ...], message: str
+) -> None:
+    before = tree.snapshot()
+    out = tree.banger("install", *args, "--root", str(tree.root))
+    assert out.returncode == 1
+    assert message in out.stderr
+    assert tree.snapshot() == before
+
+
+def test_a_bad_owner_config_is_refused_before_anything_changes(tree: Tree) -> None:
+    config = tree.home / ".config/banger/config.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text('cidr = "8.8.8.0/24"\n')
+    config.chmod(0o600)
+    for path in (config.parent.parent, config.parent, config):
+        os.chown(path, tree.uid, tree.uid)
+    before = tree.snapshot()
+    out = tree.banger("install", "--owner", tree.user, "--root", str(tree.root))
+    assert out.returncode == 1
+    assert "cidr" in out.stderr
+    assert tree.snapshot() == before
+
+
 def test_a_file_install_did_not_write_is_refused_before_anything_changes(tree: Tree) -> None:
     (tree.root / "etc/banger").mkdir()
     (tree.root / "etc/banger/helper.toml").write_text('owners = ["someone"]\n')

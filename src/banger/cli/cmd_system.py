@@ -46,7 +46,7 @@ def system() -> None:
     """
 
 
-@system.command()
+@system.command(short_help="Set up the helper and the owner's daemon as services.")
 @click.option(
     "--owner",
     metavar="USER",
@@ -64,20 +64,20 @@ def install(owner: str | None, root: Path) -> None:
     _print(_installer(root).install(owner))
 
 
-@system.command()
+@system.command(short_help="Remove exactly what install made.")
 @root_option
 def uninstall(root: Path) -> None:
     """Stop, disable and remove exactly what install made; never your VMs' state or images."""
     _print(_installer(root).uninstall())
 
 
-@system.command()
+@system.command(short_help="Restart both services.")
 def restart() -> None:
     """Restart banger-helper and the owner's daemon (after upgrading banger, say)."""
     _print(_installer(Path("/")).restart())
 
 
-@system.command()
+@system.command(short_help="Show both services, the mode and the helper's build.")
 @root_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def status(root: Path, as_json: bool) -> None:

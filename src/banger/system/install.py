@@ -85,10 +85,10 @@ def resolve_owner(name: str | None) -> Owner:
     return Owner(entry.pw_name, entry.pw_uid, entry.pw_gid, Path(entry.pw_dir))
 
 
-def no_systemd_error(owner: str) -> UnsupportedHost:
+def no_systemd_error(owner: str, outcome: str = "nothing was installed") -> UnsupportedHost:
     helper = scripts_dir() / "banger-helper"
     return UnsupportedHost(
-        "this host does not run systemd (no /run/systemd/system): nothing was installed",
+        f"this host does not run systemd (no /run/systemd/system): {outcome}",
         hint=f"run the helper in the foreground instead: sudo {helper} --owner {owner} "
         f"(the CLI then starts {owner}'s daemon as {owner}); or --root DIR writes the "
         "files under DIR for a package",
@@ -310,6 +310,8 @@ class SystemInstaller:
             if target.is_file() and not target.is_symlink():
                 target.unlink()
                 out.lines.append(f"removed {target}")
+            # A write cut short by a crash leaves its temporary file (write_root_file).
+            target.with_name(f".{target.name}.tmp").unlink(missing_ok=True)
             manifest.files.remove(name)
             self._save(manifest)
         if manifest.units and host.systemd_running():
@@ -368,10 +370,11 @@ class SystemInstaller:
         manifest = mf.load(host.at(MANIFEST))
         if manifest is None:
             raise UnsupportedHost(
-                "banger system is not installed", hint="sudo banger system install"
+                "banger system is not installed: nothing to restart",
+                hint=f"sudo {scripts_dir() / 'banger'} system install",
             )
         if not host.systemd_running():
-            raise no_systemd_error(manifest.owner)
+            raise no_systemd_error(manifest.owner, "no services to restart")
         units = [HELPER_UNIT, daemon_unit_name(manifest.owner)]
         host.systemctl("restart", *units)
         return Outcome(changed=True, lines=[f"restarted {' and '.join(units)}"])

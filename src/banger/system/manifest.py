@@ -93,6 +93,7 @@ def fsync_dir(path: Path) -> None:
 
 
 def remove(path: Path) -> None:
+    path.with_name(f".{path.name}.tmp").unlink(missing_ok=True)  # a crash's leftover
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
     fsync_dir(path.parent)
