@@ -188,10 +188,10 @@ def _rebuilt(reply: dict[str, Any]) -> BangerError:
     return err
 
 
-def _helper_command() -> str:
-    """The helper next to this interpreter (sudo's PATH rarely has a virtualenv's bin)."""
-    beside = Path(sys.executable).parent / "banger-helper"
-    return str(beside) if beside.exists() else "banger-helper"
+def _helper_command(name: str = "banger-helper") -> str:
+    """A script next to this interpreter (sudo's PATH rarely has a virtualenv's bin)."""
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.exists() else name
 
 
 def unavailable(path: Path, exc: OSError | None = None) -> HelperUnavailable:
@@ -205,7 +205,8 @@ def unavailable(path: Path, exc: OSError | None = None) -> HelperUnavailable:
     return HelperUnavailable(
         f"no banger-helper answers on {path}{reason}: this daemon runs as {user} (uid {uid}), "
         "not root, so it cannot create the bridge and TAPs (privilege mode: none)",
-        hint=f"start the root helper: `sudo {_helper_command()} --owner {user}` (`banger system "
-        "install` will set it up as a service), or run the daemon as root; rootless mode "
-        "(no helper, no root) is not built yet",
+        hint=f"set the helper up as a service: `sudo {_helper_command(name='banger')} system "
+        f"install --owner {user}`, or start it in the foreground: `sudo {_helper_command()} "
+        f"--owner {user}`; or run the daemon as root; rootless mode (no helper, no root) is "
+        "not built yet",
     )
