@@ -263,6 +263,27 @@ def test_a_bad_owner_config_is_refused_before_anything_changes(tree: Tree) -> No
     assert tree.snapshot() == before
 
 
+def test_the_owners_config_is_read_as_the_owner_not_as_root(tree: Tree) -> None:
+    """A config.toml that links to /etc/shadow is opened with the owner's rights only."""
+    config = tree.home / ".config/banger/config.toml"
+    config.parent.mkdir(parents=True)
+    config.symlink_to("/etc/shadow")
+    for path in (config.parent.parent, config.parent):
+        os.chown(path, tree.uid, tree.uid)
+    os.chown(config, tree.uid, tree.uid, follow_symlinks=False)
+    before = tree.snapshot()
+    out = tree.banger("install", "--owner", tree.user, "--root", str(tree.root))
+    assert out.returncode == 1
+    assert "root:" not in out.stdout + out.stderr  # not a byte of /etc/shadow
+    assert tree.snapshot() == before
+
+
+def test_restart_without_systemd_or_an_install_is_refused(tree: Tree) -> None:
+    out = tree.banger("restart")
+    assert out.returncode == 1
+    assert "nothing to restart" in out.stderr or "no services to restart" in out.stderr
+
+
 def test_a_file_install_did_not_write_is_refused_before_anything_changes(tree: Tree) -> None:
     (tree.root / "etc/banger").mkdir()
     (tree.root / "etc/banger/helper.toml").write_text('owners = ["someone"]\n')
