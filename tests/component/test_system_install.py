@@ -358,6 +358,25 @@ def test_both_units_pass_verify_and_rate_ok(tree: Tree) -> None:
     assert _exposure(tree.daemon_unit) <= MAX_DAEMON_EXPOSURE
 
 
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="needs systemd-analyze")
+def test_the_other_renderings_rate_the_same(tmp_path: Path) -> None:
+    """With a kvm group, and with the helper's code under /home (ProtectHome=read-only)."""
+    from banger.system.units import Owner, UnitInputs, render_daemon, render_helper
+
+    owner = Owner("alice", 1000, 1000, Path("/home/alice"))
+    inputs = UnitInputs(
+        owner, BIN / "banger-helper", BIN / "bangerd", Path("/etc/banger/helper.toml"),
+        "banger", kvm_group=True, code_in_home=True,
+    )  # fmt: skip
+    helper, daemon = tmp_path / "banger-helper.service", tmp_path / "banger-daemon-a.service"
+    helper.write_text(render_helper(inputs))
+    daemon.write_text(render_daemon(inputs))
+    assert "ProtectHome=read-only" in helper.read_text()
+    assert "SupplementaryGroups=kvm banger" in daemon.read_text()
+    assert _exposure(helper) <= MAX_HELPER_EXPOSURE
+    assert _exposure(daemon) <= MAX_DAEMON_EXPOSURE
+
+
 def test_status_asks_the_helper_as_the_owner() -> None:
     from tests.userenv import user_env
 
