@@ -225,6 +225,15 @@ def test_uninstall_keeps_the_owners_state_and_a_group_that_was_there(tree: Tree)
     assert group is not None and group[3] == ""  # the group stays, the membership goes
 
 
+def test_a_second_owner_is_refused(tree: Tree) -> None:
+    tree.ok("install", "--owner", tree.user, "--root", str(tree.root))
+    before = tree.snapshot()
+    out = tree.banger("install", "--owner", "nobody", "--root", str(tree.root))
+    assert out.returncode == 1
+    assert f"banger system is installed for {tree.user}; one owner per host" in out.stderr
+    assert tree.snapshot() == before
+
+
 def test_the_owner_defaults_to_whoever_ran_sudo(tree: Tree) -> None:
     out = tree.banger("install", "--root", str(tree.root), env={"SUDO_USER": tree.user})
     assert out.returncode == 0, out.stderr

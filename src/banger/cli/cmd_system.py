@@ -28,7 +28,7 @@ def _installer(root: Path) -> Any:
     from banger.system.hostops import HostRoot
     from banger.system.install import SystemInstaller
 
-    return SystemInstaller(HostRoot(root.absolute(), Runner()), click.echo)
+    return SystemInstaller(HostRoot(root.absolute(), Runner()))
 
 
 def _print(outcome: Any) -> None:

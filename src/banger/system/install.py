@@ -17,7 +17,6 @@ import os
 import pwd
 import stat
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,8 +46,6 @@ HELPER_CONFIG = helper_config.DEFAULT_CONFIG
 MANIFEST = ETC_DIR / "installed.json"
 UNIT_DIR = Path("/etc/systemd/system")
 GROUP = helper_config.DEFAULT_GROUP
-
-Say = Callable[[str], None]
 
 
 @dataclass
@@ -96,9 +93,8 @@ def no_systemd_error(owner: str, outcome: str = "nothing was installed") -> Unsu
 
 
 class SystemInstaller:
-    def __init__(self, host: HostRoot, say: Say) -> None:
+    def __init__(self, host: HostRoot) -> None:
         self._host = host
-        self._say = say
 
     # -- install ------------------------------------------------------------------------
 
@@ -113,7 +109,7 @@ class SystemInstaller:
             raise Conflict(
                 f"banger system is installed for {manifest.owner}; one owner per host "
                 "(both daemons would share one bridge and address range)",
-                hint="sudo banger system uninstall first",
+                hint=f"sudo {scripts_dir() / 'banger'} system uninstall first",
             )
         manifest = manifest or mf.Manifest(owner=owner.name, group=GROUP)
         out = Outcome()
