@@ -123,7 +123,8 @@ def ensure_private_dir(path: Path) -> Path:
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
     except FileExistsError:
         pass  # a file or a dangling symlink: refused below, naming the path
-    except OSError as exc:
+    except (PermissionError, NotADirectoryError) as exc:
+        # Other errors (ENOSPC, ...) propagate: callers turn those into space errors.
         raise PermissionDenied(
             f"cannot create {path}: {exc.strerror}",
             hint="check that you own its parent, or point XDG_RUNTIME_DIR / XDG_STATE_HOME "
