@@ -191,6 +191,16 @@ def test_duplicate_json_keys_are_refused(home: BangerHome, client: Client) -> No
         b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(nested), nested),
     )
     assert reply.startswith(b"HTTP/1.1 422") and b"repeats the key 'nat'" in reply
+    # ADVERSARIAL 49: NaN and Infinity are not JSON either (Python's parser takes them).
+    for constant in (b"NaN", b"Infinity", b"-Infinity"):
+        body = b'{"memory_mib": %s}' % constant
+        reply = _raw(
+            home,
+            b"PATCH /v1/vms/ghost HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body),
+        )
+        assert reply.startswith(b"HTTP/1.1 422"), reply[:200]
+        assert b"is not a JSON value" in reply
 
 
 def test_start_of_an_unknown_vm_is_a_404_like_stop_and_restart(client: Client) -> None:

@@ -134,6 +134,21 @@ def test_runtime_dir_deleted_under_the_daemon_releases_the_dns_port(home: Banger
     assert "socket gone: shutting down" in logs
 
 
+def test_command_right_after_the_runtime_dir_is_deleted_gets_a_new_daemon(
+    home: BangerHome,
+) -> None:
+    """Item 2, the race: the next command comes before the old daemon noticed; the new
+    daemon waits for the old one to let go of the state instead of failing."""
+    assert home.banger("daemon", "start").returncode == 0
+    pid = home.daemon_pid()
+    assert pid is not None
+    subprocess.run(["rm", "-rf", str(home.runtime_dir)], check=True)
+    out = home.banger("daemon", "status", "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["pid"] != pid
+    _wait_gone(pid)
+
+
 # -- item 3: a database that lost its rows is refused -----------------------------------
 
 

@@ -63,13 +63,9 @@ class BodyLimitMiddleware:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
-        duplicate = _duplicate_key(body)
-        if duplicate is not None:
-            err = InvalidRequest(
-                f"the JSON body repeats the key {duplicate!r}",
-                hint="send each field once",
-            )
-            await error_response(err)(scope, receive, send)
+        problem = _json_problem(body)
+        if problem is not None:
+            await error_response(problem)(scope, receive, send)
             return
         replayed = False
 
@@ -83,7 +79,7 @@ class BodyLimitMiddleware:
         await self.app(scope, replay, send)
 
 
-class _DuplicateKey(Exception):
+class _Refused(Exception):
     pass
 
 
@@ -91,20 +87,31 @@ def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     seen: dict[str, Any] = {}
     for key, value in pairs:
         if key in seen:
-            raise _DuplicateKey(key)
+            raise _Refused(
+                InvalidRequest(
+                    f"the JSON body repeats the key {key!r}", hint="send each field once"
+                )
+            )
         seen[key] = value
     return seen
 
 
-def _duplicate_key(body: bytes) -> str | None:
-    """The first key a JSON object in ``body`` repeats; None when none does, or when the
-    body is no JSON at all (FastAPI reports that with its own error)."""
+def _refuse_constant(name: str) -> Any:
+    # Python's json accepts NaN and Infinity; JSON does not (ADVERSARIAL 49).
+    raise _Refused(InvalidRequest(f"{name} is not a JSON value", hint="send a number"))
+
+
+def _json_problem(body: bytes) -> InvalidRequest | None:
+    """What JSON forbids but Python's parser lets through: a repeated key (which would
+    silently win) or NaN/Infinity. None when there is none, or when the body is no JSON
+    at all (FastAPI reports that with its own error)."""
     if not body.strip():
         return None
     try:
-        json.loads(body, object_pairs_hook=_refuse_duplicates)
-    except _DuplicateKey as dup:
-        return str(dup.args[0])
+        json.loads(body, object_pairs_hook=_refuse_duplicates, parse_constant=_refuse_constant)
+    except _Refused as refused:
+        err: InvalidRequest = refused.args[0]
+        return err
     except (ValueError, RecursionError):
         return None
     return None

@@ -25,6 +25,9 @@ from banger.errors import DaemonAlreadyRunning, PermissionDenied, StateError
 _Holder = tuple[int | None, str | None]
 _Busy = Callable[[Path, _Holder], Exception]
 
+#: How long a daemon whose socket vanished may take to notice (1 s) and stop (in-flight
+#: requests get up to 10 s).
+UNREACHABLE_WAIT_S = 15.0
 #: How long to wait for a just-started holder to write its pid and socket into the file.
 _HOLDER_WAIT_S = 1.0
 _OPEN_FLAGS = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
@@ -39,28 +42,39 @@ class DaemonLock:
         self._socket_path = socket_path
         self._fds: list[int] = []
 
-    def acquire(self) -> None:
+    def acquire(self, *, unreachable_wait_s: float = UNREACHABLE_WAIT_S) -> None:
+        """Take both locks. A holder of the state lock that serves our socket path while
+        no socket is there (its runtime dir was deleted) is on its way out: it notices
+        within a second and stops, so it is waited for up to ``unreachable_wait_s``."""
         try:
-            self._take(self._state_lock, self._state_busy)
+            self._take(self._state_lock, self._state_busy, patience_s=unreachable_wait_s)
             self._take(self._runtime_lock, self._socket_busy)
         except BaseException:
             self.release()
             raise
 
-    def _take(self, path: Path, busy: _Busy) -> None:
+    def _take(self, path: Path, busy: _Busy, *, patience_s: float = 0.0) -> None:
         fd = open_lock_file(path)
+        deadline = time.monotonic() + patience_s
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _read_holder(fd)
-            os.close(fd)
-            raise busy(path, holder) from None
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    holder = _read_holder(fd)
+                    if not self._unreachable(holder) or time.monotonic() > deadline:
+                        raise busy(path, holder) from None
+                    time.sleep(0.1)
         except BaseException:
             os.close(fd)
             raise
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n{self._socket_path}\n".encode(), 0)
         self._fds.append(fd)
+
+    def _unreachable(self, holder: _Holder) -> bool:
+        return holder[1] == str(self._socket_path) and not os.path.lexists(self._socket_path)
 
     def _state_busy(self, path: Path, holder: _Holder) -> Exception:
         pid, socket = holder

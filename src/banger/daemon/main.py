@@ -34,6 +34,7 @@ from banger.host.paths import Layout, ensure_private_dir
 from banger.host.publish import cleanup_leftovers
 from banger.model.wire import EXIT_ALREADY_RUNNING
 from banger.net.privileged import InProcessPrivilegedOps
+from banger.services.artifact_rows import find_orphans, reconcile_kernel_rows
 from banger.services.context import DaemonContext
 from banger.services.reconcile import reconcile
 from banger.services.vm_monitor import VmMonitor
@@ -159,6 +160,12 @@ async def _serve(
         service = VmService(ctx, ops)
         ctx.vms = service
         await reconcile(service)
+        await reconcile_kernel_rows(ctx)
+        for orphan in await find_orphans(ctx):
+            log.warning(
+                "published dir without a row",
+                extra={"fields": {"path": str(orphan.path), "remove_with": orphan.remedy}},
+            )
         await service.publish_dns()
         monitor = VmMonitor(service)
         monitor.start()

@@ -21,6 +21,7 @@ from banger.config.vm_defaults import VmDefaults
 from banger.errors import BangerError
 from banger.host.paths import Layout
 from banger.host.runner import Runner
+from banger.model.units import format_size
 from banger.model.wire import StageState
 
 KVM_GET_API_VERSION = 0xAE00
@@ -59,6 +60,8 @@ class DoctorInputs:
     runner: Runner = field(default_factory=Runner)
     #: "local" | "catalog" | "missing": where the default image would come from.
     default_image: str = "missing"
+    #: Published image/kernel dirs without a row: (path, size in bytes, command removing it).
+    orphans: tuple[tuple[str, int, str], ...] = ()
 
 
 Check = Callable[[DoctorInputs], CheckResult]
@@ -251,7 +254,16 @@ def check_vm_defaults(inputs: DoctorInputs) -> CheckResult:
 
 
 def check_state(inputs: DoctorInputs) -> CheckResult:
-    return CheckResult(StageState.OK, inputs.db_summary())
+    summary = inputs.db_summary()
+    if inputs.orphans:
+        # Every file under the state dir has a row, or is named here (issue 14 item 4).
+        listed = "; ".join(f"{path} ({format_size(size)})" for path, size, _ in inputs.orphans)
+        return CheckResult(
+            StageState.WARN,
+            f"{summary}; on disk without a row (an interrupted pull or import): {listed}",
+            hint="remove with " + ", ".join(remedy for _, _, remedy in inputs.orphans),
+        )
+    return CheckResult(StageState.OK, summary)
 
 
 def check_disk_space(inputs: DoctorInputs) -> CheckResult:

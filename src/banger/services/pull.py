@@ -78,10 +78,11 @@ class PullPlan:
 # -- failpoints ---------------------------------------------------------------------------
 
 
-def failpoint(point: str) -> None:
-    """SIGKILL this process when ``BANGER_FAILPOINT`` is ``pull:<point>``."""
-    if os.environ.get(FAILPOINT_ENV) == f"pull:{point}":
-        log.warning("failpoint pull:%s reached: killing the daemon", point)
+def failpoint(point: str, *, kind: str = "pull") -> None:
+    """SIGKILL this process when ``BANGER_FAILPOINT`` is ``<kind>:<point>`` (``pull:…``,
+    or ``kernel:swapped``: a ``kernel import --force`` swapped in, its row not updated)."""
+    if os.environ.get(FAILPOINT_ENV) == f"{kind}:{point}":
+        log.warning("failpoint %s:%s reached: killing the daemon", kind, point)
         os.kill(os.getpid(), signal.SIGKILL)
 
 
