@@ -288,3 +288,16 @@ def test_file_at_the_runtime_dir_path_is_refused(home: BangerHome) -> None:
     out = _bangerd(home.env)
     _assert_clear_refusal(out, home.runtime_dir)
     assert home.runtime_dir.read_text() == "a file"
+
+
+def test_symlink_at_the_start_log_is_refused_and_kept(home: BangerHome, tmp_path: Path) -> None:
+    """Item 21: the CLI's own runtime path (``bangerd.start.log``) is checked too: it gave
+    "unexpected OSError" (ELOOP)."""
+    home.runtime_dir.mkdir(parents=True, mode=0o700)
+    target = tmp_path / "not-yours"
+    start_log = home.runtime_dir / "bangerd.start.log"
+    start_log.symlink_to(target)
+    out = home.banger("daemon", "status")
+    _assert_clear_refusal(out, start_log)
+    assert "it is a symlink" in out.stderr and "unexpected" not in out.stderr
+    assert start_log.is_symlink() and not target.exists()
