@@ -116,6 +116,12 @@ def test_unit_name_of_a_plain_user() -> None:
 def test_manifest_round_trip_and_atomic_write(tmp_path: Path) -> None:
     path = tmp_path / "installed.json"
     m = mf.Manifest(owner="alice", group="banger", group_created=True)
+    # Every list filled: units and members are names, not paths (a live systemd found
+    # the first version refusing its own units).
+    assert m.note("units", "banger-helper.service")
+    assert m.note("members_added", "alice")
+    assert m.note("dirs", "/etc/banger")
+    assert m.note("owner_dirs", "/home/alice/.cache")
     assert m.note("files", "/etc/banger/helper.toml")
     assert not m.note("files", "/etc/banger/helper.toml")
     mf.save(path, m)
@@ -135,6 +141,8 @@ def test_manifest_round_trip_and_atomic_write(tmp_path: Path) -> None:
         '{"format": 1, "owner": "alice", "bogus": 1}',
         '{"format": 1, "owner": "alice", "files": ["relative/path"]}',
         '{"format": 1, "owner": "alice", "dirs": "/etc"}',
+        '{"format": 1, "owner": "alice", "units": [1]}',
+        '{"format": 1, "owner": "alice", "owner_dirs": ["home/alice"]}',
     ],
 )
 def test_a_damaged_manifest_is_refused_not_guessed(tmp_path: Path, text: str) -> None:

@@ -62,10 +62,11 @@ def load(path: Path) -> Manifest | None:
         manifest = Manifest(**data)
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"install manifest {path} is unreadable: {exc}", hint=_HINT) from None
-    for kind in ("files", "dirs", "owner_dirs", "units", "members_added"):
+    paths = ("files", "dirs", "owner_dirs")
+    for kind in (*paths, "units", "members_added"):
         items = getattr(manifest, kind)
         if not isinstance(items, list) or not all(
-            isinstance(i, str) and i.startswith("/") for i in items if kind != "members_added"
+            isinstance(i, str) and (i.startswith("/") or kind not in paths) for i in items
         ):
             raise ConfigError(f"install manifest {path}: bad {kind}", hint=_HINT)
     return manifest
