@@ -59,10 +59,13 @@ def test_the_daemon_runs_as_the_owner_with_no_capabilities_and_its_own_dirs_writ
     assert unit["ProtectSystem"] == ["strict"]
     assert unit["ProtectHome"] == ["read-only"]
     assert unit["ReadWritePaths"] == [
-        "/home/alice/.local/state/banger /home/alice/.cache/banger /run/user/1234"
+        "/home/alice/.local/state/banger /home/alice/.cache/banger -/run/user/1234"
     ]
-    assert unit["Environment"] == ["XDG_RUNTIME_DIR=/run/user/1234"]
-    assert unit["Requires"] == ["user-runtime-dir@1234.service"]
+    # Wanted, not required: without D-Bus, user-runtime-dir@ fails (seen under a live
+    # systemd) and the daemon must still start, in the state directory's run/.
+    assert unit["Wants"] == ["user-runtime-dir@1234.service banger-helper.service"]
+    assert "Requires" not in unit
+    assert "Environment" not in unit
     assert unit["SupplementaryGroups"] == ["kvm banger"]
     assert unit["DevicePolicy"] == ["closed"]
     assert unit["DeviceAllow"] == ["/dev/kvm rw", "/dev/net/tun rw", "/dev/vhost-vsock rw"]

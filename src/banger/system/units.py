@@ -151,18 +151,18 @@ def render_daemon(inputs: UnitInputs) -> str:
 # {owner.name}'s banger daemon, run as {owner.name} (docs/explanation/privilege.md).
 [Unit]
 Description=banger daemon of {owner.name}
-# The runtime directory ({owner.runtime_dir}) holds the socket the CLI looks for; it
-# stays while this unit needs it, logged in or not.
-Requires=user-runtime-dir@{owner.uid}.service
+# {owner.runtime_dir} holds the socket where the owner's CLI looks for it; it stays while
+# this unit wants it, logged in or not. Without logind (no D-Bus) it cannot be made, and
+# daemon and CLI both fall back to the state directory's run/ (Layout.from_env): a want,
+# not a requirement.
+Wants=user-runtime-dir@{owner.uid}.service {HELPER_UNIT}
 After=user-runtime-dir@{owner.uid}.service {HELPER_UNIT} network.target
-Wants={HELPER_UNIT}
 
 [Service]
 Type=exec
 User={owner.name}
 Group={owner.gid}
 {groups}
-Environment=XDG_RUNTIME_DIR={owner.runtime_dir}
 ExecStart={inputs.daemon_bin}
 Restart=on-failure
 RestartSec=2
@@ -175,7 +175,8 @@ AmbientCapabilities=
 {_COMMON}\
 # Reads the owner's config and keys; writes only its state, cache and runtime dirs.
 ProtectHome=read-only
-ReadWritePaths={owner.state_dir} {owner.cache_dir} {owner.runtime_dir}
+# ("-": the runtime directory may not exist, see Wants= above.)
+ReadWritePaths={owner.state_dir} {owner.cache_dir} -{owner.runtime_dir}
 DeviceAllow=/dev/kvm rw
 DeviceAllow=/dev/net/tun rw
 DeviceAllow=/dev/vhost-vsock rw
