@@ -32,6 +32,7 @@ from banger.host.publish import cleanup_leftovers
 from banger.model.wire import EXIT_ALREADY_RUNNING
 from banger.net.privileged import InProcessPrivilegedOps
 from banger.services.context import DaemonContext
+from banger.services.daemon_info import start_kvm_probe
 from banger.services.reconcile import reconcile
 from banger.services.vm_monitor import VmMonitor
 from banger.services.vms import VmService
@@ -152,6 +153,7 @@ async def _serve(ctx: DaemonContext, sock: object, ready_fd: int | None) -> None
         ctx.vms = service
         await reconcile(service)
         await service.publish_dns()
+        await start_kvm_probe(ctx)
         monitor = VmMonitor(service)
         monitor.start()
         watcher = asyncio.create_task(_watch(server, ctx, ready_fd))

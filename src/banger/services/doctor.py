@@ -22,6 +22,7 @@ from banger.errors import BangerError
 from banger.host.paths import Layout
 from banger.host.runner import Runner
 from banger.model.wire import StageState
+from banger.vmm.kvm_probe import Verdict as KvmVerdict
 
 KVM_GET_API_VERSION = 0xAE00
 KVM_API_VERSION = 12
@@ -54,8 +55,8 @@ class DoctorInputs:
     config: Config
     vm_defaults: VmDefaults
     db_summary: Callable[[], str]
-    #: Result of the KVM probe boot (None: not probed, e.g. no kernel to boot yet).
-    kvm_runs_guests: bool | None = None
+    #: The KVM probe's verdict (None: not probed, e.g. no kernel to boot yet).
+    kvm_verdict: KvmVerdict | None = None
     runner: Runner = field(default_factory=Runner)
     #: "local" | "catalog" | "missing": where the default image would come from.
     default_image: str = "missing"
@@ -99,24 +100,27 @@ def check_kvm(inputs: DoctorInputs) -> CheckResult:
         os.close(fd)
     if version != KVM_API_VERSION:
         return CheckResult(StageState.WARN, f"/dev/kvm reports API version {version}")
-    return _kvm_verdict(inputs.kvm_runs_guests)
+    return _kvm_verdict(inputs.kvm_verdict)
 
 
-def _kvm_verdict(runs_guests: bool | None) -> CheckResult:
-    if runs_guests is False:
+def _kvm_verdict(verdict: KvmVerdict | None) -> CheckResult:
+    measured = f"; probed {verdict.measured_at}" if verdict and verdict.measured_at else ""
+    if verdict is not None and not verdict.runs_guests:
         return CheckResult(
             StageState.WARN,
             "/dev/kvm exists but could not run a guest (a probe boot under KVM printed "
-            "nothing): VMs run under QEMU software emulation (slow)",
+            f"nothing{measured}): VMs run under QEMU software emulation (slow)",
             hint="nested virtualisation without full KVM (e.g. PVM) cannot boot stock "
             "kernels; on bare metal, check the kvm_intel/kvm_amd modules",
         )
-    if runs_guests is None:
+    if verdict is None:
         return CheckResult(
             StageState.OK,
             "/dev/kvm opens (API 12); not probed yet: no kernel to boot (import or pull one)",
         )
-    return CheckResult(StageState.OK, "/dev/kvm runs guests (probe boot printed the kernel banner)")
+    return CheckResult(
+        StageState.OK, f"/dev/kvm runs guests (probe boot printed the kernel banner{measured})"
+    )
 
 
 def check_vhost_vsock(_: DoctorInputs) -> CheckResult:
