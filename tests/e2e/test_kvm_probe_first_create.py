@@ -30,7 +30,7 @@ def test_first_create_of_a_fresh_daemon_waits_for_no_probe() -> None:
         probe = [e for e in first if e.get("stage") == "kvm-probe" and e["state"] != "running"]
         if _kvm_opens():
             [done] = probe
-            assert done["state"] == "ok" and "measured once" in done["detail"]
+            assert done["state"] == "ok" and "kept until" in done["detail"]
         else:
             assert probe == []  # nothing to boot: the answer is "no" at once
         env.ok("vm", "delete", "--force", "p1")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from banger.errors import Timeout
+from banger.errors import CommandFailed, Timeout
 from banger.host.runner import Result, Runner
 from banger.vmm import kvm_probe
 from banger.vmm.kvm_probe import KvmProbe, ProbeKey, Verdict, current_key, read_stored, store
@@ -46,6 +46,11 @@ class QemuStandIn(Runner):
         await asyncio.sleep(self.delay_s)
         if self.outcome == "timeout":
             raise Timeout(f"{args[0]} … did not finish within {timeout_s:g}s")
+        if self.outcome == "fail":
+            raise CommandFailed(
+                f"{args[0]} … failed with exit status 1",
+                details="qemu-system-x86_64: failed to initialize kvm: No space left\nmore",
+            )
         return Result(tuple(args), 0, b"", b"")
 
 
@@ -149,7 +154,7 @@ def test_a_second_probe_object_on_the_same_state_dir_does_not_boot(
     first = QemuStandIn(console=b"SeaBIOS\n", outcome="timeout")
     verdict = asyncio.run(_probe(host, first).verdict(host["kernel"]))
     assert verdict is not None and not verdict.runs_guests
-    assert "did not finish" in verdict.detail
+    assert verdict.detail == "no kernel banner: nothing within 6 s under KVM"
     second = QemuStandIn()
     restarted = _probe(host, second)  # a daemon restart: new object, same state dir
     assert restarted.known() == verdict
@@ -223,3 +228,12 @@ def test_no_boot_and_nothing_stored_without_kvm_or_qemu(
     verdict = asyncio.run(no_qemu.verdict(host["kernel"]))
     assert verdict is not None and not verdict.runs_guests
     assert runner.argvs == [] and not host["cache"].exists()
+
+
+def test_qemu_failing_under_kvm_is_a_no_with_its_first_error_line(host: dict[str, Path]) -> None:
+    verdict = asyncio.run(_probe(host, QemuStandIn(console=b"", outcome="fail")).verdict(host["kernel"]))
+    assert verdict is not None and not verdict.runs_guests
+    assert verdict.detail == (
+        "no kernel banner: QEMU failed under KVM: "
+        "qemu-system-x86_64: failed to initialize kvm: No space left"
+    )

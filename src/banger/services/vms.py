@@ -153,8 +153,8 @@ class VmService:
             verdict = await probe.verdict(probe_kernel)
             assert verdict is not None  # a kernel was given
             progress.detail = (
-                f"/dev/kvm {'runs' if verdict.runs_guests else 'cannot run'} guests: "
-                f"{verdict.detail}; measured once, kept until the host or QEMU changes"
+                f"/dev/kvm {'runs' if verdict.runs_guests else 'cannot run'} guests "
+                f"({verdict.detail}); kept until the host or QEMU changes"
             )
         return verdict.runs_guests
 

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from banger.config.settings import Config
-from banger.errors import BangerError
+from banger.errors import BangerError, Timeout
 from banger.host import procinfo
 from banger.host.publish import write_file_atomic
 from banger.host.runner import Runner
@@ -224,10 +224,7 @@ class KvmProbe:
         self.boots += 1
         banner, how = await self._boot(QemuVmm(self.runner, qemu), kernel)
         elapsed = round(time.monotonic() - started, 3)
-        if banner:
-            detail = "a probe boot under KVM printed the kernel banner"
-        else:
-            detail = f"a probe boot under KVM printed nothing ({how})"
+        detail = "kernel banner on the console" if banner else f"no kernel banner: {how}"
         verdict = Verdict(banner, detail, datetime.now(UTC).isoformat(timespec="seconds"), elapsed)
         log.info(
             "kvm probe booted",
@@ -257,9 +254,12 @@ class KvmProbe:
             try:
                 await self.runner.run_async(argv, timeout_s=self.timeout_s)
                 how = "QEMU exited"
+            except Timeout:
+                # The usual end on a host where KVM cannot run guests.
+                how = f"nothing within {self.timeout_s:g} s under KVM"
             except BangerError as exc:
-                # The usual end on a host where KVM cannot run guests: the timeout.
-                how = exc.brief
+                first = (exc.details or "").strip().splitlines()[:1]
+                how = f"QEMU failed under KVM{': ' + first[0] if first else ''}"
             console = b""
             with contextlib.suppress(OSError):
                 console = console_log_path(scratch).read_bytes()
