@@ -231,7 +231,8 @@ def test_no_boot_and_nothing_stored_without_kvm_or_qemu(
 
 
 def test_qemu_failing_under_kvm_is_a_no_with_its_first_error_line(host: dict[str, Path]) -> None:
-    verdict = asyncio.run(_probe(host, QemuStandIn(console=b"", outcome="fail")).verdict(host["kernel"]))
+    failing = _probe(host, QemuStandIn(console=b"", outcome="fail"))
+    verdict = asyncio.run(failing.verdict(host["kernel"]))
     assert verdict is not None and not verdict.runs_guests
     assert verdict.detail == (
         "no kernel banner: QEMU failed under KVM: "
