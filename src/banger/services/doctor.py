@@ -22,6 +22,7 @@ from banger.errors import BangerError
 from banger.host.paths import Layout
 from banger.host.runner import Runner
 from banger.model.wire import StageState
+from banger.vmm import table
 from banger.vmm.kvm_probe import Verdict as KvmVerdict
 
 KVM_GET_API_VERSION = 0xAE00
@@ -208,15 +209,13 @@ def check_network(inputs: DoctorInputs) -> CheckResult:
 
 
 def check_vmm(inputs: DoctorInputs) -> CheckResult:
-    qemu = _find(inputs.config.qemu_bin, "qemu-system-x86_64")
-    firecracker = _find(inputs.config.firecracker_bin, "firecracker")
-    found = [
-        f"{name}: {path}" for name, path in (("qemu", qemu), ("firecracker", firecracker)) if path
-    ]
+    binaries = {b: table.binary_for(b, inputs.config) for b in table.VMM_CLASSES}
+    found = [f"{backend.value}: {path}" for backend, path in binaries.items() if path]
     if not found:
+        names = (table.vmm_class(b).binary_name for b in table.VMM_CLASSES)
         return CheckResult(
             StageState.FAIL,
-            "neither qemu-system-x86_64 nor firecracker found",
+            f"neither {' nor '.join(names)} found",
             hint="sudo apt-get install qemu-system-x86 (or set qemu_bin in config.toml)",
         )
     return CheckResult(StageState.OK, "; ".join(found))
@@ -300,12 +299,6 @@ CHECKS: tuple[tuple[str, Check], ...] = (
     ("disk space", check_disk_space),
     ("runtime dir", check_runtime_dir),
 )
-
-
-def _find(configured: str | None, default: str) -> str | None:
-    if configured:
-        return configured if os.access(configured, os.X_OK) else None
-    return shutil.which(default)
 
 
 def _mode(path: Path) -> int | None:

@@ -23,6 +23,7 @@ from banger.vmm.qemu import QemuVmm
 
 VmmClass = type[QemuVmm] | type[FirecrackerVmm]
 
+#: In the order banger lists them (``doctor``).
 VMM_CLASSES: dict[Backend, VmmClass] = {
     Backend.QEMU: QemuVmm,
     Backend.FIRECRACKER: FirecrackerVmm,
