@@ -26,9 +26,18 @@ echoes the client's ``X-Banger-Request`` id, so a host can tell a stale reply on
 stream from its own. Requests are bounded (head ``MAX_HEAD_BYTES``, body
 ``MAX_BODY_BYTES``, discarded), replies too (``MAX_LISTENERS`` entries, truncated names).
 
-Owns: the wire protocol on the guest side and reading ``/proc/uptime``,
-``/proc/net/{tcp,tcp6,udp,udp6}`` and ``/proc/<pid>/{fd,comm,cmdline}``.
-Must not: read or write any path a request names, execute anything, or need a network.
+Exec (docs/explanation/guest-exec.md): a second channel — vsock port 53 and the
+virtio-serial port ``org.banger.exec`` — carries framed, multiplexed command sessions
+(``ExecHost``): the host opens a channel per command (argv, cwd, env, timeout), the agent
+runs it in its own session and streams stdout and stderr under per-channel credits, takes
+stdin under its own window, forwards signals to the process group, and reports the exit.
+A host's HELLO ends the commands of the host before it (the serial stream cannot tell).
+
+Owns: the wire protocols on the guest side, reading ``/proc/uptime``,
+``/proc/net/{tcp,tcp6,udp,udp6}`` and ``/proc/<pid>/{fd,comm,cmdline}``, and running the
+commands the exec channel's host asks for.
+Must not: read or write any path an HTTP request names, run anything but what the exec
+channel's host asks for, or need a network.
 """
 
 # os.* rather than pathlib on /proc: this runs under TCG emulation, every call counts.
