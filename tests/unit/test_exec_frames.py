@@ -54,7 +54,7 @@ def test_constants_agree() -> None:
     assert agent.X_MAX_CHANNELS == ef.MAX_CHANNELS
     assert agent.X_SIGNALS == ef.SIGNALS
     assert agent.X_KINDS == ef.KINDS
-    assert agent.X_HELLO_PREFIX == ef.hello_prefix()
+    assert ef.hello_prefix() == agent.X_HELLO_PREFIX
     assert (agent.K_HELLO, agent.K_OPEN, agent.K_STDIN, agent.K_STDIN_EOF) == (1, 2, 3, 4)
     for name in ("SIGNAL", "CREDIT", "HELLO_ACK", "STARTED", "FAILED", "STDOUT", "STDERR"):
         assert getattr(agent, "K_" + name) == Kind[name]
@@ -176,4 +176,4 @@ def test_prefixes() -> None:
     assert hello.startswith(ef.hello_prefix())
     ack = ef.encode(Kind.HELLO_ACK, 0, ef.MAGIC + nonce + b"1")
     assert ack.startswith(ef.ack_prefix(nonce))
-    assert ef.SYNC_PADDING >= ef.HEADER.size + ef.MAX_PAYLOAD
+    assert ef.HEADER.size + ef.MAX_PAYLOAD <= ef.SYNC_PADDING

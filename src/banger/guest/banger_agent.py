@@ -1100,6 +1100,17 @@ class ExecHost:
                 return
 
     def _hunt(self) -> None:
+        if not self.serial:  # a connection of its own: padding, then HELLO, or goodbye
+            pads = len(self.inbuf) - len(self.inbuf.lstrip(b"\0"))
+            del self.inbuf[:pads]
+            seen = min(len(self.inbuf), len(X_HELLO_PREFIX))
+            if self.inbuf[:seen] != X_HELLO_PREFIX[:seen]:
+                log("exec: a connection that does not start with HELLO")
+                del self.inbuf[:]
+                self.ended = True
+            elif seen == len(X_HELLO_PREFIX):
+                self.hunting = False
+            return
         start = self.inbuf.rfind(X_HELLO_PREFIX)
         if start < 0:
             del self.inbuf[: max(0, len(self.inbuf) - len(X_HELLO_PREFIX) + 1)]
@@ -1377,7 +1388,8 @@ def exec_stream(source: StreamSource) -> None:
             continue
         log("exec: serving " + source.describe)
         try:
-            serve_exec_fd(fd, serial=source.eof == "wait")
+            # A test's stream fd stands for the serial port: hosts share it in turn.
+            serve_exec_fd(fd, serial=source.eof != "reopen")
         except OSError as exc:
             log(f"exec: {source.describe}: {exc}")
         finally:

@@ -28,6 +28,7 @@ import contextlib
 import re
 import secrets
 import signal as signals
+import socket
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -37,6 +38,8 @@ from banger.guest.exec_frames import ExitStatus, Failure, Kind
 
 EXEC_VSOCK_PORT = 53
 CONNECT_TIMEOUT_S = 5.0
+#: How long the guest may take to say a command started (a fork and exec, under TCG).
+START_TIMEOUT_S = 10.0
 #: Past the guest-side timeout, how long the host waits before it gives up on the guest.
 GRACE_S = 5.0
 #: Stale bytes (a previous host's output) skipped while waiting for our HELLO_ACK.
@@ -216,6 +219,15 @@ class ExecConnection:
             return await cls._handshake(reader, writer, describe)
 
     @classmethod
+    async def over_socket(
+        cls, sock: socket.socket, describe: str, *, timeout_s: float = CONNECT_TIMEOUT_S
+    ) -> ExecConnection:
+        """An already connected stream socket (AF_VSOCK, or a test's socketpair)."""
+        async with _deadline(timeout_s, describe):
+            reader, writer = await asyncio.open_unix_connection(sock=sock, limit=READ_CHUNK)
+            return await cls._handshake(reader, writer, describe)
+
+    @classmethod
     async def over_firecracker_vsock(
         cls, uds_path: Path, port: int = EXEC_VSOCK_PORT, *, timeout_s: float = CONNECT_TIMEOUT_S
     ) -> ExecConnection:
@@ -299,8 +311,10 @@ class ExecConnection:
         cwd: str | None = None,
         env: dict[str, str] | None = None,
         timeout_s: float | None = None,
+        start_timeout_s: float = START_TIMEOUT_S,
     ) -> ExecProcess:
-        """Start ``argv`` in the guest (its own session and process group)."""
+        """Start ``argv`` in the guest (its own session and process group); the guest must
+        say it started (or why not) within ``start_timeout_s``."""
         timeout_ms = 0 if timeout_s is None else max(1, round(timeout_s * 1000))
         payload = ef.encode_open(argv, cwd=cwd or "", env=env, timeout_ms=timeout_ms)
         if self._error is not None:
@@ -315,7 +329,8 @@ class ExecConnection:
         try:
             self._send(Kind.OPEN, proc.channel, payload)
             await self._drain()
-            proc.pid = await asyncio.shield(proc._started)
+            async with _deadline(start_timeout_s, f"starting {argv[0]!r} in the guest"):
+                proc.pid = await asyncio.shield(proc._started)
         except BaseException:
             proc._abandon()
             raise
@@ -331,11 +346,14 @@ class ExecConnection:
         stdin: bytes | AsyncIterable[bytes] | None = None,
         on_stdout: Output | None = None,
         on_stderr: Output | None = None,
+        start_timeout_s: float = START_TIMEOUT_S,
     ) -> ExitStatus:
         """Run ``argv`` to the end, streaming its output to the callbacks."""
         limit = None if timeout_s is None else timeout_s + GRACE_S
         async with _deadline(limit, f"{argv[0]!r} in the guest"):
-            proc = await self.start(argv, cwd=cwd, env=env, timeout_s=timeout_s)
+            proc = await self.start(
+                argv, cwd=cwd, env=env, timeout_s=timeout_s, start_timeout_s=start_timeout_s
+            )
             feeder = asyncio.create_task(_feed(proc, stdin))
             try:
                 async for kind, data in proc.output():
