@@ -158,3 +158,25 @@ def test_100m_streamed_exactly_with_bounded_memory_and_round_trips(guest: Booted
     )
     assert rss_growth_kib < 20 * 1024
     assert p50 < statistics.median(ssh)  # the point of exec through the agent
+
+
+def test_no_busy_loop_after_exec_hosts_left(guest: Booted) -> None:
+    """With no host on the exec port (after hosts came and went), the agent sleeps: the
+    port then reports POLLHUP forever and only an edge-triggered wait keeps it idle."""
+
+    async def come_and_go() -> None:
+        for _ in range(3):
+            async with await guest.channel.exec_connect() as conn:
+                assert (await conn.run(["true"])).code == 0
+
+    asyncio.run(come_and_go())
+    guest.wait_ssh(within=BOOT_TIMEOUT_S)
+    out = guest.ssh(
+        "pid=$(systemctl show -p MainPID --value banger-agent); "
+        "t() { awk '{print $14 + $15}' /proc/$pid/stat; }; "
+        "a=$(t); sleep 5; b=$(t); echo $a $b $(getconf CLK_TCK)"
+    )
+    before, after, hz = (int(x) for x in out.split())
+    cpu = (after - before) / hz
+    print(f"agent CPU over 5 s after exec hosts left: {cpu:.2f} s")
+    assert cpu < 0.5  # a spinning exec loop would burn ~5 s here
