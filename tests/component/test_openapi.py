@@ -16,11 +16,10 @@ from schemathesis.checks import positive_data_acceptance
 from banger.api.app import create_app, openapi_document
 from banger.config.settings import load_config
 from banger.config.vm_defaults import HostFacts
+from banger.daemon.main import compose_for_host
 from banger.host import buildinfo
 from banger.host.paths import Layout, ensure_private_dir
-from banger.net.privileged import InProcessPrivilegedOps
 from banger.services.context import DaemonContext
-from banger.services.vms import VmService
 from banger.state.db import AsyncDatabase, Database
 
 REPO = Path(__file__).resolve().parents[2]
@@ -58,10 +57,7 @@ def test_committed_document_matches_the_code() -> None:
 
 
 def _app() -> FastAPI:
-    ctx = _context()
-    ops = InProcessPrivilegedOps(ctx.runner, bridge_name=ctx.config.bridge_name)
-    ctx.vms = VmService(ctx, ops)
-    return create_app(ctx)
+    return create_app(compose_for_host(_context()))
 
 
 APP = _app()

@@ -1,7 +1,8 @@
 """``bangerd``: start-up, serving and orderly shutdown of the daemon.
 
 Owns: the start-up order (private dirs → config → single-instance lock → logs →
-state → leftovers → socket → serve) and undoing it on exit.
+state → leftovers → socket → serve) and undoing it on exit, and the composition root:
+``compose`` builds every service once, with its collaborators, for ``create_app``.
 Must not: contain request handling (``banger.api``) or use-case logic (``banger.services``).
 """
 
@@ -30,10 +31,19 @@ from banger.host import buildinfo
 from banger.host.paths import Layout, ensure_private_dir
 from banger.host.publish import cleanup_leftovers
 from banger.model.wire import EXIT_ALREADY_RUNNING
-from banger.net.privileged import InProcessPrivilegedOps
+from banger.net.privileged import InProcessPrivilegedOps, PrivilegedOps
+from banger.services import readiness
+from banger.services.catalog_fetch import CatalogService
 from banger.services.context import DaemonContext
+from banger.services.daemon_services import DaemonServices
+from banger.services.image_pulls import ImagePullService
+from banger.services.images import ImageService
+from banger.services.kernel_pull import KernelPullService
+from banger.services.kernels import KernelService
+from banger.services.readiness import PortProbe
 from banger.services.reconcile import reconcile
 from banger.services.vm_monitor import VmMonitor
+from banger.services.vmm_factory import HostVmms, VmmFactory
 from banger.services.vms import VmService
 from banger.state import repo
 from banger.state.db import AsyncDatabase, Database
@@ -86,12 +96,14 @@ def run(*, ready_fd: int | None = None) -> None:
             # We hold the lock, so a socket file here is a dead daemon's leftover.
             layout.socket_path.unlink(missing_ok=True)
             sock = bind_unix_socket(layout.socket_path)
+            dns = DnsServer(lambda: records_from_vms(repo.list_vms(db)), port=dns_port_from_env())
             ctx = DaemonContext(
                 layout=layout,
                 config=config,
                 db=AsyncDatabase(db),
                 build=buildinfo.current(),
                 host=HostFacts.probe(),
+                dns=dns,
             )
             log.info(
                 "daemon starting",
@@ -105,7 +117,7 @@ def run(*, ready_fd: int | None = None) -> None:
                 },
             )
             try:
-                asyncio.run(_serve(ctx, sock, ready_fd))
+                asyncio.run(_serve(ctx, dns, sock, ready_fd))
             finally:
                 layout.socket_path.unlink(missing_ok=True)
                 ctx.db.close()
@@ -133,9 +145,33 @@ def ensure_open_files_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
-async def _serve(ctx: DaemonContext, sock: object, ready_fd: int | None) -> None:
+def compose(
+    ctx: DaemonContext,
+    *,
+    ops: PrivilegedOps,
+    vmms: VmmFactory,
+    guest_ports: PortProbe = readiness.port_open,
+) -> DaemonServices:
+    """Every service, built once, each given its collaborators (tests pass fakes here)."""
+    images = ImageService(ctx)
+    kernels = KernelService(ctx)
+    kernel_pulls = KernelPullService(ctx, kernels)
+    image_pulls = ImagePullService(ctx, images)
+    catalog = CatalogService(ctx, images, kernel_pulls, image_pulls)
+    vms = VmService(ctx, ops=ops, vmms=vmms, catalog=catalog, guest_ports=guest_ports)
+    return DaemonServices(ctx, vms, images, image_pulls, kernels, kernel_pulls, catalog)
+
+
+def compose_for_host(ctx: DaemonContext) -> DaemonServices:
+    """The services with this host's collaborators: root network ops, installed VMMs."""
+    ops = InProcessPrivilegedOps(ctx.runner, bridge_name=ctx.config.bridge_name)
+    return compose(ctx, ops=ops, vmms=HostVmms(ctx.config, ctx.layout, ctx.runner))
+
+
+async def _serve(ctx: DaemonContext, dns: DnsServer, sock: object, ready_fd: int | None) -> None:
+    services = compose_for_host(ctx)
     config = uvicorn.Config(
-        create_app(ctx),
+        create_app(services),
         http=PeerCheckedH11Protocol,
         lifespan="off",
         log_config=None,
@@ -143,16 +179,11 @@ async def _serve(ctx: DaemonContext, sock: object, ready_fd: int | None) -> None
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
     )
     server = uvicorn.Server(config)
-    dns = DnsServer(lambda: records_from_vms(repo.list_vms(ctx.db.db)), port=dns_port_from_env())
     await dns.start()
-    ctx.dns = dns
     try:
-        ops = InProcessPrivilegedOps(ctx.runner, bridge_name=ctx.config.bridge_name)
-        service = VmService(ctx, ops)
-        ctx.vms = service
-        await reconcile(service)
-        await service.publish_dns()
-        monitor = VmMonitor(service)
+        await reconcile(services.vms)
+        await services.vms.publish_dns()
+        monitor = VmMonitor(services.vms)
         monitor.start()
         watcher = asyncio.create_task(_watch(server, ctx, ready_fd))
         try:
