@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-from banger.errors import AlreadyExists, CommandFailed, InvalidArgument
+from banger.errors import AlreadyExists, CommandFailed, InvalidArgument, InvalidState
 from banger.host import procinfo
 from banger.host.runner import DEFAULT_TIMEOUT_S, Result, Runner, command_failed
 from banger.model.addressing import (
@@ -166,6 +166,8 @@ class FakeVmms:
         self.vmm = vmm
         self.probed: list[Path] = []
         self.wanted: list[Backend | None] = []
+        #: The VMM binary was uninstalled after the VM started.
+        self.uninstalled = False
 
     async def choose(self, probe_kernel: Path, wanted: Backend | None) -> VmmPick:
         self.probed.append(probe_kernel)
@@ -174,6 +176,8 @@ class FakeVmms:
         return VmmPick(vmm, Accel.TCG, "fake VMM (tests)")
 
     def installed(self, backend: Backend) -> Vmm:
+        if self.uninstalled:
+            raise InvalidState(f"{backend.value} is no longer installed")
         vmm: Vmm = self.vmm
         return vmm
 

@@ -57,6 +57,17 @@ def test_a_guest_ignoring_the_stop_is_killed_and_says_so_e96(world: World) -> No
     asyncio.run(scenario())
 
 
+def test_a_vm_whose_vmm_binary_is_gone_still_stops_e97(world: World) -> None:
+    async def scenario() -> None:
+        assert (await world.create(name="orphaned")).error is None
+        world.vmms.uninstalled = True
+        vm = await world.vms.stop("orphaned")
+        assert vm.state is VmState.STOPPED and world.vmm.shutdowns == []
+        assert not procinfo.is_running(world.vmm.handles[-1].process)
+
+    asyncio.run(scenario())
+
+
 def test_starting_a_running_vm_says_so_and_changes_nothing(world: World) -> None:
     async def scenario() -> None:
         assert (await world.create(name="busy")).error is None

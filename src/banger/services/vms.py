@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from banger.dns.server import records_from_vms
-from banger.errors import BangerError, CommandFailed, InvalidArgument, InvalidState
+from banger.errors import BangerError, InvalidArgument, InvalidState
 from banger.host import procinfo
 from banger.host.publish import remove_published
 from banger.model.addressing import allocate_ip
@@ -31,7 +31,7 @@ from banger.model.records import ImageRecord, KernelRecord, VmRecord, VmState, u
 from banger.model.wire import StageState
 from banger.net.privileged import PrivilegedOps
 from banger.net.taps import TapPool
-from banger.services import readiness, vm_boot, vm_disks
+from banger.services import readiness, vm_boot, vm_disks, vm_stop
 from banger.services.catalog_fetch import CatalogService
 from banger.services.context import DaemonContext
 from banger.services.inventory import record_dict
@@ -60,10 +60,6 @@ from banger.vmm.channels import agent_channel_at
 from banger.workspace import filesync
 
 log = logging.getLogger("banger.vms")
-
-STOP_TIMEOUT_S = 20.0
-#: How long a SIGKILLed VMM may take to be gone (it frees the guest's memory first).
-KILL_WAIT_S = 10.0
 
 
 class VmService:
@@ -300,27 +296,11 @@ class VmService:
             self._stopping.add(name)
             try:
                 await self._update(name, state=VmState.STOPPING)
-                await self._shut_down(name, handle)
+                await vm_stop.shut_down(self.vmms, name, handle)
             finally:
                 self._stopping.discard(name)
-            outcome = await _stop_outcome(handle)
+            outcome = await vm_stop.stop_outcome(handle)
             return await self._mark_stopped(await self.get(name), reason=outcome)
-
-    async def _shut_down(self, name: str, handle: VmmHandle) -> None:
-        """The backend's graceful stop; whatever goes wrong there, the VMM ends: a stop
-        never leaves a VM half-stopped (ADVERSARIAL 96, 97)."""
-        try:
-            await self.vmms.installed(handle.backend).shutdown(handle, timeout_s=STOP_TIMEOUT_S)
-        except BangerError as exc:
-            log.warning("graceful stop failed", extra={"fields": {"vm": name, "error": exc.brief}})
-        if not procinfo.is_running(handle.process):
-            return
-        spawn.signal_if_ours(handle.process, signals.SIGKILL)
-        if not await spawn.wait_exit(handle.process, timeout_s=KILL_WAIT_S):
-            raise CommandFailed(
-                f"the VMM of {name!r} (pid {handle.process.pid}) survived SIGKILL",
-                hint="it is stuck in the kernel (state D in /proc); `banger vm stop` again later",
-            )
 
     async def kill(self, name: str, sig: int) -> VmRecord:
         async with self.locked(name):
@@ -434,19 +414,3 @@ class VmService:
 
 def _state_of(accel: Accel | None) -> StageState:
     return StageState.WARN if accel is Accel.TCG else StageState.OK
-
-
-async def _stop_outcome(handle: VmmHandle) -> str | None:
-    """What ``last_error`` says after a stop: nothing for a clean exit (or one we cannot
-    know: a VMM adopted after a daemon restart is not our child)."""
-    status = await spawn.exit_status(handle.process)
-    pid = handle.process.pid
-    if not status:
-        return None
-    if status < 0:
-        try:
-            sig = signals.Signals(-status).name
-        except ValueError:
-            sig = f"signal {-status}"
-        return f"forcefully terminated: the VMM (pid {pid}) ended by {sig}, not by the guest"
-    return f"the VMM (pid {pid}) exited with status {status} while stopping"
