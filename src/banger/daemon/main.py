@@ -31,7 +31,8 @@ from banger.host import buildinfo
 from banger.host.paths import Layout, ensure_private_dir
 from banger.host.publish import cleanup_leftovers
 from banger.model.wire import EXIT_ALREADY_RUNNING
-from banger.net.privileged import InProcessPrivilegedOps, PrivilegedOps
+from banger.net.privilege_mode import privileged_ops
+from banger.net.privileged import PrivilegedOps
 from banger.services import readiness
 from banger.services.catalog_fetch import CatalogService
 from banger.services.context import DaemonContext
@@ -163,8 +164,9 @@ def compose(
 
 
 def compose_for_host(ctx: DaemonContext) -> DaemonServices:
-    """The services with this host's collaborators: root network ops, installed VMMs."""
-    ops = InProcessPrivilegedOps(ctx.runner, bridge_name=ctx.config.bridge_name)
+    """The services with this host's collaborators: the privileged ops of this daemon's
+    privilege mode (root in-process, or banger-helper), the installed VMMs."""
+    ops = privileged_ops(ctx.runner, bridge_name=ctx.config.bridge_name)
     return compose(ctx, ops=ops, vmms=HostVmms(ctx.config, ctx.layout, ctx.runner))
 
 
