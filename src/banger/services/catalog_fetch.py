@@ -6,7 +6,7 @@ after a quick reachability probe, else a local build from the host's archive, or
 prebuilt bundle); per-name locks, so two callers racing for one image build it once
 (ADVERSARIAL 43); and staging everything under ``images/.staging``, so a crash or
 ``kill -9`` leaves nothing that counts and the next daemon start removes the leftovers
-(42, 85).
+(42, 85); and whether ``image pull REF`` names a catalog image or an OCI reference.
 Must not: block the event loop (file and network work runs in threads), speak HTTP
 (routes do), or decide formats (``banger.images``, ``banger.oci``).
 """
