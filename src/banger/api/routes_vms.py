@@ -6,11 +6,11 @@ import signal as signals
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query
-from pydantic import Field, StrictBool, StrictInt
+from pydantic import Field, StrictBool
 from starlette.responses import StreamingResponse
 
 from banger.api.deps import Ctx, Services
-from banger.api.models import StageEvent, Strict, VmDefaultsReply, VmInfo
+from banger.api.models import JsonInt, StageEvent, Strict, VmDefaultsReply, VmInfo
 from banger.api.progress import ndjson_response
 from banger.model.wire import NDJSON
 from banger.services import daemon_info, vm_info
@@ -32,18 +32,18 @@ MIB = 1024 * 1024
 class CreateBody(Strict):
     name: str | None = Field(default=None, min_length=1, max_length=255)
     image: str | None = Field(default=None, min_length=1, max_length=128)
-    vcpu: StrictInt | None = Field(default=None, ge=1, le=64)
-    memory_mib: StrictInt | None = Field(default=None, ge=128, le=1024 * 1024)
-    disk_size_bytes: StrictInt | None = Field(default=None, ge=256 * MIB, le=16 * 1024**4)
+    vcpu: JsonInt | None = Field(default=None, ge=1, le=64)
+    memory_mib: JsonInt | None = Field(default=None, ge=128, le=1024 * 1024)
+    disk_size_bytes: JsonInt | None = Field(default=None, ge=256 * MIB, le=16 * 1024**4)
     nat: StrictBool = False
     vmm: Literal["firecracker", "qemu"] | None = None
-    boot_timeout_s: StrictInt = Field(default=300, ge=1, le=3600)
+    boot_timeout_s: JsonInt = Field(default=300, ge=1, le=3600)
 
 
 class SetBody(Strict):
-    vcpu: StrictInt | None = Field(default=None, ge=1, le=64)
-    memory_mib: StrictInt | None = Field(default=None, ge=128, le=1024 * 1024)
-    disk_size_bytes: StrictInt | None = Field(default=None, ge=256 * MIB, le=16 * 1024**4)
+    vcpu: JsonInt | None = Field(default=None, ge=1, le=64)
+    memory_mib: JsonInt | None = Field(default=None, ge=128, le=1024 * 1024)
+    disk_size_bytes: JsonInt | None = Field(default=None, ge=256 * MIB, le=16 * 1024**4)
 
 
 class KillBody(Strict):
@@ -115,7 +115,7 @@ async def create_vm(services: Services, body: CreateBody) -> StreamingResponse:
 
 @router.post("/vms/{name}/start", response_class=StreamingResponse, responses=STREAM)
 async def start_vm(services: Services, name: Name) -> StreamingResponse:
-    return ndjson_response(services.vms.start(name))
+    return ndjson_response(await services.vms.start_checked(name))
 
 
 @router.post("/vms/{name}/stop", response_model=VmInfo)

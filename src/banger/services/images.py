@@ -16,10 +16,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from banger.errors import BangerError, InvalidState
+from banger.errors import BangerError, ImageNotFound, InvalidState
 from banger.host.publish import remove_published, staging
 from banger.images import register as reg
 from banger.model.records import ImageRecord
+from banger.services.artifact_rows import remove_orphan
 from banger.services.context import DaemonContext
 from banger.services.inventory import record_dict
 from banger.services.operations import Progress, run_streamed
@@ -47,7 +48,16 @@ class ImageService:
         return record_dict(await self.ctx.db.run(repo.insert_image, record))
 
     async def delete_image(self, name: str) -> dict[str, Any]:
-        image: ImageRecord = await self.ctx.db.run(repo.get_image, name)
+        try:
+            image: ImageRecord = await self.ctx.db.run(repo.get_image, name)
+        except ImageNotFound:
+            # images/<name> without a row (a pull killed between rename and row: issue 14
+            # item 4) is removed by the same command; the lock keeps a pull's own
+            # rename-then-row from being mistaken for one.
+            async with self.publication_lock:
+                if await self._has_row(name) or not await remove_orphan(self.ctx, "image", name):
+                    raise
+            return {"name": name, "deleted": True, "files_removed": True}
         await self.ctx.db.run(repo.delete_image, name)
         removed = False
         own_dir = self.ctx.layout.images_dir / image.name
@@ -55,6 +65,13 @@ class ImageService:
         if image.managed and Path(image.rootfs_path).parent == own_dir:
             removed = await asyncio.to_thread(remove_published, own_dir)
         return {"name": name, "deleted": True, "files_removed": removed}
+
+    async def _has_row(self, name: str) -> bool:
+        try:
+            await self.ctx.db.run(repo.get_image, name)
+        except ImageNotFound:
+            return False
+        return True
 
     async def plan_promote(self, name: str) -> ImageRecord:
         """Checks worth failing on before the progress stream starts."""

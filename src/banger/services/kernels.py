@@ -26,7 +26,9 @@ from banger.kernels.discover import Discovered, discover
 from banger.kernels.store import KernelBuild, publish_kernel, read_manifest
 from banger.model.artifact_names import is_valid_name, validate_name
 from banger.model.records import KernelRecord, utc_now
+from banger.services.artifact_rows import remove_orphan
 from banger.services.context import DaemonContext
+from banger.services.image_pulls import failpoint
 from banger.services.inventory import record_dict
 from banger.services.operations import Progress, run_streamed
 from banger.services.steps import in_thread
@@ -70,7 +72,16 @@ class KernelService:
         """Delete the row (``InUse`` while an image refers to it), then the directory."""
         if not is_valid_name(name):  # cannot exist, and must never become a path below
             raise KernelNotFound(f"kernel {name!r} not found")
-        await self.ctx.db.run(repo.delete_kernel, name)
+        try:
+            await self.ctx.db.run(repo.delete_kernel, name)
+        except KernelNotFound:
+            # kernels/<name> without a row (issue 14 item 4) goes the same way.
+            async with self.publication_lock:
+                if await self._row_exists(name) or not await remove_orphan(
+                    self.ctx, "kernel", name
+                ):
+                    raise
+            return {"name": name, "removed": True, "files_removed": True}
         removed = await asyncio.to_thread(remove_published, self.ctx.layout.kernels_dir / name)
         return {"name": name, "removed": True, "files_removed": removed}
 
@@ -144,6 +155,7 @@ class KernelService:
         be written, a directory that did not exist before is taken back (no dir without row).
         The caller holds ``self.publication_lock``."""
         await asyncio.to_thread(publish_kernel, stage, final, replace=replace)
+        failpoint("swapped", kind="kernel")  # crash tests: new files in place, row not yet
         try:
             await self._write_row(record, exists=exists)
         except BangerError:

@@ -256,6 +256,13 @@ class VmService:
             vm.name, state=VmState.ERROR, pid=None, last_error=reason, stopped_at=utc_now()
         )
 
+    async def start_checked(self, name: str) -> AsyncIterator[dict[str, Any]]:
+        """``start``, after a name that does not exist is refused before the stream starts
+        (a 404, as for stop and restart: issue 14 item 13); the stream then re-reads the
+        VM under its lock."""
+        await self.get(name)
+        return self.start(name)
+
     def start(self, name: str, *, boot_timeout_s: float = 300.0) -> AsyncIterator[dict[str, Any]]:
         return run_streamed(lambda progress: self._start(name, progress, boot_timeout_s))
 
