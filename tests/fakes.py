@@ -41,6 +41,9 @@ from banger.model.addressing import (
 from banger.services.vmm_factory import VmmPick
 from banger.vmm import spawn
 from banger.vmm.base import Accel, Backend, MachineSpec, Vmm, VmmHandle
+from banger.vmm.channels import AgentChannel
+from banger.vmm.kvm_probe import Verdict
+from banger.vmm.qemu import QemuVmm
 
 #: A fake VM: one process that powers off cleanly (exit 0) on SIGTERM, as a guest asked
 #: to shut down does, and outlives no test run by much even if a test dies before clean-up.
@@ -69,7 +72,19 @@ class GuestScript:
 
 
 class FakeVmm:
+    """Stands in for QEMU: rows record ``qemu``, so adoption and stops find it again."""
+
     backend: ClassVar[Backend] = Backend.QEMU
+    control_socket_name: ClassVar[str] = QemuVmm.control_socket_name
+    kernel_files: ClassVar[tuple[str, ...]] = QemuVmm.kernel_files
+    binary_setting: ClassVar[str] = "qemu_bin"
+    binary_name: ClassVar[str] = "fake-vmm"
+
+    @classmethod
+    def agent_channel(cls, run_dir: Path) -> AgentChannel:
+        """Where QEMU's agent channel would be: nothing listens there (an image without
+        the agent), so readiness goes the SSH way."""
+        return QemuVmm.agent_channel(run_dir)
 
     def __init__(self, runner: Runner) -> None:
         self.runner = runner
@@ -109,7 +124,7 @@ class FakeVmm:
             if not procinfo.is_running(identity):
                 raise CommandFailed("the VMM exited while starting")
             await asyncio.sleep(0.005)
-        handle = VmmHandle(self.backend, identity, spec.run_dir / "qmp.sock")
+        handle = VmmHandle(self.backend, identity, spec.run_dir / self.control_socket_name)
         self.handles.append(handle)
         if spec.net is not None:
             self._guests[spec.net.ip] = handle
@@ -160,7 +175,8 @@ def _read(path: Path) -> bytes:
 
 
 class FakeVmms:
-    """The ``VmmFactory`` of the tests: always the one ``FakeVmm`` (under TCG)."""
+    """The ``VmmFactory`` of the tests: always the one ``FakeVmm`` (under TCG); KVM is
+    known not to run guests unless ``kvm_unknown`` asks for a (fake, instant) probe."""
 
     def __init__(self, vmm: FakeVmm) -> None:
         self.vmm = vmm
@@ -168,9 +184,17 @@ class FakeVmms:
         self.wanted: list[Backend | None] = []
         #: The VMM binary was uninstalled after the VM started.
         self.uninstalled = False
+        self.kvm_unknown = False
 
-    async def choose(self, probe_kernel: Path, wanted: Backend | None) -> VmmPick:
-        self.probed.append(probe_kernel)
+    def kvm_known(self) -> Verdict | None:
+        return None if self.kvm_unknown else Verdict(False, "fake: no KVM")
+
+    async def kvm_probe(self, kernel: Path) -> Verdict:
+        self.probed.append(kernel)
+        self.kvm_unknown = False
+        return Verdict(False, "fake probe: the guest printed nothing")
+
+    def choose(self, *, kvm_usable: bool, wanted: Backend | None) -> VmmPick:
         self.wanted.append(wanted)
         vmm: Vmm = self.vmm
         return VmmPick(vmm, Accel.TCG, "fake VMM (tests)")

@@ -42,6 +42,22 @@ def test_create_runs_every_stage_and_leaves_a_running_vm(world: World) -> None:
     asyncio.run(scenario())
 
 
+def test_a_create_that_must_wait_for_the_kvm_probe_says_so_before_reserving(
+    world: World,
+) -> None:
+    async def scenario() -> None:
+        world.vmms.kvm_unknown = True
+        got = await world.create(name="first")
+        assert got.error is None
+        assert got.stages() == ["kvm-probe", "reserve", "disks", "boot", "wait-ready"]
+        image = await world.ctx.db.run(repo.get_image, IMAGE)
+        assert world.vmms.probed == [Path(image.kernel_path or "")]
+        again = await world.create(name="second")
+        assert "kvm-probe" not in again.stages(), "the verdict is kept"
+
+    asyncio.run(scenario())
+
+
 def test_defaults_and_the_default_image_fill_what_the_order_leaves_out(world: World) -> None:
     async def scenario() -> None:
         request = await world.vms.validate(CreateOrder())
@@ -66,7 +82,8 @@ def test_an_invalid_name_is_refused_before_the_image_or_the_vmm_is_looked_at(
     async def scenario() -> None:
         with pytest.raises(InvalidArgument, match="invalid VM name"):
             await world.vms.validate(CreateOrder(name=name, image="no-such-image", vcpu=999))
-        assert world.vmms.probed == [] and world.vmm.launched == []
+        assert world.vmms.wanted == [] and world.vmm.launched == []
+        assert world.vmms.probed == []
         assert await world.rows() == []
 
     asyncio.run(scenario())

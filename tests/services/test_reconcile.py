@@ -75,7 +75,7 @@ def test_a_create_cut_between_disks_and_boot_is_rolled_back_e84(world: World) ->
         request = await vms.validate(CreateOrder(name="half", image="tiny"))
         # The create's own stages, up to the crash.
         artifacts = await vms._resolve_image(request.image, Progress(lambda _: None))
-        plan = await vms._plan(artifacts, None, Progress(lambda _: None))
+        plan = vms._plan(artifacts, False, None, Progress(lambda _: None))
         await vms.network.ensure()
         vm = await vms._reserve(request, plan)
         await asyncio.to_thread(vm_disks.build, world.ctx, vm, vms.paths(vm), plan.image)

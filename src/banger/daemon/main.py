@@ -41,6 +41,7 @@ from banger.services import readiness
 from banger.services.artifact_rows import find_orphans, reconcile_kernel_rows
 from banger.services.catalog_fetch import CatalogService
 from banger.services.context import DaemonContext
+from banger.services.daemon_info import start_kvm_probe
 from banger.services.daemon_services import DaemonServices
 from banger.services.image_pulls import ImagePullService
 from banger.services.images import ImageService
@@ -175,7 +176,7 @@ def compose_for_host(ctx: DaemonContext) -> DaemonServices:
     """The services with this host's collaborators: the privileged ops of this daemon's
     privilege mode (root in-process, or banger-helper), the installed VMMs."""
     ops = privileged_ops(ctx.runner, bridge_name=ctx.config.bridge_name)
-    return compose(ctx, ops=ops, vmms=HostVmms(ctx.config, ctx.layout, ctx.runner))
+    return compose(ctx, ops=ops, vmms=HostVmms(ctx.config, ctx.runner, ctx.kvm_probe))
 
 
 async def _serve(
@@ -201,6 +202,7 @@ async def _serve(
                 extra={"fields": {"path": str(orphan.path), "remove_with": orphan.remedy}},
             )
         await services.vms.publish_dns()
+        await start_kvm_probe(ctx)
         monitor = VmMonitor(services.vms)
         monitor.start()
         watcher = asyncio.create_task(_watch(server, ctx, ready_fd, watch))

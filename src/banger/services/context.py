@@ -21,6 +21,7 @@ from banger.host.buildinfo import BuildInfo
 from banger.host.paths import Layout
 from banger.host.runner import Runner
 from banger.state.db import AsyncDatabase
+from banger.vmm.kvm_probe import KvmProbe
 
 
 class DnsPublisher(Protocol):
@@ -45,6 +46,11 @@ class DaemonContext:
     runner: Runner = field(default_factory=Runner)
     #: The DNS server, when the daemon runs one (tests of single services may not).
     dns: DnsPublisher | None = None
+    #: Whether /dev/kvm runs guests: measured once, kept in the state dir.
+    kvm_probe: KvmProbe = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.kvm_probe = KvmProbe.for_config(self.config, self.runner, self.layout.state_dir)
 
     @property
     def vm_defaults(self) -> VmDefaults:

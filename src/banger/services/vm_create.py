@@ -23,6 +23,7 @@ from banger.model.records import ImageRecord, KernelRecord, VmRecord, VmState, u
 from banger.services import vm_boot
 from banger.services.vm_paths import VmPaths
 from banger.vmm.base import Accel, Backend, MachineSpec, Vmm
+from banger.vmm.kvm_probe import PROBER
 
 MIB = 1024 * 1024
 
@@ -118,8 +119,8 @@ def name_taken(name: str) -> AlreadyExists:
 
 
 def probe_kernel(artifacts: Artifacts) -> Path:
-    """The kernel file a KVM probe boots (QEMU's choice from the image's kernel)."""
-    return vm_boot.boot_files(artifacts.image, artifacts.kernel, Backend.QEMU).kernel
+    """The kernel file a KVM probe boots (the prober's choice from the image's kernel)."""
+    return vm_boot.boot_files(artifacts.image, artifacts.kernel, PROBER).kernel
 
 
 def plan_boot(artifacts: Artifacts, vmm: Vmm, accel: Accel) -> BootPlan:

@@ -1,25 +1,25 @@
-"""The ``Vmm`` seam of the VM service: which VMM boots a VM, and one for a recorded VM.
+"""The ``Vmm`` seam of the VM service: the KVM verdict, which VMM boots a VM, and one
+for a recorded VM.
 
 Owns: ``VmmFactory`` (what ``VmService`` asks for) and ``HostVmms``, the real one: the
-(cached) KVM probe, the choice between backends from config, an override and what the
-host has, and a ``Vmm`` for the backend a row records (to stop or adopt it).
-Must not: change rows, or be used by anything but the VM service (tests pass a fake).
+kept KVM verdict and its probe boot (``banger.vmm.kvm_probe``), the choice between
+backends from config, an override and what the host has (``banger.vmm.select``), and a
+``Vmm`` for a backend (``banger.vmm.table``).
+Must not: change rows, branch on the backend, or be used by anything but the VM service
+(tests pass a fake).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from banger.config.settings import Config
-from banger.errors import InvalidState
-from banger.host.paths import Layout
 from banger.host.runner import Runner
-from banger.vmm import select
+from banger.vmm import select, table
 from banger.vmm.base import Accel, Backend, Vmm
-from banger.vmm.firecracker import FirecrackerVmm
-from banger.vmm.qemu import QemuVmm
+from banger.vmm.kvm_probe import KvmProbe, Verdict
 
 
 @dataclass(frozen=True)
@@ -31,41 +31,39 @@ class VmmPick:
 
 
 class VmmFactory(Protocol):
-    async def choose(self, probe_kernel: Path, wanted: Backend | None) -> VmmPick:
-        """The VMM a new boot uses; ``probe_kernel`` is what a KVM probe may boot."""
+    def kvm_known(self) -> Verdict | None:
+        """Whether /dev/kvm runs guests, when known without a probe boot."""
+
+    async def kvm_probe(self, kernel: Path) -> Verdict:
+        """Boot ``kernel`` under KVM once (or wait for the probe already running)."""
+
+    def choose(self, *, kvm_usable: bool, wanted: Backend | None) -> VmmPick:
+        """The VMM a new boot uses."""
 
     def installed(self, backend: Backend) -> Vmm:
         """A ``Vmm`` for a VM recorded with ``backend``; fails if its binary is gone."""
 
 
 class HostVmms:
-    """The VMMs installed on this host."""
+    """The VMMs installed on this host, and its one KVM probe."""
 
-    def __init__(self, config: Config, layout: Layout, runner: Runner) -> None:
+    def __init__(self, config: Config, runner: Runner, probe: KvmProbe) -> None:
         self._config = config
-        self._layout = layout
         self._runner = runner
+        self._probe = probe
 
-    async def choose(self, probe_kernel: Path, wanted: Backend | None) -> VmmPick:
-        qemu = select.find_binary(self._config.qemu_bin, "qemu-system-x86_64")
-        cache = self._layout.runtime_dir / "kvm-probe.json"
-        kvm = await select.kvm_runs_guests(qemu, probe_kernel, cache)
-        choice = select.choose(self._config, kvm_usable=kvm, override=wanted)
-        vmm: Vmm
-        if choice.backend is Backend.FIRECRACKER:
-            vmm = FirecrackerVmm(self._runner, choice.binary)
-        else:
-            vmm = QemuVmm(self._runner, choice.binary)
+    def kvm_known(self) -> Verdict | None:
+        return self._probe.known()
+
+    async def kvm_probe(self, kernel: Path) -> Verdict:
+        verdict = await self._probe.verdict(kernel)
+        assert verdict is not None  # a kernel was given
+        return verdict
+
+    def choose(self, *, kvm_usable: bool, wanted: Backend | None) -> VmmPick:
+        choice = select.choose(self._config, kvm_usable=kvm_usable, override=wanted)
+        vmm = table.make_vmm(choice.backend, self._runner, choice.binary)
         return VmmPick(vmm, choice.accel, choice.reason)
 
     def installed(self, backend: Backend) -> Vmm:
-        cfg = self._config
-        if backend is Backend.FIRECRACKER:
-            binary = select.find_binary(cfg.firecracker_bin, "firecracker")
-            return FirecrackerVmm(self._runner, binary or _missing("firecracker"))
-        binary = select.find_binary(cfg.qemu_bin, "qemu-system-x86_64")
-        return QemuVmm(self._runner, binary or _missing("qemu-system-x86_64"))
-
-
-def _missing(binary: str) -> Any:
-    raise InvalidState(f"{binary} is no longer installed", hint="`banger doctor` checks VMMs")
+        return table.installed_vmm(backend, self._config, self._runner)

@@ -54,9 +54,8 @@ from banger.services.vm_network import VmNetwork
 from banger.services.vm_paths import VmPaths
 from banger.services.vmm_factory import VmmFactory
 from banger.state import repo
-from banger.vmm import spawn
+from banger.vmm import spawn, table
 from banger.vmm.base import Accel, Backend, VmmHandle
-from banger.vmm.channels import agent_channel_at
 from banger.workspace import filesync
 
 log = logging.getLogger("banger.vms")
@@ -119,8 +118,9 @@ class VmService:
 
     async def _create(self, req: CreateRequest, progress: Progress) -> dict[str, Any]:
         artifacts = await self._resolve_image(req.image, progress)
+        kvm = await self._kvm_usable(artifacts, progress)
         with progress.stage("reserve"):
-            plan = await self._plan(artifacts, req.vmm, progress)
+            plan = self._plan(artifacts, kvm, req.vmm, progress)
             await self.network.ensure()
             vm = await self._reserve(req, plan)
             progress.detail = f"{vm.name}: {vm.ip} on {vm.tap}"
@@ -152,10 +152,24 @@ class VmService:
             kernel = await self.ctx.db.run(repo.get_kernel, image.kernel_name)
         return Artifacts(image, kernel)
 
-    async def _plan(
-        self, artifacts: Artifacts, wanted: Backend | None, progress: Progress
+    async def _kvm_usable(self, artifacts: Artifacts, progress: Progress) -> bool:
+        """The KVM verdict (kept across restarts: ``banger.vmm.kvm_probe``); when this
+        operation must wait for a probe boot, a ``kvm-probe`` stage says so."""
+        known = self.vmms.kvm_known()
+        if known is not None:
+            return known.runs_guests
+        with progress.stage("kvm-probe"):
+            verdict = await self.vmms.kvm_probe(probe_kernel(artifacts))
+            progress.detail = (
+                f"/dev/kvm {'runs' if verdict.runs_guests else 'cannot run'} guests "
+                f"({verdict.detail}); kept until the host or QEMU changes"
+            )
+        return verdict.runs_guests
+
+    def _plan(
+        self, artifacts: Artifacts, kvm: bool, wanted: Backend | None, progress: Progress
     ) -> BootPlan:
-        pick = await self.vmms.choose(probe_kernel(artifacts), wanted)
+        pick = self.vmms.choose(kvm_usable=kvm, wanted=wanted)
         plan = plan_boot(artifacts, pick.vmm, pick.accel)
         if not self._said_backend:
             self._said_backend = True
@@ -225,7 +239,7 @@ class VmService:
     async def _wait_ready(
         self, vm: VmRecord, paths: VmPaths, handle: VmmHandle, argv: list[str], timeout_s: float
     ) -> str:
-        agent = agent_channel_at(paths.run_dir, handle.backend).client()
+        agent = table.agent_channel_at(paths.run_dir, handle.backend).client()
         guest = readiness.Guest(
             vm.ip or "", handle.process, paths.console_log, port_probe=self.guest_ports
         )
@@ -273,7 +287,9 @@ class VmService:
                 progress.note("start", _state_of(None), f"{name} is already running")
                 return record_dict(vm)
             wanted = Backend(vm.vmm) if vm.vmm else None
-            plan = await self._plan(await self._image_of(vm), wanted, progress)
+            artifacts = await self._image_of(vm)
+            kvm = await self._kvm_usable(artifacts, progress)
+            plan = self._plan(artifacts, kvm, wanted, progress)
             await self.network.ensure()
             if vm.nat:
                 await self.network.ensure_nat()
