@@ -28,12 +28,13 @@ import pytest
 
 from banger.config.settings import load_config
 from banger.config.vm_defaults import HostFacts
+from banger.daemon.main import compose_for_host
 from banger.errors import BangerError
 from banger.host import buildinfo
 from banger.host.paths import Layout, ensure_private_dir
 from banger.images.bootable import INIT_PATH
 from banger.images.localbuild import host_release, host_sources, suite_sources
-from banger.services.catalog import ensure_image
+from banger.services.catalog_fetch import CatalogService
 from banger.services.context import DaemonContext
 from banger.services.operations import Progress
 from banger.state import repo
@@ -69,6 +70,15 @@ class Built:
     def builder(self) -> Recorder:
         """The racer that got the lock first and did the work."""
         return max(self.racers, key=lambda r: len(r.events))
+
+
+_catalogs: dict[int, CatalogService] = {}
+
+
+async def ensure_image(ctx: DaemonContext, name: str, progress: Progress) -> None:
+    """The daemon's catalog service for ``ctx`` (one per context: it owns the locks)."""
+    catalog = _catalogs.setdefault(id(ctx), compose_for_host(ctx).catalog)
+    await catalog.ensure_image(name, progress)
 
 
 def make_context(root: Path) -> DaemonContext:

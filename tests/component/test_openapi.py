@@ -20,14 +20,13 @@ from banger.api.app import create_app, openapi_document
 from banger.api.models import StageEvent
 from banger.config.settings import load_config
 from banger.config.vm_defaults import HostFacts
+from banger.daemon.main import compose_for_host
 from banger.errors import InvalidArgument
 from banger.host import buildinfo
 from banger.host.paths import Layout, ensure_private_dir
 from banger.model.wire import NDJSON
-from banger.net.privileged import InProcessPrivilegedOps
 from banger.oci.reference import MAX_REFERENCE_CHARS, parse_reference
 from banger.services.context import DaemonContext
-from banger.services.vms import VmService
 from banger.state.db import AsyncDatabase, Database
 
 REPO = Path(__file__).resolve().parents[2]
@@ -121,10 +120,7 @@ def test_ref_length_limit_is_the_services() -> None:
 
 
 def _app() -> FastAPI:
-    ctx = _context()
-    ops = InProcessPrivilegedOps(ctx.runner, bridge_name=ctx.config.bridge_name)
-    ctx.vms = VmService(ctx, ops)
-    return create_app(ctx)
+    return create_app(compose_for_host(_context()))
 
 
 APP = _app()

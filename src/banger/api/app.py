@@ -21,7 +21,7 @@ from banger.api.errors import install_error_handlers
 from banger.api.middleware import AccessLogMiddleware, BodyLimitMiddleware
 from banger.api.models import ErrorReply
 from banger.model.wire import API_PREFIX
-from banger.services.context import DaemonContext
+from banger.services.daemon_services import DaemonServices
 
 ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
     status: {"model": ErrorReply, "description": "banger error"}
@@ -29,9 +29,9 @@ ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
 }
 
 
-def create_app(ctx: DaemonContext) -> FastAPI:
-    app = build_app(ctx.build.version)
-    app.state.ctx = ctx
+def create_app(services: DaemonServices) -> FastAPI:
+    app = build_app(services.ctx.build.version)
+    app.state.services = services
     return app
 
 

@@ -37,9 +37,7 @@ async def shutdown(ctx: Ctx) -> dict[str, Any]:
 @router.get("/config", response_model=ConfigReply, tags=["daemon"])
 async def config(ctx: Ctx) -> dict[str, Any]:
     """The configuration the daemon runs with, and where each value came from."""
-    cfg = ctx.config
-    path = cfg.path or ctx.layout.config_file
-    return {"path": str(path), "values": cfg.as_display_dict(), "sources": dict(cfg.sources)}
+    return daemon_info.config_reply(ctx)
 
 
 @router.get(

@@ -8,15 +8,14 @@ from fastapi import APIRouter, Path
 from pydantic import Field, StrictStr
 from starlette.responses import StreamingResponse
 
-from banger.api.deps import Ctx
+from banger.api.deps import Services
 from banger.api.models import ImageInfo, JsonInt, StageEvent, Strict
 from banger.api.progress import ndjson_response
 from banger.images.register import Registration
 from banger.model.artifact_names import NAME_PATTERN
 from banger.model.wire import NDJSON
 from banger.oci.reference import MAX_REFERENCE_CHARS
-from banger.services import catalog, images
-from banger.services import pull as image_pull
+from banger.services.image_pulls import MAX_SIZE_BYTES, MIN_SIZE_BYTES
 
 router = APIRouter(tags=["images"])
 #: A name as it may appear in a URL; the strict rules are checked by the service.
@@ -49,9 +48,7 @@ class ImagePullBody(Strict):
     ref: Annotated[StrictStr, Field(min_length=1, max_length=MAX_REFERENCE_CHARS)]
     name: ArtifactName | None = None
     kernel_ref: ArtifactName | None = None
-    size_bytes: (
-        Annotated[JsonInt, Field(ge=image_pull.MIN_SIZE_BYTES, le=image_pull.MAX_SIZE_BYTES)] | None
-    ) = None
+    size_bytes: Annotated[JsonInt, Field(ge=MIN_SIZE_BYTES, le=MAX_SIZE_BYTES)] | None = None
 
 
 class ImageDeleted(Strict):
@@ -61,13 +58,13 @@ class ImageDeleted(Strict):
 
 
 @router.post("/images/register", response_model=ImageInfo, status_code=201)
-async def register_image(ctx: Ctx, body: ImageRegisterBody) -> dict[str, Any]:
+async def register_image(services: Services, body: ImageRegisterBody) -> dict[str, Any]:
     """Record host files as an unmanaged image; the files stay where they are."""
-    return await images.register(ctx, Registration(**body.model_dump()))
+    return await services.images.register(Registration(**body.model_dump()))
 
 
 @router.post("/images/pull", response_class=StreamingResponse, responses=STREAM)
-async def pull_image(ctx: Ctx, body: ImagePullBody) -> StreamingResponse:
+async def pull_image(services: Services, body: ImagePullBody) -> StreamingResponse:
     """Pull an OCI image (linux/amd64) into a bootable managed image, with progress.
 
     Refused before any download when the name is taken (409 already_exists), the
@@ -75,32 +72,30 @@ async def pull_image(ctx: Ctx, body: ImagePullBody) -> StreamingResponse:
     image catalog (``debian-bookworm``) obtains that catalog image, kernel included,
     through the catalog's sources in order.
     """
-    if await catalog.is_catalog_name(body.ref) and body.name is None:
-        return ndjson_response(catalog.ensure_image_events(ctx, body.ref))
-    plan = await image_pull.plan_pull(
-        ctx, body.ref, name=body.name, kernel_ref=body.kernel_ref, size_bytes=body.size_bytes
+    events = await services.catalog.pull_events(
+        body.ref, name=body.name, kernel_ref=body.kernel_ref, size_bytes=body.size_bytes
     )
-    return ndjson_response(image_pull.pull_events(ctx, plan))
+    return ndjson_response(events)
 
 
 @router.post("/images/{name}/promote", response_class=StreamingResponse, responses=STREAM)
-async def promote_image(ctx: Ctx, name: Name) -> StreamingResponse:
+async def promote_image(services: Services, name: Name) -> StreamingResponse:
     """Copy a registered image's files into banger's own store, with progress."""
-    image = await images.plan_promote(ctx, name)
-    return ndjson_response(images.promote_events(ctx, image))
+    image = await services.images.plan_promote(name)
+    return ndjson_response(services.images.promote_events(image))
 
 
 @router.get("/images", response_model=list[ImageInfo])
-async def list_images(ctx: Ctx) -> list[dict[str, Any]]:
-    return await images.list_images(ctx)
+async def list_images(services: Services) -> list[dict[str, Any]]:
+    return await services.images.list_images()
 
 
 @router.get("/images/{name}", response_model=ImageInfo)
-async def show_image(ctx: Ctx, name: Name) -> dict[str, Any]:
-    return await images.get_image(ctx, name)
+async def show_image(services: Services, name: Name) -> dict[str, Any]:
+    return await services.images.get_image(name)
 
 
 @router.delete("/images/{name}", response_model=ImageDeleted)
-async def delete_image(ctx: Ctx, name: Name) -> dict[str, Any]:
+async def delete_image(services: Services, name: Name) -> dict[str, Any]:
     """Delete an image; refused (409 in_use) while a VM uses it. Registered files stay."""
-    return await images.delete_image(ctx, name)
+    return await services.images.delete_image(name)

@@ -9,12 +9,11 @@ from fastapi import APIRouter, Path
 from pydantic import Field, StrictBool, StrictStr
 from starlette.responses import StreamingResponse
 
-from banger.api.deps import Ctx
+from banger.api.deps import Services
 from banger.api.models import KernelInfo, StageEvent, Strict
 from banger.api.progress import ndjson_response
 from banger.model.artifact_names import NAME_PATTERN
 from banger.model.wire import NDJSON
-from banger.services import kernel_pull, kernels
 
 router = APIRouter(tags=["kernels"])
 #: A name as it may appear in a URL; the strict rules are checked by the service.
@@ -69,37 +68,37 @@ class KernelRemoved(Strict):
 
 
 @router.post("/kernels/import", response_class=StreamingResponse, responses=STREAM)
-async def import_kernel(ctx: Ctx, body: KernelImportBody) -> StreamingResponse:
+async def import_kernel(services: Services, body: KernelImportBody) -> StreamingResponse:
     """Discover a kernel in a host directory and copy it into the store, with progress."""
-    plan = await kernels.plan_import(ctx, body.name, body.source_dir, force=body.force)
-    return ndjson_response(kernels.import_events(ctx, plan))
+    plan = await services.kernels.plan_import(body.name, body.source_dir, force=body.force)
+    return ndjson_response(services.kernels.import_events(plan))
 
 
 @router.post("/kernels/pull", response_class=StreamingResponse, responses=STREAM)
-async def pull_kernel(ctx: Ctx, body: KernelPullBody) -> StreamingResponse:
+async def pull_kernel(services: Services, body: KernelPullBody) -> StreamingResponse:
     """Fetch a kernel of the catalog into the store, with progress (docs/catalog.md)."""
-    entry = await kernel_pull.plan_pull(body.name)
-    return ndjson_response(kernel_pull.pull_events(ctx, entry, force=body.force))
+    entry = await services.kernel_pulls.plan_pull(body.name)
+    return ndjson_response(services.kernel_pulls.pull_events(entry, force=body.force))
 
 
 @router.get("/catalog/kernels", response_model=list[CatalogKernelInfo])
-async def catalog_kernels(ctx: Ctx) -> list[dict[str, Any]]:
+async def catalog_kernels(services: Services) -> list[dict[str, Any]]:
     """The kernel catalog for this host's architecture."""
-    return await kernel_pull.available_kernels(ctx)
+    return await services.kernel_pulls.available_kernels()
 
 
 @router.get("/kernels", response_model=list[KernelInfo])
-async def list_kernels(ctx: Ctx) -> list[dict[str, Any]]:
-    return await kernels.list_kernels(ctx)
+async def list_kernels(services: Services) -> list[dict[str, Any]]:
+    return await services.kernels.list_kernels()
 
 
 @router.get("/kernels/{name}", response_model=KernelDetail)
-async def show_kernel(ctx: Ctx, name: Name) -> dict[str, Any]:
+async def show_kernel(services: Services, name: Name) -> dict[str, Any]:
     """The kernel's row and its manifest.json."""
-    return await kernels.get_kernel(ctx, name)
+    return await services.kernels.get_kernel(name)
 
 
 @router.delete("/kernels/{name}", response_model=KernelRemoved)
-async def remove_kernel(ctx: Ctx, name: Name) -> dict[str, Any]:
+async def remove_kernel(services: Services, name: Name) -> dict[str, Any]:
     """Remove a kernel; refused (409 in_use) while an image refers to it."""
-    return await kernels.remove_kernel(ctx, name)
+    return await services.kernels.remove_kernel(name)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal as signals
 from typing import Annotated, Any, Literal
 
@@ -10,14 +9,13 @@ from fastapi import APIRouter, Path, Query
 from pydantic import Field, StrictBool
 from starlette.responses import StreamingResponse
 
-from banger.api.deps import Ctx
+from banger.api.deps import Ctx, Services
 from banger.api.models import JsonInt, StageEvent, Strict, VmDefaultsReply, VmInfo
 from banger.api.progress import ndjson_response
-from banger.errors import InvalidArgument
 from banger.model.wire import NDJSON
 from banger.services import daemon_info, vm_info
 from banger.services.inventory import record_dict
-from banger.services.vms import CreateRequest, VmService
+from banger.services.vm_create import CreateOrder
 from banger.vmm.base import Backend
 
 router = APIRouter(tags=["vms"])
@@ -93,22 +91,6 @@ class SshInfo(Strict):
     known_hosts: str
 
 
-def _service(ctx: Ctx) -> VmService:
-    service = ctx.vms
-    assert isinstance(service, VmService)
-    return service
-
-
-def _host_limits(ctx: Ctx, vcpu: int | None, memory_mib: int | None) -> None:
-    # ADVERSARIAL 47: more than the host has is an error with units, not a silent clamp.
-    cpus = os.cpu_count() or 1
-    if vcpu is not None and vcpu > cpus:
-        raise InvalidArgument(f"vcpu {vcpu} is more than this host's {cpus} CPUs")
-    ram_mib = ctx.host.mem_total_bytes // MIB
-    if memory_mib is not None and ram_mib and memory_mib > ram_mib:
-        raise InvalidArgument(f"memory {memory_mib} MiB is more than this host's {ram_mib} MiB")
-
-
 @router.get("/vm-defaults", response_model=VmDefaultsReply)
 async def vm_defaults(ctx: Ctx) -> dict[str, Any]:
     """Resolved VM defaults and where each came from (config|auto|builtin)."""
@@ -116,61 +98,53 @@ async def vm_defaults(ctx: Ctx) -> dict[str, Any]:
 
 
 @router.post("/vms", response_class=StreamingResponse, responses=STREAM)
-async def create_vm(ctx: Ctx, body: CreateBody) -> StreamingResponse:
-    _host_limits(ctx, body.vcpu, body.memory_mib)
-    defaults = ctx.vm_defaults
-    request = CreateRequest(
+async def create_vm(services: Services, body: CreateBody) -> StreamingResponse:
+    order = CreateOrder(
         name=body.name,
         image=body.image,
-        vcpu=body.vcpu or defaults.vcpu.value,
-        memory_mib=body.memory_mib or defaults.memory_mib.value,
-        disk_size_bytes=body.disk_size_bytes or defaults.disk_size_bytes.value,
+        vcpu=body.vcpu,
+        memory_mib=body.memory_mib,
+        disk_size_bytes=body.disk_size_bytes,
         nat=body.nat,
         vmm=Backend(body.vmm) if body.vmm else None,
         boot_timeout_s=float(body.boot_timeout_s),
     )
-    return ndjson_response(_service(ctx).create(request))
+    request = await services.vms.validate(order)
+    return ndjson_response(services.vms.create(request))
 
 
 @router.post("/vms/{name}/start", response_class=StreamingResponse, responses=STREAM)
-async def start_vm(ctx: Ctx, name: Name) -> StreamingResponse:
-    service = _service(ctx)
-    # A name that does not exist is a 404 before the stream starts, as for stop and
-    # restart (issue 14 item 13); the stream then re-reads the VM under its lock.
-    await service.get(name)
-    return ndjson_response(service.start(name))
+async def start_vm(services: Services, name: Name) -> StreamingResponse:
+    return ndjson_response(await services.vms.start_checked(name))
 
 
 @router.post("/vms/{name}/stop", response_model=VmInfo)
-async def stop_vm(ctx: Ctx, name: Name) -> dict[str, Any]:
-    return record_dict(await _service(ctx).stop(name))
+async def stop_vm(services: Services, name: Name) -> dict[str, Any]:
+    return record_dict(await services.vms.stop(name))
 
 
 @router.post("/vms/{name}/restart", response_class=StreamingResponse, responses=STREAM)
-async def restart_vm(ctx: Ctx, name: Name) -> StreamingResponse:
-    service = _service(ctx)
-    await service.stop(name)
-    return ndjson_response(service.start(name))
+async def restart_vm(services: Services, name: Name) -> StreamingResponse:
+    return ndjson_response(await services.vms.restart(name))
 
 
 @router.post("/vms/{name}/kill", response_model=VmInfo)
-async def kill_vm(ctx: Ctx, name: Name, body: KillBody) -> dict[str, Any]:
+async def kill_vm(services: Services, name: Name, body: KillBody) -> dict[str, Any]:
     sig = int(getattr(signals, f"SIG{body.signal}"))
-    return record_dict(await _service(ctx).kill(name, sig))
+    return record_dict(await services.vms.kill(name, sig))
 
 
 @router.delete("/vms/{name}", response_model=Deleted)
 async def delete_vm(
-    ctx: Ctx, name: Name, force: Annotated[bool, Query()] = False
+    services: Services, name: Name, force: Annotated[bool, Query()] = False
 ) -> dict[str, Any]:
-    await _service(ctx).delete(name, force=force)
+    await services.vms.delete(name, force=force)
     return {"deleted": name}
 
 
 @router.patch("/vms/{name}", response_model=VmInfo)
-async def set_vm(ctx: Ctx, name: Name, body: SetBody) -> dict[str, Any]:
-    _host_limits(ctx, body.vcpu, body.memory_mib)
-    record = await _service(ctx).set_resources(
+async def set_vm(services: Services, name: Name, body: SetBody) -> dict[str, Any]:
+    record = await services.vms.set_resources(
         name, vcpu=body.vcpu, memory_mib=body.memory_mib, disk_size_bytes=body.disk_size_bytes
     )
     return record_dict(record)
@@ -178,34 +152,34 @@ async def set_vm(ctx: Ctx, name: Name, body: SetBody) -> dict[str, Any]:
 
 @router.get("/vms/{name}/logs", response_model=LogChunk)
 async def vm_logs(
-    ctx: Ctx,
+    services: Services,
     name: Name,
     source: Annotated[Literal["console", "vmm"], Query()] = "console",
     offset: Annotated[int | None, Query(ge=0)] = None,
     tail_bytes: Annotated[int, Query(ge=0, le=1 << 20)] = 16384,
 ) -> dict[str, Any]:
     """A slice of the console or VMM log: from ``offset``, or the last ``tail_bytes``."""
-    return await vm_info.log_chunk(_service(ctx), name, source, offset, tail_bytes)
+    return await vm_info.log_chunk(services.vms, name, source, offset, tail_bytes)
 
 
 @router.get("/vms/{name}/stats", response_model=VmStats)
-async def vm_stats(ctx: Ctx, name: Name) -> dict[str, Any]:
-    return await vm_info.stats(_service(ctx), name)
+async def vm_stats(services: Services, name: Name) -> dict[str, Any]:
+    return await vm_info.stats(services.vms, name)
 
 
 @router.get("/vms/{name}/ssh", response_model=SshInfo)
-async def vm_ssh(ctx: Ctx, name: Name) -> dict[str, Any]:
+async def vm_ssh(services: Services, name: Name) -> dict[str, Any]:
     """What a client needs to run ssh into the VM (key and known_hosts are banger's own)."""
-    return await vm_info.ssh_info(_service(ctx), name)
+    return await vm_info.ssh_info(services.vms, name)
 
 
 @router.get("/vms/{name}/health", response_model=HealthReply)
-async def vm_health(ctx: Ctx, name: Name) -> dict[str, Any]:
+async def vm_health(services: Services, name: Name) -> dict[str, Any]:
     """Ask the guest agent whether the guest is healthy (bounded in size and time)."""
-    return await vm_info.health(_service(ctx), name)
+    return await vm_info.health(services.vms, name)
 
 
 @router.get("/vms/{name}/ports", response_model=PortsReply)
-async def vm_ports(ctx: Ctx, name: Name) -> dict[str, Any]:
+async def vm_ports(services: Services, name: Name) -> dict[str, Any]:
     """Listening sockets in the guest, as the agent reports them; web ones as links."""
-    return await vm_info.listening_ports(_service(ctx), name)
+    return await vm_info.listening_ports(services.vms, name)

@@ -4,6 +4,8 @@ Owns: the start-up order (private dirs → config → single-instance locks (sta
 socket) → logs → state → leftovers → socket → serve) and undoing it on exit; nothing under
 the state or runtime dir is touched before both locks are held (issue 14 item 1). While
 serving, a daemon whose socket disappeared (runtime dir deleted) shuts down (item 2).
+It is also the composition root: ``compose`` builds every service once, with its
+collaborators, for ``create_app``.
 Must not: contain request handling (``banger.api``) or use-case logic (``banger.services``).
 """
 
@@ -34,11 +36,21 @@ from banger.host.paths import Layout, ensure_private_dir
 from banger.host.publish import cleanup_leftovers
 from banger.model.wire import EXIT_ALREADY_RUNNING
 from banger.net.privilege_mode import privileged_ops
+from banger.net.privileged import PrivilegedOps
+from banger.services import readiness
 from banger.services.artifact_rows import find_orphans, reconcile_kernel_rows
+from banger.services.catalog_fetch import CatalogService
 from banger.services.context import DaemonContext
 from banger.services.daemon_info import start_kvm_probe
+from banger.services.daemon_services import DaemonServices
+from banger.services.image_pulls import ImagePullService
+from banger.services.images import ImageService
+from banger.services.kernel_pull import KernelPullService
+from banger.services.kernels import KernelService
+from banger.services.readiness import PortProbe
 from banger.services.reconcile import reconcile
 from banger.services.vm_monitor import VmMonitor
+from banger.services.vmm_factory import HostVmms, VmmFactory
 from banger.services.vms import VmService
 from banger.state import repo
 from banger.state.db import AsyncDatabase, Database
@@ -93,12 +105,14 @@ def run(*, ready_fd: int | None = None) -> None:
             clear_stale_socket(layout.socket_path)
             sock = bind_unix_socket(layout.socket_path)
             watch = SocketWatch(layout.socket_path)
+            dns = DnsServer(lambda: records_from_vms(repo.list_vms(db)), port=dns_port_from_env())
             ctx = DaemonContext(
                 layout=layout,
                 config=config,
                 db=AsyncDatabase(db),
                 build=buildinfo.current(),
                 host=HostFacts.probe(),
+                dns=dns,
             )
             log.info(
                 "daemon starting",
@@ -112,7 +126,7 @@ def run(*, ready_fd: int | None = None) -> None:
                 },
             )
             try:
-                asyncio.run(_serve(ctx, sock, ready_fd, watch))
+                asyncio.run(_serve(ctx, dns, sock, ready_fd, watch))
             finally:
                 if watch.intact():  # never another daemon's socket bound there since
                     layout.socket_path.unlink(missing_ok=True)
@@ -141,11 +155,36 @@ def ensure_open_files_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
+def compose(
+    ctx: DaemonContext,
+    *,
+    ops: PrivilegedOps,
+    vmms: VmmFactory,
+    guest_ports: PortProbe = readiness.port_open,
+) -> DaemonServices:
+    """Every service, built once, each given its collaborators (tests pass fakes here)."""
+    images = ImageService(ctx)
+    kernels = KernelService(ctx)
+    kernel_pulls = KernelPullService(ctx, kernels)
+    image_pulls = ImagePullService(ctx, images)
+    catalog = CatalogService(ctx, images, kernel_pulls, image_pulls)
+    vms = VmService(ctx, ops=ops, vmms=vmms, catalog=catalog, guest_ports=guest_ports)
+    return DaemonServices(ctx, vms, images, image_pulls, kernels, kernel_pulls, catalog)
+
+
+def compose_for_host(ctx: DaemonContext) -> DaemonServices:
+    """The services with this host's collaborators: the privileged ops of this daemon's
+    privilege mode (root in-process, or banger-helper), the installed VMMs."""
+    ops = privileged_ops(ctx.runner, bridge_name=ctx.config.bridge_name)
+    return compose(ctx, ops=ops, vmms=HostVmms(ctx.config, ctx.runner, ctx.kvm_probe))
+
+
 async def _serve(
-    ctx: DaemonContext, sock: object, ready_fd: int | None, watch: SocketWatch
+    ctx: DaemonContext, dns: DnsServer, sock: object, ready_fd: int | None, watch: SocketWatch
 ) -> None:
+    services = compose_for_host(ctx)
     config = uvicorn.Config(
-        create_app(ctx),
+        create_app(services),
         http=PeerCheckedH11Protocol,
         lifespan="off",
         log_config=None,
@@ -153,23 +192,18 @@ async def _serve(
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
     )
     server = uvicorn.Server(config)
-    dns = DnsServer(lambda: records_from_vms(repo.list_vms(ctx.db.db)), port=dns_port_from_env())
     await dns.start()
-    ctx.dns = dns
     try:
-        ops = privileged_ops(ctx.runner, bridge_name=ctx.config.bridge_name)
-        service = VmService(ctx, ops)
-        ctx.vms = service
-        await reconcile(service)
+        await reconcile(services.vms)
         await reconcile_kernel_rows(ctx)
         for orphan in await find_orphans(ctx):
             log.warning(
                 "published dir without a row",
                 extra={"fields": {"path": str(orphan.path), "remove_with": orphan.remedy}},
             )
-        await service.publish_dns()
+        await services.vms.publish_dns()
         await start_kvm_probe(ctx)
-        monitor = VmMonitor(service)
+        monitor = VmMonitor(services.vms)
         monitor.start()
         watcher = asyncio.create_task(_watch(server, ctx, ready_fd, watch))
         try:

@@ -1,7 +1,9 @@
-"""What every request handler of the daemon may use, built once at start-up.
+"""What every service of the daemon shares, built once at start-up.
 
-Owns: the wiring of layout, config, state database, build stamp and the shutdown
-signal. Must not: hold per-request state.
+Owns: the wiring of layout, config, state database, build stamp, host facts, the runner
+and the shutdown signal, and the ``DnsPublisher`` seam services publish ``<vm>.vm``
+records through. Must not: hold per-request state or services (``daemon/main.py``
+builds those and hands them to the API).
 """
 
 from __future__ import annotations
@@ -9,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Protocol
 
 from banger.config.settings import Config
 from banger.config.vm_defaults import HostFacts, VmDefaults, resolve_vm_defaults
@@ -19,6 +22,15 @@ from banger.host.paths import Layout
 from banger.host.runner import Runner
 from banger.state.db import AsyncDatabase
 from banger.vmm.kvm_probe import KvmProbe
+
+
+class DnsPublisher(Protocol):
+    """Where ``<vm>.vm`` answers come from (``banger.dns.server.DnsServer``)."""
+
+    @property
+    def port(self) -> int: ...
+
+    def update(self, records: Mapping[str, str]) -> None: ...
 
 
 @dataclass
@@ -32,11 +44,8 @@ class DaemonContext:
     started_at: float = field(default_factory=time.time)
     shutdown_requested: asyncio.Event = field(default_factory=asyncio.Event)
     runner: Runner = field(default_factory=Runner)
-    #: The VM service (``banger.services.vms.VmService``), attached once the daemon has
-    #: built it; typed loosely to keep this module free of service imports.
-    vms: Any = None
-    #: The DNS server for ``<vm>.vm`` names (``banger.dns.server.DnsServer``).
-    dns: Any = None
+    #: The DNS server, when the daemon runs one (tests of single services may not).
+    dns: DnsPublisher | None = None
     #: Whether /dev/kvm runs guests: measured once, kept in the state dir.
     kvm_probe: KvmProbe = field(init=False)
 

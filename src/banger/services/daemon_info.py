@@ -26,6 +26,12 @@ def ping(ctx: DaemonContext) -> dict[str, Any]:
     return {"build": ctx.build.as_dict(), "pid": ctx.pid, "started_at": ctx.started_at}
 
 
+def config_reply(ctx: DaemonContext) -> dict[str, Any]:
+    cfg = ctx.config
+    path = cfg.path or ctx.layout.config_file
+    return {"path": str(path), "values": cfg.as_display_dict(), "sources": dict(cfg.sources)}
+
+
 def vm_defaults_reply(ctx: DaemonContext) -> dict[str, Any]:
     d = ctx.vm_defaults
     reply: dict[str, Any] = d.as_dict()

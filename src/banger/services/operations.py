@@ -9,15 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
-from banger.errors import BangerError, internal_error
-from banger.model.wire import StageState, error_event, result_event, stage_event
-
-log = logging.getLogger("banger.operations")
+from banger.model.wire import StageState, result_event, stage_event
 
 Event = dict[str, Any]
 HEARTBEAT_S = 10.0
@@ -52,16 +48,16 @@ def _ms(started: float) -> int:
 
 
 def run_streamed(work: Callable[[Progress], Awaitable[Any]]) -> AsyncIterator[Event]:
-    queue: asyncio.Queue[Event] = asyncio.Queue()
+    """The events of ``work``, run as a task of the daemon: stages as they happen, then its
+    result. A failure is raised from the iterator after the events before it, for the
+    stream's one catch-all (``banger.api.progress``) to turn into an error event."""
+    queue: asyncio.Queue[Event | BaseException] = asyncio.Queue()
 
     async def body() -> None:
         try:
             result = await work(Progress(queue.put_nowait))
-        except BangerError as err:
-            queue.put_nowait(error_event(err))
-        except Exception:
-            log.exception("operation failed unexpectedly")
-            queue.put_nowait(error_event(internal_error()))
+        except Exception as exc:  # noqa: BLE001 - handed to the stream, which renders it
+            queue.put_nowait(exc)
         else:
             queue.put_nowait(result_event(result))
 
@@ -78,8 +74,10 @@ def run_streamed(work: Callable[[Progress], Awaitable[Any]]) -> AsyncIterator[Ev
                 # are alive, so its idle timeout measures the daemon, not the stage.
                 yield {"type": "heartbeat"}
                 continue
+            if isinstance(event, BaseException):
+                raise event
             yield event
-            if event["type"] in ("result", "error"):
+            if event["type"] == "result":
                 return
 
     return events()

@@ -59,6 +59,22 @@ class Ready:
         return f"guest answered SSH after {self.seconds:.1f}s"
 
 
+async def port_open(ip: str, port: int = SSH_PORT) -> bool:
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(ip, port), PORT_PROBE_TIMEOUT_S)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
+
+
+#: Whether a guest's TCP port accepts a connection: ``port_open`` over the bridge, or a
+#: test's stand-in (tests may not send traffic to guest addresses outside their netns).
+PortProbe = Callable[[str, int], Awaitable[bool]]
+
+
 @dataclass(frozen=True)
 class Guest:
     """What the waiters need to know about the booting VM."""
@@ -67,6 +83,10 @@ class Guest:
     alive: ProcessIdentity | None
     console_log: Path
     ssh_port: int = SSH_PORT
+    port_probe: PortProbe = port_open
+
+    async def port_accepts(self) -> bool:
+        return await self.port_probe(self.ip, self.ssh_port)
 
     def check_alive(self) -> None:
         if self.alive is not None and not procinfo.is_running(self.alive):
@@ -80,23 +100,12 @@ class Guest:
         )
 
 
-async def port_open(ip: str, port: int = SSH_PORT) -> bool:
-    try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(ip, port), PORT_PROBE_TIMEOUT_S)
-    except (OSError, TimeoutError):
-        return False
-    writer.close()
-    with contextlib.suppress(OSError):
-        await writer.wait_closed()
-    return True
-
-
 async def wait_for_ssh(runner: Runner, argv: list[str], guest: Guest, *, timeout_s: float) -> float:
     """Poll until ``ssh … true`` succeeds; returns the seconds it took."""
     started = time.monotonic()
     while True:
         guest.check_alive()
-        if await port_open(guest.ip, guest.ssh_port):
+        if await guest.port_accepts():
             with contextlib.suppress(CommandFailed, Timeout):
                 await runner.run_async([*argv, "true"], timeout_s=SSH_PROBE_TIMEOUT_S)
                 return time.monotonic() - started
@@ -145,7 +154,7 @@ async def wait_for_agent_and_sshd(client: AgentClient, guest: Guest, *, timeout_
     await wait_for_agent(
         client, timeout_s=timeout_s, alive=guest.alive, console_log=guest.console_log
     )
-    while not await port_open(guest.ip, guest.ssh_port):
+    while not await guest.port_accepts():
         guest.check_alive()
         if time.monotonic() - started > timeout_s:
             raise guest.timed_out("accept connections on port 22", timeout_s)

@@ -10,18 +10,20 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from banger.config.settings import Config
 from banger.errors import BangerError
 from banger.model.addressing import bridge_interface
 from banger.net.privileged import PrivilegedOps
-from banger.services.context import DaemonContext
+from banger.services.context import DnsPublisher
 
 log = logging.getLogger("banger.vms")
 
 
 class VmNetwork:
-    def __init__(self, ctx: DaemonContext, ops: PrivilegedOps) -> None:
-        self.ctx = ctx
+    def __init__(self, config: Config, ops: PrivilegedOps, dns: DnsPublisher | None) -> None:
+        self.config = config
         self.ops = ops
+        self.dns = dns
         self._lock = asyncio.Lock()
         self._ready = False
 
@@ -30,7 +32,7 @@ class VmNetwork:
         async with self._lock:
             if self._ready:
                 return
-            cfg = self.ctx.config
+            cfg = self.config
             await asyncio.to_thread(
                 self.ops.ensure_bridge, cfg.bridge_name, bridge_interface(cfg.cidr, cfg.bridge_ip)
             )
@@ -39,11 +41,11 @@ class VmNetwork:
 
     async def _route_dns(self) -> None:
         """``ssh <vm>.vm`` from any terminal: resolved sends ``~vm`` to our DNS server."""
-        if self.ctx.dns is None:
+        if self.dns is None:
             return
         try:
             routed = await asyncio.to_thread(
-                self.ops.route_vm_domain, self.ctx.config.bridge_name, self.ctx.dns.port
+                self.ops.route_vm_domain, self.config.bridge_name, self.dns.port
             )
         except BangerError as exc:
             log.warning(
@@ -53,6 +55,6 @@ class VmNetwork:
         log.info("~vm DNS routing", extra={"fields": {"systemd_resolved": routed}})
 
     async def ensure_nat(self) -> None:
-        cfg = self.ctx.config
+        cfg = self.config
         await asyncio.to_thread(self.ops.enable_ip_forward)
         await asyncio.to_thread(self.ops.ensure_nat, cfg.bridge_name, cfg.cidr)

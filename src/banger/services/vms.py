@@ -1,8 +1,12 @@
 """The VM service: create, start, stop, restart, kill, delete and resize VMs.
 
 Owns: the lifecycle of VM rows and their VMM processes, per-VM locks and the short global
-reservation window (name, IP, TAP). Noticing VMMs that die on their own is
-``vm_monitor``; the bridge, NAT and ``~vm`` routing are ``vm_network``.
+reservation window (name, IP, TAP), and running the stages of a create
+(``banger.services.vm_create``) in order. Its collaborators come in through the
+constructor: the VMM factory, the privileged network operations, the image catalog, the
+probe of guest ports; the runner, database and DNS publisher come with the context.
+Noticing VMMs that die on their own is ``vm_monitor``; the bridge, NAT and ``~vm``
+routing are ``vm_network``.
 Must not: build disks or talk netlink itself (``vm_disks``, ``banger.net``), or speak HTTP.
 """
 
@@ -15,67 +19,67 @@ import os
 import shutil
 import signal as signals
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 from banger.dns.server import records_from_vms
-from banger.errors import AlreadyExists, BangerError, CommandFailed, InvalidArgument, InvalidState
+from banger.errors import BangerError, InvalidArgument, InvalidState
 from banger.host import procinfo
 from banger.host.publish import remove_published
-from banger.model.addressing import allocate_ip, mac_for_ip
-from banger.model.naming import generate_name, validate_vm_name
+from banger.model.addressing import allocate_ip
+from banger.model.naming import generate_name
 from banger.model.records import ImageRecord, KernelRecord, VmRecord, VmState, utc_now
 from banger.model.wire import StageState
 from banger.net.privileged import PrivilegedOps
 from banger.net.taps import TapPool
-from banger.services import catalog, readiness, vm_boot, vm_disks
+from banger.services import readiness, vm_boot, vm_disks, vm_stop
+from banger.services.catalog_fetch import CatalogService
 from banger.services.context import DaemonContext
 from banger.services.inventory import record_dict
 from banger.services.operations import Progress, run_streamed
+from banger.services.readiness import PortProbe
+from banger.services.vm_create import (
+    Artifacts,
+    BootPlan,
+    CreateOrder,
+    CreateRequest,
+    check_host_limits,
+    name_taken,
+    new_vm_record,
+    plan_boot,
+    probe_kernel,
+    validate_request,
+)
+from banger.services.vm_create import boot_spec as make_boot_spec
 from banger.services.vm_network import VmNetwork
 from banger.services.vm_paths import VmPaths
+from banger.services.vmm_factory import VmmFactory
 from banger.state import repo
-from banger.vmm import kvm_probe, select, spawn, table
-from banger.vmm.base import Accel, Backend, Vmm, VmmHandle
+from banger.vmm import spawn, table
+from banger.vmm.base import Accel, Backend, VmmHandle
 from banger.workspace import filesync
 
 log = logging.getLogger("banger.vms")
 
-STOP_TIMEOUT_S = 20.0
-#: How long a SIGKILLed VMM may take to be gone (it frees the guest's memory first).
-KILL_WAIT_S = 10.0
-
-
-@dataclass(frozen=True)
-class BootPlan:
-    """What a boot uses: the image, its kernel, the VMM and the accelerator."""
-
-    image: ImageRecord
-    kernel: KernelRecord | None
-    vmm: Vmm
-    accel: Accel
-
-
-@dataclass(frozen=True)
-class CreateRequest:
-    name: str | None
-    image: str | None
-    vcpu: int
-    memory_mib: int
-    disk_size_bytes: int
-    nat: bool = False
-    vmm: Backend | None = None
-    boot_timeout_s: float = 300.0
-
 
 class VmService:
-    def __init__(self, ctx: DaemonContext, ops: PrivilegedOps) -> None:
+    def __init__(
+        self,
+        ctx: DaemonContext,
+        *,
+        ops: PrivilegedOps,
+        vmms: VmmFactory,
+        catalog: CatalogService,
+        guest_ports: PortProbe = readiness.port_open,
+    ) -> None:
         self.ctx = ctx
         self.ops = ops
+        self.vmms = vmms
+        self.catalog = catalog
+        self.guest_ports = guest_ports
         cfg = ctx.config
         self.taps = TapPool(ops, cfg.bridge_name, cfg.tap_pool_size, os.getuid())
         self._reserve_lock = asyncio.Lock()
-        self.network = VmNetwork(ctx, ops)
+        self.network = VmNetwork(ctx.config, ops, ctx.dns)
         self._locks: dict[str, asyncio.Lock] = {}
         self._stopping: set[str] = set()
         self._said_backend = False
@@ -96,23 +100,29 @@ class VmService:
         async with lock:
             yield
 
-    # -- create ------------------------------------------------------------------------
+    # -- create: validate → resolve the image → plan → reserve → disks → boot → ready --
+
+    async def validate(self, order: CreateOrder) -> CreateRequest:
+        """The checks worth failing on before a progress stream starts."""
+        existing: list[VmRecord] = await self.ctx.db.run(repo.list_vms)
+        return validate_request(
+            order,
+            taken={v.name for v in existing},
+            defaults=self.ctx.vm_defaults,
+            host=self.ctx.host,
+            default_image=self.ctx.config.default_image_name,
+        )
 
     def create(self, req: CreateRequest) -> AsyncIterator[dict[str, Any]]:
         return run_streamed(lambda progress: self._create(req, progress))
 
     async def _create(self, req: CreateRequest, progress: Progress) -> dict[str, Any]:
-        # A catalog image (the default one included) is obtained on first use, with its
-        # kernel and its own progress stages; anything else must already exist.
-        await catalog.ensure_image(
-            self.ctx, req.image or self.ctx.config.default_image_name, progress
-        )
-        artifacts = await self._image(req.image)
+        artifacts = await self._resolve_image(req.image, progress)
         kvm = await self._kvm_usable(artifacts, progress)
         with progress.stage("reserve"):
-            plan = await self._plan(artifacts, kvm, req.vmm, progress)
+            plan = self._plan(artifacts, kvm, req.vmm, progress)
             await self.network.ensure()
-            vm = await self._reserve(req, plan.image, plan.vmm.backend)
+            vm = await self._reserve(req, plan)
             progress.detail = f"{vm.name}: {vm.ip} on {vm.tap}"
         try:
             with progress.stage("disks"):
@@ -129,81 +139,55 @@ class VmService:
             vm = await self._boot(vm, plan, progress, timeout_s=req.boot_timeout_s)
         return record_dict(vm)
 
-    async def _image(self, name: str | None) -> tuple[ImageRecord, KernelRecord | None]:
-        image: ImageRecord = await self.ctx.db.run(
-            repo.get_image, name or self.ctx.config.default_image_name
-        )
-        kernel = None
+    async def _resolve_image(self, name: str, progress: Progress) -> Artifacts:
+        """A catalog image (the default one included) is obtained on first use, with its
+        kernel and its own progress stages; anything else must already exist."""
+        await self.catalog.ensure_image(name, progress)
+        return await self._artifacts(name)
+
+    async def _artifacts(self, name: str) -> Artifacts:
+        image: ImageRecord = await self.ctx.db.run(repo.get_image, name)
+        kernel: KernelRecord | None = None
         if image.kernel_name:
             kernel = await self.ctx.db.run(repo.get_kernel, image.kernel_name)
-        return image, kernel
+        return Artifacts(image, kernel)
 
-    async def _kvm_usable(
-        self, artifacts: tuple[ImageRecord, KernelRecord | None], progress: Progress
-    ) -> bool:
-        """The KVM probe's verdict (kept across restarts: ``banger.vmm.kvm_probe``); when
-        this operation must wait for a probe boot, a ``kvm-probe`` stage says so."""
-        probe = self.ctx.kvm_probe
-        known = probe.known()
+    async def _kvm_usable(self, artifacts: Artifacts, progress: Progress) -> bool:
+        """The KVM verdict (kept across restarts: ``banger.vmm.kvm_probe``); when this
+        operation must wait for a probe boot, a ``kvm-probe`` stage says so."""
+        known = self.vmms.kvm_known()
         if known is not None:
             return known.runs_guests
-        image, kernel = artifacts
-        probe_kernel = vm_boot.boot_files(image, kernel, kvm_probe.PROBER).kernel
         with progress.stage("kvm-probe"):
-            verdict = await probe.verdict(probe_kernel)
-            assert verdict is not None  # a kernel was given
+            verdict = await self.vmms.kvm_probe(probe_kernel(artifacts))
             progress.detail = (
                 f"/dev/kvm {'runs' if verdict.runs_guests else 'cannot run'} guests "
                 f"({verdict.detail}); kept until the host or QEMU changes"
             )
         return verdict.runs_guests
 
-    async def _plan(
-        self,
-        artifacts: tuple[ImageRecord, KernelRecord | None],
-        kvm: bool,
-        wanted: Backend | None,
-        progress: Progress | None,
+    def _plan(
+        self, artifacts: Artifacts, kvm: bool, wanted: Backend | None, progress: Progress
     ) -> BootPlan:
-        image, kernel = artifacts
-        choice = select.choose(self.ctx.config, kvm_usable=kvm, override=wanted)
-        vmm = table.make_vmm(choice.backend, self.ctx.runner, choice.binary)
-        vmm.check_kernel(vm_boot.boot_files(image, kernel, choice.backend).kernel)
-        if progress is not None and not self._said_backend:
+        pick = self.vmms.choose(kvm_usable=kvm, wanted=wanted)
+        plan = plan_boot(artifacts, pick.vmm, pick.accel)
+        if not self._said_backend:
             self._said_backend = True
-            progress.note("vmm", _state_of(choice.accel), choice.reason)
-        return BootPlan(image, kernel, vmm, choice.accel)
+            progress.note("vmm", _state_of(pick.accel), pick.reason)
+        return plan
 
-    async def _reserve(self, req: CreateRequest, image: ImageRecord, backend: Backend) -> VmRecord:
+    async def _reserve(self, req: CreateRequest, plan: BootPlan) -> VmRecord:
         cfg = self.ctx.config
         async with self._reserve_lock:
             existing: list[VmRecord] = await self.ctx.db.run(repo.list_vms)
             names = {v.name for v in existing}
-            name = validate_vm_name(req.name) if req.name else generate_name(names)
+            name = req.name or generate_name(names)
             if name in names:
-                raise AlreadyExists(
-                    f"a VM named {name!r} already exists",
-                    hint="pick another --name, or `banger vm delete` it",
-                )
+                raise name_taken(name)
             ip = allocate_ip(cfg.cidr, cfg.bridge_ip, {v.ip for v in existing if v.ip})
             tap = await asyncio.to_thread(self.taps.acquire, {v.tap for v in existing if v.tap})
-            now = utc_now()
-            record = VmRecord(
-                name=name,
-                image_id=image.id,
-                state=VmState.CREATING,
-                vcpu=req.vcpu,
-                memory_mib=req.memory_mib,
-                disk_size_bytes=req.disk_size_bytes,
-                created_at=now,
-                updated_at=now,
-                vmm=backend.value,
-                nat=req.nat,
-                ip=ip,
-                mac=mac_for_ip(ip),
-                tap=tap,
-                vm_dir=str(self.ctx.layout.vms_dir / name),
-            )
+            vm_dir = self.ctx.layout.vms_dir / name
+            record = new_vm_record(req, name, plan, ip=ip, tap=tap, vm_dir=vm_dir)
             try:
                 inserted: VmRecord = await self.ctx.db.run(repo.insert_vm, record)
             except BaseException:
@@ -216,36 +200,18 @@ class VmService:
     async def _boot(
         self, vm: VmRecord, plan: BootPlan, progress: Progress, *, timeout_s: float
     ) -> VmRecord:
-        vmm, accel = plan.vmm, plan.accel
         paths = self.paths(vm)
-        cfg = self.ctx.config
-        net = vm_boot.NetFacts(gateway=cfg.bridge_ip, cidr=cfg.cidr, dns=tuple(cfg.default_dns))
-        files = vm_boot.boot_files(plan.image, plan.kernel, vmm.backend)
-        spec = vm_boot.machine_spec(vm, paths, files, net, accel)
+        spec = make_boot_spec(vm, paths, plan, self.ctx.config)
         vm_disks.prepare_run_dir(paths)
         vm = await self._update(vm.name, state=VmState.STARTING, last_error=None)
+        argv = vm_boot.ssh_argv(self.ctx.config.ssh_key_file(), paths.known_hosts, vm.ip or "")
         try:
             with progress.stage("boot"):
-                handle = await vmm.launch(spec)
-                ident = handle.process
-                vm = await self._update(
-                    vm.name,
-                    pid=ident.pid,
-                    pid_start_ticks=ident.start_ticks,
-                    boot_id=ident.boot_id,
-                    vmm=vmm.backend.value,
-                )
-                progress.detail = f"{vmm.backend.value} ({accel.value}), pid {ident.pid}"
+                handle = await plan.vmm.launch(spec)
+                vm = await self._record_launch(vm, handle)
+                progress.detail = f"{handle.backend.value} ({plan.accel.value}), pid {vm.pid}"
             with progress.stage("wait-ready"):
-                argv = vm_boot.ssh_argv(
-                    self.ctx.config.ssh_key_file(), paths.known_hosts, vm.ip or ""
-                )
-                agent = table.agent_channel_at(paths.run_dir, vmm.backend).client()
-                guest = readiness.Guest(vm.ip or "", ident, paths.console_log)
-                ready = await readiness.wait_until_ready(
-                    self.ctx.runner, argv, agent, guest, timeout_s=timeout_s
-                )
-                progress.detail = ready.describe()
+                progress.detail = await self._wait_ready(vm, paths, handle, argv, timeout_s)
         except BaseException as exc:
             await self._boot_failed(vm, exc)
             if isinstance(exc, BangerError):
@@ -259,6 +225,28 @@ class VmService:
         if self.ctx.config.file_sync:
             await self._file_sync(argv, progress)
         return vm
+
+    async def _record_launch(self, vm: VmRecord, handle: VmmHandle) -> VmRecord:
+        ident = handle.process
+        return await self._update(
+            vm.name,
+            pid=ident.pid,
+            pid_start_ticks=ident.start_ticks,
+            boot_id=ident.boot_id,
+            vmm=handle.backend.value,
+        )
+
+    async def _wait_ready(
+        self, vm: VmRecord, paths: VmPaths, handle: VmmHandle, argv: list[str], timeout_s: float
+    ) -> str:
+        agent = table.agent_channel_at(paths.run_dir, handle.backend).client()
+        guest = readiness.Guest(
+            vm.ip or "", handle.process, paths.console_log, port_probe=self.guest_ports
+        )
+        ready = await readiness.wait_until_ready(
+            self.ctx.runner, argv, agent, guest, timeout_s=timeout_s
+        )
+        return ready.describe()
 
     async def _file_sync(self, ssh_argv: list[str], progress: Progress) -> None:
         """[[file_sync]] after the guest answers SSH; problems are warnings, never fatal."""
@@ -282,6 +270,13 @@ class VmService:
             vm.name, state=VmState.ERROR, pid=None, last_error=reason, stopped_at=utc_now()
         )
 
+    async def start_checked(self, name: str) -> AsyncIterator[dict[str, Any]]:
+        """``start``, after a name that does not exist is refused before the stream starts
+        (a 404, as for stop and restart: issue 14 item 13); the stream then re-reads the
+        VM under its lock."""
+        await self.get(name)
+        return self.start(name)
+
     def start(self, name: str, *, boot_timeout_s: float = 300.0) -> AsyncIterator[dict[str, Any]]:
         return run_streamed(lambda progress: self._start(name, progress, boot_timeout_s))
 
@@ -294,20 +289,25 @@ class VmService:
             wanted = Backend(vm.vmm) if vm.vmm else None
             artifacts = await self._image_of(vm)
             kvm = await self._kvm_usable(artifacts, progress)
-            plan = await self._plan(artifacts, kvm, wanted, progress)
+            plan = self._plan(artifacts, kvm, wanted, progress)
             await self.network.ensure()
             if vm.nat:
                 await self.network.ensure_nat()
             vm = await self._boot(vm, plan, progress, timeout_s=timeout_s)
             return record_dict(vm)
 
-    async def _image_of(self, vm: VmRecord) -> tuple[ImageRecord, KernelRecord | None]:
+    async def _image_of(self, vm: VmRecord) -> Artifacts:
         if vm.image_id is None:
             raise InvalidState(f"VM {vm.name!r} has no image recorded")
         image: ImageRecord = await self.ctx.db.run(repo.get_image_by_id, vm.image_id)
-        return await self._image(image.name)
+        return await self._artifacts(image.name)
 
     # -- stop, kill, restart, delete -----------------------------------------------------
+
+    async def restart(self, name: str) -> AsyncIterator[dict[str, Any]]:
+        """Stop (now, before the stream starts), then start with progress."""
+        await self.stop(name)
+        return self.start(name)
 
     async def stop(self, name: str) -> VmRecord:
         async with self.locked(name):
@@ -319,27 +319,11 @@ class VmService:
             self._stopping.add(name)
             try:
                 await self._update(name, state=VmState.STOPPING)
-                await self._shut_down(name, handle)
+                await vm_stop.shut_down(self.vmms, name, handle)
             finally:
                 self._stopping.discard(name)
-            outcome = await _stop_outcome(handle)
+            outcome = await vm_stop.stop_outcome(handle)
             return await self._mark_stopped(await self.get(name), reason=outcome)
-
-    async def _shut_down(self, name: str, handle: VmmHandle) -> None:
-        """The backend's graceful stop; whatever goes wrong there, the VMM ends: a stop
-        never leaves a VM half-stopped (ADVERSARIAL 96, 97)."""
-        try:
-            await self._vmm_for(handle.backend).shutdown(handle, timeout_s=STOP_TIMEOUT_S)
-        except BangerError as exc:
-            log.warning("graceful stop failed", extra={"fields": {"vm": name, "error": exc.brief}})
-        if not procinfo.is_running(handle.process):
-            return
-        spawn.signal_if_ours(handle.process, signals.SIGKILL)
-        if not await spawn.wait_exit(handle.process, timeout_s=KILL_WAIT_S):
-            raise CommandFailed(
-                f"the VMM of {name!r} (pid {handle.process.pid}) survived SIGKILL",
-                hint="it is stuck in the kernel (state D in /proc); `banger vm stop` again later",
-            )
 
     async def kill(self, name: str, sig: int) -> VmRecord:
         async with self.locked(name):
@@ -381,6 +365,7 @@ class VmService:
     async def set_resources(
         self, name: str, *, vcpu: int | None, memory_mib: int | None, disk_size_bytes: int | None
     ) -> VmRecord:
+        check_host_limits(self.ctx.host, vcpu, memory_mib)
         async with self.locked(name):
             vm = await self.get(name)
             if self._alive(vm):
@@ -412,9 +397,6 @@ class VmService:
     def _alive(self, vm: VmRecord) -> bool:
         handle = vm_boot.handle_of(vm, self.paths(vm))
         return handle is not None and procinfo.is_running(handle.process)
-
-    def _vmm_for(self, backend: Backend) -> Vmm:
-        return table.installed_vmm(backend, self.ctx.config, self.ctx.runner)
 
     async def _update(self, name: str, **changes: object) -> VmRecord:
         record: VmRecord = await self.ctx.db.run(repo.update_vm, name, **changes)
@@ -453,23 +435,5 @@ class VmService:
         return await self._mark_stopped(vm, reason=reason)
 
 
-def _state_of(accel: Accel | None) -> Any:
-    from banger.model.wire import StageState
-
+def _state_of(accel: Accel | None) -> StageState:
     return StageState.WARN if accel is Accel.TCG else StageState.OK
-
-
-async def _stop_outcome(handle: VmmHandle) -> str | None:
-    """What ``last_error`` says after a stop: nothing for a clean exit (or one we cannot
-    know: a VMM adopted after a daemon restart is not our child)."""
-    status = await spawn.exit_status(handle.process)
-    pid = handle.process.pid
-    if not status:
-        return None
-    if status < 0:
-        try:
-            sig = signals.Signals(-status).name
-        except ValueError:
-            sig = f"signal {-status}"
-        return f"forcefully terminated: the VMM (pid {pid}) ended by {sig}, not by the guest"
-    return f"the VMM (pid {pid}) exited with status {status} while stopping"

@@ -20,17 +20,18 @@ Must not: block the event loop (blocking steps run in threads) or speak HTTP.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from banger.errors import AlreadyExists, ImageNotFound, InvalidArgument, StateError
+from banger.errors import AlreadyExists, ImageNotFound, InvalidArgument
 from banger.host.publish import Staging, Step, remove_published, staging
 from banger.images import pull as steps
 from banger.model.artifact_names import validate_name
@@ -44,9 +45,10 @@ from banger.oci.reference import Reference, default_name, parse_reference
 from banger.oci.registry import RegistryClient
 from banger.oci.transport import HttpTransport
 from banger.services.context import DaemonContext
-from banger.services.images import publication_lock as publication
+from banger.services.images import ImageService
 from banger.services.inventory import record_dict
 from banger.services.operations import Progress, run_streamed
+from banger.services.steps import in_thread
 from banger.state import repo
 
 log = logging.getLogger("banger.services.pull")
@@ -59,7 +61,6 @@ FAILPOINT_ENV = "BANGER_FAILPOINT"
 #: renamed (``images/<name>/`` in place, no row yet).
 FAILPOINTS = ("resolve", "fetch", "fetched", "build", "built", "renamed")
 PARALLEL_LAYERS = 3
-HEARTBEAT_S = 10.0
 PROGRESS_EVERY_S = 1.0
 MIN_SIZE_BYTES = 64 << 20  # ext4build's minimum
 MAX_SIZE_BYTES = 2 << 40
@@ -117,37 +118,6 @@ def _commit_step(step: str) -> None:
 # -- planning -----------------------------------------------------------------------------
 
 
-async def plan_pull(
-    ctx: DaemonContext,
-    ref: str,
-    *,
-    name: str | None = None,
-    kernel_ref: str | None = None,
-    size_bytes: int | None = None,
-) -> PullPlan:
-    """Everything that can be refused before a byte is downloaded."""
-    reference = parse_reference(ref)
-    image_name = validate_name(name, kind="image") if name is not None else default_name(reference)
-    if kernel_ref is not None:
-        await ctx.db.run(repo.get_kernel, validate_name(kernel_ref))  # KernelNotFound
-    if size_bytes is not None and not MIN_SIZE_BYTES <= size_bytes <= MAX_SIZE_BYTES:
-        raise InvalidArgument(
-            f"size {size_bytes} is out of range: "
-            f"{format_size(MIN_SIZE_BYTES)} to {format_size(MAX_SIZE_BYTES)}"
-        )
-    if await _row_exists(ctx, image_name):
-        raise _exists(image_name)
-    return PullPlan(reference, image_name, kernel_ref, size_bytes)
-
-
-async def _row_exists(ctx: DaemonContext, name: str) -> bool:
-    try:
-        await ctx.db.run(repo.get_image, name)
-    except ImageNotFound:
-        return False
-    return True
-
-
 def _exists(name: str) -> AlreadyExists:
     return AlreadyExists(
         f"image {name!r} already exists",
@@ -156,68 +126,6 @@ def _exists(name: str) -> AlreadyExists:
 
 
 # -- the pull -----------------------------------------------------------------------------
-
-
-def pull_events(ctx: DaemonContext, plan: PullPlan) -> AsyncIterator[dict[str, Any]]:
-    """The pull as NDJSON events; it runs to the end even if the client goes away."""
-    return run_streamed(lambda progress: _pull(ctx, plan, progress))
-
-
-async def _pull(ctx: DaemonContext, plan: PullPlan, progress: Progress) -> dict[str, Any]:
-    return record_dict(await run_pull(ctx, plan, progress))
-
-
-async def pull_catalog_image(
-    ctx: DaemonContext,
-    ref: Reference,
-    *,
-    name: str,
-    kernel_name: str | None,
-    size_bytes: int | None,
-    first_boot_packages: tuple[str, ...] | list[str] = (),
-    progress: Progress,
-) -> ImageRecord:
-    """A catalog image obtained by pulling ``ref``, inside the caller's progress stream."""
-    plan = PullPlan(ref, validate_name(name, kind="image"), kernel_name, size_bytes)
-    plan = replace(plan, first_boot_packages=tuple(first_boot_packages))
-    return await run_pull(ctx, plan, progress)
-
-
-async def run_pull(ctx: DaemonContext, plan: PullPlan, progress: Progress) -> ImageRecord:
-    """Every stage of a pull, reported on ``progress``; the published image's row."""
-    if plan.first_boot_packages:
-        # make_bootable(tree) has no way to take them yet: say so rather than drop them.
-        log.warning(
-            "first-boot packages %s of image %s are not passed to the image",
-            ", ".join(plan.first_boot_packages),
-            plan.name,
-        )
-    client = RegistryClient(HttpTransport())
-    cache = BlobCache(ctx.layout.oci_cache_dir)
-    with progress.stage("resolve"):
-        await _thread(cache.ensure_dirs)
-        await _thread(cache.clean_partials)
-        resolved = await _beating(
-            progress, "resolve", _thread(steps.resolve, client, cache, plan.ref)
-        )
-        progress.detail = _describe(resolved)
-    failpoint("resolve")
-    with progress.stage("fetch"):
-        await _thread(steps.preflight, cache, ctx.layout.images_dir, resolved, plan.size_bytes)
-        fetched = await _beating(progress, "fetch", _fetch_all(client, cache, resolved, progress))
-        progress.detail = _fetch_summary(resolved, fetched)
-    failpoint("fetched")
-    if await _row_exists(ctx, plan.name):  # taken while we downloaded: skip the build
-        raise _exists(plan.name)
-    with staging(ctx.layout.images_dir, plan.name) as stage:
-        with progress.stage("build"):
-            built = await _beating(progress, "build", _build(ctx, plan, resolved, fetched, stage))
-            progress.detail = f"{steps.ROOTFS} {format_size(built.size_bytes)}"
-        failpoint("built")
-        with progress.stage("publish"):
-            record = await _publish(ctx, plan, resolved, stage)
-            progress.detail = str(Path(record.rootfs_path).parent)
-    return record
 
 
 def _describe(resolved: steps.Resolved) -> str:
@@ -286,77 +194,152 @@ def _fetch_summary(resolved: steps.Resolved, fetched: list[Fetched]) -> str:
     return summary
 
 
-async def _build(
-    ctx: DaemonContext,
-    plan: PullPlan,
-    resolved: steps.Resolved,
-    fetched: list[Fetched],
-    stage: Staging,
-) -> BuildResult:
-    return await _thread(
-        lambda: steps.build_rootfs(
-            resolved,
-            [f.path for f in fetched],
-            stage.path,
-            size_bytes=plan.size_bytes,
-            runner=ctx.runner,
-            on_work_dir=_watch_build,
+class ImagePullService:
+    """OCI images pulled into managed images; publishes under the image service's lock."""
+
+    def __init__(self, ctx: DaemonContext, images: ImageService) -> None:
+        self.ctx = ctx
+        self.images = images
+
+    async def plan_pull(
+        self,
+        ref: str,
+        *,
+        name: str | None = None,
+        kernel_ref: str | None = None,
+        size_bytes: int | None = None,
+    ) -> PullPlan:
+        """Everything that can be refused before a byte is downloaded."""
+        reference = parse_reference(ref)
+        image_name = (
+            validate_name(name, kind="image") if name is not None else default_name(reference)
         )
-    )
-
-
-async def _publish(
-    ctx: DaemonContext, plan: PullPlan, resolved: steps.Resolved, stage: Staging
-) -> ImageRecord:
-    from banger.images.bootable import INIT_PATH
-
-    final = ctx.layout.images_dir / plan.name
-    async with publication:
-        if await _row_exists(ctx, plan.name):
-            raise _exists(plan.name)
-        if os.path.lexists(final):
-            # No row but a directory: a crash between the rename and the row write.
-            await _thread(remove_published, final)
-        await _thread(stage.commit, final, on_step=_commit_step)
-        try:
-            record = await _thread(
-                steps.image_record,
-                plan.name,
-                resolved,
-                final,
-                kernel_name=plan.kernel_name,
-                init_path=INIT_PATH,
+        if kernel_ref is not None:
+            await self.ctx.db.run(repo.get_kernel, validate_name(kernel_ref))  # KernelNotFound
+        if size_bytes is not None and not MIN_SIZE_BYTES <= size_bytes <= MAX_SIZE_BYTES:
+            raise InvalidArgument(
+                f"size {size_bytes} is out of range: "
+                f"{format_size(MIN_SIZE_BYTES)} to {format_size(MAX_SIZE_BYTES)}"
             )
-            inserted: ImageRecord = await ctx.db.run(repo.insert_image, record)
-        except BaseException:
-            await _thread(remove_published, final)  # never a directory without its row
-            raise
-    return inserted
+        if await self._row_exists(image_name):
+            raise _exists(image_name)
+        return PullPlan(reference, image_name, kernel_ref, size_bytes)
+
+    async def _row_exists(self, name: str) -> bool:
+        try:
+            await self.ctx.db.run(repo.get_image, name)
+        except ImageNotFound:
+            return False
+        return True
+
+    def pull_events(self, plan: PullPlan) -> AsyncIterator[dict[str, Any]]:
+        """The pull as NDJSON events; it runs to the end even if the client goes away."""
+        return run_streamed(lambda progress: self._pull(plan, progress))
+
+    async def _pull(self, plan: PullPlan, progress: Progress) -> dict[str, Any]:
+        return record_dict(await self.run_pull(plan, progress))
+
+    async def pull_catalog_image(
+        self,
+        ref: Reference,
+        *,
+        name: str,
+        kernel_name: str | None,
+        size_bytes: int | None,
+        first_boot_packages: tuple[str, ...] | list[str] = (),
+        progress: Progress,
+    ) -> ImageRecord:
+        """A catalog image obtained by pulling ``ref``, inside the caller's progress stream."""
+        plan = PullPlan(ref, validate_name(name, kind="image"), kernel_name, size_bytes)
+        plan = replace(plan, first_boot_packages=tuple(first_boot_packages))
+        return await self.run_pull(plan, progress)
+
+    async def run_pull(self, plan: PullPlan, progress: Progress) -> ImageRecord:
+        """Every stage of a pull, reported on ``progress``; the published image's row."""
+        if plan.first_boot_packages:
+            # make_bootable(tree) has no way to take them yet: say so rather than drop them.
+            log.warning(
+                "first-boot packages %s of image %s are not passed to the image",
+                ", ".join(plan.first_boot_packages),
+                plan.name,
+            )
+        client = RegistryClient(HttpTransport())
+        cache = BlobCache(self.ctx.layout.oci_cache_dir)
+        with progress.stage("resolve"):
+            await _thread(cache.ensure_dirs)
+            await _thread(cache.clean_partials)
+            resolved = await _thread(steps.resolve, client, cache, plan.ref)
+            progress.detail = _describe(resolved)
+        failpoint("resolve")
+        with progress.stage("fetch"):
+            await _thread(
+                steps.preflight, cache, self.ctx.layout.images_dir, resolved, plan.size_bytes
+            )
+            fetched = await _fetch_all(client, cache, resolved, progress)
+            progress.detail = _fetch_summary(resolved, fetched)
+        failpoint("fetched")
+        if await self._row_exists(plan.name):  # taken while we downloaded: skip the build
+            raise _exists(plan.name)
+        with staging(self.ctx.layout.images_dir, plan.name) as stage:
+            with progress.stage("build"):
+                built = await self._build(plan, resolved, fetched, stage)
+                progress.detail = f"{steps.ROOTFS} {format_size(built.size_bytes)}"
+            failpoint("built")
+            with progress.stage("publish"):
+                record = await self._publish(plan, resolved, stage)
+                progress.detail = str(Path(record.rootfs_path).parent)
+        return record
+
+    async def _build(
+        self,
+        plan: PullPlan,
+        resolved: steps.Resolved,
+        fetched: list[Fetched],
+        stage: Staging,
+    ) -> BuildResult:
+        return await _thread(
+            lambda: steps.build_rootfs(
+                resolved,
+                [f.path for f in fetched],
+                stage.path,
+                size_bytes=plan.size_bytes,
+                runner=self.ctx.runner,
+                on_work_dir=_watch_build,
+            )
+        )
+
+    async def _publish(
+        self, plan: PullPlan, resolved: steps.Resolved, stage: Staging
+    ) -> ImageRecord:
+        from banger.images.bootable import INIT_PATH
+
+        final = self.ctx.layout.images_dir / plan.name
+        async with self.images.publication_lock:
+            if await self._row_exists(plan.name):
+                raise _exists(plan.name)
+            if os.path.lexists(final):
+                # No row but a directory: a crash between the rename and the row write.
+                await _thread(remove_published, final)
+            await _thread(stage.commit, final, on_step=_commit_step)
+            try:
+                record = await _thread(
+                    steps.image_record,
+                    plan.name,
+                    resolved,
+                    final,
+                    kernel_name=plan.kernel_name,
+                    init_path=INIT_PATH,
+                )
+                inserted: ImageRecord = await self.ctx.db.run(repo.insert_image, record)
+            except BaseException:
+                await _thread(remove_published, final)  # never a directory without its row
+                raise
+        return inserted
 
 
 # -- helpers ------------------------------------------------------------------------------
 
 
 async def _thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Run a blocking step in a thread; an OS error becomes a StateError with a brief."""
-    try:
-        return await asyncio.to_thread(fn, *args, **kwargs)
-    except OSError as exc:
-        raise StateError(
-            f"pull failed: {exc.strerror or exc}",
-            details=str(exc),
-        ) from exc
-
-
-async def _beating(progress: Progress, stage: str, work: Awaitable[T]) -> T:
-    """Await ``work``, telling the client every few seconds that the stage is alive
-    (its read timeout is shorter than a long ext4 build)."""
-    task = asyncio.ensure_future(work)
-    started = time.monotonic()
-    while True:
-        done, _ = await asyncio.wait({task}, timeout=HEARTBEAT_S)
-        if done:
-            return task.result()
-        progress.note(
-            stage, StageState.RUNNING, f"still working ({time.monotonic() - started:.0f} s)"
-        )
+    """A blocking step of the pull in a thread (an OS error becomes ``pull failed: …``)."""
+    return await in_thread(functools.partial(fn, *args, **kwargs), "pull")

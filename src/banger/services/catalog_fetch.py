@@ -1,0 +1,311 @@
+"""Images on first use: obtaining what the image catalog names (SPEC §5).
+
+Owns: the order of obtaining a catalog image (its kernel first, through
+``banger.services.kernel_pull``, then its sources in order until one works: an OCI pull
+after a quick reachability probe, else a local build from the host's archive, or a
+prebuilt bundle); per-name locks, so two callers racing for one image build it once
+(ADVERSARIAL 43); and staging everything under ``images/.staging``, so a crash or
+``kill -9`` leaves nothing that counts and the next daemon start removes the leftovers
+(42, 85); and whether ``image pull REF`` names a catalog image or an OCI reference.
+Must not: block the event loop (file and network work runs in threads), speak HTTP
+(routes do), or decide formats (``banger.images``, ``banger.oci``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from banger.errors import (
+    AlreadyExists,
+    BadResponse,
+    BangerError,
+    ImageNotFound,
+)
+from banger.host.publish import Staging, remove_published, remove_tree, staging
+from banger.images import catalog as image_catalog
+from banger.images import localbuild
+from banger.images.catalog import CatalogImage, ImageSource, SourceType
+from banger.images.register import check_ext4
+from banger.kernels import pull, tarball
+from banger.kernels.catalog import MAX_ARTIFACT_BYTES
+from banger.model.hosts import is_loopback_host
+from banger.model.records import ImageRecord, utc_now
+from banger.model.wire import StageState
+from banger.oci.reference import parse_reference
+from banger.services.context import DaemonContext
+from banger.services.image_pulls import ImagePullService
+from banger.services.images import ImageService
+from banger.services.inventory import record_dict
+from banger.services.kernel_pull import KernelPullService
+from banger.services.operations import Progress, run_streamed
+from banger.services.steps import in_thread, named_lock, say_unverified
+from banger.state import repo
+
+#: A registry that does not accept a TCP connection in this time is treated as
+#: unreachable, and the next source is tried (Docker Hub behind a firewall, offline).
+REGISTRY_PROBE_TIMEOUT_S = 5.0
+ROOTFS = "rootfs.ext4"
+Obtain = Callable[[CatalogImage, ImageSource, Progress], Awaitable[None]]
+
+
+async def is_catalog_name(ref: str) -> bool:
+    """A bare catalog name (no registry, tag or digest), not an OCI reference."""
+    if any(c in ref for c in ":/@"):
+        return False
+    return (await asyncio.to_thread(image_catalog.load_catalog)).find(ref) is not None
+
+
+async def _probe(api_host: str) -> str:
+    """Fail fast when the registry does not even accept a TCP connection."""
+    parts = urlsplit(f"//{api_host}")
+    port = parts.port or (80 if is_loopback_host(api_host) else 443)
+    started = time.monotonic()
+    try:
+        _, writer = await asyncio.wait_for(
+            asyncio.open_connection(parts.hostname, port), REGISTRY_PROBE_TIMEOUT_S
+        )
+    except (OSError, TimeoutError) as exc:
+        why = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise BadResponse(f"registry {api_host} is unreachable ({why})") from exc
+    writer.close()
+    return f"{api_host} reachable in {int((time.monotonic() - started) * 1000)} ms"
+
+
+class CatalogService:
+    """Catalog images obtained on first use; owns the per-name locks of those builds."""
+
+    def __init__(
+        self,
+        ctx: DaemonContext,
+        images: ImageService,
+        kernel_pulls: KernelPullService,
+        image_pulls: ImagePullService,
+    ) -> None:
+        self.ctx = ctx
+        self.images = images
+        self.kernel_pulls = kernel_pulls
+        self.image_pulls = image_pulls
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def pull_events(
+        self,
+        ref: str,
+        *,
+        name: str | None = None,
+        kernel_ref: str | None = None,
+        size_bytes: int | None = None,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """``image pull``: a bare catalog name (without ``--name``) obtains that catalog
+        image, kernel included; anything else is an OCI reference, checked before the
+        stream starts."""
+        if name is None and await is_catalog_name(ref):
+            return self.ensure_image_events(ref)
+        plan = await self.image_pulls.plan_pull(
+            ref, name=name, kernel_ref=kernel_ref, size_bytes=size_bytes
+        )
+        return self.image_pulls.pull_events(plan)
+
+    def ensure_image_events(self, name: str) -> AsyncIterator[dict[str, Any]]:
+        """``image pull <catalog name>``: obtain it now, streamed; the result is its row."""
+
+        async def work(progress: Progress) -> dict[str, Any]:
+            await self.ensure_image(name, progress)
+            row = await self._image_row(name)
+            if row is None:
+                raise ImageNotFound(f"catalog image {name!r} could not be obtained")
+            return record_dict(row)
+
+        return run_streamed(work)
+
+    async def ensure_image(self, name: str, progress: Progress) -> None:
+        """Make catalog image ``name`` local if it is not; nothing when it is not in the catalog
+        (the caller then reports ``ImageNotFound``)."""
+        if await self._image_row(name) is not None:
+            return
+        entry = (await asyncio.to_thread(image_catalog.load_catalog)).find(name)
+        if entry is None:
+            return
+        async with named_lock(self._locks, name):
+            if await self._image_row(name) is not None:
+                return  # built by whoever held the lock before us
+            await self._obtain_image(entry, progress)
+
+    async def _obtain_image(self, entry: CatalogImage, progress: Progress) -> None:
+        failures: list[str] = []
+        last: BangerError | None = None
+        for index, source in enumerate(entry.sources):
+            try:
+                await self._obtain(source.type)(entry, source, progress)
+            except BangerError as err:
+                failures.append(f"{source.describe()}: {err.brief}")
+                more = "; trying the next source" if index + 1 < len(entry.sources) else ""
+                progress.note("source", StageState.WARN, f"{source.describe()}: {err.brief}{more}")
+                last = err
+                continue
+            return
+        assert last is not None
+        last.details = "\n".join(failures)
+        raise last
+
+    def _obtain(self, kind: SourceType) -> Obtain:
+        return {
+            SourceType.BUNDLE: self._from_bundle,
+            SourceType.OCI: self._from_oci,
+            SourceType.LOCAL_DEBIAN: self._from_local_debian,
+        }[kind]
+
+    async def _from_oci(self, entry: CatalogImage, source: ImageSource, progress: Progress) -> None:
+        assert source.ref is not None
+        ref = parse_reference(source.ref)
+        with progress.stage("registry"):
+            progress.detail = await _probe(ref.api_host)
+        kernel = await self.kernel_pulls.ensure_kernel(source.kernels, progress)
+        await self.image_pulls.pull_catalog_image(
+            ref,
+            name=entry.name,
+            kernel_name=kernel,
+            size_bytes=entry.size_bytes,
+            first_boot_packages=source.packages,
+            progress=progress,
+        )
+
+    async def _from_local_debian(
+        self, entry: CatalogImage, source: ImageSource, progress: Progress
+    ) -> None:
+        from banger.images.bootable import INIT_PATH
+        from banger.oci.ext4build import build_rootfs_image
+        from banger.oci.flatten import Layer
+
+        assert source.suite is not None
+        suite = source.suite
+        kernel = await self.kernel_pulls.ensure_kernel(source.kernels, progress)
+        recipe = localbuild.DebianRecipe(suite, source.variant, source.packages)
+        with staging(self.ctx.layout.images_dir, entry.name) as stage:
+            work = stage.path / "build"
+            work.mkdir()
+            tar = work / "rootfs.tar"
+            with progress.stage("bootstrap"):
+                sources = await in_thread(
+                    lambda: localbuild.host_suite_sources(suite), "reading the host's apt sources"
+                )
+                tool = await in_thread(
+                    lambda: localbuild.build_rootfs_tar(
+                        recipe, sources, tar, self.ctx.runner, work
+                    ),
+                    "bootstrapping Debian",
+                )
+                progress.detail = (
+                    f"{tool}: {suite} {source.variant}, {tar.stat().st_size >> 20} MiB"
+                )
+            with progress.stage("rootfs"):
+                layer = Layer(tar, "application/vnd.oci.image.layer.v1.tar", None)
+                await in_thread(
+                    lambda: build_rootfs_image(
+                        [layer],
+                        stage.path / ROOTFS,
+                        size_bytes=entry.size_bytes,
+                        runner=self.ctx.runner,
+                        work_dir=work,
+                        inject="banger.images.bootable:make_bootable",
+                    ),
+                    "building the root filesystem",
+                )
+                await in_thread(lambda: remove_tree(work), "removing the build files")
+                progress.detail = f"{entry.size_bytes >> 20} MiB ext4, made bootable"
+            record = ImageRecord(
+                name=entry.name,
+                managed=True,
+                rootfs_path=str(self.ctx.layout.images_dir / entry.name / ROOTFS),
+                source=f"catalog:{entry.name} {source.describe()}",
+                created_at=utc_now(),
+                kernel_name=kernel,
+                size_bytes=entry.size_bytes,
+                init_path=INIT_PATH,
+            )
+            with progress.stage("publish"):
+                await self._publish_image(stage, record)
+                progress.detail = str(Path(record.rootfs_path).parent)
+
+    async def _publish_image(self, stage: Staging, record: ImageRecord) -> None:
+        """Name still free, then rename into ``images/<name>/``, then the row: under the
+        lock ``image pull`` and ``promote`` publish under."""
+        final = self.ctx.layout.images_dir / record.name
+        async with self.images.publication_lock:
+            if await self._image_row(record.name) is not None:
+                raise AlreadyExists(f"image {record.name!r} appeared while it was being built")
+            if os.path.lexists(final):  # a directory without a row: what a crash leaves
+                await asyncio.to_thread(remove_published, final)
+            await asyncio.to_thread(stage.commit, final)
+            try:
+                await self.ctx.db.run(repo.insert_image, record)
+            except BangerError:
+                await asyncio.to_thread(remove_published, final)
+                raise
+
+    async def _image_row(self, name: str) -> ImageRecord | None:
+        try:
+            record: ImageRecord = await self.ctx.db.run(repo.get_image, name)
+        except ImageNotFound:
+            return None
+        return record
+
+    async def _from_bundle(
+        self, entry: CatalogImage, source: ImageSource, progress: Progress
+    ) -> None:
+        from banger.images.bootable import INIT_PATH
+
+        assert source.url is not None
+        url = source.url
+        kernel = await self.kernel_pulls.ensure_kernel(source.kernels, progress)
+        expected = pull.Expected(source.sha256, source.size_bytes, MAX_ARTIFACT_BYTES)
+        with staging(self.ctx.layout.images_dir, entry.name) as stage:
+            archive = stage.path / "bundle.tar.zst"
+            with progress.stage("download"):
+                got = await in_thread(lambda: pull.download(url, archive, expected), "downloading")
+                progress.detail = got.describe()
+            if source.sha256 is None:
+                say_unverified(progress, got.sha256, "image", pinned=False)
+            tree = stage.path / "bundle"
+            with progress.stage("unpack"):
+                limits = tarball.Limits(max_output_bytes=entry.size_bytes + (64 << 20))
+                done = await in_thread(
+                    lambda: tarball.unpack(
+                        archive, tree, self.ctx.runner, limits, tarball.IMAGE_MEMBERS
+                    ),
+                    "unpacking",
+                )
+                await in_thread(lambda: _adopt_bundle(archive, tree, stage.path), "unpacking")
+                progress.detail = done.describe()
+            seed = stage.path / "work-seed.ext4"
+            record = ImageRecord(
+                name=entry.name,
+                managed=True,
+                rootfs_path=str(self.ctx.layout.images_dir / entry.name / ROOTFS),
+                source=f"catalog:{entry.name} {source.describe()}",
+                created_at=utc_now(),
+                work_seed_path=str(self.ctx.layout.images_dir / entry.name / seed.name)
+                if seed.exists()
+                else None,
+                kernel_name=kernel,
+                source_digest=f"sha256:{got.sha256}",
+                size_bytes=(stage.path / ROOTFS).stat().st_size,
+                init_path=INIT_PATH,
+            )
+            with progress.stage("publish"):
+                await self._publish_image(stage, record)
+                progress.detail = str(Path(record.rootfs_path).parent)
+
+
+def _adopt_bundle(archive: Path, tree: Path, stage_dir: Path) -> None:
+    """Move the bundle's disks to the top of the staging dir; each must be ext4."""
+    archive.unlink()
+    for disk in tree.iterdir():
+        check_ext4(disk, f"bundle member {disk.name}")
+        disk.rename(stage_dir / disk.name)
+    tree.rmdir()
