@@ -35,7 +35,8 @@ RANKS: dict[str, int] = {
     "services": 4,
     "api": 5,
     "daemon": 6,
-    "cli": 5,
+    "client": 5,  # the daemon's client and launcher: CLI, SDK and MCP server share it
+    "cli": 6,
     # ``python -m banger.sshconfig`` shim for installed ssh configs: calls the CLI's code.
     "sshconfig": 6,
 }
@@ -144,7 +145,7 @@ def test_model_is_stdlib_only(package: str) -> None:
 
 
 def test_allow_list_is_empty() -> None:
-    assert ALLOWED == set()
+    assert set() == ALLOWED
 
 
 _STDLIB = frozenset(__import__("sys").stdlib_module_names) | {"__future__"}

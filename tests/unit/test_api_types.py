@@ -1,0 +1,202 @@
+"""The client's stdlib types (banger.model.api_types) and the daemon's pydantic models
+(banger.api.models) describe the same JSON: same fields in the same order, same types,
+same optionality and defaults. The limits of banger.model.limits are the ones both
+sides enforce. Either side drifting fails here, not in a user's terminal.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Annotated, Any, Literal, Union
+
+import pytest
+from pydantic import BaseModel
+
+from banger.api import models
+from banger.model import api_types, limits
+
+#: dataclass -> its pydantic model (same name unless said otherwise here).
+PAIRS: dict[type, type[BaseModel]] = {
+    api_types.ErrorDetail: models.ErrorDetail,
+    api_types.Build: models.Build,
+    api_types.Ping: models.Ping,
+    api_types.ResolvedInt: models.ResolvedInt,
+    api_types.VmDefaults: models.VmDefaultsReply,
+    api_types.DbInfo: models.DbInfo,
+    api_types.DaemonStatus: models.DaemonStatus,
+    api_types.ShutdownReply: models.ShutdownReply,
+    api_types.ConfigReply: models.ConfigReply,
+    api_types.StageEvent: models.StageEvent,
+    api_types.KernelInfo: models.KernelInfo,
+    api_types.KernelDetail: models.KernelDetail,
+    api_types.CatalogKernelInfo: models.CatalogKernelInfo,
+    api_types.KernelRemoved: models.KernelRemoved,
+    api_types.ImageInfo: models.ImageInfo,
+    api_types.ImageDeleted: models.ImageDeleted,
+    api_types.VmInfo: models.VmInfo,
+    api_types.VmDeleted: models.Deleted,
+    api_types.LogChunk: models.LogChunk,
+    api_types.VmStats: models.VmStats,
+    api_types.AgentHealth: models.AgentHealth,
+    api_types.HealthReply: models.HealthReply,
+    api_types.PortsReply: models.PortsReply,
+    api_types.SshInfo: models.SshInfo,
+    api_types.CreateVmRequest: models.CreateBody,
+    api_types.SetVmRequest: models.SetBody,
+    api_types.KillRequest: models.KillBody,
+    api_types.ImageRegisterRequest: models.ImageRegisterBody,
+    api_types.ImagePullRequest: models.ImagePullBody,
+    api_types.KernelImportRequest: models.KernelImportBody,
+    api_types.KernelPullRequest: models.KernelPullBody,
+}
+NAMES = {dc: model.__name__ for dc, model in PAIRS.items()}
+#: Result data of a stream, not a pydantic model of its own.
+UNPAIRED = {api_types.DoctorResult}
+
+
+def shape(tp: Any) -> str:
+    """A type as a comparable string: constraints and strictness dropped, optional kept,
+    nested models and dataclasses by their pydantic model's name."""
+    if tp is type(None):
+        return "None"
+    if tp is Any or tp is object:
+        return "any"
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is Annotated:
+        return shape(args[0])
+    if origin in (Union, types.UnionType):
+        return " | ".join(sorted(shape(a) for a in args))
+    if origin is Literal:
+        return f"Literal{sorted(map(repr, args))}"
+    if origin is list:
+        return f"list[{shape(args[0])}]"
+    if origin is dict:
+        return f"dict[{shape(args[0])}, {shape(args[1])}]"
+    if dataclasses.is_dataclass(tp):
+        return NAMES[tp]
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return tp.__name__
+    assert isinstance(tp, type), tp
+    return tp.__name__
+
+
+def dataclass_fields(cls: type) -> list[tuple[str, str, bool, object]]:
+    hints = typing.get_type_hints(cls, include_extras=True)
+    out = []
+    for f in dataclasses.fields(cls):
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        out.append((f.name, shape(hints[f.name]), required, None if required else f.default))
+    return out
+
+
+def model_fields(model: type[BaseModel]) -> list[tuple[str, str, bool, object]]:
+    return [
+        (
+            name,
+            shape(info.annotation),
+            info.is_required(),
+            None if info.is_required() else info.default,
+        )
+        for name, info in model.model_fields.items()
+    ]
+
+
+@pytest.mark.parametrize("cls", list(PAIRS), ids=lambda c: c.__name__)
+def test_each_type_matches_its_pydantic_model_field_by_field(cls: type) -> None:
+    assert dataclass_fields(cls) == model_fields(PAIRS[cls])
+
+
+def test_every_dataclass_of_the_contract_is_paired() -> None:
+    declared = {
+        obj
+        for obj in vars(api_types).values()
+        if isinstance(obj, type)
+        and dataclasses.is_dataclass(obj)
+        and obj.__module__ == api_types.__name__
+    }
+    assert declared == set(PAIRS) | UNPAIRED
+
+
+def test_the_shape_check_sees_a_drift() -> None:
+    """The comparison above can fail: a renamed, retyped or now-optional field differs."""
+
+    @dataclasses.dataclass(kw_only=True)
+    class Drifted:
+        deleted: int
+
+    @dataclasses.dataclass(kw_only=True)
+    class Optional:
+        deleted: str | None = None
+
+    assert dataclass_fields(Drifted) != model_fields(models.Deleted)
+    assert dataclass_fields(Optional) != model_fields(models.Deleted)
+
+
+def test_closed_choices_are_the_limits() -> None:
+    assert typing.get_args(api_types.SignalName) == limits.SIGNALS
+    assert typing.get_args(api_types.VmmName) == limits.VMMS
+    assert typing.get_args(api_types.LogSource) == limits.LOG_SOURCES
+    assert api_types.KillRequest().signal == limits.DEFAULT_SIGNAL
+
+
+def _bounds(model: type[BaseModel], name: str) -> tuple[object, object]:
+    schema = model.model_json_schema()["properties"][name]
+    options = schema.get("anyOf", [schema])
+    found = [o for o in options if o.get("type") == "integer"]
+    assert len(found) == 1, schema
+    return found[0].get("minimum"), found[0].get("maximum")
+
+
+@pytest.mark.parametrize("model", [models.CreateBody, models.SetBody])
+def test_vm_size_bounds_in_the_schema_are_the_limits(model: type[BaseModel]) -> None:
+    assert _bounds(model, "vcpu") == (limits.VCPU_MIN, limits.VCPU_MAX)
+    assert _bounds(model, "memory_mib") == (limits.MEMORY_MIB_MIN, limits.MEMORY_MIB_MAX)
+    assert _bounds(model, "disk_size_bytes") == (
+        limits.DISK_SIZE_MIN_BYTES,
+        limits.DISK_SIZE_MAX_BYTES,
+    )
+
+
+def test_image_size_and_boot_timeout_bounds_are_the_limits() -> None:
+    assert _bounds(models.ImagePullBody, "size_bytes") == (
+        limits.IMAGE_SIZE_MIN_BYTES,
+        limits.IMAGE_SIZE_MAX_BYTES,
+    )
+    assert _bounds(models.CreateBody, "boot_timeout_s") == (
+        limits.BOOT_TIMEOUT_S_MIN,
+        limits.BOOT_TIMEOUT_S_MAX,
+    )
+
+
+def test_click_options_use_the_same_limits() -> None:
+    import click
+
+    from banger.cli.cmd_vm import kill
+    from banger.cli.vm_common import create_options
+    from banger.cli.vm_options import vcpu_count
+    from banger.errors import InvalidArgument
+
+    assert vcpu_count(str(limits.VCPU_MAX)) == limits.VCPU_MAX
+    with pytest.raises(InvalidArgument):
+        vcpu_count(str(limits.VCPU_MAX + 1))
+    signal = next(p for p in kill.params if p.name == "sig")
+    assert isinstance(signal.type, click.Choice)
+    assert tuple(signal.type.choices) == limits.SIGNALS
+
+    @click.command()
+    @create_options
+    def probe(**_: object) -> None: ...
+
+    timeout = next(p for p in probe.params if p.name == "boot_timeout")
+    assert isinstance(timeout.type, click.IntRange)
+    assert (timeout.type.min, timeout.type.max) == (
+        limits.BOOT_TIMEOUT_S_MIN,
+        limits.BOOT_TIMEOUT_S_MAX,
+    )
+    assert timeout.default == limits.BOOT_TIMEOUT_S_DEFAULT
+    vmm = next(p for p in probe.params if p.name == "vmm")
+    assert isinstance(vmm.type, click.Choice)
+    assert tuple(vmm.type.choices) == limits.VMMS
