@@ -6,7 +6,6 @@ sides enforce. Either side drifting fails here, not in a user's terminal.
 
 from __future__ import annotations
 
-import dataclasses
 import types
 import typing
 from typing import Annotated, Any, Literal, Union
@@ -16,9 +15,10 @@ from pydantic import BaseModel
 
 from banger.api import models
 from banger.model import api_types, limits
+from banger.model.record import Record, defaults, fields
 
-#: dataclass -> its pydantic model (same name unless said otherwise here).
-PAIRS: dict[type, type[BaseModel]] = {
+#: record type -> its pydantic model (same name unless said otherwise here).
+PAIRS: dict[type[Record], type[BaseModel]] = {
     api_types.ErrorDetail: models.ErrorDetail,
     api_types.Build: models.Build,
     api_types.Ping: models.Ping,
@@ -58,7 +58,7 @@ UNPAIRED = {api_types.DoctorResult}
 
 def shape(tp: Any) -> str:
     """A type as a comparable string: constraints and strictness dropped, optional kept,
-    nested models and dataclasses by their pydantic model's name."""
+    nested models and records by their pydantic model's name."""
     if tp is type(None):
         return "None"
     if tp is Any or tp is object:
@@ -75,7 +75,7 @@ def shape(tp: Any) -> str:
         return f"list[{shape(args[0])}]"
     if origin is dict:
         return f"dict[{shape(args[0])}, {shape(args[1])}]"
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and issubclass(tp, Record):
         return NAMES[tp]
     if isinstance(tp, type) and issubclass(tp, BaseModel):
         return tp.__name__
@@ -83,13 +83,12 @@ def shape(tp: Any) -> str:
     return tp.__name__
 
 
-def dataclass_fields(cls: type) -> list[tuple[str, str, bool, object]]:
+def record_fields(cls: type[Record]) -> list[tuple[str, str, bool, object]]:
     hints = typing.get_type_hints(cls, include_extras=True)
-    out = []
-    for f in dataclasses.fields(cls):
-        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        out.append((f.name, shape(hints[f.name]), required, None if required else f.default))
-    return out
+    optional = defaults(cls)
+    return [
+        (name, shape(hints[name]), name not in optional, optional.get(name)) for name in fields(cls)
+    ]
 
 
 def model_fields(model: type[BaseModel]) -> list[tuple[str, str, bool, object]]:
@@ -105,16 +104,16 @@ def model_fields(model: type[BaseModel]) -> list[tuple[str, str, bool, object]]:
 
 
 @pytest.mark.parametrize("cls", list(PAIRS), ids=lambda c: c.__name__)
-def test_each_type_matches_its_pydantic_model_field_by_field(cls: type) -> None:
-    assert dataclass_fields(cls) == model_fields(PAIRS[cls])
+def test_each_type_matches_its_pydantic_model_field_by_field(cls: type[Record]) -> None:
+    assert record_fields(cls) == model_fields(PAIRS[cls])
 
 
-def test_every_dataclass_of_the_contract_is_paired() -> None:
+def test_every_record_of_the_contract_is_paired() -> None:
     declared = {
         obj
         for obj in vars(api_types).values()
         if isinstance(obj, type)
-        and dataclasses.is_dataclass(obj)
+        and issubclass(obj, Record)
         and obj.__module__ == api_types.__name__
     }
     assert declared == set(PAIRS) | UNPAIRED
@@ -123,16 +122,14 @@ def test_every_dataclass_of_the_contract_is_paired() -> None:
 def test_the_shape_check_sees_a_drift() -> None:
     """The comparison above can fail: a renamed, retyped or now-optional field differs."""
 
-    @dataclasses.dataclass(kw_only=True)
-    class Drifted:
+    class Drifted(Record):
         deleted: int
 
-    @dataclasses.dataclass(kw_only=True)
-    class Optional:
+    class Optional(Record):
         deleted: str | None = None
 
-    assert dataclass_fields(Drifted) != model_fields(models.Deleted)
-    assert dataclass_fields(Optional) != model_fields(models.Deleted)
+    assert record_fields(Drifted) != model_fields(models.Deleted)
+    assert record_fields(Optional) != model_fields(models.Deleted)
 
 
 def test_closed_choices_are_the_limits() -> None:
@@ -200,3 +197,20 @@ def test_click_options_use_the_same_limits() -> None:
     vmm = next(p for p in probe.params if p.name == "vmm")
     assert isinstance(vmm.type, click.Choice)
     assert tuple(vmm.type.choices) == limits.VMMS
+
+
+def test_records_are_keyword_only_frozen_values_with_defaults() -> None:
+    vm = api_types.VmDeleted(deleted="box")
+    assert vm == api_types.VmDeleted(deleted="box") != api_types.VmDeleted(deleted="other")
+    assert repr(vm) == "VmDeleted(deleted='box')"
+    assert hash(vm) == hash(api_types.VmDeleted(deleted="box"))
+    with pytest.raises(AttributeError, match="immutable"):
+        vm.deleted = "x"  # type: ignore[misc]
+    with pytest.raises(TypeError, match="needs 'deleted'"):
+        api_types.VmDeleted()  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="no field 'name'"):
+        api_types.VmDeleted(deleted="box", name="x")  # type: ignore[call-arg]
+    request = api_types.CreateVmRequest()
+    assert (request.nat, request.boot_timeout_s, request.name) == (False, 300, None)
+    assert fields(api_types.KernelDetail)[-1] == "manifest"  # inherited fields first
+    assert api_types.to_body(api_types.SetVmRequest(vcpu=2)) == {"vcpu": 2}

@@ -364,3 +364,23 @@ def test_a_daemon_that_died_without_a_word_is_reported_with_its_log(tmp_path: Pa
         assert failed.brief == "the daemon could not start: exit status 1"
         assert failed.details is not None and "ImportError: boom" in failed.details
         assert failed.hint is not None and str(log) in failed.hint
+
+
+# -- weight -------------------------------------------------------------------------------
+
+
+def test_the_client_package_loads_without_click_rich_pydantic_or_the_api() -> None:
+    """The SDK and MCP server import it without the CLI; every CLI call imports it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, banger.client.facade, banger.client.launcher, banger.model.api_types\n"
+        "heavy = ('click', 'rich', 'pydantic', 'fastapi', 'banger.api', 'banger.cli', "
+        "'subprocess', 'http.client')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-I", "-c", code], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]"

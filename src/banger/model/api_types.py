@@ -1,8 +1,9 @@
-"""The API's requests and replies as plain dataclasses: the client's side of the contract.
+"""The API's requests and replies as plain records: the client's side of the contract.
 
-Owns: one stdlib dataclass per JSON shape the CLI (and later the SDK and MCP server)
-sends or reads, and ``from_json``, which turns a decoded reply into them, refusing a
-missing field or a wrong type as ``BadResponse``. Field names, order, types and
+Owns: one stdlib record (``banger.model.record``: a dataclass to type checkers) per JSON
+shape the CLI (and later the SDK and MCP server) sends or reads, and ``from_json``,
+which turns a decoded reply into them, refusing a missing field or a wrong type as
+``BadResponse``. Field names, order, types and
 defaults mirror the pydantic models of ``banger.api.models`` exactly;
 tests/unit/test_api_types.py fails when either side drifts.
 Must not: import pydantic or anything slow (the CLI imports this on every call); hold
@@ -11,14 +12,13 @@ behaviour beyond conversion.
 
 from __future__ import annotations
 
-import dataclasses
 import types
 import typing
-from dataclasses import dataclass
 from typing import Any, Literal, TypeVar, Union
 
 from banger.errors import BadResponse
 from banger.model import limits
+from banger.model.record import Record, as_dict, defaults, fields
 
 VmStateName = Literal["creating", "starting", "running", "stopping", "stopped", "error"]
 StageStateName = Literal["running", "ok", "warn", "fail", "skip"]
@@ -30,52 +30,45 @@ LogSource = Literal["console", "vmm"]
 # -- replies ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, kw_only=True)
-class ErrorDetail:
+class ErrorDetail(Record):
     code: str
     message: str
     details: str | None = None
     hint: str | None = None
 
 
-@dataclass(frozen=True, kw_only=True)
-class Build:
+class Build(Record):
     version: str
     commit: str
     build_time: str
 
 
-@dataclass(frozen=True, kw_only=True)
-class Ping:
+class Ping(Record):
     build: Build
     pid: int
     started_at: float
     api_version: Literal[1] = 1
 
 
-@dataclass(frozen=True, kw_only=True)
-class ResolvedInt:
+class ResolvedInt(Record):
     value: int
     source: Literal["config", "auto", "builtin"]
 
 
-@dataclass(frozen=True, kw_only=True)
-class VmDefaults:
+class VmDefaults(Record):
     vcpu: ResolvedInt
     memory_mib: ResolvedInt
     disk_size_bytes: ResolvedInt
     spec_line: str
 
 
-@dataclass(frozen=True, kw_only=True)
-class DbInfo:
+class DbInfo(Record):
     path: str
     schema_version: int
     counts: dict[str, int]
 
 
-@dataclass(frozen=True, kw_only=True)
-class DaemonStatus:
+class DaemonStatus(Record):
     build: Build
     pid: int
     started_at: float
@@ -89,20 +82,17 @@ class DaemonStatus:
     dns: str | None = None
 
 
-@dataclass(frozen=True, kw_only=True)
-class ShutdownReply:
+class ShutdownReply(Record):
     stopping: bool
 
 
-@dataclass(frozen=True, kw_only=True)
-class ConfigReply:
+class ConfigReply(Record):
     path: str
     values: dict[str, object]
     sources: dict[str, str]
 
 
-@dataclass(frozen=True, kw_only=True)
-class StageEvent:
+class StageEvent(Record):
     """One line of an NDJSON progress stream (banger.model.wire)."""
 
     type: Literal["stage", "result", "error", "heartbeat"]
@@ -117,15 +107,14 @@ class StageEvent:
     def to_wire(self) -> dict[str, Any]:
         """The event as the daemon sent it: fields it left out stay out."""
         out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if value is not None or (f.name == "data" and self.type == "result"):
-                out[f.name] = dataclasses.asdict(value) if f.name == "error" else value
+        for name in fields(self):
+            value = getattr(self, name)
+            if value is not None or (name == "data" and self.type == "result"):
+                out[name] = as_dict(value)
         return out
 
 
-@dataclass(frozen=True, kw_only=True)
-class KernelInfo:
+class KernelInfo(Record):
     name: str
     arch: str
     source: str
@@ -138,13 +127,11 @@ class KernelInfo:
     has_modules: bool = False
 
 
-@dataclass(frozen=True, kw_only=True)
 class KernelDetail(KernelInfo):
     manifest: dict[str, Any] | None = None
 
 
-@dataclass(frozen=True, kw_only=True)
-class CatalogKernelInfo:
+class CatalogKernelInfo(Record):
     name: str
     distro: str
     arch: str
@@ -160,15 +147,13 @@ class CatalogKernelInfo:
     local: bool
 
 
-@dataclass(frozen=True, kw_only=True)
-class KernelRemoved:
+class KernelRemoved(Record):
     name: str
     removed: bool
     files_removed: bool
 
 
-@dataclass(frozen=True, kw_only=True)
-class ImageInfo:
+class ImageInfo(Record):
     id: int | None = None
     name: str
     managed: bool
@@ -185,15 +170,13 @@ class ImageInfo:
     init_path: str | None = None
 
 
-@dataclass(frozen=True, kw_only=True)
-class ImageDeleted:
+class ImageDeleted(Record):
     name: str
     deleted: bool
     files_removed: bool
 
 
-@dataclass(frozen=True, kw_only=True)
-class VmInfo:
+class VmInfo(Record):
     id: int | None = None
     name: str
     image_id: int | None
@@ -216,13 +199,11 @@ class VmInfo:
     stopped_at: str | None = None
 
 
-@dataclass(frozen=True, kw_only=True)
-class VmDeleted:
+class VmDeleted(Record):
     deleted: str
 
 
-@dataclass(frozen=True, kw_only=True)
-class LogChunk:
+class LogChunk(Record):
     source: LogSource
     path: str
     offset: int
@@ -230,8 +211,7 @@ class LogChunk:
     data: str
 
 
-@dataclass(frozen=True, kw_only=True)
-class VmStats:
+class VmStats(Record):
     name: str
     state: str
     pid: int | None
@@ -240,29 +220,25 @@ class VmStats:
     uptime_s: float | None
 
 
-@dataclass(frozen=True, kw_only=True)
-class AgentHealth:
+class AgentHealth(Record):
     ok: bool
     uptime_s: float
     hostname: str
     agent_version: str
 
 
-@dataclass(frozen=True, kw_only=True)
-class HealthReply:
+class HealthReply(Record):
     vm: str
     health: AgentHealth
 
 
-@dataclass(frozen=True, kw_only=True)
-class PortsReply:
+class PortsReply(Record):
     vm: str
     truncated: bool
     ports: list[dict[str, Any]]
 
 
-@dataclass(frozen=True, kw_only=True)
-class SshInfo:
+class SshInfo(Record):
     name: str
     state: str
     ip: str | None
@@ -271,8 +247,7 @@ class SshInfo:
     known_hosts: str
 
 
-@dataclass(frozen=True, kw_only=True)
-class DoctorResult:
+class DoctorResult(Record):
     """The result of the ``GET /doctor`` stream (not a pydantic model: streamed data)."""
 
     ok: bool
@@ -283,8 +258,7 @@ class DoctorResult:
 # -- requests -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, kw_only=True)
-class CreateVmRequest:
+class CreateVmRequest(Record):
     name: str | None = None
     image: str | None = None
     vcpu: int | None = None
@@ -295,20 +269,17 @@ class CreateVmRequest:
     boot_timeout_s: int = limits.BOOT_TIMEOUT_S_DEFAULT
 
 
-@dataclass(frozen=True, kw_only=True)
-class SetVmRequest:
+class SetVmRequest(Record):
     vcpu: int | None = None
     memory_mib: int | None = None
     disk_size_bytes: int | None = None
 
 
-@dataclass(frozen=True, kw_only=True)
-class KillRequest:
+class KillRequest(Record):
     signal: SignalName = "KILL"
 
 
-@dataclass(frozen=True, kw_only=True)
-class ImageRegisterRequest:
+class ImageRegisterRequest(Record):
     name: str
     rootfs: str
     kernel: str | None = None
@@ -318,43 +289,33 @@ class ImageRegisterRequest:
     work_seed: str | None = None
 
 
-@dataclass(frozen=True, kw_only=True)
-class ImagePullRequest:
+class ImagePullRequest(Record):
     ref: str
     name: str | None = None
     kernel_ref: str | None = None
     size_bytes: int | None = None
 
 
-@dataclass(frozen=True, kw_only=True)
-class KernelImportRequest:
+class KernelImportRequest(Record):
     name: str
     source_dir: str
     force: bool = False
 
 
-@dataclass(frozen=True, kw_only=True)
-class KernelPullRequest:
+class KernelPullRequest(Record):
     name: str
     force: bool = False
 
 
-def to_body(request: object) -> dict[str, Any]:
+def to_body(request: Record) -> dict[str, Any]:
     """A request as its JSON body; unset optional fields are left out."""
-    return {
-        f.name: getattr(request, f.name)
-        for f in dataclasses.fields(request)  # type: ignore[arg-type]
-        if getattr(request, f.name) is not None
-    }
+    values = as_dict(request)
+    return {name: value for name, value in values.items() if value is not None}
 
 
 def to_json(reply: object) -> Any:
     """A reply (or a list of them) as the plain JSON the daemon sent."""
-    if isinstance(reply, list):
-        return [to_json(item) for item in reply]
-    if dataclasses.is_dataclass(reply) and not isinstance(reply, type):
-        return dataclasses.asdict(reply)
-    return reply
+    return as_dict(reply)
 
 
 # -- conversion ---------------------------------------------------------------------------
@@ -366,7 +327,7 @@ _HINTS: dict[type, dict[str, Any]] = {}
 def from_json(cls: type[T], data: object) -> T:
     """``data`` (decoded JSON) as a ``cls``; a missing field or wrong type is BadResponse.
 
-    Keys the dataclass does not know are ignored, so a reply may grow.
+    Keys the record does not know are ignored, so a reply may grow.
     """
     return typing.cast(T, _convert(cls, data, cls.__name__))
 
@@ -385,23 +346,24 @@ def _hints(cls: type) -> dict[str, Any]:
 def _convert(tp: Any, value: object, where: str) -> object:
     if tp is Any or tp is object:
         return value
-    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
-        return _convert_dataclass(tp, value, where)
+    if isinstance(tp, type) and issubclass(tp, Record):
+        return _convert_record(tp, value, where)
     if typing.get_origin(tp) is not None:
         return _convert_generic(tp, value, where)
     return _convert_scalar(tp, value, where)
 
 
-def _convert_dataclass(tp: type, value: object, where: str) -> object:
+def _convert_record(tp: type[Record], value: object, where: str) -> object:
     if not isinstance(value, dict):
         raise _bad(where, "an object", value)
     hints = _hints(tp)
+    optional = defaults(tp)
     kwargs: dict[str, object] = {}
-    for f in dataclasses.fields(tp):
-        if f.name in value:
-            kwargs[f.name] = _convert(hints[f.name], value[f.name], f"{where}.{f.name}")
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise BadResponse(f"the daemon's reply has no {where}.{f.name}")
+    for name in fields(tp):
+        if name in value:
+            kwargs[name] = _convert(hints[name], value[name], f"{where}.{name}")
+        elif name not in optional:
+            raise BadResponse(f"the daemon's reply has no {where}.{name}")
     return tp(**kwargs)
 
 
