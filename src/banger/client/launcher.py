@@ -103,8 +103,10 @@ def _after_failed_start(
 ) -> int:
     import subprocess
 
+    # A daemon that said why it failed is on its way out (tearing down can take a
+    # while on a busy host); one that said nothing has had its time already.
     try:
-        code = proc.wait(timeout=1.0)
+        code = proc.wait(timeout=timeout_s if message else 1.0)
     except subprocess.TimeoutExpired:
         raise Timeout(
             f"the daemon (pid {proc.pid}) did not become ready within {timeout_s:g}s",
