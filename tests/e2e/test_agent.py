@@ -45,8 +45,9 @@ from banger.kernels.vmlinux import extract_vmlinux
 from banger.services.readiness import wait_for_agent
 from banger.vmm import qemu
 from banger.vmm.base import Accel, Backend, DriveSpec, MachineSpec, NetSpec
-from banger.vmm.channels import AgentChannel, agent_channel
+from banger.vmm.channels import AgentChannel
 from banger.vmm.fc_api import FirecrackerApi
+from banger.vmm.table import agent_channel
 from tests import guests
 from tests.component.test_guests import (
     GATEWAY,

@@ -405,7 +405,7 @@ def test_vmm_holds_only_its_own_fds_and_a_minimal_env_e104_e105(env: VmEnv) -> N
         qmp = str(_run_dir(env, vm) / "qmp.sock")
         assert qmp in _unix_socket_paths(vm["pid"]).values()
         cmdline = Path(f"/proc/{vm['pid']}/cmdline").read_bytes().split(b"\0")
-        probe = json.loads((env.home.runtime_dir / "kvm-probe.json").read_text())
+        probe = json.loads((env.home.state_dir / "kvm-probe.json").read_text())
         accel = b"kvm" if probe["kvm_runs_guests"] else b"tcg"
         assert cmdline[cmdline.index(b"-accel") + 1] == accel
     env.ok("vm", "delete", "--force", "fd-a", "fd-b")

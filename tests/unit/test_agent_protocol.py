@@ -28,7 +28,9 @@ from banger.guest import agent_client
 from banger.guest import banger_agent as agent
 from banger.guest.agent_client import AgentClient
 from banger.vmm.base import Backend, MachineSpec
-from banger.vmm.channels import AgentChannel, ChannelKind, agent_channel, agent_channel_at
+from banger.vmm.channels import AgentChannel, ChannelKind
+from banger.vmm.qemu import QemuVmm
+from banger.vmm.table import agent_channel, agent_channel_at
 
 AGENT_FILE = Path(agent.__file__)
 
@@ -809,12 +811,12 @@ def test_channels_per_backend(tmp_path: Path) -> None:
     assert fc.qemu_argv() == []
     assert "Firecracker vsock port 52" in fc.client().describe
 
-    vhost = agent_channel(spec, Backend.QEMU, vsock_cid=7)
+    vhost = QemuVmm.agent_channel(spec.run_dir, vsock_cid=7)
     assert vhost.qemu_argv() == ["-device", "vhost-vsock-device,guest-cid=7"]
     assert vhost.qemu_argv("pc") == ["-device", "vhost-vsock-pci,guest-cid=7"]
     assert "cid 7" in vhost.client().describe
     with pytest.raises(ValueError, match="reserved"):
-        agent_channel(spec, Backend.QEMU, vsock_cid=2)
+        QemuVmm.agent_channel(spec.run_dir, vsock_cid=2)
     for backend in Backend:
         assert agent_channel_at(spec.run_dir, backend) == agent_channel(spec, backend)
 

@@ -10,21 +10,33 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 from banger.model import limits
 from banger.model.api_types import LogSource, SignalName, StageStateName, VmmName, VmStateName
 from banger.model.artifact_names import NAME_PATTERN
+from banger.oci.reference import MAX_REFERENCE_CHARS
 
+
+def _whole_number(value: object) -> object:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+#: A request integer as the OpenAPI document's ``"type": "integer"`` defines it: JSON
+#: Schema counts ``450.0`` as an integer, so it is accepted as 450 (issue 14 item 12);
+#: ``450.5``, ``"450"`` and ``true`` are still refused.
+JsonInt = Annotated[StrictInt, BeforeValidator(_whole_number)]
 #: Host paths: absolute (the CLI makes them so). Longer than PATH_MAX is refused by the
 #: service with a clear message, so the schema only bounds the body.
 HostPath = Annotated[StrictStr, Field(pattern="^/", max_length=limits.HOST_PATH_MAX)]
 ArtifactName = Annotated[StrictStr, Field(pattern=NAME_PATTERN)]
-Vcpu = Annotated[StrictInt, Field(ge=limits.VCPU_MIN, le=limits.VCPU_MAX)]
-MemoryMib = Annotated[StrictInt, Field(ge=limits.MEMORY_MIB_MIN, le=limits.MEMORY_MIB_MAX)]
-DiskSize = Annotated[StrictInt, Field(ge=limits.DISK_SIZE_MIN_BYTES, le=limits.DISK_SIZE_MAX_BYTES)]
+Vcpu = Annotated[JsonInt, Field(ge=limits.VCPU_MIN, le=limits.VCPU_MAX)]
+MemoryMib = Annotated[JsonInt, Field(ge=limits.MEMORY_MIB_MIN, le=limits.MEMORY_MIB_MAX)]
+DiskSize = Annotated[JsonInt, Field(ge=limits.DISK_SIZE_MIN_BYTES, le=limits.DISK_SIZE_MAX_BYTES)]
 ImageSize = Annotated[
-    StrictInt, Field(ge=limits.IMAGE_SIZE_MIN_BYTES, le=limits.IMAGE_SIZE_MAX_BYTES)
+    JsonInt, Field(ge=limits.IMAGE_SIZE_MIN_BYTES, le=limits.IMAGE_SIZE_MAX_BYTES)
 ]
 
 
@@ -257,7 +269,7 @@ class CreateBody(Strict):
     disk_size_bytes: DiskSize | None = None
     nat: StrictBool = False
     vmm: VmmName | None = None
-    boot_timeout_s: StrictInt = Field(
+    boot_timeout_s: JsonInt = Field(
         default=limits.BOOT_TIMEOUT_S_DEFAULT,
         ge=limits.BOOT_TIMEOUT_S_MIN,
         le=limits.BOOT_TIMEOUT_S_MAX,
@@ -287,7 +299,7 @@ class ImageRegisterBody(Strict):
 class ImagePullBody(Strict):
     #: An image reference such as ``debian:bookworm`` or ``ghcr.io/org/app@sha256:…``;
     #: its grammar is checked by the service, which names the rule broken.
-    ref: Annotated[StrictStr, Field(min_length=1, max_length=limits.OCI_REF_MAX)]
+    ref: Annotated[StrictStr, Field(min_length=1, max_length=MAX_REFERENCE_CHARS)]
     name: ArtifactName | None = None
     kernel_ref: ArtifactName | None = None
     size_bytes: ImageSize | None = None

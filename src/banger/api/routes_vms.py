@@ -85,7 +85,11 @@ async def create_vm(ctx: Ctx, body: CreateBody) -> StreamingResponse:
 
 @router.post("/vms/{name}/start", response_class=StreamingResponse, responses=STREAM)
 async def start_vm(ctx: Ctx, name: Name) -> StreamingResponse:
-    return ndjson_response(_service(ctx).start(name))
+    service = _service(ctx)
+    # A name that does not exist is a 404 before the stream starts, as for stop and
+    # restart (issue 14 item 13); the stream then re-reads the VM under its lock.
+    await service.get(name)
+    return ndjson_response(service.start(name))
 
 
 @router.post("/vms/{name}/stop", response_model=VmInfo)

@@ -45,5 +45,4 @@ LOG_SOURCES: Final = ("console", "vmm")
 VM_NAME_MAX: Final = 255
 IMAGE_REF_NAME_MAX: Final = 128
 URL_NAME_MAX: Final = 128
-OCI_REF_MAX: Final = 512
 HOST_PATH_MAX: Final = 8192

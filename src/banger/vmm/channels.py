@@ -1,8 +1,9 @@
 """How a VM's guest-agent channel is exposed, per backend.
 
-Owns: the host-side socket of each VM's agent channel (always in the VM's ``run_dir``, a
-path banger chose — never one the guest named), the QEMU arguments that create it, the
-Firecracker vsock configuration, and the matching ``AgentClient``.
+Owns: the kinds of agent channel, the host-side socket of each (always in the VM's
+``run_dir``, a path banger chose — never one the guest named), the QEMU arguments that
+create one, and the matching ``AgentClient``. Which backend uses which kind is the
+backend class's business (``agent_channel``; ``banger.vmm.table`` looks it up).
 
 - QEMU without vhost-vsock (these hosts): a virtio-serial port named
   ``org.banger.agent`` whose chardev is a listening Unix socket ``<run_dir>/agent.sock``
@@ -25,7 +26,6 @@ from enum import StrEnum
 from pathlib import Path
 
 from banger.guest.agent_client import DEFAULT_TIMEOUT_S, AgentClient
-from banger.vmm.base import Backend, MachineSpec
 
 AGENT_PORT_NAME = "org.banger.agent"
 AGENT_VSOCK_PORT = 52
@@ -84,27 +84,20 @@ class AgentChannel:
         return AgentClient.over_vsock(self.guest_cid, self.port, timeout_s=timeout_s)
 
 
-def agent_channel(
-    spec: MachineSpec, backend: Backend, *, vsock_cid: int | None = None
-) -> AgentChannel:
-    """The agent channel of the VM ``spec`` describes, when ``backend`` runs it."""
-    return agent_channel_at(spec.run_dir, backend, vsock_cid=vsock_cid)
-
-
-def agent_channel_at(
-    run_dir: Path, backend: Backend, *, vsock_cid: int | None = None
-) -> AgentChannel:
-    """The same from a VM's socket dir alone (what the API handlers have).
-
-    ``vsock_cid``: for QEMU only, a host-unique guest CID (>= 3) when the host has
-    ``/dev/vhost-vsock``; None (the default) means virtio-serial.
-    """
-    if backend is Backend.FIRECRACKER:
-        return AgentChannel(
-            ChannelKind.FIRECRACKER_VSOCK, run_dir / VSOCK_SOCKET, FIRECRACKER_GUEST_CID
-        )
-    if vsock_cid is not None:
-        if vsock_cid < 3:
-            raise ValueError(f"guest CID {vsock_cid} is reserved (0-2)")
-        return AgentChannel(ChannelKind.VHOST_VSOCK, None, vsock_cid)
+def serial_channel(run_dir: Path) -> AgentChannel:
+    """QEMU without vhost-vsock: a virtio-serial port behind ``<run_dir>/agent.sock``."""
     return AgentChannel(ChannelKind.VIRTIO_SERIAL, run_dir / AGENT_SOCKET, None)
+
+
+def vhost_vsock_channel(guest_cid: int) -> AgentChannel:
+    """QEMU with ``/dev/vhost-vsock``: ``guest_cid`` must be host-unique and >= 3."""
+    if guest_cid < 3:
+        raise ValueError(f"guest CID {guest_cid} is reserved (0-2)")
+    return AgentChannel(ChannelKind.VHOST_VSOCK, None, guest_cid)
+
+
+def firecracker_channel(run_dir: Path) -> AgentChannel:
+    """Firecracker's vsock device, reached through ``<run_dir>/vsock.sock``."""
+    return AgentChannel(
+        ChannelKind.FIRECRACKER_VSOCK, run_dir / VSOCK_SOCKET, FIRECRACKER_GUEST_CID
+    )
