@@ -144,7 +144,10 @@ def _bounds(model: type[BaseModel], name: str) -> tuple[object, object]:
     options = schema.get("anyOf", [schema])
     found = [o for o in options if o.get("type") == "integer"]
     assert len(found) == 1, schema
-    return found[0].get("minimum"), found[0].get("maximum")
+    # An Optional JsonInt (a BeforeValidator) is rendered with pydantic's own ``ge``/``le``
+    # keys instead of JSON Schema's ``minimum``/``maximum`` (main's api.json has them so).
+    bound = found[0]
+    return bound.get("minimum", bound.get("ge")), bound.get("maximum", bound.get("le"))
 
 
 @pytest.mark.parametrize("model", [models.CreateBody, models.SetBody])
@@ -214,3 +217,22 @@ def test_records_are_keyword_only_frozen_values_with_defaults() -> None:
     assert (request.nat, request.boot_timeout_s, request.name) == (False, 300, None)
     assert fields(api_types.KernelDetail)[-1] == "manifest"  # inherited fields first
     assert api_types.to_body(api_types.SetVmRequest(vcpu=2)) == {"vcpu": 2}
+
+
+def test_pydantic_refuses_one_past_each_limit() -> None:
+    from pydantic import ValidationError
+
+    over = {
+        "vcpu": limits.VCPU_MAX + 1,
+        "memory_mib": limits.MEMORY_MIB_MIN - 1,
+        "disk_size_bytes": limits.DISK_SIZE_MIN_BYTES - 1,
+        "boot_timeout_s": limits.BOOT_TIMEOUT_S_MAX + 1,
+    }
+    for name, value in over.items():
+        with pytest.raises(ValidationError):
+            models.CreateBody(**{name: value})
+    with pytest.raises(ValidationError):
+        models.ImagePullBody(ref="debian:12", size_bytes=limits.IMAGE_SIZE_MIN_BYTES - 1)
+    with pytest.raises(ValidationError):
+        models.KillBody(signal="SEGV")  # type: ignore[arg-type]
+    assert models.CreateBody(vcpu=limits.VCPU_MAX).vcpu == limits.VCPU_MAX
