@@ -257,7 +257,7 @@ def test_guest_that_never_answers_fails_the_create_after_the_timeout_e98(
     assert str(console_log) in out.stderr
     assert "kept in state error" in out.stderr and "banger vm delete mute" in out.stderr
     assert 8 <= took < 25, f"the create failed after {took:.1f}s"
-    pid = int(re.findall(r"^✓ boot: .*pid (\d+)$", out.stdout, re.M)[0])
+    pid = int(re.findall(r"^✓ boot: .*pid (\d+)(?: \(\d+ ms\))?$", out.stdout, re.M)[0])
     assert not _runs_vmm_of(pid, "mute"), f"the VMM (pid {pid}) was left running"
     assert _no_process_named("mute")
     vm = _vm(env, "mute")
