@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from banger.api.transport import REQUEST_READ_TIMEOUT_S
-from banger.cli.client import Client
+from banger.client.http import Client
 from banger.errors import MethodNotAllowed, NotFound, PayloadTooLarge, VmNotFound
 from tests.conftest import BangerHome
 

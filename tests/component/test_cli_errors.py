@@ -3,6 +3,11 @@ a malformed config stops the daemon from starting and names the key (ADVERSARIAL
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 
 from tests.conftest import BangerHome
@@ -50,6 +55,35 @@ def test_malformed_config_refuses_to_start_naming_the_key_e53_e54_e55(
     assert named in out.stderr
     assert "hint:" in out.stderr
     assert not home.socket.exists()
+
+
+def test_the_daemon_sends_its_start_error_on_the_ready_pipe_as_json(home: BangerHome) -> None:
+    """The launcher gets the daemon's own error (code, message, hint) over the pipe, not
+    text to parse back from the start log; the CLI prints that error."""
+    home.write_config("memroy = 1\n")
+    read_fd, write_fd = os.pipe()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "banger.daemon", "--ready-fd", str(write_fd)],
+            env=home.env,
+            pass_fds=(write_fd,),
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as pipe:
+        sent = pipe.read()
+    assert proc.returncode == 1
+    assert sent.endswith(b"\n") and sent.count(b"\n") == 1
+    error = json.loads(sent)["error"]
+    assert error["code"] == "config_invalid"
+    assert "memroy" in f"{error['message']} {error['details']}"
+    assert error["hint"]
+    out = home.banger("daemon", "status")
+    assert out.stderr.splitlines()[0] == f"error: the daemon could not start: {error['message']}"
+    assert f"hint: {error['hint']}" in out.stderr
 
 
 def test_empty_config_is_all_defaults_e53(home: BangerHome) -> None:

@@ -16,8 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-from banger.cli.client import Client
-from banger.cli.launcher import pid_alive
+from banger.client.http import Client
+from banger.client.launcher import pid_alive
 from tests.conftest import BIN, BangerHome
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from banger.cli.launcher import pid_alive
+from banger.client.launcher import pid_alive
 from tests.conftest import BIN, BangerHome, stop_daemon_of
 
 pytestmark = pytest.mark.component

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from banger.cli.client import Client
+from banger.client.http import Client
 from banger.errors import InvalidArgument, InvalidRequest
 from banger.model.records import VmRecord, VmState, utc_now
 from banger.state import repo

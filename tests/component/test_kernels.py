@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from banger.cli.client import Client
+from banger.client.http import Client
 from banger.errors import CommandFailed, InvalidArgument, InvalidRequest, KernelNotFound
 from banger.host.runner import Runner
 from banger.kernels.initrd import MODULES, build_initrd

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from banger.cli.client import Client
+from banger.client.http import Client
 from banger.errors import PermissionDenied
 from tests.conftest import BangerHome, make_home
 

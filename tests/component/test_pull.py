@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from banger.cli.launcher import pid_alive
+from banger.client.launcher import pid_alive
 from banger.services.image_pulls import FAILPOINTS
 from tests.conftest import BangerHome
 from tests.registry import (

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from banger.cli.launcher import pid_alive
+from banger.client.launcher import pid_alive
 from tests.component.test_kernels import SYNTH_V, synthetic_tree
 from tests.conftest import BangerHome, stop_daemon_of
 from tests.registry import (

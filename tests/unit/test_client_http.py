@@ -1,4 +1,4 @@
-"""The CLI's own HTTP/1.1 client (banger.cli.client) against a real AF_UNIX server thread.
+"""The CLI's own HTTP/1.1 client (banger.client.http) against a real AF_UNIX server thread.
 
 The server reads each request for real and answers with exact bytes, so these tests pin
 what the client accepts, what it refuses as a bad reply, and which typed error each
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from banger.cli import client as client_mod
-from banger.cli.client import Client
+from banger.client import http as client_mod
+from banger.client.http import Client
 from banger.errors import (
     BadResponse,
     DaemonUnavailable,

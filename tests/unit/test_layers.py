@@ -39,7 +39,8 @@ RANKS: dict[str, int] = {
     "system": 4,
     "api": 5,
     "daemon": 6,
-    "cli": 5,
+    "client": 5,  # the daemon's client and launcher: CLI, SDK and MCP server share it
+    "cli": 6,
     # ``python -m banger.sshconfig`` shim for installed ssh configs: calls the CLI's code.
     "sshconfig": 6,
 }

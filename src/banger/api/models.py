@@ -1,13 +1,21 @@
-"""Pydantic models of the API's replies: they are the OpenAPI document's schemas.
+"""Pydantic models of the API's requests and replies: the OpenAPI document's schemas.
 
-Owns: the JSON shapes on the wire. Must not: hold behaviour.
+Owns: the JSON shapes on the wire, as the daemon validates them. Each has a stdlib twin
+in ``banger.model.api_types`` (what clients use); tests/unit/test_api_types.py checks
+they agree field by field. Bounds come from ``banger.model.limits``.
+Must not: hold behaviour.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, StrictInt
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+
+from banger.model import limits
+from banger.model.api_types import LogSource, SignalName, StageStateName, VmmName, VmStateName
+from banger.model.artifact_names import NAME_PATTERN
+from banger.oci.reference import MAX_REFERENCE_CHARS
 
 
 def _whole_number(value: object) -> object:
@@ -20,6 +28,16 @@ def _whole_number(value: object) -> object:
 #: Schema counts ``450.0`` as an integer, so it is accepted as 450 (issue 14 item 12);
 #: ``450.5``, ``"450"`` and ``true`` are still refused.
 JsonInt = Annotated[StrictInt, BeforeValidator(_whole_number)]
+#: Host paths: absolute (the CLI makes them so). Longer than PATH_MAX is refused by the
+#: service with a clear message, so the schema only bounds the body.
+HostPath = Annotated[StrictStr, Field(pattern="^/", max_length=limits.HOST_PATH_MAX)]
+ArtifactName = Annotated[StrictStr, Field(pattern=NAME_PATTERN)]
+Vcpu = Annotated[JsonInt, Field(ge=limits.VCPU_MIN, le=limits.VCPU_MAX)]
+MemoryMib = Annotated[JsonInt, Field(ge=limits.MEMORY_MIB_MIN, le=limits.MEMORY_MIB_MAX)]
+DiskSize = Annotated[JsonInt, Field(ge=limits.DISK_SIZE_MIN_BYTES, le=limits.DISK_SIZE_MAX_BYTES)]
+ImageSize = Annotated[
+    JsonInt, Field(ge=limits.IMAGE_SIZE_MIN_BYTES, le=limits.IMAGE_SIZE_MAX_BYTES)
+]
 
 
 class Strict(BaseModel):
@@ -98,7 +116,7 @@ class StageEvent(Strict):
 
     type: Literal["stage", "result", "error", "heartbeat"]
     stage: str | None = None
-    state: Literal["running", "ok", "warn", "fail", "skip"] | None = None
+    state: StageStateName | None = None
     detail: str | None = None
     hint: str | None = None
     elapsed_ms: int | None = None
@@ -140,7 +158,7 @@ class VmInfo(Strict):
     id: int | None = None
     name: str
     image_id: int | None
-    state: Literal["creating", "starting", "running", "stopping", "stopped", "error"]
+    state: VmStateName
     vcpu: int
     memory_mib: int
     disk_size_bytes: int
@@ -157,3 +175,145 @@ class VmInfo(Strict):
     boot_id: str | None = None
     last_error: str | None = None
     stopped_at: str | None = None
+
+
+class KernelDetail(KernelInfo):
+    manifest: dict[str, Any] | None = None
+
+
+class CatalogKernelInfo(Strict):
+    name: str
+    distro: str
+    arch: str
+    version: str | None
+    format: str
+    description: str
+    url: str | None
+    sha256: str | None
+    size_bytes: int | None
+    verified: bool
+    package: str | None
+    suite: str | None
+    #: Whether the store holds this kernel, pulled from this entry.
+    local: bool
+
+
+class KernelRemoved(Strict):
+    name: str
+    removed: bool
+    files_removed: bool
+
+
+class ImageDeleted(Strict):
+    name: str
+    deleted: bool
+    files_removed: bool
+
+
+class Deleted(Strict):
+    deleted: str
+
+
+class LogChunk(Strict):
+    source: LogSource
+    path: str
+    offset: int
+    size: int
+    data: str
+
+
+class VmStats(Strict):
+    name: str
+    state: str
+    pid: int | None
+    cpu_seconds: float | None
+    rss_bytes: int | None
+    uptime_s: float | None
+
+
+class AgentHealth(Strict):
+    ok: bool
+    uptime_s: float
+    hostname: str
+    agent_version: str
+
+
+class HealthReply(Strict):
+    vm: str
+    health: AgentHealth
+
+
+class PortsReply(Strict):
+    vm: str
+    truncated: bool
+    ports: list[dict[str, Any]]
+
+
+class SshInfo(Strict):
+    name: str
+    state: str
+    ip: str | None
+    user: str
+    key: str
+    known_hosts: str
+
+
+# -- requests -----------------------------------------------------------------------------
+
+
+class CreateBody(Strict):
+    name: str | None = Field(default=None, min_length=1, max_length=limits.VM_NAME_MAX)
+    image: str | None = Field(default=None, min_length=1, max_length=limits.IMAGE_REF_NAME_MAX)
+    vcpu: Vcpu | None = None
+    memory_mib: MemoryMib | None = None
+    disk_size_bytes: DiskSize | None = None
+    nat: StrictBool = False
+    vmm: VmmName | None = None
+    boot_timeout_s: JsonInt = Field(
+        default=limits.BOOT_TIMEOUT_S_DEFAULT,
+        ge=limits.BOOT_TIMEOUT_S_MIN,
+        le=limits.BOOT_TIMEOUT_S_MAX,
+    )
+
+
+class SetBody(Strict):
+    vcpu: Vcpu | None = None
+    memory_mib: MemoryMib | None = None
+    disk_size_bytes: DiskSize | None = None
+
+
+class KillBody(Strict):
+    signal: SignalName = "KILL"
+
+
+class ImageRegisterBody(Strict):
+    name: ArtifactName
+    rootfs: HostPath
+    kernel: HostPath | None = None
+    kernel_ref: ArtifactName | None = None
+    initrd: HostPath | None = None
+    modules: HostPath | None = None
+    work_seed: HostPath | None = None
+
+
+class ImagePullBody(Strict):
+    #: An image reference such as ``debian:bookworm`` or ``ghcr.io/org/app@sha256:…``;
+    #: its grammar is checked by the service, which names the rule broken.
+    ref: Annotated[StrictStr, Field(min_length=1, max_length=MAX_REFERENCE_CHARS)]
+    name: ArtifactName | None = None
+    kernel_ref: ArtifactName | None = None
+    size_bytes: ImageSize | None = None
+
+
+class KernelImportBody(Strict):
+    name: ArtifactName
+    #: An absolute path on the daemon's host (the CLI makes relative paths absolute).
+    source_dir: HostPath
+    force: StrictBool = False
+
+
+class KernelPullBody(Strict):
+    name: ArtifactName
+    #: Download again and replace the stored kernel (an unverified entry must still
+    #: match the sha256 its first pull recorded).
+    force: StrictBool = False

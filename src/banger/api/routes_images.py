@@ -5,56 +5,30 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path
-from pydantic import Field, StrictStr
 from starlette.responses import StreamingResponse
 
 from banger.api.deps import Services
-from banger.api.models import ImageInfo, JsonInt, StageEvent, Strict
+from banger.api.models import (
+    ImageDeleted,
+    ImageInfo,
+    ImagePullBody,
+    ImageRegisterBody,
+    StageEvent,
+)
 from banger.api.progress import ndjson_response
 from banger.images.register import Registration
-from banger.model.artifact_names import NAME_PATTERN
+from banger.model import limits
 from banger.model.wire import NDJSON
-from banger.oci.reference import MAX_REFERENCE_CHARS
-from banger.services.image_pulls import MAX_SIZE_BYTES, MIN_SIZE_BYTES
 
 router = APIRouter(tags=["images"])
 #: A name as it may appear in a URL; the strict rules are checked by the service.
-Name = Annotated[str, Path(min_length=1, max_length=128)]
-#: Host paths: absolute (the CLI makes them so). Longer than PATH_MAX is refused by the
-#: service with a clear message, so the schema only bounds the body.
-HostPath = Annotated[StrictStr, Field(pattern="^/", max_length=8192)]
-ArtifactName = Annotated[StrictStr, Field(pattern=NAME_PATTERN)]
+Name = Annotated[str, Path(min_length=1, max_length=limits.URL_NAME_MAX)]
 STREAM: dict[int | str, dict[str, Any]] = {
     200: {
         "content": {NDJSON: {"schema": StageEvent.model_json_schema()}},
         "description": "one StageEvent per line; the result holds the image",
     }
 }
-
-
-class ImageRegisterBody(Strict):
-    name: ArtifactName
-    rootfs: HostPath
-    kernel: HostPath | None = None
-    kernel_ref: ArtifactName | None = None
-    initrd: HostPath | None = None
-    modules: HostPath | None = None
-    work_seed: HostPath | None = None
-
-
-class ImagePullBody(Strict):
-    #: An image reference such as ``debian:bookworm`` or ``ghcr.io/org/app@sha256:…``;
-    #: its grammar is checked by the service, which names the rule broken.
-    ref: Annotated[StrictStr, Field(min_length=1, max_length=MAX_REFERENCE_CHARS)]
-    name: ArtifactName | None = None
-    kernel_ref: ArtifactName | None = None
-    size_bytes: Annotated[JsonInt, Field(ge=MIN_SIZE_BYTES, le=MAX_SIZE_BYTES)] | None = None
-
-
-class ImageDeleted(Strict):
-    name: str
-    deleted: bool
-    files_removed: bool
 
 
 @router.post("/images/register", response_model=ImageInfo, status_code=201)

@@ -6,65 +6,31 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path
-from pydantic import Field, StrictBool, StrictStr
 from starlette.responses import StreamingResponse
 
 from banger.api.deps import Services
-from banger.api.models import KernelInfo, StageEvent, Strict
+from banger.api.models import (
+    CatalogKernelInfo,
+    KernelDetail,
+    KernelImportBody,
+    KernelInfo,
+    KernelPullBody,
+    KernelRemoved,
+    StageEvent,
+)
 from banger.api.progress import ndjson_response
-from banger.model.artifact_names import NAME_PATTERN
+from banger.model import limits
 from banger.model.wire import NDJSON
 
 router = APIRouter(tags=["kernels"])
 #: A name as it may appear in a URL; the strict rules are checked by the service.
-Name = Annotated[str, Path(min_length=1, max_length=128)]
+Name = Annotated[str, Path(min_length=1, max_length=limits.URL_NAME_MAX)]
 STREAM: dict[int | str, dict[str, Any]] = {
     200: {
         "content": {NDJSON: {"schema": StageEvent.model_json_schema()}},
         "description": "one StageEvent per line; the result holds the kernel",
     }
 }
-
-
-class KernelImportBody(Strict):
-    name: StrictStr = Field(pattern=NAME_PATTERN)
-    #: An absolute path on the daemon's host (the CLI makes relative paths absolute).
-    source_dir: StrictStr = Field(pattern="^/", max_length=8192)
-    force: StrictBool = False
-
-
-class KernelPullBody(Strict):
-    name: StrictStr = Field(pattern=NAME_PATTERN)
-    #: Download again and replace the stored kernel (an unverified entry must still
-    #: match the sha256 its first pull recorded).
-    force: StrictBool = False
-
-
-class CatalogKernelInfo(Strict):
-    name: str
-    distro: str
-    arch: str
-    version: str | None
-    format: str
-    description: str
-    url: str | None
-    sha256: str | None
-    size_bytes: int | None
-    verified: bool
-    package: str | None
-    suite: str | None
-    #: Whether the store holds this kernel, pulled from this entry.
-    local: bool
-
-
-class KernelDetail(KernelInfo):
-    manifest: dict[str, Any] | None = None
-
-
-class KernelRemoved(Strict):
-    name: str
-    removed: bool
-    files_removed: bool
 
 
 @router.post("/kernels/import", response_class=StreamingResponse, responses=STREAM)

@@ -6,12 +6,25 @@ import signal as signals
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query
-from pydantic import Field, StrictBool
 from starlette.responses import StreamingResponse
 
 from banger.api.deps import Ctx, Services
-from banger.api.models import JsonInt, StageEvent, Strict, VmDefaultsReply, VmInfo
+from banger.api.models import (
+    CreateBody,
+    Deleted,
+    HealthReply,
+    KillBody,
+    LogChunk,
+    PortsReply,
+    SetBody,
+    SshInfo,
+    StageEvent,
+    VmDefaultsReply,
+    VmInfo,
+    VmStats,
+)
 from banger.api.progress import ndjson_response
+from banger.model import limits
 from banger.model.wire import NDJSON
 from banger.services import daemon_info, vm_info
 from banger.services.inventory import record_dict
@@ -19,7 +32,7 @@ from banger.services.vm_create import CreateOrder
 from banger.vmm.base import Backend
 
 router = APIRouter(tags=["vms"])
-Name = Annotated[str, Path(min_length=1, max_length=128)]
+Name = Annotated[str, Path(min_length=1, max_length=limits.URL_NAME_MAX)]
 STREAM: dict[int | str, dict[str, Any]] = {
     200: {
         "content": {NDJSON: {"schema": StageEvent.model_json_schema()}},
@@ -27,68 +40,6 @@ STREAM: dict[int | str, dict[str, Any]] = {
     }
 }
 MIB = 1024 * 1024
-
-
-class CreateBody(Strict):
-    name: str | None = Field(default=None, min_length=1, max_length=255)
-    image: str | None = Field(default=None, min_length=1, max_length=128)
-    vcpu: JsonInt | None = Field(default=None, ge=1, le=64)
-    memory_mib: JsonInt | None = Field(default=None, ge=128, le=1024 * 1024)
-    disk_size_bytes: JsonInt | None = Field(default=None, ge=256 * MIB, le=16 * 1024**4)
-    nat: StrictBool = False
-    vmm: Literal["firecracker", "qemu"] | None = None
-    boot_timeout_s: JsonInt = Field(default=300, ge=1, le=3600)
-
-
-class SetBody(Strict):
-    vcpu: JsonInt | None = Field(default=None, ge=1, le=64)
-    memory_mib: JsonInt | None = Field(default=None, ge=128, le=1024 * 1024)
-    disk_size_bytes: JsonInt | None = Field(default=None, ge=256 * MIB, le=16 * 1024**4)
-
-
-class KillBody(Strict):
-    signal: Literal["KILL", "TERM", "INT", "HUP", "QUIT", "USR1", "USR2", "STOP", "CONT"] = "KILL"
-
-
-class Deleted(Strict):
-    deleted: str
-
-
-class LogChunk(Strict):
-    source: Literal["console", "vmm"]
-    path: str
-    offset: int
-    size: int
-    data: str
-
-
-class VmStats(Strict):
-    name: str
-    state: str
-    pid: int | None
-    cpu_seconds: float | None
-    rss_bytes: int | None
-    uptime_s: float | None
-
-
-class HealthReply(Strict):
-    vm: str
-    health: dict[str, Any]
-
-
-class PortsReply(Strict):
-    vm: str
-    truncated: bool
-    ports: list[dict[str, Any]]
-
-
-class SshInfo(Strict):
-    name: str
-    state: str
-    ip: str | None
-    user: str
-    key: str
-    known_hosts: str
 
 
 @router.get("/vm-defaults", response_model=VmDefaultsReply)

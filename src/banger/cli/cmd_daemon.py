@@ -11,10 +11,10 @@ from typing import Any
 
 import click
 
-from banger.cli.client import Client
-from banger.cli.launcher import daemon_ping, stop_daemon
 from banger.cli.output import emit_json, emit_kv
 from banger.cli.session import Session
+from banger.client.http import Client
+from banger.client.launcher import daemon_ping, stop_daemon
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
@@ -29,26 +29,21 @@ def daemon() -> None:
 @click.pass_obj
 def status(session: Session, as_json: bool) -> None:
     """Show the daemon's build, pid, socket and state (starts it if needed)."""
-    reply = session.client().get("/daemon/status")
+    reply = session.client().daemon.status()
     if as_json:
         emit_json(reply)
         return
-    build = reply["build"]
-    counts = reply["db"]["counts"]
-    defaults = reply["vm_defaults"]
+    build = reply.build
     emit_kv(
         [
-            ("daemon", f"running, pid {reply['pid']}, up {reply['uptime_s']:.0f}s"),
-            (
-                "build",
-                f"{build['version']} (commit {build['commit']}, built {build['build_time']})",
-            ),
-            ("socket", reply["socket"]),
-            ("state", reply["state_dir"]),
-            ("config", reply["config_file"]),
-            ("log", reply["log_file"]),
-            ("inventory", ", ".join(f"{n} {k}" for k, n in counts.items())),
-            ("vm defaults", defaults["spec_line"].removeprefix("spec: ")),
+            ("daemon", f"running, pid {reply.pid}, up {reply.uptime_s:.0f}s"),
+            ("build", f"{build.version} (commit {build.commit}, built {build.build_time})"),
+            ("socket", reply.socket),
+            ("state", reply.state_dir),
+            ("config", reply.config_file),
+            ("log", reply.log_file),
+            ("inventory", ", ".join(f"{n} {k}" for k, n in reply.db.counts.items())),
+            ("vm defaults", reply.vm_defaults.spec_line.removeprefix("spec: ")),
         ]
     )
 
@@ -57,8 +52,8 @@ def status(session: Session, as_json: bool) -> None:
 @click.pass_obj
 def start(session: Session) -> None:
     """Start the daemon if it is not running (other commands do this by themselves)."""
-    ping = session.client().get("/ping")
-    click.echo(f"daemon running, pid {ping['pid']}")
+    ping = session.client().daemon.ping()
+    click.echo(f"daemon running, pid {ping.pid}")
 
 
 @daemon.command()
@@ -67,7 +62,7 @@ def start(session: Session) -> None:
 def stop(session: Session, as_json: bool) -> None:
     """Stop the daemon (waits until it has exited). Not running is not an error."""
     ping = daemon_ping(session.layout)
-    pid = None if ping is None else int(ping["pid"])
+    pid = None if ping is None else ping.pid
     if pid is not None:
         stop_daemon(Client(session.layout.socket_path), pid)
     if as_json:

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
-from urllib.parse import quote
-
 import click
 
 from banger.cli.cmd_kernel import absolute, json_option, show_record
 from banger.cli.completion import complete_image_names
 from banger.cli.output import emit_json, emit_table, follow_stream
 from banger.cli.session import Session
+from banger.model import limits
+from banger.model.api_types import ImagePullRequest, ImageRegisterRequest
 from banger.model.artifact_names import validate_name
 from banger.model.units import format_size
-
-_PATH_OPTIONS = ("rootfs", "kernel", "initrd", "modules", "work_seed")
 
 
 @click.group()
@@ -42,15 +39,15 @@ def image_register(
     validate_name(name, kind="image")  # here too, so the message is ours, not the schema's
     if kernel_ref is not None:
         validate_name(kernel_ref)
-    body: dict[str, str | None] = {"name": name, "kernel_ref": kernel_ref}
-    for key in _PATH_OPTIONS:
-        value = paths.get(key)
-        body[key] = None if value is None else absolute(value)
-    reply: dict[str, Any] = session.client().post("/images/register", body)
+    where = {k: None if v is None else absolute(v) for k, v in paths.items()}
+    rootfs = where.pop("rootfs")
+    assert rootfs is not None  # click: required=True
+    request = ImageRegisterRequest(name=name, rootfs=rootfs, kernel_ref=kernel_ref, **where)
+    reply = session.client().images.register(request)
     if as_json:
         emit_json(reply)
     else:
-        click.echo(f"registered image {reply['name']} (unmanaged: banger uses your files)")
+        click.echo(f"registered image {reply.name} (unmanaged: banger uses your files)")
 
 
 @image.command("pull")
@@ -90,18 +87,20 @@ def image_pull(
         validate_name(name, kind="image")
     if kernel_ref is not None:
         validate_name(kernel_ref)
-    body: dict[str, Any] = {"ref": ref, "name": name, "kernel_ref": kernel_ref}
-    if size is not None:
-        # 64 MiB: the service's MIN_SIZE_BYTES (the image builder's floor), checked here
-        # too so the message names --size instead of the API field.
-        body["size_bytes"] = parse_size(size, what="--size", minimum_bytes=64 << 20)
-    result = follow_stream(session.client().stream("POST", "/images/pull", body), as_json=as_json)
-    if as_json or not isinstance(result, dict):
+    # The service's floor checked here too, so the message names --size, not the field.
+    size_bytes = (
+        None
+        if size is None
+        else parse_size(size, what="--size", minimum_bytes=limits.IMAGE_SIZE_MIN_BYTES)
+    )
+    request = ImagePullRequest(ref=ref, name=name, kernel_ref=kernel_ref, size_bytes=size_bytes)
+    result = follow_stream(session.client().images.pull(request), as_json=as_json)
+    if as_json:
         return
-    digest = str(result.get("source_digest") or "")
-    origin = f"{result['source']} ({digest[:19]}…)" if digest else result["source"]
-    click.echo(f"pulled image {result['name']} from {origin}")
-    if not result.get("kernel_name"):
+    digest = result.source_digest or ""
+    origin = f"{result.source} ({digest[:19]}…)" if digest else result.source
+    click.echo(f"pulled image {result.name} from {origin}")
+    if not result.kernel_name:
         click.echo(
             "note: no kernel recorded; `vm create` needs one: pull again with --kernel-ref NAME "
             "(`banger kernel list`); the blobs are cached"
@@ -117,10 +116,9 @@ def image_promote(session: Session, name: str, as_json: bool) -> None:
 
     Your original files are left untouched. `--json` prints NDJSON progress events.
     """
-    events = session.client().stream("POST", f"/images/{quote(name, safe='')}/promote")
-    result = follow_stream(events, as_json=as_json)
-    if not as_json and isinstance(result, dict):
-        click.echo(f"promoted image {result['name']}: its files are now managed by banger")
+    result = follow_stream(session.client().images.promote(name), as_json=as_json)
+    if not as_json:
+        click.echo(f"promoted image {result.name}: its files are now managed by banger")
 
 
 @image.command("list")
@@ -128,17 +126,17 @@ def image_promote(session: Session, name: str, as_json: bool) -> None:
 @click.pass_obj
 def image_list(session: Session, as_json: bool) -> None:
     """List local images."""
-    images: list[dict[str, Any]] = session.client().get("/images")
+    images = session.client().images.list()
     if as_json:
         emit_json(images)
         return
     rows = [
         (
-            i["name"],
-            "managed" if i["managed"] else "registered",
-            i["kernel_name"] or ("path" if i["kernel_path"] else "-"),
-            format_size(i["size_bytes"]) if i["size_bytes"] else "-",
-            i["source"],
+            i.name,
+            "managed" if i.managed else "registered",
+            i.kernel_name or ("path" if i.kernel_path else "-"),
+            format_size(i.size_bytes) if i.size_bytes else "-",
+            i.source,
         )
         for i in images
     ]
@@ -151,7 +149,7 @@ def image_list(session: Session, as_json: bool) -> None:
 @click.pass_obj
 def image_show(session: Session, name: str, as_json: bool) -> None:
     """Show one image."""
-    reply: dict[str, Any] = session.client().get(f"/images/{quote(name, safe='')}")
+    reply = session.client().images.get(name)
     if as_json:
         emit_json(reply)
     else:
@@ -165,8 +163,8 @@ def image_show(session: Session, name: str, as_json: bool) -> None:
 @click.pass_obj
 def image_delete(session: Session, names: tuple[str, ...]) -> None:
     """Delete images; refused while a VM uses one. Registered files are never deleted."""
-    client = session.client()
+    images = session.client().images
     for name in names:
-        reply = client.request("DELETE", f"/images/{quote(name, safe='')}")
-        kept = "" if reply.get("files_removed") else " (files left in place)"
+        reply = images.delete(name)
+        kept = "" if reply.files_removed else " (files left in place)"
         click.echo(f"deleted image {name}{kept}")

@@ -4,14 +4,13 @@ and the kernel catalog (docs/catalog.md)."""
 from __future__ import annotations
 
 import os
-from typing import Any
-from urllib.parse import quote
 
 import click
 
 from banger.cli.completion import complete_kernel_names
 from banger.cli.output import emit_json, emit_kv, emit_table, follow_stream
 from banger.cli.session import Session
+from banger.model.api_types import KernelImportRequest, KernelPullRequest, to_json
 from banger.model.artifact_names import validate_name
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -23,8 +22,10 @@ def absolute(path: str) -> str:
     return os.path.abspath(path)  # noqa: PTH100
 
 
-def show_record(reply: dict[str, Any], *, skip: tuple[str, ...] = ()) -> None:
-    emit_kv([(k, "-" if v is None else v) for k, v in reply.items() if k not in skip])
+def show_record(reply: object, *, skip: tuple[str, ...] = ()) -> None:
+    """Every field of a reply type, ``-`` for unset ones, in the daemon's order."""
+    fields = to_json(reply).items()
+    emit_kv([(k, "-" if v is None else v) for k, v in fields if k not in skip])
 
 
 @click.group()
@@ -52,12 +53,11 @@ def kernel_import(session: Session, name: str, source: str, force: bool, as_json
     progress as NDJSON events.
     """
     validate_name(name)  # here too, so the message is ours and not the schema's
-    body = {"name": name, "source_dir": absolute(source), "force": force}
-    events = session.client().stream("POST", "/kernels/import", body)
-    result = follow_stream(events, as_json=as_json)
-    if not as_json and isinstance(result, dict):
-        version = result.get("version") or "unknown version"
-        click.echo(f"imported kernel {result['name']} ({version}) into {result['dir_path']}")
+    request = KernelImportRequest(name=name, source_dir=absolute(source), force=force)
+    result = follow_stream(session.client().kernels.import_(request), as_json=as_json)
+    if not as_json:
+        version = result.version or "unknown version"
+        click.echo(f"imported kernel {result.name} ({version}) into {result.dir_path}")
 
 
 @kernel.command("pull")
@@ -73,11 +73,11 @@ def kernel_pull(session: Session, name: str, force: bool, as_json: bool) -> None
     sha256 is recorded, later pulls must match it), and the pull says so.
     """
     validate_name(name)
-    events = session.client().stream("POST", "/kernels/pull", {"name": name, "force": force})
-    result = follow_stream(events, as_json=as_json)
-    if not as_json and isinstance(result, dict):
-        version = result.get("version") or "unknown version"
-        click.echo(f"kernel {result['name']} ({version}) is in {result['dir_path']}")
+    request = KernelPullRequest(name=name, force=force)
+    result = follow_stream(session.client().kernels.pull(request), as_json=as_json)
+    if not as_json:
+        version = result.version or "unknown version"
+        click.echo(f"kernel {result.name} ({version}) is in {result.dir_path}")
 
 
 @kernel.command("list")
@@ -89,18 +89,18 @@ def kernel_list(session: Session, available: bool, as_json: bool) -> None:
     if available:
         _list_available(session, as_json=as_json)
         return
-    kernels: list[dict[str, Any]] = session.client().get("/kernels")
+    kernels = session.client().kernels.list()
     if as_json:
         emit_json(kernels)
         return
     rows = [
         (
-            k["name"],
-            k["version"] or "-",
-            k["distro"] or "-",
-            k["arch"],
-            "yes" if k["has_initrd"] else "no",
-            k["source"],
+            k.name,
+            k.version or "-",
+            k.distro or "-",
+            k.arch,
+            "yes" if k.has_initrd else "no",
+            k.source,
         )
         for k in kernels
     ]
@@ -109,18 +109,18 @@ def kernel_list(session: Session, available: bool, as_json: bool) -> None:
 
 
 def _list_available(session: Session, *, as_json: bool) -> None:
-    entries: list[dict[str, Any]] = session.client().get("/catalog/kernels")
+    entries = session.client().kernels.catalog()
     if as_json:
         emit_json(entries)
         return
     rows = [
         (
-            e["name"],
-            e["version"] or "(archive's)",
-            e["distro"],
-            e["format"],
-            "yes" if e["verified"] else "no (recorded on first pull)",
-            "yes" if e["local"] else "no",
+            e.name,
+            e.version or "(archive's)",
+            e.distro,
+            e.format,
+            "yes" if e.verified else "no (recorded on first pull)",
+            "yes" if e.local else "no",
         )
         for e in entries
     ]
@@ -134,17 +134,19 @@ def _list_available(session: Session, *, as_json: bool) -> None:
 @click.pass_obj
 def kernel_show(session: Session, name: str, as_json: bool) -> None:
     """Show one kernel and its manifest."""
-    reply: dict[str, Any] = session.client().get(f"/kernels/{quote(name, safe='')}")
+    reply = session.client().kernels.get(name)
     if as_json:
         emit_json(reply)
         return
     show_record(reply, skip=("manifest",))
-    manifest = reply.get("manifest") or {}
+    # The manifest is the kernel store's own free-form record (banger.kernels.store),
+    # not part of the API's contract: read defensively.
+    manifest = reply.manifest or {}
     files = manifest.get("files") or {}
     emit_kv([("initrd", manifest.get("initrd_origin", "-"))])
     for entry, info in files.items():
-        origin = f" ({info['origin']})" if isinstance(info, dict) and "origin" in info else ""
-        emit_kv([(f"file {entry}", f"{reply['dir_path']}/{entry}{origin}")])
+        origin = f" ({info.get('origin')})" if isinstance(info, dict) and "origin" in info else ""
+        emit_kv([(f"file {entry}", f"{reply.dir_path}/{entry}{origin}")])
 
 
 @kernel.command("rm")
@@ -154,7 +156,7 @@ def kernel_show(session: Session, name: str, as_json: bool) -> None:
 @click.pass_obj
 def kernel_rm(session: Session, names: tuple[str, ...]) -> None:
     """Remove kernels; refused while an image uses one."""
-    client = session.client()
+    kernels = session.client().kernels
     for name in names:
-        client.request("DELETE", f"/kernels/{quote(name, safe='')}")
+        kernels.delete(name)
         click.echo(f"removed kernel {name}")

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import click
 
-from banger.cli.launcher import daemon_ping
 from banger.cli.output import emit_json, emit_kv, follow_stream
 from banger.cli.session import Session
+from banger.client.launcher import daemon_ping
 from banger.errors import BangerError
 from banger.host import buildinfo
+from banger.model.api_types import to_json
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
@@ -26,15 +27,15 @@ def version(session: Session, as_json: bool) -> None:
     ours = buildinfo.current()
     ping = daemon_ping(session.layout)
     if as_json:
-        emit_json({"cli": ours.as_dict(), "daemon": ping})
+        emit_json({"cli": ours.as_dict(), "daemon": None if ping is None else to_json(ping)})
         return
     rows: list[tuple[str, object]] = [("banger", ours.describe())]
     if ping is None:
         rows.append(("daemon", "not running"))
     else:
-        theirs = buildinfo.BuildInfo(**ping["build"])
+        theirs = buildinfo.BuildInfo(**to_json(ping.build))
         same = " (same build)" if theirs == ours else " (other build: next command restarts it)"
-        rows.append(("daemon", f"{theirs.describe()}, pid {ping['pid']}{same}"))
+        rows.append(("daemon", f"{theirs.describe()}, pid {ping.pid}{same}"))
     emit_kv(rows)
 
 
@@ -46,8 +47,7 @@ def doctor(session: Session, as_json: bool) -> None:
 
     Exits 1 when a check fails. `--json` prints the checks as NDJSON progress events.
     """
-    result = follow_stream(session.client().stream("GET", "/doctor"), as_json=as_json)
-    failed = result.get("failed", []) if isinstance(result, dict) else []
+    failed = follow_stream(session.client().daemon.doctor(), as_json=as_json).failed
     if failed:
         raise ChecksFailed(
             f"{len(failed)} check(s) failed: {', '.join(failed)}",
@@ -65,10 +65,10 @@ def config() -> None:
 @click.pass_obj
 def config_show(session: Session, as_json: bool) -> None:
     """Show every key in effect and where it came from (default, file, env)."""
-    reply = session.client().get("/config")
+    reply = session.client().daemon.config()
     if as_json:
         emit_json(reply)
         return
-    emit_kv([("config file", reply["path"])])
-    sources = reply["sources"]
-    emit_kv([(k, f"{v!r}  [{sources.get(k, 'default')}]") for k, v in reply["values"].items()])
+    emit_kv([("config file", reply.path)])
+    sources = reply.sources
+    emit_kv([(k, f"{v!r}  [{sources.get(k, 'default')}]") for k, v in reply.values.items()])

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import sys
 from typing import Any
-from urllib.parse import quote
 
 import click
 
 from banger.cli.session import Session
-from banger.cli.vm_common import create_body, create_options, create_vm, run_ssh, ssh_command
+from banger.cli.vm_common import create_options, create_request, create_vm, run_ssh, ssh_command
 from banger.cli.workspace_options import (
     RUN_ARGV,
     WORKSPACE_KEYS,
@@ -58,15 +57,14 @@ def run(
         return 0
     if path is not None:
         check_for_run(path, **ws)  # refuse a bare repo, submodules… before a VM exists
-    vm = create_vm(session, create_body(**options), as_json=False)
-    name = vm["name"]
+    name = create_vm(session, create_request(**options), as_json=False).name
     try:
         cwd = prepare_for_run(session, name, path, dry_run=False, **ws) if path else None
         argv = ssh_command(session, name, command, cwd=cwd)
         return run_ssh(session, name, argv)
     finally:
         if remove:
-            session.client().request("DELETE", f"/vms/{quote(name, safe='')}?force=true")
+            session.client().vms.delete(name, force=True)
             sys.stderr.write(f"banger: deleted {name}\n")
         else:
             sys.stderr.write(f"banger: {name} is still running (banger vm delete {name})\n")

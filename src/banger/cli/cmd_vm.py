@@ -6,8 +6,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
-from urllib.parse import quote
+from typing import TYPE_CHECKING, Any, cast
 
 import click
 
@@ -16,16 +15,17 @@ from banger.cli.cmd_workspace import workspace
 from banger.cli.completion import complete_vm_names
 from banger.cli.output import emit_json, emit_kv, emit_table, follow_stream
 from banger.cli.session import Session
-from banger.cli.vm_common import create_body, create_options, create_vm, run_ssh, ssh_command
+from banger.cli.vm_common import create_options, create_request, create_vm, run_ssh, ssh_command
 from banger.cli.vm_options import memory_mib, size_bytes, vcpu_count
 from banger.errors import BangerError
+from banger.model import limits
+from banger.model.api_types import KillRequest, SetVmRequest, SignalName, VmInfo, to_json
 from banger.model.units import format_size
 
+if TYPE_CHECKING:
+    from banger.client.facade import Progress
+
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-
-
-def _path(name: str, suffix: str = "") -> str:
-    return f"/vms/{quote(name, safe='')}{suffix}"
 
 
 @click.group()
@@ -39,11 +39,9 @@ def vm() -> None:
 @click.pass_obj
 def create(session: Session, /, as_json: bool, **options: Any) -> None:
     """Create a VM and boot it; prints a spec line, then each stage as it happens."""
-    result = create_vm(session, create_body(**options), as_json=as_json)
+    result = create_vm(session, create_request(**options), as_json=as_json)
     if not as_json:
-        click.echo(
-            f"{result['name']} is running at {result['ip']} (banger vm ssh {result['name']})"
-        )
+        click.echo(f"{result.name} is running at {result.ip} (banger vm ssh {result.name})")
 
 
 def _each(names: tuple[str, ...], action: Callable[[str], str]) -> int:
@@ -70,23 +68,17 @@ def _each(names: tuple[str, ...], action: Callable[[str], str]) -> int:
 @click.pass_obj
 def start(session: Session, names: tuple[str, ...], as_json: bool) -> int:
     """Boot stopped VMs (several names boot concurrently)."""
-    return _streamed_each(session, names, "/start", as_json=as_json)
+    return _streamed_each(names, session.client().vms.start, as_json=as_json)
 
 
-def _streamed_each(session: Session, names: tuple[str, ...], action: str, *, as_json: bool) -> int:
+def _streamed_each(
+    names: tuple[str, ...], action: Callable[[str], Progress[VmInfo]], *, as_json: bool
+) -> int:
     """One VM: show its stages live. Several: run them concurrently, one line each."""
-    client = session.client()
     if len(names) == 1:
-        follow_stream(client.stream("POST", _path(names[0], action)), as_json=as_json)
+        follow_stream(action(names[0]), as_json=as_json)
         return 0
-
-    def one(name: str) -> str:
-        for event in client.stream("POST", _path(name, action)):
-            if event.get("type") == "result":
-                return f"{name}: {event['data']['state']}"
-        return f"{name}: done"
-
-    return _each(names, one)
+    return _each(names, lambda name: f"{name}: {action(name).wait().state}")
 
 
 @vm.command()
@@ -94,8 +86,8 @@ def _streamed_each(session: Session, names: tuple[str, ...], action: str, *, as_
 @click.pass_obj
 def stop(session: Session, names: tuple[str, ...]) -> int:
     """Stop VMs gracefully (then forcefully after a timeout). Stopped VMs stay stopped."""
-    client = session.client()
-    return _each(names, lambda n: f"{n}: {client.post(_path(n, '/stop'))['state']}")
+    vms = session.client().vms
+    return _each(names, lambda n: f"{n}: {vms.stop(n).state}")
 
 
 @vm.command()
@@ -104,7 +96,7 @@ def stop(session: Session, names: tuple[str, ...]) -> int:
 @click.pass_obj
 def restart(session: Session, names: tuple[str, ...], as_json: bool) -> int:
     """Stop and boot VMs again."""
-    return _streamed_each(session, names, "/restart", as_json=as_json)
+    return _streamed_each(names, session.client().vms.restart, as_json=as_json)
 
 
 @vm.command()
@@ -112,18 +104,17 @@ def restart(session: Session, names: tuple[str, ...], as_json: bool) -> int:
 @click.option(
     "--signal",
     "sig",
-    default="KILL",
+    default=limits.DEFAULT_SIGNAL,
     show_default=True,
-    type=click.Choice(["KILL", "TERM", "INT", "HUP", "QUIT", "USR1", "USR2", "STOP", "CONT"]),
+    type=click.Choice(limits.SIGNALS),
     help="Signal to send to the VMM process.",
 )
 @click.pass_obj
 def kill(session: Session, names: tuple[str, ...], sig: str) -> int:
     """Send a signal to the VMs' VMM processes (default: SIGKILL)."""
-    client = session.client()
-    return _each(
-        names, lambda n: f"{n}: {client.post(_path(n, '/kill'), {'signal': sig})['state']}"
-    )
+    vms = session.client().vms
+    request = KillRequest(signal=cast("SignalName", sig))  # click.Choice(limits.SIGNALS)
+    return _each(names, lambda n: f"{n}: {vms.kill(n, request).state}")
 
 
 @vm.command()
@@ -132,11 +123,8 @@ def kill(session: Session, names: tuple[str, ...], sig: str) -> int:
 @click.pass_obj
 def delete(session: Session, names: tuple[str, ...], force: bool) -> int:
     """Delete VMs and their disks. A running VM is refused unless --force."""
-    client = session.client()
-    query = "?force=true" if force else ""
-    return _each(
-        names, lambda n: f"{client.request('DELETE', _path(n) + query)['deleted']}: deleted"
-    )
+    vms = session.client().vms
+    return _each(names, lambda n: f"{vms.delete(n, force=force).deleted}: deleted")
 
 
 @vm.command("set")
@@ -156,22 +144,20 @@ def set_(
     as_json: bool,
 ) -> None:
     """Change a stopped VM's vCPUs, memory or work-disk size (zero or negative is an error)."""
-    body: dict[str, Any] = {}
-    if vcpu is not None:
-        body["vcpu"] = vcpu_count(vcpu)
-    if memory is not None:
-        body["memory_mib"] = memory_mib(memory)
-    if disk_size is not None:
-        body["disk_size_bytes"] = size_bytes(disk_size, what="--disk-size")
-    if not body:
+    request = SetVmRequest(
+        vcpu=None if vcpu is None else vcpu_count(vcpu),
+        memory_mib=None if memory is None else memory_mib(memory),
+        disk_size_bytes=None if disk_size is None else size_bytes(disk_size, what="--disk-size"),
+    )
+    if request == SetVmRequest():
         raise click.UsageError("nothing to change: give --vcpu, --memory or --disk-size")
-    reply = session.client().request("PATCH", _path(name), body)
+    reply = session.client().vms.set(name, request)
     if as_json:
         emit_json(reply)
     else:
         click.echo(
-            f"{name}: {reply['vcpu']} vcpu · {reply['memory_mib']} MiB · "
-            f"{format_size(reply['disk_size_bytes'])} disk"
+            f"{name}: {reply.vcpu} vcpu · {reply.memory_mib} MiB · "
+            f"{format_size(reply.disk_size_bytes)} disk"
         )
 
 
@@ -180,19 +166,19 @@ def set_(
 @click.pass_obj
 def list_(session: Session, as_json: bool) -> None:
     """List VMs with their state, size and address."""
-    vms: list[dict[str, Any]] = session.client().get("/vms")
+    vms = session.client().vms.list()
     if as_json:
         emit_json(vms)
         return
     rows = [
         (
-            v["name"],
-            v["state"],
-            v["vcpu"],
-            f"{v['memory_mib']} MiB",
-            format_size(v["disk_size_bytes"]),
-            v["ip"] or "-",
-            v["vmm"] or "-",
+            v.name,
+            v.state,
+            v.vcpu,
+            f"{v.memory_mib} MiB",
+            format_size(v.disk_size_bytes),
+            v.ip or "-",
+            v.vmm or "-",
         )
         for v in vms
     ]
@@ -205,11 +191,11 @@ def list_(session: Session, as_json: bool) -> None:
 @click.pass_obj
 def show(session: Session, name: str, as_json: bool) -> None:
     """Show everything the daemon records about one VM."""
-    reply: dict[str, Any] = session.client().get(_path(name))
+    reply = session.client().vms.get(name)
     if as_json:
         emit_json(reply)
     else:
-        emit_kv([(k, "-" if v is None else v) for k, v in reply.items()])
+        emit_kv([(k, "-" if v is None else v) for k, v in to_json(reply).items()])
 
 
 @vm.command()
@@ -225,15 +211,15 @@ def show(session: Session, name: str, as_json: bool) -> None:
 @click.pass_obj
 def logs(session: Session, name: str, follow: bool, source: str | bool) -> None:
     """Show a VM's serial console log (or, with --vmm, the VMM's log)."""
-    client = session.client()
+    vms = session.client().vms
     which = "vmm" if source == "vmm" else "console"
-    chunk = client.get(_path(name, f"/logs?source={which}"))
-    sys.stdout.write(chunk["data"])
+    chunk = vms.logs(name, source=which)
+    sys.stdout.write(chunk.data)
     while follow:
         sys.stdout.flush()
         time.sleep(0.5)
-        chunk = client.get(_path(name, f"/logs?source={which}&offset={chunk['offset']}"))
-        sys.stdout.write(chunk["data"])
+        chunk = vms.logs(name, source=which, offset=chunk.offset)
+        sys.stdout.write(chunk.data)
 
 
 @vm.command()
@@ -242,19 +228,19 @@ def logs(session: Session, name: str, follow: bool, source: str | bool) -> None:
 @click.pass_obj
 def stats(session: Session, name: str, as_json: bool) -> None:
     """CPU time and memory of the VM's VMM process (from /proc)."""
-    reply = session.client().get(_path(name, "/stats"))
+    reply = session.client().vms.stats(name)
     if as_json:
         emit_json(reply)
         return
-    rss = reply["rss_bytes"]
+    rss = reply.rss_bytes
     emit_kv(
         [
-            ("name", reply["name"]),
-            ("state", reply["state"]),
-            ("pid", reply["pid"] or "-"),
-            ("cpu", "-" if reply["cpu_seconds"] is None else f"{reply['cpu_seconds']} s"),
+            ("name", reply.name),
+            ("state", reply.state),
+            ("pid", reply.pid or "-"),
+            ("cpu", "-" if reply.cpu_seconds is None else f"{reply.cpu_seconds} s"),
             ("memory", "-" if rss is None else f"{rss // 1024**2} MiB"),
-            ("uptime", "-" if reply["uptime_s"] is None else f"{reply['uptime_s']} s"),
+            ("uptime", "-" if reply.uptime_s is None else f"{reply.uptime_s} s"),
         ]
     )
 
@@ -282,18 +268,18 @@ def ssh(session: Session, name: str, command: tuple[str, ...]) -> int:
 @click.pass_obj
 def health(session: Session, name: str, as_json: bool) -> None:
     """Ask the VM's guest agent whether the guest is up (agent images only)."""
-    reply = session.client().get(_path(name, "/health"))
+    reply = session.client().vms.health(name)
     if as_json:
         emit_json(reply)
         return
-    h = reply["health"]
+    h = reply.health
     emit_kv(
         [
-            ("vm", reply["vm"]),
-            ("ok", h["ok"]),
-            ("hostname", h["hostname"]),
-            ("uptime", f"{h['uptime_s']} s"),
-            ("agent", h["agent_version"]),
+            ("vm", reply.vm),
+            ("ok", h.ok),
+            ("hostname", h.hostname),
+            ("uptime", f"{h.uptime_s} s"),
+            ("agent", h.agent_version),
         ]
     )
 
@@ -306,11 +292,11 @@ def ports(session: Session, name: str, as_json: bool) -> None:
     """Listening ports in the VM: PROTO ENDPOINT PROCESS COMMAND, web ones as links."""
     from banger.guest.ports import COLUMNS, PortEntry, rows
 
-    reply = session.client().get(_path(name, "/ports"))
+    reply = session.client().vms.ports(name)
     if as_json:
         emit_json(reply)
         return
-    entries = [PortEntry.from_dict(d) for d in reply["ports"]]
+    entries = [PortEntry.from_dict(d) for d in reply.ports]
     emit_table(COLUMNS, rows(name, entries), empty="no listening ports")
 
 

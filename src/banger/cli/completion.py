@@ -9,54 +9,52 @@ Must not: import the session or launcher paths that start a daemon.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Protocol, TypeVar
 
 import click
 from click.shell_completion import CompletionItem
 
-from banger.cli.client import Client
+from banger.client.facade import BangerClient
+from banger.client.http import Client
 from banger.host.paths import Layout
 
 #: A completion that takes longer than this is worse than none.
 TIMEOUT_S = 1.0
+_Row = TypeVar("_Row")
+
+
+class _Named(Protocol):
+    @property
+    def name(self) -> str: ...
 
 
 def complete_vm_names(
     ctx: click.Context, param: click.Parameter, incomplete: str
 ) -> list[CompletionItem]:
-    return _complete("/vms", incomplete, help_key="state")
+    vms = _fetch(lambda c: c.vms.list())
+    return [CompletionItem(v.name, help=v.state) for v in vms if v.name.startswith(incomplete)]
 
 
 def complete_image_names(
     ctx: click.Context, param: click.Parameter, incomplete: str
 ) -> list[CompletionItem]:
-    return _complete("/images", incomplete)
+    return _names(_fetch(lambda c: c.images.list()), incomplete)
 
 
 def complete_kernel_names(
     ctx: click.Context, param: click.Parameter, incomplete: str
 ) -> list[CompletionItem]:
-    return _complete("/kernels", incomplete)
+    return _names(_fetch(lambda c: c.kernels.list()), incomplete)
 
 
-def _complete(path: str, incomplete: str, *, help_key: str | None = None) -> list[CompletionItem]:
-    rows = _fetch(path)
-    items = []
-    for row in rows:
-        name = row.get("name") if isinstance(row, dict) else None
-        if isinstance(name, str) and name.startswith(incomplete):
-            help_text = row.get(help_key) if help_key else None
-            items.append(
-                CompletionItem(name, help=help_text if isinstance(help_text, str) else None)
-            )
-    return items
+def _names(rows: Sequence[_Named], incomplete: str) -> list[CompletionItem]:
+    return [CompletionItem(r.name) for r in rows if r.name.startswith(incomplete)]
 
 
-def _fetch(path: str) -> list[Any]:
+def _fetch(ask: Callable[[BangerClient], Sequence[_Row]]) -> Sequence[_Row]:
     # Client never starts a daemon; with no socket it fails at connect(), immediately.
     try:
-        client = Client(Layout.from_env().socket_path, timeout_s=TIMEOUT_S)
-        rows = client.get(path)
+        return ask(BangerClient(Client(Layout.from_env().socket_path, timeout_s=TIMEOUT_S)))
     except Exception:  # noqa: BLE001 - a completion must never print a traceback
         return []
-    return rows if isinstance(rows, list) else []

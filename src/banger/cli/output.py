@@ -8,10 +8,16 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from banger.model.api_types import StageEvent, to_json
 from banger.model.wire import StageState
+
+if TYPE_CHECKING:
+    from banger.client.facade import Progress
+
+T = TypeVar("T")
 
 MARKS = {
     StageState.OK: ("✓", "green"),
@@ -22,7 +28,8 @@ MARKS = {
 
 
 def emit_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    """``data`` (plain JSON, a reply type or a list of them) as indented JSON."""
+    sys.stdout.write(json.dumps(to_json(data), indent=2, sort_keys=False) + "\n")
 
 
 def emit_kv(rows: Sequence[tuple[str, Any]]) -> None:
@@ -44,68 +51,64 @@ def emit_table(columns: Sequence[str], rows: Iterable[Sequence[Any]], *, empty: 
         )
 
 
-def follow_stream(events: Iterator[dict[str, Any]], *, as_json: bool) -> Any:
-    """Show a progress stream and return its result's data.
+def follow_stream(progress: Progress[T], *, as_json: bool) -> T:
+    """Show a progress stream and return its typed result.
 
     ``--json`` passes the events through as NDJSON; a terminal gets a live spinner per
     stage; anything else gets one line per finished stage.
     """
     if as_json:
-        return _passthrough(events)
-    if sys.stdout.isatty():
-        return _live(events)
-    return _plain(events)
+        _passthrough(progress)
+    elif sys.stdout.isatty():
+        _live(progress)
+    else:
+        _plain(progress)
+    return progress.result
 
 
-def _passthrough(events: Iterator[dict[str, Any]]) -> Any:
-    data = None
+def _passthrough(events: Iterable[StageEvent]) -> None:
     for event in events:
-        sys.stdout.write(json.dumps(event) + "\n")
+        sys.stdout.write(json.dumps(event.to_wire()) + "\n")
         sys.stdout.flush()
-        if event.get("type") == "result":
-            data = event.get("data")
-    return data
 
 
-def _finished_line(event: dict[str, Any]) -> tuple[str, str, str | None]:
-    state = StageState(event.get("state", "ok"))
+def _finished_line(event: StageEvent) -> tuple[str, str, str | None]:
+    state = StageState(event.state or "ok")
     mark, colour = MARKS.get(state, ("?", "white"))
-    elapsed = event.get("elapsed_ms")
-    took = f" ({elapsed} ms)" if isinstance(elapsed, int) and elapsed >= 100 else ""
-    text = f"{mark} {event.get('stage')}: {event.get('detail') or state.value}{took}"
-    hint = event.get("hint") if state in (StageState.WARN, StageState.FAIL) else None
+    elapsed = event.elapsed_ms
+    took = f" ({elapsed} ms)" if elapsed is not None and elapsed >= 100 else ""
+    text = f"{mark} {event.stage}: {event.detail or state.value}{took}"
+    hint = event.hint if state in (StageState.WARN, StageState.FAIL) else None
     return text, colour, hint
 
 
-def _plain(events: Iterator[dict[str, Any]]) -> Any:
+def _plain(events: Iterable[StageEvent]) -> None:
     for event in events:
-        if event.get("type") == "result":
-            return event.get("data")
-        if event.get("type") == "stage" and event.get("state") != StageState.RUNNING:
+        if event.type == "result":
+            return
+        if event.type == "stage" and event.state != StageState.RUNNING.value:
             text, _, hint = _finished_line(event)
             sys.stdout.write(text + "\n")
             if hint:
                 sys.stdout.write(f"    hint: {hint}\n")
             sys.stdout.flush()
-    return None
 
 
-def _live(events: Iterator[dict[str, Any]]) -> Any:
+def _live(events: Iterable[StageEvent]) -> None:
     from rich.console import Console
     from rich.markup import escape
 
     console = Console(highlight=False)
     with console.status("") as status:
         for event in events:
-            if event.get("type") == "result":
-                return event.get("data")
-            if event.get("type") != "stage":
+            if event.type == "result":
+                return
+            if event.type != "stage":
                 continue
-            if event.get("state") == StageState.RUNNING:
-                status.update(f"{escape(str(event.get('stage')))}…")
+            if event.state == StageState.RUNNING.value:
+                status.update(f"{escape(str(event.stage))}…")
                 continue
             text, colour, hint = _finished_line(event)
             console.print(f"[{colour}]{escape(text)}[/]")
             if hint:
                 console.print(f"    [dim]hint: {escape(hint)}[/]")
-    return None

@@ -1,7 +1,7 @@
 """What `vm create` and `vm run` share: their options, the request body, the spec line,
 following the create stream, and the ssh command line for a VM.
 
-Owns: turning options into the API's create body (units checked here, ADVERSARIAL 47)
+Owns: turning options into the API's create request (units checked here, ADVERSARIAL 47)
 and the exact ssh invocation (banger's key, the VM's own known_hosts, strict checking,
 keepalives), and saying why a session was lost when the VM went away under it.
 """
@@ -11,15 +11,16 @@ from __future__ import annotations
 import shlex
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
-from urllib.parse import quote
+from typing import Any, TypeVar, cast
 
 import click
 
 from banger.cli.output import follow_stream
 from banger.cli.session import Session
 from banger.cli.vm_options import ResolvedDefault, memory_mib, size_bytes, vcpu_count
-from banger.errors import BadResponse, BangerError, InvalidState, NotFound
+from banger.errors import BangerError, InvalidState, NotFound
+from banger.model import limits
+from banger.model.api_types import CreateVmRequest, VmDefaults, VmInfo, VmmName
 from banger.model.units import format_size
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -44,12 +45,12 @@ _OPTIONS = (
         help="Size of the /root work disk, like 8G.",
     ),
     click.option("--nat", is_flag=True, help="Give the VM outbound network access (NAT)."),
-    click.option("--vmm", type=click.Choice(["firecracker", "qemu"]), help="Force a VMM."),
+    click.option("--vmm", type=click.Choice(limits.VMMS), help="Force a VMM."),
     click.option(
         "--boot-timeout",
-        default=300,
+        default=limits.BOOT_TIMEOUT_S_DEFAULT,
         show_default=True,
-        type=click.IntRange(1, 3600),
+        type=click.IntRange(limits.BOOT_TIMEOUT_S_MIN, limits.BOOT_TIMEOUT_S_MAX),
         help="Seconds to wait for the guest to answer (its agent, or SSH).",
     ),
 )
@@ -61,7 +62,7 @@ def create_options(func: F) -> F:
     return func
 
 
-def create_body(
+def create_request(
     *,
     name: str | None,
     image: str | None,
@@ -71,36 +72,34 @@ def create_body(
     nat: bool,
     vmm: str | None,
     boot_timeout: int,
-) -> dict[str, Any]:
-    body: dict[str, Any] = {"nat": nat, "boot_timeout_s": boot_timeout}
-    for key, value in (("name", name), ("image", image), ("vmm", vmm)):
-        if value is not None:
-            body[key] = value
-    if vcpu is not None:
-        body["vcpu"] = vcpu_count(vcpu)
-    if memory is not None:
-        body["memory_mib"] = memory_mib(memory)
-    if disk_size is not None:
-        body["disk_size_bytes"] = size_bytes(disk_size, what="--disk-size")
-    return body
+) -> CreateVmRequest:
+    return CreateVmRequest(
+        name=name,
+        image=image,
+        vcpu=None if vcpu is None else vcpu_count(vcpu),
+        memory_mib=None if memory is None else memory_mib(memory),
+        disk_size_bytes=None if disk_size is None else size_bytes(disk_size, what="--disk-size"),
+        nat=nat,
+        vmm=cast("VmmName | None", vmm),  # click.Choice(limits.VMMS) admitted it
+        boot_timeout_s=boot_timeout,
+    )
 
 
-def spec_line(body: dict[str, Any], defaults: dict[str, Any]) -> str:
-    vcpu = body.get("vcpu", defaults["vcpu"]["value"])
-    mem = body.get("memory_mib", defaults["memory_mib"]["value"])
-    disk = body.get("disk_size_bytes", defaults["disk_size_bytes"]["value"])
+def spec_line(request: CreateVmRequest, defaults: VmDefaults) -> str:
+    vcpu = defaults.vcpu.value if request.vcpu is None else request.vcpu
+    mem = defaults.memory_mib.value if request.memory_mib is None else request.memory_mib
+    disk = defaults.disk_size_bytes.value
+    if request.disk_size_bytes is not None:
+        disk = request.disk_size_bytes
     return f"spec: {vcpu} vcpu · {mem} MiB · {format_size(disk)} disk"
 
 
-def create_vm(session: Session, body: dict[str, Any], *, as_json: bool) -> dict[str, Any]:
+def create_vm(session: Session, request: CreateVmRequest, *, as_json: bool) -> VmInfo:
     """Print the spec line (not with --json), follow the create stream, return the VM."""
     client = session.client()
     if not as_json:
-        click.echo(spec_line(body, client.get("/vm-defaults")))
-    result = follow_stream(client.stream("POST", "/vms", body), as_json=as_json)
-    if not isinstance(result, dict):
-        raise BadResponse("the create stream ended without the VM")
-    return result
+        click.echo(spec_line(request, client.vms.defaults()))
+    return follow_stream(client.vms.create(request), as_json=as_json)
 
 
 def remote_command(words: tuple[str, ...], *, cwd: str | None = None) -> str:
@@ -112,34 +111,34 @@ def remote_command(words: tuple[str, ...], *, cwd: str | None = None) -> str:
 def ssh_command(
     session: Session, name: str, command: tuple[str, ...], *, cwd: str | None = None
 ) -> list[str]:
-    info = session.client().get(f"/vms/{quote(name, safe='')}/ssh")
-    if info["state"] != "running" or not info["ip"]:
+    info = session.client().vms.ssh_info(name)
+    if info.state != "running" or not info.ip:
         raise InvalidState(
-            f"VM {name!r} is {info['state']}, not running", hint=f"`banger vm start {name}`"
+            f"VM {name!r} is {info.state}, not running", hint=f"`banger vm start {name}`"
         )
     argv = [
         "ssh",
         "-i",
-        info["key"],
+        info.key,
         "-o",
         "IdentitiesOnly=yes",
         "-o",
         "StrictHostKeyChecking=yes",
         "-o",
-        f"UserKnownHostsFile={info['known_hosts']}",
+        f"UserKnownHostsFile={info.known_hosts}",
         "-o",
         "LogLevel=ERROR",
         *SERVER_ALIVE,
         "-l",
-        info["user"],
+        info.user,
     ]
     interactive = not command and sys.stdin.isatty()
     argv += ["-t"] if interactive else []
     if command:
-        return [*argv, info["ip"], "--", remote_command(command, cwd=cwd)]
+        return [*argv, info.ip, "--", remote_command(command, cwd=cwd)]
     if cwd:
-        return [*argv, info["ip"], "--", f'cd {shlex.quote(cwd)} && exec "${{SHELL:-/bin/sh}}" -l']
-    return [*argv, info["ip"]]
+        return [*argv, info.ip, "--", f'cd {shlex.quote(cwd)} && exec "${{SHELL:-/bin/sh}}" -l']
+    return [*argv, info.ip]
 
 
 def run_ssh(session: Session, name: str, argv: list[str]) -> int:
@@ -157,12 +156,12 @@ def run_ssh(session: Session, name: str, argv: list[str]) -> int:
 
 def _why_lost(session: Session, name: str) -> str | None:
     try:
-        vm = session.client().get(f"/vms/{quote(name, safe='')}")
+        vm = session.client().vms.get(name)
     except NotFound:
         return "the VM no longer exists"
     except BangerError:
         return None
-    if vm["state"] == "running":
+    if vm.state == "running":
         return None
-    reason = f" ({vm['last_error']})" if vm.get("last_error") else ""
-    return f"the VM is {vm['state']}{reason}"
+    reason = f" ({vm.last_error})" if vm.last_error else ""
+    return f"the VM is {vm.state}{reason}"

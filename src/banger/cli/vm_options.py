@@ -11,11 +11,11 @@ from typing import Any
 
 import click
 
-from banger.model import units
+from banger.model import limits, units
 
 
 def vcpu_count(text: str) -> int:
-    return units.parse_positive_int(text, what="--vcpu", maximum=64)
+    return units.parse_positive_int(text, what="--vcpu", maximum=limits.VCPU_MAX)
 
 
 def memory_mib(text: str) -> int:

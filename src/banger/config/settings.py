@@ -40,7 +40,7 @@ from banger.config import rules
 from banger.config.messages import table_model, translate
 from banger.errors import ConfigError
 from banger.host.paths import Layout
-from banger.model import units
+from banger.model import limits, units
 
 ENV_PREFIX = "BANGER_"
 CONFIG_PATH_ENV = "BANGER_CONFIG"
@@ -86,10 +86,13 @@ class _Table(BaseModel):
 class VmDefaultsConfig(_Table):
     """``[vm_defaults]``: each key unset means "let banger choose" (banger.config.vm_defaults)."""
 
-    vcpu: Annotated[StrictInt, Field(ge=1, le=64)] | None = None
-    memory_mib: Annotated[StrictInt, Field(ge=128, le=1048576)] | None = None
+    vcpu: Annotated[StrictInt, Field(ge=limits.VCPU_MIN, le=limits.VCPU_MAX)] | None = None
+    memory_mib: (
+        Annotated[StrictInt, Field(ge=limits.MEMORY_MIB_MIN, le=limits.MEMORY_MIB_MAX)] | None
+    ) = None
     disk_size: (
-        Annotated[str, rules.as_written(units.parse_size, minimum_bytes=256 * units.MIB)] | None
+        Annotated[str, rules.as_written(units.parse_size, minimum_bytes=limits.DISK_SIZE_MIN_BYTES)]
+        | None
     ) = None
 
     @property

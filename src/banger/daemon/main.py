@@ -34,7 +34,7 @@ from banger.errors import BangerError, DaemonAlreadyRunning, UnsupportedHost
 from banger.host import buildinfo
 from banger.host.paths import Layout, ensure_private_dir
 from banger.host.publish import cleanup_leftovers
-from banger.model.wire import EXIT_ALREADY_RUNNING
+from banger.model.wire import EXIT_ALREADY_RUNNING, READY_LINE, error_body
 from banger.net.privilege_mode import privileged_ops
 from banger.net.privileged import PrivilegedOps
 from banger.services import readiness
@@ -86,7 +86,20 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(EXIT_ALREADY_RUNNING)
     except BangerError as err:
         sys.stderr.write(format_error(err, debug=os.environ.get("BANGER_DEBUG") == "1"))
+        _tell_launcher(args.ready_fd, error_body(err) + b"\n")
         sys.exit(1)
+    finally:
+        if args.ready_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(args.ready_fd)
+
+
+def _tell_launcher(ready_fd: int | None, message: bytes) -> None:
+    """One line on the launcher's ready pipe; after ``ready`` nobody reads it any more,
+    so a later error goes nowhere (EPIPE is ignored)."""
+    if ready_fd is not None:
+        with contextlib.suppress(OSError):
+            os.write(ready_fd, message)
 
 
 def run(*, ready_fd: int | None = None) -> None:
@@ -223,10 +236,8 @@ async def _watch(
     while not server.started:
         await asyncio.sleep(0.005)
     log.info("daemon ready")
-    if ready_fd is not None:
-        with contextlib.suppress(OSError):
-            os.write(ready_fd, b"ready\n")
-            os.close(ready_fd)
+    # The fd stays open until main() returns: it closes it, whatever happened.
+    _tell_launcher(ready_fd, READY_LINE + b"\n")
     while True:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(ctx.shutdown_requested.wait(), SOCKET_CHECK_INTERVAL_S)

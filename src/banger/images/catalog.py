@@ -5,7 +5,7 @@ anything downloaded: sha256 64 lowercase hex or null with ``"verified": false``,
 in the embedded catalog), loading the embedded ``catalog.json`` or the file named by
 ``BANGER_IMAGE_CATALOG``, and finding an entry by name (None when it is not there: the
 caller then reports the image as not found).
-Must not: fetch or build anything (``banger.services.catalog`` and ``kernel_pull`` do).
+Must not: fetch or build anything (``banger.services.catalog_fetch`` and ``kernel_pull`` do).
 
 Each image lists its sources in order of preference; the first that works is used:
 

@@ -28,6 +28,9 @@ MAX_REQUEST_BYTES = 1 << 20
 #: bangerd's exit status when another daemon holds the lock (EX_TEMPFAIL): the CLI that
 #: started it then uses the running one.
 EXIT_ALREADY_RUNNING = 75
+#: What bangerd writes on its ready pipe (``--ready-fd``) once it serves, then a newline.
+#: A daemon that cannot start writes its ``error_body`` and a newline instead.
+READY_LINE = b"ready"
 
 
 class StageState(StrEnum):

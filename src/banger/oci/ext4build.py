@@ -40,6 +40,7 @@ from banger.errors import (
 )
 from banger.host.publish import remove_tree
 from banger.host.runner import Runner
+from banger.model.limits import IMAGE_SIZE_MIN_BYTES
 from banger.oci.flatten import DEFAULT_LIMITS, Layer, Limits, OwnerMode, flatten_layers, no_space
 from banger.oci.pathres import DIR_FLAGS
 
@@ -95,8 +96,11 @@ def build_rootfs_image(
     started = time.monotonic()
     if inject is not None and _INJECT.fullmatch(inject) is None:
         raise InvalidArgument(f"inject must look like 'package.module:function', not {inject!r}")
-    if size_bytes is not None and size_bytes < 64 * MIB:
-        raise InvalidArgument(f"an image size of {size_bytes} bytes is below the 64 MiB minimum")
+    if size_bytes is not None and size_bytes < IMAGE_SIZE_MIN_BYTES:
+        raise InvalidArgument(
+            f"an image size of {size_bytes} bytes is below the "
+            f"{IMAGE_SIZE_MIN_BYTES // MIB} MiB minimum"
+        )
     request = _request(
         layers,
         out=out,

@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 from banger.errors import AlreadyExists, ImageNotFound, InvalidArgument
 from banger.host.publish import Staging, Step, remove_published, staging
 from banger.images import pull as steps
+from banger.model import limits
 from banger.model.artifact_names import validate_name
 from banger.model.records import ImageRecord
 from banger.model.units import format_size
@@ -51,7 +52,7 @@ from banger.services.operations import Progress, run_streamed
 from banger.services.steps import in_thread
 from banger.state import repo
 
-log = logging.getLogger("banger.services.pull")
+log = logging.getLogger("banger.services.image_pulls")
 T = TypeVar("T")
 
 FAILPOINT_ENV = "BANGER_FAILPOINT"
@@ -62,8 +63,8 @@ FAILPOINT_ENV = "BANGER_FAILPOINT"
 FAILPOINTS = ("resolve", "fetch", "fetched", "build", "built", "renamed")
 PARALLEL_LAYERS = 3
 PROGRESS_EVERY_S = 1.0
-MIN_SIZE_BYTES = 64 << 20  # ext4build's minimum
-MAX_SIZE_BYTES = 2 << 40
+MIN_SIZE_BYTES = limits.IMAGE_SIZE_MIN_BYTES  # ext4build's minimum
+MAX_SIZE_BYTES = limits.IMAGE_SIZE_MAX_BYTES
 
 
 @dataclass(frozen=True)

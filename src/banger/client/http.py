@@ -1,8 +1,8 @@
-"""The CLI's client of the daemon: HTTP/1.1 over the Unix socket, stdlib only.
+"""The daemon's HTTP/1.1 client over its Unix socket, stdlib only (CLI, SDK, MCP server).
 
 Owns: requests, reading replies (framed by Content-Length, chunked coding or the end of
 the connection), NDJSON stream reading, and rebuilding typed errors from replies.
-Must not: start or stop the daemon (``banger.cli.launcher`` does) or print anything.
+Must not: start or stop the daemon (``banger.client.launcher`` does) or print anything.
 
 Its own small HTTP/1.1 rather than ``http.client``: importing that pulls in ``email``
 and ``ssl``, about 20 ms of every CLI call (docs/explanation/cli-startup.md). It sends

@@ -1,9 +1,11 @@
-"""Starting, restarting and stopping the daemon from the CLI's side (SPEC §1).
+"""Starting, restarting and stopping the daemon from a client's side (SPEC §1).
 
 Owns: auto-start when no daemon answers (one line says so), restart of a daemon of
-another build, and waiting for a stop to finish. The daemon tells us it is ready by
-writing to a pipe we pass it, so there is no polling on the happy path.
-Must not: speak the API beyond ping and shutdown.
+another build, and waiting for a stop to finish. The daemon answers on a pipe we pass
+it: ``ready`` once it serves, or the JSON error body (``banger.model.wire.error_body``)
+when it cannot start, which is rebuilt into the typed error; there is no polling on
+the happy path and no parsing of text meant for people.
+Must not: speak the API beyond ping and shutdown; print (``announce`` does, if given).
 """
 
 from __future__ import annotations
@@ -19,29 +21,45 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from banger.cli.client import Client
-from banger.errors import DaemonStartFailed, DaemonUnavailable, PermissionDenied, Timeout
+from banger.client.facade import BangerClient
+from banger.client.http import Client
+from banger.errors import (
+    BangerError,
+    DaemonStartFailed,
+    DaemonUnavailable,
+    PermissionDenied,
+    Timeout,
+    error_from_payload,
+)
 from banger.host import buildinfo
 from banger.host.paths import Layout, ensure_private_dir
-from banger.model.wire import EXIT_ALREADY_RUNNING
+from banger.model.api_types import Ping, from_json
+from banger.model.wire import EXIT_ALREADY_RUNNING, READY_LINE
 
 if TYPE_CHECKING:
     import subprocess
 
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 20.0
+#: Largest message the daemon writes on the ready pipe (an error body).
+MAX_READY_BYTES = 64 << 10
 
 Announce = Callable[[str], None]
 
 
-def ensure_daemon(layout: Layout, *, announce: Announce) -> Client:
+def ensure_daemon(layout: Layout, *, announce: Announce) -> BangerClient:
+    """A client of a running daemon of this build: started, or restarted, if need be."""
     client = Client(layout.socket_path)
     try:
+        # Raw on purpose: a daemon of another build may answer a ping of another shape,
+        # and it must still be recognised and restarted.
         ping = client.get("/ping")
     except DaemonUnavailable:
         pid = start_daemon(layout)
         announce(f"started the banger daemon (pid {pid}, socket {layout.socket_path})")
-        return client
+        return BangerClient(client)
+    if not isinstance(ping, dict):
+        ping = {}
     ours = buildinfo.current()
     if ping.get("build") != ours.as_dict():
         theirs = ping.get("build") or {}
@@ -50,9 +68,9 @@ def ensure_daemon(layout: Layout, *, announce: Announce) -> Client:
             f"built {theirs.get('build_time', '?')}, this CLI is {ours.commit} "
             f"built {ours.build_time}"
         )
-        stop_daemon(client, int(ping["pid"]))
+        stop_daemon(client, int(ping.get("pid", 0)))
         start_daemon(layout)
-    return client
+    return BangerClient(client)
 
 
 def start_daemon(layout: Layout, *, timeout_s: float = START_TIMEOUT_S) -> int:
@@ -73,20 +91,25 @@ def start_daemon(layout: Layout, *, timeout_s: float = START_TIMEOUT_S) -> int:
             )
         os.close(write_fd)
         write_fd = -1
-        if _wait_ready(read_fd, timeout_s):
-            return proc.pid
+        message = read_ready_pipe(read_fd, timeout_s)
     finally:
         os.close(read_fd)
         if write_fd >= 0:
             os.close(write_fd)
-    return _after_failed_start(layout, proc, timeout_s)
+    if message == READY_LINE:
+        return proc.pid
+    return _after_failed_start(layout, proc, timeout_s, message)
 
 
-def _after_failed_start(layout: Layout, proc: subprocess.Popen[bytes], timeout_s: float) -> int:
+def _after_failed_start(
+    layout: Layout, proc: subprocess.Popen[bytes], timeout_s: float, message: bytes | None
+) -> int:
     import subprocess
 
+    # A daemon that said why it failed is on its way out (tearing down can take a
+    # while on a busy host); one that said nothing has had its time already.
     try:
-        code = proc.wait(timeout=1.0)
+        code = proc.wait(timeout=timeout_s if message else 1.0)
     except subprocess.TimeoutExpired:
         raise Timeout(
             f"the daemon (pid {proc.pid}) did not become ready within {timeout_s:g}s",
@@ -95,40 +118,52 @@ def _after_failed_start(layout: Layout, proc: subprocess.Popen[bytes], timeout_s
     if code == EXIT_ALREADY_RUNNING:
         # Another CLI started one at the same moment: use that one.
         return _wait_for_ping(layout, timeout_s)
-    raise _start_error(layout.start_log_path, code)
+    raise start_error(message, code, layout.start_log_path)
 
 
-def _start_error(log_path: Path, code: int) -> DaemonStartFailed:
+def start_error(message: bytes | None, code: int, log_path: Path) -> DaemonStartFailed:
+    """The daemon's own error from the ready pipe, as a DaemonStartFailed; without one
+    (it died before it could say, e.g. an import failed) its exit status and the end of
+    its start log."""
+    err: BangerError | None = None
+    if message:
+        import json
+
+        try:
+            err = error_from_payload(json.loads(message), status=500)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            err = None
+    if err is not None:
+        return DaemonStartFailed(
+            f"the daemon could not start: {err.brief}", details=err.details, hint=err.hint
+        )
     text = log_path.read_text(errors="replace").strip() if log_path.exists() else ""
-    brief, hint, rest = None, None, []
-    for line in text.splitlines():
-        if line.startswith("error: ") and brief is None:
-            brief = line.removeprefix("error: ")
-        elif line.startswith("hint: "):
-            hint = line.removeprefix("hint: ")
-        else:
-            rest.append(line)
     return DaemonStartFailed(
-        f"the daemon could not start: {brief or f'exit status {code}'}",
-        details="\n".join(rest[-20:]) or None,
-        hint=hint,
+        f"the daemon could not start: exit status {code}",
+        details="\n".join(text.splitlines()[-20:]) or None,
+        hint=f"the whole start log: {log_path}",
     )
 
 
-def _wait_ready(fd: int, timeout_s: float) -> bool:
+def read_ready_pipe(fd: int, timeout_s: float) -> bytes | None:
+    """The daemon's one line on the ready pipe (without its newline); None when it
+    closed the pipe without one or said nothing within ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     buf = b""
     while (left := deadline - time.monotonic()) > 0:
         readable, _, _ = select.select([fd], [], [], left)
         if not readable:
-            return False
-        chunk = os.read(fd, 64)
+            return None
+        chunk = os.read(fd, 4096)
         if not chunk:
-            return False
+            return None
         buf += chunk
-        if b"ready" in buf:
-            return True
-    return False
+        line, newline, _ = buf.partition(b"\n")
+        if newline:
+            return line
+        if len(buf) > MAX_READY_BYTES:
+            return None
+    return None
 
 
 def _wait_for_ping(layout: Layout, timeout_s: float) -> int:
@@ -136,7 +171,7 @@ def _wait_for_ping(layout: Layout, timeout_s: float) -> int:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         with contextlib.suppress(DaemonUnavailable):
-            return int(client.get("/ping")["pid"])
+            return BangerClient(client).daemon.ping().pid
         time.sleep(0.05)
     raise Timeout(f"no daemon answered on {layout.socket_path} within {timeout_s:g}s")
 
@@ -165,13 +200,12 @@ def pid_alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
-def daemon_ping(layout: Layout) -> dict[str, Any] | None:
+def daemon_ping(layout: Layout) -> Ping | None:
     """The running daemon's ping, or None; never starts one (for completion, version)."""
     try:
-        ping: dict[str, Any] = Client(layout.socket_path, timeout_s=2.0).get("/ping")
+        return from_json(Ping, Client(layout.socket_path, timeout_s=2.0).get("/ping"))
     except DaemonUnavailable:
         return None
-    return ping
 
 
 def _open_private(path: Path) -> Any:

@@ -1,0 +1,48 @@
+"""The bounds of what a client may ask for, each written once.
+
+Owns: the numeric limits and closed choices of the API's requests (VM sizes, boot
+timeout, image size, signals, VMMs). The click options, the pydantic models of
+``banger.api.models``, the config's schema and the services all read them from here, so
+the CLI's early check and the daemon's check cannot disagree.
+Must not: import anything but the standard library; hold behaviour.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+MIB: Final = 1 << 20
+
+VCPU_MIN: Final = 1
+VCPU_MAX: Final = 64
+
+MEMORY_MIB_MIN: Final = 128
+MEMORY_MIB_MAX: Final = 1 << 20  # 1 TiB
+
+#: The per-VM /root work disk.
+DISK_SIZE_MIN_BYTES: Final = 256 * MIB
+DISK_SIZE_MAX_BYTES: Final = 16 << 40
+
+#: rootfs.ext4 of a pulled image: the image builder's floor (journal and metadata).
+IMAGE_SIZE_MIN_BYTES: Final = 64 * MIB
+IMAGE_SIZE_MAX_BYTES: Final = 2 << 40
+
+BOOT_TIMEOUT_S_MIN: Final = 1
+BOOT_TIMEOUT_S_MAX: Final = 3600
+BOOT_TIMEOUT_S_DEFAULT: Final = 300
+
+#: Signals ``vm kill`` may send to a VMM process (names without ``SIG``).
+SIGNALS: Final = ("KILL", "TERM", "INT", "HUP", "QUIT", "USR1", "USR2", "STOP", "CONT")
+DEFAULT_SIGNAL: Final = "KILL"
+
+#: VMMs a client may force.
+VMMS: Final = ("firecracker", "qemu")
+
+#: Where a VM's log comes from.
+LOG_SOURCES: Final = ("console", "vmm")
+
+#: Bounds of names as they travel in a request (the strict rules are the services').
+VM_NAME_MAX: Final = 255
+IMAGE_REF_NAME_MAX: Final = 128
+URL_NAME_MAX: Final = 128
+HOST_PATH_MAX: Final = 8192
