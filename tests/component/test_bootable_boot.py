@@ -37,7 +37,7 @@ from banger.errors import BangerError
 from banger.guest.agent_client import AgentClient, AgentHealth, GuestPorts
 from banger.host.runner import Runner
 from banger.images.bootable import AGENT_PATH, INIT_PATH, PACKAGES_PATH, STAMP_PATH
-from banger.images.pull import BOOTABLE
+from banger.images.pull_steps import BOOTABLE
 from banger.oci.ext4build import build_rootfs_image
 from banger.oci.flatten import Layer
 from tests import aptrepo, guests
@@ -92,7 +92,7 @@ def _build_minbase(tmp: Path) -> None:
 
 def bootable_image(tmp: Path) -> Path:
     """The minbase layer built into an ext4 the way ``image pull`` does it: flattened in
-    one fakeroot session with ``make_bootable`` as the inject hook (banger.images.pull)."""
+    one fakeroot session with ``make_bootable`` as the inject hook (banger.images.pull_steps)."""
     image, work = tmp / "image.ext4", tmp / "build"
     work.mkdir()
     layer = Layer(minbase_layer(), LAYER_TAR)

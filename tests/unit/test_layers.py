@@ -143,6 +143,25 @@ def test_model_is_stdlib_only(package: str) -> None:
     assert bad == []
 
 
+#: Basenames several modules may share: package and entry-point files, whose name says
+#: their role rather than what they own.
+SHARED_BASENAMES = frozenset({"__init__.py", "__main__.py", "main.py"})
+
+
+def test_module_basenames_are_unique() -> None:
+    """A module is named for what it owns, so no two own the same thing: ``catalog.py`` in
+    three packages made every import and traceback ambiguous."""
+    seen: dict[str, list[str]] = {}
+    for path in sorted(SRC.rglob("*.py")):
+        seen.setdefault(path.name, []).append(str(path.relative_to(SRC)))
+    clashes = {
+        name: paths
+        for name, paths in seen.items()
+        if len(paths) > 1 and name not in SHARED_BASENAMES
+    }
+    assert clashes == {}
+
+
 def test_allow_list_is_empty() -> None:
     assert not ALLOWED
 

@@ -2,7 +2,7 @@
 
 Owns: refusing bodies over ``MAX_REQUEST_BYTES`` before a handler reads them
 (ADVERSARIAL 49) and one log line per request. Must not: render errors itself;
-it hands a BangerError to ``banger.api.errors.error_response``.
+it hands a BangerError to ``banger.api.error_replies.error_response``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from banger.api.errors import error_response
+from banger.api.error_replies import error_response
 from banger.errors import PayloadTooLarge
 from banger.model.wire import MAX_REQUEST_BYTES
 
