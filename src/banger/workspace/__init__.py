@@ -4,8 +4,9 @@
 Owns: the one seam through which this package reaches a guest, ``GuestShell`` — a shell
 script run in the guest over banger's SSH (or, in tests, run locally), with an archive on
 its stdin or read from its stdout — and the check of a guest path given by the user.
-Modules: ``gitrepo`` (host-side git queries), ``archive`` (the tar stream and the safe
-host-side reads behind it), ``export`` (guest changes back as a patch), ``filesync``.
+Modules: ``plan`` (what a copy takes), ``send`` (the copy into the guest), ``gitrepo``
+(host-side git queries), ``archive`` (the tar stream and the safe host-side reads behind
+it), ``export`` (guest changes back as a patch), ``filesync``.
 
 Must not: trust the guest. Nothing the guest prints is used as a host path, and every
 byte read from it is bounded (SPEC §8).
