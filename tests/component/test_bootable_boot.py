@@ -41,7 +41,8 @@ from banger.images.pull_steps import BOOTABLE
 from banger.oci.ext4build import build_rootfs_image
 from banger.oci.flatten import Layer
 from tests import aptrepo, guests
-from tests.component.test_guests import (
+from tests.netns import Netns, bridge_with_taps, netns
+from tests.qemuboot import (
     GATEWAY,
     GUEST_IP,
     GUEST_MAC,
@@ -51,7 +52,6 @@ from tests.component.test_guests import (
     kernel_cmdline,
     tail,
 )
-from tests.netns import Netns, bridge_with_taps, netns
 
 pytestmark = pytest.mark.component
 

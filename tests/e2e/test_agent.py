@@ -48,7 +48,8 @@ from banger.vmm.base import Accel, Backend, DriveSpec, MachineSpec, NetSpec
 from banger.vmm.channels import AgentChannel, agent_channel
 from banger.vmm.fc_api import FirecrackerApi
 from tests import guests
-from tests.component.test_guests import (
+from tests.netns import Netns, bridge_with_taps, netns
+from tests.qemuboot import (
     GATEWAY,
     GUEST_IP,
     GUEST_MAC,
@@ -57,7 +58,6 @@ from tests.component.test_guests import (
     prepare,
     tail,
 )
-from tests.netns import Netns, bridge_with_taps, netns
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0

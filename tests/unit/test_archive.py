@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import os
 import stat
-import subprocess
 import tarfile
 import tempfile
 import threading
@@ -25,29 +24,13 @@ from banger.workspace import GuestShell
 from banger.workspace.archive import Kind, RootDir, TarWriter, Unsafe, _ExactReader, display
 from banger.workspace.plan import make_plan
 from banger.workspace.send import send_plan
-from tests.unit.test_gitrepo import ODD_NAMES, fsmonitor_trap, git, isolated_home, make_repo
+from tests.gitrepos import ODD_NAMES, fsmonitor_trap, git, isolated_home, make_repo
+from tests.localshell import busybox_path, local_shell
 
-__all__ = ["isolated_home"]  # the autouse fixture: no user gitconfig in these tests
+# Fixtures: isolated_home (autouse: no user gitconfig here) and busybox_path.
+__all__ = ["busybox_path", "isolated_home"]
 
 SECRET = b"TOP-SECRET-KEY-MATERIAL"
-BUSYBOX = Path("/bin/busybox")
-
-
-@pytest.fixture(scope="module")
-def busybox_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A PATH dir where every command is busybox (like the tiny test guest)."""
-    if not BUSYBOX.exists():
-        pytest.skip("busybox-static is not installed")
-    bindir = tmp_path_factory.mktemp("busybox-bin")
-    applets = subprocess.run([str(BUSYBOX), "--list"], capture_output=True, text=True, check=True)
-    for applet in applets.stdout.split():
-        (bindir / applet).symlink_to(BUSYBOX)
-    return bindir
-
-
-def local_shell(bindir: Path | None) -> GuestShell:
-    prefix = ("env", f"PATH={bindir}") if bindir else ()
-    return GuestShell(prefix, remote=False)
 
 
 class CaptureShell(GuestShell):

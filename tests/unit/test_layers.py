@@ -162,6 +162,22 @@ def test_module_basenames_are_unique() -> None:
     assert clashes == {}
 
 
+def test_tests_import_helpers_not_other_tests() -> None:
+    """Shared test code lives in helper modules under ``tests/`` (``tests/gitrepos.py``…);
+    a test module imported by another would run its tests' module setup twice over."""
+    tests = SRC.parents[1] / "tests"
+    bad = []
+    for path in sorted(tests.rglob("test_*.py")):
+        for target in _imports(path):
+            if target.split(".")[:2] in (
+                ["tests", "unit"],
+                ["tests", "component"],
+                ["tests", "e2e"],
+            ):
+                bad.append(f"{path.relative_to(tests)}: {target}")
+    assert bad == []
+
+
 def test_allow_list_is_empty() -> None:
     assert not ALLOWED
 
