@@ -205,6 +205,14 @@ class DaemonStartFailed(BangerError):
     default_hint = "`banger daemon logs` shows the daemon's own account"
 
 
+class HelperUnavailable(BangerError):
+    """Not root, and no ``banger-helper`` (of this protocol) answers (SPEC §9)."""
+
+    code = "helper_unavailable"
+    status = 503
+    default_hint = "start the root helper: sudo banger-helper --owner $USER"
+
+
 class BadResponse(BangerError):
     code = "bad_response"
     status = 502

@@ -33,6 +33,8 @@ RANKS: dict[str, int] = {
     "workspace": 3,
     "state": 3,
     "services": 4,
+    # banger-helper, the root helper: errors, model, host and net only (checked below).
+    "helper": 4,
     "api": 5,
     "daemon": 6,
     "cli": 5,
@@ -163,17 +165,14 @@ def test_module_basenames_are_unique() -> None:
 
 
 def test_tests_import_helpers_not_other_tests() -> None:
-    """Shared test code lives in helper modules under ``tests/`` (``tests/gitrepos.py``…);
-    a test module imported by another would run its tests' module setup twice over."""
+    """Shared test code lives in helper modules under ``tests/`` (``tests/gitrepos.py``…):
+    a test module is not a library, and importing one ties two test files together."""
     tests = SRC.parents[1] / "tests"
+    suites = (["tests", "unit"], ["tests", "component"], ["tests", "e2e"])
     bad = []
     for path in sorted(tests.rglob("test_*.py")):
         for target in _imports(path):
-            if target.split(".")[:2] in (
-                ["tests", "unit"],
-                ["tests", "component"],
-                ["tests", "e2e"],
-            ):
+            if target.split(".")[:2] in suites:
                 bad.append(f"{path.relative_to(tests)}: {target}")
     assert bad == []
 
@@ -183,3 +182,38 @@ def test_allow_list_is_empty() -> None:
 
 
 _STDLIB = frozenset(__import__("sys").stdlib_module_names) | {"__future__"}
+
+
+#: What the root helper may import of banger: it runs the same privileged code as the root
+#: daemon, and nothing of the daemon's web/CLI stack (SPEC §9: a small root program).
+HELPER_MAY_IMPORT = frozenset({"errors", "model", "host", "net", "helper"})
+
+
+def test_helper_imports_only_the_lower_layers() -> None:
+    bad = sorted(
+        f"{path.relative_to(SRC)}: {target}"
+        for path in (SRC / "helper").rglob("*.py")
+        for target in _imports(path)
+        if target.split(".")[0] == "banger" and _package_of(target) not in HELPER_MAY_IMPORT
+    )
+    assert bad == []
+
+
+def test_helper_loads_no_daemon_or_cli_dependency() -> None:
+    """Importing banger-helper (and the client seam) loads stdlib and pyroute2 only."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, banger.helper.main, banger.net.helper_client;"
+        "print('\\n'.join(sorted({m.split('.')[0] for m in sys.modules})))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    # CPython's accelerator modules, and the site hooks an installation may add.
+    private = {m for m in out if m.startswith("_")} | {"sitecustomize", "usercustomize"}
+    third_party = sorted(set(out) - _STDLIB - private - {"banger", "pyroute2"})
+    assert "banger" in out and "pyroute2" in out
+    assert third_party == []
+    assert not {"pydantic", "fastapi", "click", "rich", "uvicorn", "httpx"} & set(out)

@@ -30,7 +30,7 @@ from banger.host import buildinfo
 from banger.host.paths import Layout, ensure_private_dir
 from banger.host.publish import cleanup_leftovers
 from banger.model.wire import EXIT_ALREADY_RUNNING
-from banger.net.privileged import InProcessPrivilegedOps
+from banger.net.privilege_mode import privileged_ops
 from banger.services.context import DaemonContext
 from banger.services.reconcile import reconcile
 from banger.services.vm_monitor import VmMonitor
@@ -147,7 +147,7 @@ async def _serve(ctx: DaemonContext, sock: object, ready_fd: int | None) -> None
     await dns.start()
     ctx.dns = dns
     try:
-        ops = InProcessPrivilegedOps(ctx.runner, bridge_name=ctx.config.bridge_name)
+        ops = privileged_ops(ctx.runner, bridge_name=ctx.config.bridge_name)
         service = VmService(ctx, ops)
         ctx.vms = service
         await reconcile(service)

@@ -161,13 +161,7 @@ class InProcessPrivilegedOps:
             rtnl.delete(ipr, link)
 
     def list_taps(self, *, owner_uid: int | None = None) -> list[str]:
-        uid = None if owner_uid is None else validate_uid(owner_uid)
-        with rtnl.netlink("listing TAPs") as ipr:
-            links = rtnl.list_links(ipr)
-        return sorted(
-            (link.name for link in links if _is_listed(link, uid)),
-            key=lambda name: (len(name), name),
-        )
+        return list_our_taps(owner_uid)
 
     def ensure_nat(self, bridge: str, cidr: str) -> None:
         bridge = self._check_bridge(bridge)
@@ -208,6 +202,17 @@ class InProcessPrivilegedOps:
     def _nft(self, script: str) -> None:
         # `-f -` makes nft apply the whole script as one transaction, or none of it.
         self._runner.run(["nft", "-f", "-"], input_bytes=script.encode(), timeout_s=NFT_TIMEOUT_S)
+
+
+def list_our_taps(owner_uid: int | None = None) -> list[str]:
+    """Our TAPs, optionally only ``owner_uid``'s; reading links needs no privilege."""
+    uid = None if owner_uid is None else validate_uid(owner_uid)
+    with rtnl.netlink("listing TAPs") as ipr:
+        links = rtnl.list_links(ipr)
+    return sorted(
+        (link.name for link in links if _is_listed(link, uid)),
+        key=lambda name: (len(name), name),
+    )
 
 
 def _is_listed(link: rtnl.Link, owner_uid: int | None) -> bool:

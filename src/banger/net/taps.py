@@ -8,6 +8,8 @@ deleting our orphaned TAPs at daemon start.
 Must not: create or delete links itself (everything goes through ``PrivilegedOps``),
 know about the database (callers pass the TAP names their VM rows hold), or touch any
 TAP that is not provably ours: our naming, our owner uid, and no VM row using it.
+Orphans that cannot be deleted because the root helper is down are left for the next
+start, so that an owner daemon starts without its helper (SPEC §9 mode "none").
 
 Thread-safe: any number of threads may call ``acquire``/``release`` at once (the daemon
 calls them through ``asyncio.to_thread``); slow privileged work runs outside the lock,
@@ -20,7 +22,7 @@ import logging
 import threading
 from collections.abc import Iterable
 
-from banger.errors import AlreadyExists, BangerError, Conflict
+from banger.errors import AlreadyExists, BangerError, Conflict, HelperUnavailable
 from banger.model.addressing import MAX_TAP_INDEX, tap_name, validate_tap_name
 from banger.net.privileged import PrivilegedOps
 
@@ -101,6 +103,11 @@ class TapPool:
             try:
                 self._ops.delete_tap(name)
                 deleted.append(name)
+            except HelperUnavailable as exc:
+                # An owner daemon started while its root helper is down must still start
+                # (VM creation is what fails, naming the fix); the next start retries.
+                log.warning("orphaned TAPs left in place from %s on: %s", name, exc.brief)
+                break
             finally:
                 with self._lock:
                     self._busy.discard(name)

@@ -19,13 +19,18 @@ from pathlib import Path
 from banger.config.settings import Config
 from banger.config.vm_defaults import VmDefaults
 from banger.errors import BangerError
+from banger.host import buildinfo
 from banger.host.paths import Layout
 from banger.host.runner import Runner
+from banger.model.addressing import prefix_len
 from banger.model.wire import StageState
+from banger.net import privilege_mode
 
 KVM_GET_API_VERSION = 0xAE00
 KVM_API_VERSION = 12
 MIN_FREE_BYTES = 5 * 1024**3
+#: An unprivileged VMM opens this to attach to the TAP the helper made for its user.
+TUN_DEVICE = "/dev/net/tun"
 
 #: host tool -> Debian package that provides it
 HOST_TOOLS: dict[str, str] = {
@@ -59,6 +64,8 @@ class DoctorInputs:
     runner: Runner = field(default_factory=Runner)
     #: "local" | "catalog" | "missing": where the default image would come from.
     default_image: str = "missing"
+    #: banger-helper's socket (None: $BANGER_HELPER_SOCKET or the default).
+    helper_socket: Path | None = None
 
 
 Check = Callable[[DoctorInputs], CheckResult]
@@ -195,12 +202,49 @@ def check_ssh_config(_: DoctorInputs) -> CheckResult:
 
 
 def check_network(inputs: DoctorInputs) -> CheckResult:
-    bridge = inputs.config.bridge_name
-    if not Path(f"/sys/class/net/{bridge}").exists():
-        return CheckResult(StageState.OK, f"bridge {bridge} not created yet (made at first VM)")
-    return CheckResult(
-        StageState.OK, f"bridge {bridge} present ({inputs.config.bridge_ip}, {inputs.config.cidr})"
+    """The privilege mode (SPEC §9) first: a bridge is only ✓ if this daemon can make it."""
+    report = privilege_mode.probe(inputs.helper_socket)
+    if report.mode is privilege_mode.PrivilegeMode.NONE:
+        error = report.error
+        return CheckResult(
+            StageState.FAIL,
+            f"mode none: {error.brief if error else 'no root and no helper'}",
+            hint=error.hint if error else None,
+        )
+    cfg = inputs.config
+    bridge = cfg.bridge_name
+    present = Path(f"/sys/class/net/{bridge}").exists()
+    state = (
+        f"bridge {bridge} present ({cfg.bridge_ip}, {cfg.cidr})"
+        if present
+        else f"bridge {bridge} not created yet (made at first VM)"
     )
+    hello = report.hello
+    if hello is None:
+        return CheckResult(StageState.OK, f"mode root (privileged steps in-process); {state}")
+    ours = (bridge, f"{cfg.bridge_ip}/{prefix_len(cfg.cidr)}")
+    if (hello.bridge_name, hello.bridge_address) != ours:
+        return CheckResult(
+            StageState.FAIL,
+            f"mode helper, but the helper manages bridge {hello.bridge_name} "
+            f"{hello.bridge_address} and config.toml says {ours[0]} {ours[1]}",
+            hint="make bridge_name, bridge_ip and cidr in config.toml and the helper's "
+            "/etc/banger/helper.toml agree",
+        )
+    if not os.access(TUN_DEVICE, os.R_OK | os.W_OK):
+        return CheckResult(
+            StageState.FAIL,
+            f"mode helper, but you cannot open {TUN_DEVICE}: the VMM, running as you, "
+            "could not attach to its TAP",
+            hint=f"sudo chmod 0666 {TUN_DEVICE} (Debian's default mode)",
+        )
+    if hello.build != buildinfo.current().as_dict():
+        return CheckResult(
+            StageState.WARN,
+            f"mode helper; {state}; but the helper is another build: {hello.describe()}",
+            hint="restart banger-helper from the same installation as the daemon",
+        )
+    return CheckResult(StageState.OK, f"mode helper ({report.socket_path}); {state}")
 
 
 def check_vmm(inputs: DoctorInputs) -> CheckResult:

@@ -1,0 +1,105 @@
+"""A normal user runs the daemon and a VM through banger-helper (SPEC §9, issue 11).
+
+In a network namespace the test made: a user the test creates (``useradd``, removed at
+the end) runs ``bangerd`` and the CLI; ``banger-helper --owner USER`` runs as root in the
+same namespace (tests/userenv.py, which also explains the private ``/dev/net/tun``).
+``vm run --rm -- true`` on the tiny guest exits 0, the QEMU process is the user's, its TAP
+is owned by the user, and no process in the namespace but the helper runs as root
+(ADVERSARIAL 127: the root part is only the helper).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.userenv import TOOLS, UserEnv, add_tiny_guest, user_env
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or any(shutil.which(t) is None for t in TOOLS),
+    reason="needs root and " + ", ".join(TOOLS),
+)
+
+TINY = ("--image", "tiny", "--vcpu", "1", "--memory", "256", "--disk-size", "1G")
+
+
+def _uid_of(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Uid:"):
+            return int(line.split()[1])  # the real uid
+    raise AssertionError(f"no Uid line for {pid}")
+
+
+@pytest.fixture(scope="module")
+def env() -> Iterator[UserEnv]:
+    with user_env() as e:
+        e.start_daemon()
+        add_tiny_guest(e)
+        yield e
+
+
+def test_doctor_names_helper_mode(env: UserEnv) -> None:
+    out = env.banger("doctor")
+    network = next(line for line in out.stdout.splitlines() if "network:" in line)
+    assert network.startswith("✓ network: mode helper"), out.stdout
+
+
+def test_vm_run_rm_true_as_a_normal_user(env: UserEnv) -> None:
+    out = env.banger("vm", "run", "--rm", *TINY, "--", "true")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert json.loads(env.ok("vm", "list", "--json")) == []
+
+
+def test_the_vmm_is_the_users_and_only_the_helper_is_root(env: UserEnv) -> None:
+    env.ok("vm", "create", "--name", "mine", *TINY)
+    vm = json.loads(env.ok("vm", "show", "mine", "--json"))
+    assert _uid_of(vm["pid"]) == env.uid
+    tap = json.loads(env.ns.ip("-d", "-j", "link", "show", "dev", vm["tap"]).stdout)[0]
+    assert tap["linkinfo"]["info_data"]["user"] in (env.user, str(env.uid), env.uid)
+    root = [pid for pid in env.ns.pids() if _uid_of(pid) == 0]
+    assert root == [env.helper.pid], [Path(f"/proc/{p}/cmdline").read_bytes()[:100] for p in root]
+    assert env.ok("vm", "ssh", "mine", "--", "hostname").strip() == "mine"
+    env.ok("vm", "delete", "--force", "mine")
+
+
+def test_without_a_helper_vm_creation_names_mode_none_and_the_fix() -> None:
+    with user_env(helper=False) as e:
+        e.start_daemon()
+        add_tiny_guest(e)
+        doctor = e.banger("doctor")
+        assert doctor.returncode != 0
+        network = next(line for line in doctor.stdout.splitlines() if "network:" in line)
+        assert network.startswith("✗ network: mode none"), doctor.stdout
+        out = e.banger("vm", "run", "--rm", *TINY, "--", "true")
+        assert out.returncode != 0
+        assert "privilege mode: none" in out.stderr, out.stderr
+        assert f"banger-helper --owner {e.user}`" in out.stderr
+        assert "rootless mode" in out.stderr and "not built yet" in out.stderr
+        assert json.loads(e.ok("vm", "list", "--json")) == []
+
+
+def test_the_daemon_starts_without_its_helper_and_finds_it_when_it_is_back() -> None:
+    """Warm TAPs outlive a stopped daemon; with the helper down they cannot be swept, and
+    that must not keep the daemon from starting. The helper is asked again at each call."""
+    with user_env() as e:
+        e.start_daemon()
+        add_tiny_guest(e)
+        e.ok("vm", "run", "--rm", *TINY, "--", "true")
+        e.ok("daemon", "stop")
+        assert e.daemon is not None
+        e.daemon.wait(timeout=30)
+        e.stop_helper()
+        left = [n for n in json.loads(e.ns.ip("-j", "link").stdout) if "bgtap" in n["ifname"]]
+        assert left, "expected the warm TAP pool to outlive the daemon"
+
+        e.start_daemon()
+        out = e.banger("vm", "run", "--rm", *TINY, "--", "true")
+        assert out.returncode != 0 and "privilege mode: none" in out.stderr, out.stderr
+
+        e.start_helper()
+        e.ok("vm", "run", "--rm", *TINY, "--", "true")  # same daemon, no restart

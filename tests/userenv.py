@@ -1,0 +1,169 @@
+"""A normal user made for the test, running banger through banger-helper in a netns.
+
+``user_env()`` creates a user (``useradd``; ``userdel`` at the end), its HOME and XDG dirs
+under a fresh directory, a network namespace, and — unless ``helper=False`` —
+``banger-helper --owner USER`` as root in that namespace (TESTING.md "Non-root and
+rootless"). ``UserEnv.banger()`` runs the CLI as the user through ``setpriv``, which execs,
+so no root parent process stays behind.
+
+One host difference is papered over here only: Debian's ``/dev/net/tun`` is 0666, this CI
+host's is 0600, and QEMU (now unprivileged) must open it to attach to its TAP. The daemon
+therefore runs in a private mount namespace (``unshare -m --propagation private``) where a
+0666 node for the same device is bind-mounted over ``/dev/net/tun``; the host's node is
+never changed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pwd
+import secrets
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests import guests
+from tests.conftest import BIN
+from tests.netns import Netns, netns
+
+TOOLS = ("ip", "nft", "useradd", "userdel", "setpriv", "unshare", "mknod", "qemu-system-x86_64")
+
+
+@dataclass
+class UserEnv:
+    ns: Netns
+    user: str
+    uid: int
+    base: Path
+    helper: subprocess.Popen[bytes] | None
+    daemon: subprocess.Popen[bytes] | None = None
+
+    @property
+    def helper_socket(self) -> Path:
+        return self.base / "helper" / "run" / "helper.sock"
+
+    def as_user(self, argv: list[str]) -> list[str]:
+        """``argv`` run as the user (setpriv execs: no root parent stays behind)."""
+        env = {
+            "HOME": self.base / "home",
+            "XDG_CONFIG_HOME": self.base / "config",
+            "XDG_STATE_HOME": self.base / "state",
+            "XDG_CACHE_HOME": self.base / "cache",
+            "XDG_RUNTIME_DIR": self.base / "run",
+            "BANGER_DNS_PORT": "0",
+            "BANGER_HELPER_SOCKET": self.helper_socket,
+            "PATH": f"{BIN}:/usr/sbin:/usr/bin:/sbin:/bin",
+        }
+        return [
+            *("setpriv", f"--reuid={self.uid}", f"--regid={self.uid}", "--init-groups"),
+            *("env", "-i", *(f"{k}={v}" for k, v in env.items()), *argv),
+        ]
+
+    def banger(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        return self.ns.run(
+            self.as_user([str(BIN / "banger"), *args]),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def ok(self, *args: str, timeout: float = 600) -> str:
+        out = self.banger(*args, timeout=timeout)
+        assert out.returncode == 0, f"banger {' '.join(args)}:\n{out.stdout}\n{out.stderr}"
+        return out.stdout
+
+    def start_helper(self) -> None:
+        """``banger-helper --owner USER`` as root in the namespace, ready to answer."""
+        sock, log = self.helper_socket, self.base / "helper.log"
+        self.helper = self.ns.popen(
+            [str(BIN / "banger-helper"), "--owner", self.user, "--socket", str(sock)],
+            stdout=log.open("ab"),
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        while not sock.exists():
+            assert self.helper.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "helper did not come up"
+            time.sleep(0.05)
+
+    def stop_helper(self) -> None:
+        assert self.helper is not None
+        self.helper.terminate()
+        self.helper.wait(timeout=30)
+        self.helper = None
+
+    def start_daemon(self) -> None:
+        tun = self.base / "dev" / "tun"
+        script = (
+            f"{{ [ -e {tun} ] || mknod -m 666 {tun} c 10 200; }} && "
+            f'mount --bind {tun} /dev/net/tun && exec "$@"'
+        )
+        log = (self.base / "bangerd.out").open("ab")
+        self.daemon = self.ns.popen(
+            [
+                *("unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh"),
+                *self.as_user([str(BIN / "bangerd")]),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            out = self.banger("version", "--json", timeout=30)
+            if out.returncode == 0 and json.loads(out.stdout)["daemon"] is not None:
+                return
+            assert self.daemon.poll() is None, (self.base / "bangerd.out").read_text()
+            assert time.monotonic() < deadline, "daemon did not come up"
+            time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def user_env(*, helper: bool = True) -> Iterator[UserEnv]:
+    user = f"bgrh{secrets.token_hex(3)}"
+    base = Path(tempfile.mkdtemp(prefix="bgr-u-"))
+    base.chmod(0o755)
+    subprocess.run(
+        ["useradd", "-M", "-d", str(base / "home"), "-s", "/usr/sbin/nologin", "-U", user],
+        check=True,
+    )
+    try:
+        uid = pwd.getpwnam(user).pw_uid
+        for sub in ("home", "config", "state", "cache", "run"):
+            (base / sub).mkdir(mode=0o700)
+            os.chown(base / sub, uid, uid)
+        (base / "helper").mkdir(mode=0o755)
+        (base / "dev").mkdir(mode=0o755)
+        with netns() as ns:
+            env = UserEnv(ns, user, uid, base, None)
+            if helper:
+                env.start_helper()
+            try:
+                yield env
+            finally:
+                _cleanup(env)
+    finally:
+        subprocess.run(["userdel", user], check=False)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _cleanup(env: UserEnv) -> None:
+    if env.daemon is not None and env.daemon.poll() is None:
+        listed = env.banger("vm", "list", "--json", timeout=60)
+        for vm in json.loads(listed.stdout or "[]"):
+            env.banger("vm", "delete", "--force", vm["name"], timeout=120)
+        env.banger("daemon", "stop", timeout=60)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            env.daemon.wait(timeout=30)
+
+
+def add_tiny_guest(e: UserEnv) -> None:
+    e.ok("kernel", "import", "cloud", "--from", str(guests.cloud_kernel().import_dir))
+    rootfs = str(guests.tiny_rootfs())
+    e.ok("image", "register", "tiny", "--rootfs", rootfs, "--kernel-ref", "cloud")
+    e.ok("image", "show", "tiny")  # registered by the user, in the user's state
