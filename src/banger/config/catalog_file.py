@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from banger.errors import InvalidArgument
 
@@ -27,6 +27,13 @@ EMBEDDED = "embedded"
 
 #: The problems of one entry (an empty list: it may be used).
 EntryCheck = Callable[[object], list[str]]
+T_co = TypeVar("T_co", covariant=True)
+
+
+class Parser(Protocol[T_co]):
+    """A catalog module's ``parse_catalog``."""
+
+    def __call__(self, data: bytes, *, origin: str, embedded: bool = False) -> T_co: ...
 
 
 @dataclass(frozen=True)
@@ -36,6 +43,11 @@ class CatalogFile:
     key: str  # "kernel" or "image"
     variable: str  # the environment variable naming an override
     package: str  # the package holding the embedded catalog.json
+
+    def load(self, parse: Parser[T_co], env: Mapping[str, str] | None = None) -> T_co:
+        """The override named by ``variable`` if set, else the embedded catalog, parsed."""
+        data, origin = self.read(env)
+        return parse(data, origin=origin, embedded=origin == EMBEDDED)
 
     def read(self, env: Mapping[str, str] | None = None) -> tuple[bytes, str]:
         """The catalog's bytes and its origin: ``EMBEDDED`` or the override's path."""

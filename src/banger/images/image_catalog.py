@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from banger.config.catalog_file import EMBEDDED, CatalogFile
+from banger.config.catalog_file import CatalogFile
 from banger.kernels.discover import ARCH
 from banger.kernels.kernel_catalog import ARCHES, download_problems
 from banger.model.artifact_names import is_valid_name
@@ -105,8 +105,7 @@ CATALOG_FILE = CatalogFile("image", CATALOG_ENV, "banger.images")
 
 
 def load_catalog(env: Mapping[str, str] | None = None) -> ImageCatalog:
-    data, origin = CATALOG_FILE.read(env)
-    return parse_catalog(data, origin=origin, embedded=origin == EMBEDDED)
+    return CATALOG_FILE.load(parse_catalog, env)
 
 
 def parse_catalog(data: bytes, *, origin: str, embedded: bool = False) -> ImageCatalog:

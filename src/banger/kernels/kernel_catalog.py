@@ -26,7 +26,7 @@ from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit
 
-from banger.config.catalog_file import EMBEDDED, CatalogFile
+from banger.config.catalog_file import CatalogFile
 from banger.errors import KernelNotFound
 from banger.kernels.discover import ARCH
 from banger.model.artifact_names import is_valid_name
@@ -112,8 +112,7 @@ CATALOG_FILE = CatalogFile("kernel", CATALOG_ENV, "banger.kernels")
 
 def load_catalog(env: Mapping[str, str] | None = None) -> KernelCatalog:
     """The override named by ``BANGER_KERNEL_CATALOG`` if set, else the embedded one."""
-    data, origin = CATALOG_FILE.read(env)
-    return parse_catalog(data, origin=origin, embedded=origin == EMBEDDED)
+    return CATALOG_FILE.load(parse_catalog, env)
 
 
 def parse_catalog(data: bytes, *, origin: str, embedded: bool = False) -> KernelCatalog:
