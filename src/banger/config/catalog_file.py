@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from banger.errors import InvalidArgument
 
@@ -25,29 +25,42 @@ SCHEMA = 1
 MAX_CATALOG_BYTES = 1 << 20
 EMBEDDED = "embedded"
 
-#: The problems of one entry (an empty list: it may be used).
-EntryCheck = Callable[[object], list[str]]
-T_co = TypeVar("T_co", covariant=True)
+T = TypeVar("T")
 
 
-class Parser(Protocol[T_co]):
-    """A catalog module's ``parse_catalog``."""
+class EntryCheck(Protocol):
+    """The problems of one entry (an empty list: it may be used); ``embedded`` catalogs
+    are held to stricter rules (https only)."""
 
-    def __call__(self, data: bytes, *, origin: str, embedded: bool = False) -> T_co: ...
+    def __call__(self, item: object, *, embedded: bool) -> list[str]: ...
 
 
 @dataclass(frozen=True)
-class CatalogFile:
-    """Where a catalog lives: ``key`` is both its noun ("kernel") and, plural, its list."""
+class CatalogFile(Generic[T]):
+    """One catalog: where it lives, how an entry is checked, what the entries become.
+    ``key`` is both its noun ("kernel") and, plural, the name of its list."""
 
     key: str  # "kernel" or "image"
     variable: str  # the environment variable naming an override
     package: str  # the package holding the embedded catalog.json
+    check: EntryCheck
+    build: Callable[[str, list[dict[str, Any]]], T]  # (origin, checked entries) -> catalog
 
-    def load(self, parse: Parser[T_co], env: Mapping[str, str] | None = None) -> T_co:
-        """The override named by ``variable`` if set, else the embedded catalog, parsed."""
+    def load(self, env: Mapping[str, str] | None = None) -> T:
+        """The override named by ``variable`` if set, else the embedded catalog."""
         data, origin = self.read(env)
-        return parse(data, origin=origin, embedded=origin == EMBEDDED)
+        return self.parse(data, origin=origin, embedded=origin == EMBEDDED)
+
+    def parse(self, data: bytes, *, origin: str, embedded: bool = False) -> T:
+        """The catalog in ``data``, or ``InvalidArgument`` listing what is wrong."""
+        try:
+            raw = json.loads(data)
+        except ValueError as exc:
+            raise self._invalid(origin, [f"not JSON: {exc}"]) from exc
+        found = self.problems(raw, embedded=embedded)
+        if found:
+            raise self._invalid(origin, found)
+        return self.build(origin, raw[f"{self.key}s"])
 
     def read(self, env: Mapping[str, str] | None = None) -> tuple[bytes, str]:
         """The catalog's bytes and its origin: ``EMBEDDED`` or the override's path."""
@@ -76,19 +89,7 @@ class CatalogFile:
             raise InvalidArgument(f"{path} is larger than {MAX_CATALOG_BYTES} bytes", hint=hint)
         return data
 
-    def entries(self, data: bytes, origin: str, check: EntryCheck) -> list[dict[str, Any]]:
-        """The checked entries of a catalog, or ``InvalidArgument`` listing what is wrong."""
-        try:
-            raw = json.loads(data)
-        except ValueError as exc:
-            raise self._invalid(origin, [f"not JSON: {exc}"]) from exc
-        found = self.problems(raw, check)
-        if found:
-            raise self._invalid(origin, found)
-        items: list[dict[str, Any]] = raw[f"{self.key}s"]
-        return items
-
-    def problems(self, raw: object, check: EntryCheck) -> list[str]:
+    def problems(self, raw: object, *, embedded: bool) -> list[str]:
         """Everything wrong with a parsed catalog; an empty list means it may be used."""
         key = f"{self.key}s"
         if not isinstance(raw, dict) or set(raw) != {"schema", key}:
@@ -102,7 +103,7 @@ class CatalogFile:
         seen: set[tuple[str, str]] = set()
         for index, item in enumerate(items):
             where = f"{key}[{index}]"
-            problems = check(item)
+            problems = self.check(item, embedded=embedded)
             found.extend(f"{where}: {p}" for p in problems)
             if problems:
                 continue

@@ -22,7 +22,6 @@ local store, or can be pulled from the kernel catalog, is used.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -101,18 +100,6 @@ class ImageCatalog:
         return next((e for e in self.entries if e.name == name and e.arch == arch), None)
 
 
-CATALOG_FILE = CatalogFile("image", CATALOG_ENV, "banger.images")
-
-
-def load_catalog(env: Mapping[str, str] | None = None) -> ImageCatalog:
-    return CATALOG_FILE.load(parse_catalog, env)
-
-
-def parse_catalog(data: bytes, *, origin: str, embedded: bool = False) -> ImageCatalog:
-    items = CATALOG_FILE.entries(data, origin, lambda item: image_problems(item, embedded=embedded))
-    return ImageCatalog(origin, tuple(_image(item) for item in items))
-
-
 def _image(item: dict[str, Any]) -> CatalogImage:
     return CatalogImage(
         name=item["name"],
@@ -140,10 +127,6 @@ def _source(item: dict[str, Any]) -> ImageSource:
 
 
 # -- the self-test ---------------------------------------------------------------------------
-
-
-def catalog_problems(raw: object, *, embedded: bool) -> list[str]:
-    return CATALOG_FILE.problems(raw, lambda item: image_problems(item, embedded=embedded))
 
 
 def image_problems(item: object, *, embedded: bool) -> list[str]:
@@ -212,3 +195,15 @@ def _package_problems(packages: object, key: str) -> list[str]:
     ):
         return [f"{key} must be a list of package names"]
     return []
+
+
+def _catalog(origin: str, items: list[dict[str, Any]]) -> ImageCatalog:
+    return ImageCatalog(origin, tuple(_image(item) for item in items))
+
+
+CATALOG_FILE = CatalogFile("image", CATALOG_ENV, "banger.images", image_problems, _catalog)
+#: The override named by ``BANGER_IMAGE_CATALOG`` if set, else the embedded catalog.
+load_catalog = CATALOG_FILE.load
+parse_catalog = CATALOG_FILE.parse
+#: Everything wrong with a parsed catalog; an empty list means it may be used.
+catalog_problems = CATALOG_FILE.problems

@@ -20,7 +20,6 @@ Three kinds of entry (``format``):
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -105,19 +104,7 @@ class KernelCatalog:
         )
 
 
-# -- loading --------------------------------------------------------------------------------
-
-CATALOG_FILE = CatalogFile("kernel", CATALOG_ENV, "banger.kernels")
-
-
-def load_catalog(env: Mapping[str, str] | None = None) -> KernelCatalog:
-    """The override named by ``BANGER_KERNEL_CATALOG`` if set, else the embedded one."""
-    return CATALOG_FILE.load(parse_catalog, env)
-
-
-def parse_catalog(data: bytes, *, origin: str, embedded: bool = False) -> KernelCatalog:
-    items = CATALOG_FILE.entries(data, origin, lambda item: entry_problems(item, embedded=embedded))
-    return KernelCatalog(origin, tuple(_entry(item) for item in items))
+# -- building entries ---------------------------------------------------------------------
 
 
 def _entry(item: dict[str, Any]) -> CatalogKernel:
@@ -139,12 +126,6 @@ def _entry(item: dict[str, Any]) -> CatalogKernel:
 
 
 # -- the self-test (ADVERSARIAL 44) ---------------------------------------------------------
-
-
-def catalog_problems(raw: object, *, embedded: bool) -> list[str]:
-    """Everything wrong with a parsed catalog; an empty list means it may be used.
-    (name, arch) unique implies (name, version, arch) unique."""
-    return CATALOG_FILE.problems(raw, lambda item: entry_problems(item, embedded=embedded))
 
 
 def entry_problems(item: object, *, embedded: bool) -> list[str]:
@@ -228,3 +209,15 @@ def _deb_problems(item: dict[str, Any]) -> list[str]:
     if not isinstance(suite, str) or not _SUITE.fullmatch(suite):
         found.append("a deb entry needs the archive suite in suite (like bookworm)")
     return found
+
+
+def _catalog(origin: str, items: list[dict[str, Any]]) -> KernelCatalog:
+    return KernelCatalog(origin, tuple(_entry(item) for item in items))
+
+
+CATALOG_FILE = CatalogFile("kernel", CATALOG_ENV, "banger.kernels", entry_problems, _catalog)
+#: The override named by ``BANGER_KERNEL_CATALOG`` if set, else the embedded catalog.
+load_catalog = CATALOG_FILE.load
+parse_catalog = CATALOG_FILE.parse
+#: Everything wrong with a parsed catalog; an empty list means it may be used.
+catalog_problems = CATALOG_FILE.problems
