@@ -59,7 +59,8 @@ class BangerHome:
     def daemon_pid(self) -> int | None:
         lock = self.runtime_dir / "bangerd.lock"
         with contextlib.suppress(OSError, ValueError):
-            text = lock.read_text().strip()
+            # The lock file holds the daemon's pid, then the socket it serves.
+            text = lock.read_text().split("\n", 1)[0].strip()
             return int(text) if text else None
         return None
 

@@ -213,6 +213,36 @@ def test_missing_platform_and_corrupt_blob_publish_nothing(
     assert [p.name for p in (home.state_dir / "images").iterdir()] in ([], [".staging"])
 
 
+def test_damaged_cache_blob_is_downloaded_again_and_said_so(
+    home: BangerHome, registry: LocalRegistry, tmp_path: Path
+) -> None:
+    """Issue 14 item 20: a cached layer whose bytes rotted (same name and size) made every
+    later pull fail with "corrupt gzip data" and a hint blaming the image."""
+    descs = _push(registry, tmp_path, "test/rot:v1", archs=("amd64",))
+    ref = f"{registry.host}/test/rot:v1"
+    _result(home.banger("image", "pull", ref, "--name", "rot-a", "--json", timeout=PULL_TIMEOUT_S))
+    manifest = json.loads(registry.blob_data(descs["amd64"]["digest"]).read_bytes())
+    layer = manifest["layers"][0]["digest"].removeprefix("sha256:")
+    cached = Path(home.env["XDG_CACHE_HOME"]) / "banger" / "oci" / "blobs" / "sha256" / layer
+    data = bytearray(cached.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    cached.write_bytes(bytes(data))
+
+    out = home.banger("image", "pull", ref, "--name", "rot-b", "--json", timeout=PULL_TIMEOUT_S)
+    image = _result(out)
+    assert image["name"] == "rot-b"
+    details = " ".join(e.get("detail") or "" for e in _events(out) if e.get("stage") == "fetch")
+    assert "damaged" in details and "local cache" in details
+    assert "corrupt" not in out.stderr
+    assert sha256_of(cached) == layer
+
+
+def sha256_of(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def test_overlapping_pulls_share_blobs_and_download_each_once_e117(
     home: BangerHome, registry: LocalRegistry, tmp_path: Path
 ) -> None:

@@ -597,3 +597,32 @@ def test_preflight_e107_refuses_before_downloading(
     with pytest.raises(StateError, match="not enough disk space for the blob cache"):
         preflight(small_cache, tmp_path / "images", huge, size_bytes=None)
     assert list(small_cache.blobs_dir.iterdir()) == []
+
+
+def test_damaged_cached_blob_is_evicted_and_downloaded_again(
+    registry: LocalRegistry, tmp_path: Path
+) -> None:
+    """Issue 14 item 20: same name and size, wrong bytes (bit rot) used to poison every
+    later pull; now the copy is re-verified, evicted and fetched again, and the caller is
+    told the local cache was damaged."""
+    _push_image(registry, tmp_path, "test/rot:v1", _layers("rot", 3))
+    cache_dir = tmp_path / "cache"
+    resolved, first = _pull(f"{registry.host}/test/rot:v1", cache_dir)
+    victim = first[1].path
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0x40
+    victim.write_bytes(bytes(data))
+    config = cache_dir / "blobs" / "sha256" / resolved.manifest.config.digest.hex
+    config_data = bytearray(config.read_bytes())
+    config_data[0] ^= 0x01
+    config.write_bytes(bytes(config_data))
+    gets = len(registry.blob_gets())
+
+    resolved, again = _pull(f"{registry.host}/test/rot:v1", cache_dir)
+    assert [f.repaired for f in again] == [False, True, False]
+    assert [f.downloaded for f in again] == [False, True, False]
+    for f, layer in zip(again, resolved.manifest.layers, strict=True):
+        assert digest_of(f.path.read_bytes()) == layer.digest
+    assert digest_of(config.read_bytes()) == resolved.manifest.config.digest
+    assert len(registry.blob_gets()) == gets + 2  # the layer and the config, once each
+    assert not [n for n in _cache_files(cache_dir) if n.endswith(".partial")]

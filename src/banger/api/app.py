@@ -6,6 +6,8 @@ touch SQLite directly or render errors (``banger.api.error_replies`` does).
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI
 
 from banger.api import (
@@ -52,7 +54,43 @@ def build_app(version: str) -> FastAPI:
     app.include_router(routes_vms.router, prefix=API_PREFIX)
     app.include_router(routes_kernels.router, prefix=API_PREFIX)
     app.include_router(routes_images.router, prefix=API_PREFIX)
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = hoist_defs(generate())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def hoist_defs(doc: dict[str, Any]) -> dict[str, Any]:
+    """Move nested ``$defs`` into ``components/schemas`` and point their refs there.
+
+    A model schema inlined into ``responses`` (the NDJSON ``StageEvent``) carries its own
+    ``$defs`` with refs like ``#/$defs/ErrorDetail``; in an OpenAPI document those resolve
+    against the document root and fail (issue 14 item 12).
+    """
+    schemas: dict[str, Any] = doc.setdefault("components", {}).setdefault("schemas", {})
+    prefix = "#/$defs/"
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            for name, schema in (node.pop("$defs", None) or {}).items():
+                schemas.setdefault(name, walk(schema))
+            for key, value in node.items():
+                if key == "$ref" and isinstance(value, str) and value.startswith(prefix):
+                    node[key] = "#/components/schemas/" + value.removeprefix(prefix)
+                else:
+                    walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+        return node
+
+    walk(doc)
+    return doc
 
 
 def openapi_document() -> dict[str, object]:

@@ -5,9 +5,21 @@ Owns: the JSON shapes on the wire. Must not: hold behaviour.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, BeforeValidator, ConfigDict, StrictInt
+
+
+def _whole_number(value: object) -> object:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+#: A request integer as the OpenAPI document's ``"type": "integer"`` defines it: JSON
+#: Schema counts ``450.0`` as an integer, so it is accepted as 450 (issue 14 item 12);
+#: ``450.5``, ``"450"`` and ``true`` are still refused.
+JsonInt = Annotated[StrictInt, BeforeValidator(_whole_number)]
 
 
 class Strict(BaseModel):

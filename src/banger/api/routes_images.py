@@ -5,15 +5,16 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path
-from pydantic import Field, StrictInt, StrictStr
+from pydantic import Field, StrictStr
 from starlette.responses import StreamingResponse
 
 from banger.api.deps import Ctx
-from banger.api.models import ImageInfo, StageEvent, Strict
+from banger.api.models import ImageInfo, JsonInt, StageEvent, Strict
 from banger.api.progress import ndjson_response
 from banger.images.register import Registration
 from banger.model.artifact_names import NAME_PATTERN
 from banger.model.wire import NDJSON
+from banger.oci.reference import MAX_REFERENCE_CHARS
 from banger.services import catalog, images
 from banger.services import pull as image_pull
 
@@ -45,12 +46,11 @@ class ImageRegisterBody(Strict):
 class ImagePullBody(Strict):
     #: An image reference such as ``debian:bookworm`` or ``ghcr.io/org/app@sha256:…``;
     #: its grammar is checked by the service, which names the rule broken.
-    ref: Annotated[StrictStr, Field(min_length=1, max_length=512)]
+    ref: Annotated[StrictStr, Field(min_length=1, max_length=MAX_REFERENCE_CHARS)]
     name: ArtifactName | None = None
     kernel_ref: ArtifactName | None = None
     size_bytes: (
-        Annotated[StrictInt, Field(ge=image_pull.MIN_SIZE_BYTES, le=image_pull.MAX_SIZE_BYTES)]
-        | None
+        Annotated[JsonInt, Field(ge=image_pull.MIN_SIZE_BYTES, le=image_pull.MAX_SIZE_BYTES)] | None
     ) = None
 
 

@@ -7,11 +7,11 @@ import signal as signals
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query
-from pydantic import Field, StrictBool, StrictInt
+from pydantic import Field, StrictBool
 from starlette.responses import StreamingResponse
 
 from banger.api.deps import Ctx
-from banger.api.models import StageEvent, Strict, VmDefaultsReply, VmInfo
+from banger.api.models import JsonInt, StageEvent, Strict, VmDefaultsReply, VmInfo
 from banger.api.progress import ndjson_response
 from banger.errors import InvalidArgument
 from banger.model.wire import NDJSON
@@ -34,18 +34,18 @@ MIB = 1024 * 1024
 class CreateBody(Strict):
     name: str | None = Field(default=None, min_length=1, max_length=255)
     image: str | None = Field(default=None, min_length=1, max_length=128)
-    vcpu: StrictInt | None = Field(default=None, ge=1, le=64)
-    memory_mib: StrictInt | None = Field(default=None, ge=128, le=1024 * 1024)
-    disk_size_bytes: StrictInt | None = Field(default=None, ge=256 * MIB, le=16 * 1024**4)
+    vcpu: JsonInt | None = Field(default=None, ge=1, le=64)
+    memory_mib: JsonInt | None = Field(default=None, ge=128, le=1024 * 1024)
+    disk_size_bytes: JsonInt | None = Field(default=None, ge=256 * MIB, le=16 * 1024**4)
     nat: StrictBool = False
     vmm: Literal["firecracker", "qemu"] | None = None
-    boot_timeout_s: StrictInt = Field(default=300, ge=1, le=3600)
+    boot_timeout_s: JsonInt = Field(default=300, ge=1, le=3600)
 
 
 class SetBody(Strict):
-    vcpu: StrictInt | None = Field(default=None, ge=1, le=64)
-    memory_mib: StrictInt | None = Field(default=None, ge=128, le=1024 * 1024)
-    disk_size_bytes: StrictInt | None = Field(default=None, ge=256 * MIB, le=16 * 1024**4)
+    vcpu: JsonInt | None = Field(default=None, ge=1, le=64)
+    memory_mib: JsonInt | None = Field(default=None, ge=128, le=1024 * 1024)
+    disk_size_bytes: JsonInt | None = Field(default=None, ge=256 * MIB, le=16 * 1024**4)
 
 
 class KillBody(Strict):
@@ -134,7 +134,11 @@ async def create_vm(ctx: Ctx, body: CreateBody) -> StreamingResponse:
 
 @router.post("/vms/{name}/start", response_class=StreamingResponse, responses=STREAM)
 async def start_vm(ctx: Ctx, name: Name) -> StreamingResponse:
-    return ndjson_response(_service(ctx).start(name))
+    service = _service(ctx)
+    # A name that does not exist is a 404 before the stream starts, as for stop and
+    # restart (issue 14 item 13); the stream then re-reads the VM under its lock.
+    await service.get(name)
+    return ndjson_response(service.start(name))
 
 
 @router.post("/vms/{name}/stop", response_model=VmInfo)

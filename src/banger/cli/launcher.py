@@ -9,8 +9,10 @@ Must not: speak the API beyond ping and shutdown.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import select
+import stat
 import sys
 import time
 from collections.abc import Callable
@@ -18,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from banger.cli.client import Client
-from banger.errors import DaemonStartFailed, DaemonUnavailable, Timeout
+from banger.errors import DaemonStartFailed, DaemonUnavailable, PermissionDenied, Timeout
 from banger.host import buildinfo
 from banger.host.paths import Layout, ensure_private_dir
 from banger.model.wire import EXIT_ALREADY_RUNNING
@@ -173,5 +175,18 @@ def daemon_ping(layout: Layout) -> dict[str, Any] | None:
 
 
 def _open_private(path: Path) -> Any:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+    try:
+        fd = os.open(path, flags, 0o600)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO or device is not our log
+            os.close(fd)
+            raise OSError(errno.EINVAL, "it is not a regular file")
+    except OSError as exc:
+        # A symlink or anything else at banger's own path: named, left alone (issue 14
+        # item 21).
+        why = "it is a symlink" if exc.errno == errno.ELOOP else exc.strerror or str(exc)
+        raise PermissionDenied(
+            f"cannot use {path} as the daemon's start log: {why}",
+            hint=f"banger did not make this; remove {path} if nothing of yours needs it",
+        ) from exc
     return os.fdopen(fd, "wb")

@@ -1,7 +1,9 @@
 """``bangerd``: start-up, serving and orderly shutdown of the daemon.
 
-Owns: the start-up order (private dirs → config → single-instance lock → logs →
-state → leftovers → socket → serve) and undoing it on exit.
+Owns: the start-up order (private dirs → config → single-instance locks (state dir, then
+socket) → logs → state → leftovers → socket → serve) and undoing it on exit; nothing under
+the state or runtime dir is touched before both locks are held (issue 14 item 1). While
+serving, a daemon whose socket disappeared (runtime dir deleted) shuts down (item 2).
 Must not: contain request handling (``banger.api``) or use-case logic (``banger.services``).
 """
 
@@ -24,6 +26,7 @@ from banger.config.settings import load_config
 from banger.config.vm_defaults import HostFacts
 from banger.daemon.lock import DaemonLock
 from banger.daemon.logs import setup_logging
+from banger.daemon.startup import SocketWatch, clear_stale_socket, state_evidence
 from banger.dns.server import DnsServer, dns_port_from_env, records_from_vms
 from banger.errors import BangerError, DaemonAlreadyRunning, UnsupportedHost
 from banger.host import buildinfo
@@ -31,6 +34,7 @@ from banger.host.paths import Layout, ensure_private_dir
 from banger.host.publish import cleanup_leftovers
 from banger.model.wire import EXIT_ALREADY_RUNNING
 from banger.net.privilege_mode import privileged_ops
+from banger.services.artifact_rows import find_orphans, reconcile_kernel_rows
 from banger.services.context import DaemonContext
 from banger.services.reconcile import reconcile
 from banger.services.vm_monitor import VmMonitor
@@ -41,6 +45,8 @@ from banger.state.db import AsyncDatabase, Database
 log = logging.getLogger("banger.daemon")
 
 GRACEFUL_SHUTDOWN_S = 10
+#: How often the daemon checks that its socket is still at its path (issue 14 item 2).
+SOCKET_CHECK_INTERVAL_S = 1.0
 #: Open files the daemon must be allowed: every operation in flight holds a few (its API
 #: connection, a QMP or Firecracker API socket, ssh pipes, probe sockets), and 8 parallel
 #: creates plus clients fit easily. Distributions default to a soft limit of 1024.
@@ -73,19 +79,19 @@ def main(argv: list[str] | None = None) -> None:
 def run(*, ready_fd: int | None = None) -> None:
     ensure_open_files_limit()
     layout = Layout.from_env()
-    ensure_private_dir(layout.runtime_dir)
     ensure_private_dir(layout.state_dir)
+    ensure_private_dir(layout.runtime_dir)
     config = load_config(layout=layout)
-    lock = DaemonLock(layout.lock_path, layout.socket_path)
+    lock = DaemonLock(layout.state_lock_path, layout.lock_path, layout.socket_path)
     lock.acquire()
     try:
         setup_logging(layout.log_file, config.log_level)
-        db = Database.open(layout.db_path)
+        db = Database.open(layout.db_path, evidence=state_evidence(layout))
         try:
             removed = cleanup_leftovers(layout.artifact_roots())
-            # We hold the lock, so a socket file here is a dead daemon's leftover.
-            layout.socket_path.unlink(missing_ok=True)
+            clear_stale_socket(layout.socket_path)
             sock = bind_unix_socket(layout.socket_path)
+            watch = SocketWatch(layout.socket_path)
             ctx = DaemonContext(
                 layout=layout,
                 config=config,
@@ -105,9 +111,10 @@ def run(*, ready_fd: int | None = None) -> None:
                 },
             )
             try:
-                asyncio.run(_serve(ctx, sock, ready_fd))
+                asyncio.run(_serve(ctx, sock, ready_fd, watch))
             finally:
-                layout.socket_path.unlink(missing_ok=True)
+                if watch.intact():  # never another daemon's socket bound there since
+                    layout.socket_path.unlink(missing_ok=True)
                 ctx.db.close()
         finally:
             db.close()
@@ -133,7 +140,9 @@ def ensure_open_files_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
-async def _serve(ctx: DaemonContext, sock: object, ready_fd: int | None) -> None:
+async def _serve(
+    ctx: DaemonContext, sock: object, ready_fd: int | None, watch: SocketWatch
+) -> None:
     config = uvicorn.Config(
         create_app(ctx),
         http=PeerCheckedH11Protocol,
@@ -151,10 +160,16 @@ async def _serve(ctx: DaemonContext, sock: object, ready_fd: int | None) -> None
         service = VmService(ctx, ops)
         ctx.vms = service
         await reconcile(service)
+        await reconcile_kernel_rows(ctx)
+        for orphan in await find_orphans(ctx):
+            log.warning(
+                "published dir without a row",
+                extra={"fields": {"path": str(orphan.path), "remove_with": orphan.remedy}},
+            )
         await service.publish_dns()
         monitor = VmMonitor(service)
         monitor.start()
-        watcher = asyncio.create_task(_watch(server, ctx, ready_fd))
+        watcher = asyncio.create_task(_watch(server, ctx, ready_fd, watch))
         try:
             await server.serve(sockets=[sock])  # type: ignore[list-item]
         finally:
@@ -166,7 +181,9 @@ async def _serve(ctx: DaemonContext, sock: object, ready_fd: int | None) -> None
         dns.close()
 
 
-async def _watch(server: uvicorn.Server, ctx: DaemonContext, ready_fd: int | None) -> None:
+async def _watch(
+    server: uvicorn.Server, ctx: DaemonContext, ready_fd: int | None, watch: SocketWatch
+) -> None:
     while not server.started:
         await asyncio.sleep(0.005)
     log.info("daemon ready")
@@ -174,6 +191,17 @@ async def _watch(server: uvicorn.Server, ctx: DaemonContext, ready_fd: int | Non
         with contextlib.suppress(OSError):
             os.write(ready_fd, b"ready\n")
             os.close(ready_fd)
-    await ctx.shutdown_requested.wait()
-    log.info("shutdown requested over the API")
+    while True:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ctx.shutdown_requested.wait(), SOCKET_CHECK_INTERVAL_S)
+            log.info("shutdown requested over the API")
+            break
+        if not watch.intact():
+            # No client can reach us any more (the runtime dir was deleted, say): stop,
+            # releasing the DNS port and the locks, so that the next auto-start works.
+            log.warning(
+                "socket gone: shutting down",
+                extra={"fields": {"socket": str(watch.path)}},
+            )
+            break
     server.should_exit = True

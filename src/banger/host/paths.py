@@ -55,7 +55,13 @@ class Layout:
 
     @property
     def lock_path(self) -> Path:
+        """One daemon per socket: the lock beside it."""
         return self.runtime_dir / "bangerd.lock"
+
+    @property
+    def state_lock_path(self) -> Path:
+        """One daemon per state dir, whatever its runtime dir (issue 14 item 1)."""
+        return self.state_dir / "bangerd.lock"
 
     @property
     def start_log_path(self) -> Path:
@@ -113,10 +119,27 @@ def ensure_private_dir(path: Path) -> Path:
     An existing directory owned by someone else is refused: a socket or key inside it
     could be reached or replaced by that user.
     """
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    st = path.lstat()
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except FileExistsError:
+        pass  # a file or a dangling symlink: refused below, naming the path
+    except (PermissionError, NotADirectoryError) as exc:
+        # Other errors (ENOSPC, ...) propagate: callers turn those into space errors.
+        raise PermissionDenied(
+            f"cannot create {path}: {exc.strerror}",
+            hint="check that you own its parent, or point XDG_RUNTIME_DIR / XDG_STATE_HOME "
+            "elsewhere",
+        ) from exc
+    try:
+        st = path.lstat()
+    except OSError as exc:
+        raise PermissionDenied(f"cannot inspect {path}: {exc.strerror}") from exc
     if not stat.S_ISDIR(st.st_mode):
-        raise PermissionDenied(f"{path} is not a directory", hint="remove it; banger recreates it")
+        raise PermissionDenied(
+            f"{path} is not a directory",
+            hint="banger did not make it: remove it if nothing of yours needs it; banger "
+            "recreates the directory",
+        )
     if st.st_uid != os.geteuid():
         raise PermissionDenied(
             f"{path} belongs to uid {st.st_uid}, not to you (uid {os.geteuid()})",

@@ -6,7 +6,10 @@ an atomic rename only when both size and digest match the descriptor (ADVERSARIA
 the error shows expected and actual, nothing is cached on a mismatch), retrying a body
 cut off mid-way, one download per blob even when pulls overlap (a per-digest lock in
 the process plus an ``fcntl`` lock across processes, 117), removing partial files
-nobody is writing, and clear disk-full and out-of-inodes errors (106, 108).
+nobody is writing, and clear disk-full and out-of-inodes errors (106, 108). A cached blob
+is hashed again before it is handed out: one whose bytes no longer match its digest (bit
+rot, a disk error) is evicted and downloaded again, and the caller is told the local
+cache was damaged (issue 14 item 20) — never an error that blames the image.
 Must not: speak HTTP (it reads from a stream the caller opens) or trust a partial file:
 only an exact ``<hex>`` name with the expected size counts as cached.
 """
@@ -60,6 +63,8 @@ OnBytes = Callable[[int], None]
 class Fetched:
     path: Path
     downloaded: bool
+    #: The cached copy did not match its digest: it was evicted and downloaded again.
+    repaired: bool = False
 
 
 class BlobCache:
@@ -104,21 +109,53 @@ class BlobCache:
     def fetch(
         self, digest: Digest, size: int, opener: Opener, *, on_bytes: OnBytes | None = None
     ) -> Fetched:
-        """The blob's cached path, downloading it first unless another pull has."""
-        found = self.lookup(digest, size)
-        if found is not None:
-            return Fetched(found, downloaded=False)
+        """The blob's cached path, downloading it first unless another pull has.
+
+        A cached copy is verified (under the lock, so no download is replacing it); a
+        damaged one is evicted and downloaded again (``Fetched.repaired``).
+        """
         self.ensure_dirs()
         with self._locked(digest):
+            repaired = False
             found = self.lookup(digest, size)
-            if found is not None:  # the pull we waited for brought it
-                return Fetched(found, downloaded=False)
+            if found is not None:  # cached earlier, or the pull we waited for brought it
+                if self._intact(found, digest):
+                    return Fetched(found, downloaded=False)
+                self._evict(found, digest)
+                repaired = True
             self._remove_stray(digest)
-            return Fetched(self._download_retrying(digest, size, opener, on_bytes), True)
+            path = self._download_retrying(digest, size, opener, on_bytes)
+            return Fetched(path, downloaded=True, repaired=repaired)
 
     def read(self, digest: Digest, size: int, opener: Opener) -> bytes:
         """A small blob (an image config), through the cache."""
         return self.fetch(digest, size, opener).path.read_bytes()
+
+    def _intact(self, path: Path, digest: Digest) -> bool:
+        hasher = Hasher()
+        try:
+            with path.open("rb") as f:
+                while chunk := f.read(CHUNK_BYTES):
+                    hasher.update(chunk)
+        except OSError as exc:  # an unreadable sector is damage too
+            log.warning("cannot read cached blob %s: %s", digest.short, exc)
+            return False
+        return hasher.digest() == digest
+
+    def _evict(self, path: Path, digest: Digest) -> None:
+        log.warning(
+            "cached blob %s does not match its digest: the local cache was damaged; "
+            "evicting it and downloading it again",
+            digest.short,
+        )
+        try:
+            path.unlink(missing_ok=True)
+            fsync_dir(self.blobs_dir)
+        except OSError as exc:
+            raise StateError(
+                f"the cached blob {path} is damaged and cannot be removed: {exc.strerror}",
+                hint=f"remove {path} by hand, then pull again",
+            ) from exc
 
     # -- downloading ------------------------------------------------------------------
 

@@ -23,7 +23,11 @@ DOCKER_HUB = "docker.io"
 DOCKER_HUB_API_HOST = "registry-1.docker.io"
 DEFAULT_TAG = "latest"
 MAX_NAME_CHARS = 255
-MAX_REFERENCE_CHARS = 512
+MAX_TAG_CHARS = 128
+#: The longest reference the grammar below can accept: a full name, a tag and a digest
+#: (``@sha256:`` and 64 hex digits). The API schema uses it as ``ref``'s maxLength, so
+#: the two agree (issue 14 item 12).
+MAX_REFERENCE_CHARS = MAX_NAME_CHARS + 1 + MAX_TAG_CHARS + len("@sha256:") + 64
 #: The image name rule (``banger.kernels.NAME_PATTERN``) allows 64; config's
 #: ``default_image_name`` is lowercase and at most 63, so a default name fits both.
 _DEFAULT_NAME_CHARS = 63

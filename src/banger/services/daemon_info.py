@@ -13,6 +13,7 @@ from typing import Any
 
 from banger.config.vm_defaults import spec_line
 from banger.model.wire import StageState, result_event, stage_event
+from banger.services.artifact_rows import find_orphans
 from banger.services.context import DaemonContext
 from banger.services.doctor import CHECKS, DoctorInputs
 from banger.state import repo
@@ -99,6 +100,7 @@ async def doctor_events(ctx: DaemonContext) -> AsyncIterator[dict[str, Any]]:
         kvm_runs_guests=await _kvm_probe(ctx),
         default_image=await _default_image(ctx),
         runner=ctx.runner,
+        orphans=tuple((str(o.path), o.size_bytes, o.remedy) for o in await find_orphans(ctx)),
     )
     checks: list[dict[str, Any]] = []
     for name, check in CHECKS:

@@ -23,6 +23,7 @@ from banger.host import buildinfo
 from banger.host.paths import Layout
 from banger.host.runner import Runner
 from banger.model.addressing import prefix_len
+from banger.model.units import format_size
 from banger.model.wire import StageState
 from banger.net import privilege_mode
 
@@ -66,6 +67,8 @@ class DoctorInputs:
     default_image: str = "missing"
     #: banger-helper's socket (None: $BANGER_HELPER_SOCKET or the default).
     helper_socket: Path | None = None
+    #: Published image/kernel dirs without a row: (path, size in bytes, command removing it).
+    orphans: tuple[tuple[str, int, str], ...] = ()
 
 
 Check = Callable[[DoctorInputs], CheckResult]
@@ -295,7 +298,16 @@ def check_vm_defaults(inputs: DoctorInputs) -> CheckResult:
 
 
 def check_state(inputs: DoctorInputs) -> CheckResult:
-    return CheckResult(StageState.OK, inputs.db_summary())
+    summary = inputs.db_summary()
+    if inputs.orphans:
+        # Every file under the state dir has a row, or is named here (issue 14 item 4).
+        listed = "; ".join(f"{path} ({format_size(size)})" for path, size, _ in inputs.orphans)
+        return CheckResult(
+            StageState.WARN,
+            f"{summary}; on disk without a row (an interrupted pull or import): {listed}",
+            hint="remove with " + ", ".join(remedy for _, _, remedy in inputs.orphans),
+        )
+    return CheckResult(StageState.OK, summary)
 
 
 def check_disk_space(inputs: DoctorInputs) -> CheckResult:

@@ -16,10 +16,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from banger.errors import BangerError, InvalidState
+from banger.errors import BangerError, ImageNotFound, InvalidState
 from banger.host.publish import remove_published, staging
 from banger.images import register as reg
 from banger.model.records import ImageRecord
+from banger.services.artifact_rows import remove_orphan
 from banger.services.context import DaemonContext
 from banger.services.inventory import record_dict
 from banger.services.operations import Progress, run_streamed
@@ -44,7 +45,16 @@ async def register(ctx: DaemonContext, registration: reg.Registration) -> dict[s
 
 
 async def delete_image(ctx: DaemonContext, name: str) -> dict[str, Any]:
-    image: ImageRecord = await ctx.db.run(repo.get_image, name)
+    try:
+        image: ImageRecord = await ctx.db.run(repo.get_image, name)
+    except ImageNotFound:
+        # images/<name> without a row (a pull killed between rename and row: issue 14
+        # item 4) is removed by the same command; the lock keeps a pull's own
+        # rename-then-row from being mistaken for one.
+        async with publication_lock:
+            if await _has_row(ctx, name) or not await remove_orphan(ctx, "image", name):
+                raise
+        return {"name": name, "deleted": True, "files_removed": True}
     await ctx.db.run(repo.delete_image, name)
     removed = False
     own_dir = ctx.layout.images_dir / image.name
@@ -52,6 +62,14 @@ async def delete_image(ctx: DaemonContext, name: str) -> dict[str, Any]:
     if image.managed and Path(image.rootfs_path).parent == own_dir:
         removed = await asyncio.to_thread(remove_published, own_dir)
     return {"name": name, "deleted": True, "files_removed": removed}
+
+
+async def _has_row(ctx: DaemonContext, name: str) -> bool:
+    try:
+        await ctx.db.run(repo.get_image, name)
+    except ImageNotFound:
+        return False
+    return True
 
 
 async def plan_promote(ctx: DaemonContext, name: str) -> ImageRecord:

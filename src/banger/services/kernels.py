@@ -26,9 +26,11 @@ from banger.kernels.discover import Discovered, discover
 from banger.kernels.store import KernelBuild, publish_kernel, read_manifest
 from banger.model.artifact_names import is_valid_name, validate_name
 from banger.model.records import KernelRecord, utc_now
+from banger.services.artifact_rows import remove_orphan
 from banger.services.context import DaemonContext
 from banger.services.inventory import record_dict
 from banger.services.operations import Progress, run_streamed
+from banger.services.pull import failpoint
 from banger.state import repo
 
 T = TypeVar("T")
@@ -58,7 +60,14 @@ async def remove_kernel(ctx: DaemonContext, name: str) -> dict[str, Any]:
     """Delete the row (``InUse`` while an image refers to it), then the directory."""
     if not is_valid_name(name):  # cannot exist, and must never become a path below
         raise KernelNotFound(f"kernel {name!r} not found")
-    await ctx.db.run(repo.delete_kernel, name)
+    try:
+        await ctx.db.run(repo.delete_kernel, name)
+    except KernelNotFound:
+        # kernels/<name> without a row (issue 14 item 4) goes the same way.
+        async with publication_lock:
+            if await _row_exists(ctx, name) or not await remove_orphan(ctx, "kernel", name):
+                raise
+        return {"name": name, "removed": True, "files_removed": True}
     removed = await asyncio.to_thread(remove_published, ctx.layout.kernels_dir / name)
     return {"name": name, "removed": True, "files_removed": removed}
 
@@ -169,6 +178,7 @@ async def publish_with_row(
     be written, a directory that did not exist before is taken back (no dir without row).
     The caller holds ``publication_lock``."""
     await asyncio.to_thread(publish_kernel, stage, final, replace=replace)
+    failpoint("swapped", kind="kernel")  # crash tests: new files in place, row not yet
     try:
         await _write_row(ctx, record, exists=exists)
     except BangerError:

@@ -78,10 +78,11 @@ class PullPlan:
 # -- failpoints ---------------------------------------------------------------------------
 
 
-def failpoint(point: str) -> None:
-    """SIGKILL this process when ``BANGER_FAILPOINT`` is ``pull:<point>``."""
-    if os.environ.get(FAILPOINT_ENV) == f"pull:{point}":
-        log.warning("failpoint pull:%s reached: killing the daemon", point)
+def failpoint(point: str, *, kind: str = "pull") -> None:
+    """SIGKILL this process when ``BANGER_FAILPOINT`` is ``<kind>:<point>`` (``pull:…``,
+    or ``kernel:swapped``: a ``kernel import --force`` swapped in, its row not updated)."""
+    if os.environ.get(FAILPOINT_ENV) == f"{kind}:{point}":
+        log.warning("failpoint %s:%s reached: killing the daemon", kind, point)
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -246,6 +247,8 @@ async def _fetch_all(
                 _reporter(label, layer.size, note),
             )
         how = "downloaded" if result.downloaded else "cached"
+        if result.repaired:
+            how = "downloaded again: the local cache's copy was damaged"
         note(f"{label} {how} ({format_size(layer.size)})")
         return result
 
@@ -277,7 +280,10 @@ def _fetch_summary(resolved: steps.Resolved, fetched: list[Fetched]) -> str:
     got = [layer for layer, f in zip(layers, fetched, strict=True) if f.downloaded]
     cached = len(layers) - len(got)
     downloaded = format_size(sum(layer.size for layer in got))
-    return f"{len(layers)} layers: {len(got)} downloaded ({downloaded}), {cached} cached"
+    summary = f"{len(layers)} layers: {len(got)} downloaded ({downloaded}), {cached} cached"
+    if repaired := sum(f.repaired for f in fetched):
+        summary += f"; {repaired} damaged in the local cache, downloaded again"
+    return summary
 
 
 async def _build(

@@ -40,6 +40,13 @@ _DAMAGE_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
 _ACCESS_CODES = frozenset({sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM})
 
 
+_RECOVER_HINT = (
+    "stop bangerd and keep a copy of state.db with its -wal and -shm files; "
+    "`sqlite3 state.db .recover | sqlite3 recovered.db` salvages rows "
+    '(docs/explanation/state.md, "Recovering")'
+)
+
+
 def _primary_code(exc: sqlite3.Error) -> int:
     # Extended codes (SQLITE_IOERR_WRITE = 778, ...) keep the primary code in the low byte;
     # errors raised by the module itself (closed connection, misuse) carry no code.
@@ -70,8 +77,7 @@ def translate(exc: sqlite3.Error, path: Path) -> StateError:
     if code in _DAMAGE_CODES:
         return StateError(
             f"the state database {path} is damaged: {exc}",
-            hint="stop bangerd and keep a copy of the file with its -wal and -shm files; "
-            "`sqlite3 state.db .recover` can salvage rows",
+            hint=_RECOVER_HINT,
         )
     if code in _ACCESS_CODES:
         return StateError(
@@ -105,9 +111,17 @@ class Database:
         *,
         busy_deadline_s: float = BUSY_DEADLINE_S,
         migrations: Sequence[Migration] = MIGRATIONS,
+        evidence: Sequence[Path] = (),
     ) -> Database:
-        """Open (creating if needed) and migrate the database at ``path``."""
+        """Open (creating if needed) and migrate the database at ``path``.
+
+        ``evidence`` lists files that exist only because rows were written (published
+        images, kernels, VM dirs): with any of them, a missing, empty or schema-less
+        database is refused rather than started empty (issue 14 item 3).
+        """
         ensure_private_dir(path.parent)
+        if evidence:
+            _refuse_if_lost(path, evidence)
         _create_private_file(path)
         try:
             conn = sqlite3.connect(
@@ -121,6 +135,9 @@ class Database:
         db = cls(conn, path, busy_deadline_s=busy_deadline_s)
         try:
             db._configure()
+            db._check_health()
+            if evidence and db.schema_version() == 0:
+                raise _lost_rows(path, "has no tables", evidence)
             db._migrate(migrations)
         except BaseException:
             conn.close()
@@ -140,6 +157,17 @@ class Database:
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA foreign_keys=ON")
             self._set_busy_timeout(self._busy_timeout_s)
+
+    def _check_health(self) -> None:
+        """``PRAGMA quick_check`` before anything runs on it: a damaged file is refused."""
+        rows = self.read(lambda conn: conn.execute("PRAGMA quick_check").fetchall())
+        problems = [str(row[0]) for row in rows]
+        if problems != ["ok"]:
+            raise StateError(
+                f"the state database {self.path} is damaged",
+                details="\n".join(problems[:20]),
+                hint=_RECOVER_HINT,
+            )
 
     def _migrate(self, migrations: Sequence[Migration]) -> None:
         known = migrations[-1].version if migrations else 0
@@ -272,6 +300,28 @@ class Database:
         with self._locked():
             # The last connection to close checkpoints the WAL into the main file.
             self._conn.close()
+
+
+def _refuse_if_lost(path: Path, evidence: Sequence[Path]) -> None:
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise _lost_rows(path, "is missing", evidence) from None
+    except OSError:
+        return  # reported with its own error when SQLite opens it
+    if size == 0:
+        raise _lost_rows(path, "is empty (0 bytes)", evidence)
+
+
+def _lost_rows(path: Path, what: str, evidence: Sequence[Path]) -> StateError:
+    return StateError(
+        f"the state database {path} {what}, but banger's files are on disk: "
+        f"{', '.join(str(p) for p in evidence)}",
+        details="starting on it would forget every image, kernel and VM",
+        hint=f"restore {path.name} (with its -wal and -shm files) from a copy, or salvage it "
+        f"with `sqlite3 {path.name} .recover`; to start afresh, move {path.parent} aside "
+        "and register images and kernels again (`banger image pull`, `banger kernel import`)",
+    )
 
 
 def _create_private_file(path: Path) -> None:
