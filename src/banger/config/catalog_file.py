@@ -25,7 +25,8 @@ SCHEMA = 1
 MAX_CATALOG_BYTES = 1 << 20
 EMBEDDED = "embedded"
 
-T = TypeVar("T")
+E = TypeVar("E")  # one entry
+T = TypeVar("T")  # the catalog
 
 
 class EntryCheck(Protocol):
@@ -36,7 +37,7 @@ class EntryCheck(Protocol):
 
 
 @dataclass(frozen=True)
-class CatalogFile(Generic[T]):
+class CatalogFile(Generic[E, T]):
     """One catalog: where it lives, how an entry is checked, what the entries become.
     ``key`` is both its noun ("kernel") and, plural, the name of its list."""
 
@@ -44,7 +45,8 @@ class CatalogFile(Generic[T]):
     variable: str  # the environment variable naming an override
     package: str  # the package holding the embedded catalog.json
     check: EntryCheck
-    build: Callable[[str, list[dict[str, Any]]], T]  # (origin, checked entries) -> catalog
+    entry: Callable[[dict[str, Any]], E]  # a checked entry -> its value
+    catalog: Callable[[str, tuple[E, ...]], T]  # (origin, entries) -> the catalog
 
     def load(self, env: Mapping[str, str] | None = None) -> T:
         """The override named by ``variable`` if set, else the embedded catalog."""
@@ -60,7 +62,7 @@ class CatalogFile(Generic[T]):
         found = self.problems(raw, embedded=embedded)
         if found:
             raise self._invalid(origin, found)
-        return self.build(origin, raw[f"{self.key}s"])
+        return self.catalog(origin, tuple(self.entry(item) for item in raw[f"{self.key}s"]))
 
     def read(self, env: Mapping[str, str] | None = None) -> tuple[bytes, str]:
         """The catalog's bytes and its origin: ``EMBEDDED`` or the override's path."""

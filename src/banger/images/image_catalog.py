@@ -197,11 +197,9 @@ def _package_problems(packages: object, key: str) -> list[str]:
     return []
 
 
-def _catalog(origin: str, items: list[dict[str, Any]]) -> ImageCatalog:
-    return ImageCatalog(origin, tuple(_image(item) for item in items))
-
-
-CATALOG_FILE = CatalogFile("image", CATALOG_ENV, "banger.images", image_problems, _catalog)
+CATALOG_FILE = CatalogFile(
+    "image", CATALOG_ENV, "banger.images", image_problems, _image, ImageCatalog
+)
 #: The override named by ``BANGER_IMAGE_CATALOG`` if set, else the embedded catalog.
 load_catalog = CATALOG_FILE.load
 parse_catalog = CATALOG_FILE.parse

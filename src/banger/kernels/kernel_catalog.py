@@ -211,11 +211,9 @@ def _deb_problems(item: dict[str, Any]) -> list[str]:
     return found
 
 
-def _catalog(origin: str, items: list[dict[str, Any]]) -> KernelCatalog:
-    return KernelCatalog(origin, tuple(_entry(item) for item in items))
-
-
-CATALOG_FILE = CatalogFile("kernel", CATALOG_ENV, "banger.kernels", entry_problems, _catalog)
+CATALOG_FILE = CatalogFile(
+    "kernel", CATALOG_ENV, "banger.kernels", entry_problems, _entry, KernelCatalog
+)
 #: The override named by ``BANGER_KERNEL_CATALOG`` if set, else the embedded catalog.
 load_catalog = CATALOG_FILE.load
 parse_catalog = CATALOG_FILE.parse
