@@ -13,7 +13,7 @@ the unit enabled). Then:
   connected.
 - The Firecracker stand-in with a vsock device: the real ``CONNECT 52`` / ``OK <port>``
   protocol (the stand-in bridges it to the guest's virtio-serial port), a port nobody
-  listens on, reconnects.
+  listens on, reconnects, and exec through ``CONNECT 53`` (bridged to ``org.banger.exec``).
 
 Everything runs inside a ``banger-t-<random>`` namespace; at most one guest at a time.
 """
@@ -45,8 +45,9 @@ from banger.kernels.vmlinux import extract_vmlinux
 from banger.services.readiness import wait_for_agent
 from banger.vmm import qemu
 from banger.vmm.base import Accel, Backend, DriveSpec, MachineSpec, NetSpec
-from banger.vmm.channels import AgentChannel, agent_channel
+from banger.vmm.channels import AgentChannel
 from banger.vmm.fc_api import FirecrackerApi
+from banger.vmm.table import agent_channel
 from tests import guests
 from tests.netns import Netns, bridge_with_taps, netns
 from tests.qemuboot import (
@@ -106,7 +107,13 @@ class Booted:
 
 @pytest.fixture(scope="module")
 def debian(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Booted]:
-    tmp = tmp_path_factory.mktemp("agent-deb")
+    with booted_debian(tmp_path_factory.mktemp("agent-deb")) as booted:
+        yield booted
+
+
+@contextlib.contextmanager
+def booted_debian(tmp: Path) -> Iterator[Booted]:
+    """The Debian agent guest under QEMU/TCG in a namespace of its own (also bench/)."""
     run_dir = Path(tempfile.mkdtemp(prefix="bgag-"))  # short: sockets live here
     prepared = prepare(tmp, guests.debian_agent_rootfs(), HOSTNAME)
     spec = MachineSpec(
@@ -370,8 +377,9 @@ def test_firecracker_vsock_connect_reaches_the_agent(tmp_path: Path) -> None:
                 assert health.hostname == "agent-fc"
                 for _ in range(3):
                     assert client.health().ok
-                with pytest.raises(CommandFailed, match="nothing listens on vsock port 53"):
-                    AgentClient.over_firecracker_vsock(channel.socket_path, 53).health()
+                with pytest.raises(CommandFailed, match="nothing listens on vsock port 54"):
+                    AgentClient.over_firecracker_vsock(channel.socket_path, 54).health()
+                assert asyncio.run(_exec_over_vsock(channel)) == (3, b"agent-fc\n", b"e\n")
                 deadline = time.monotonic() + 120  # the agent starts before sshd
                 while not any(x.port == 22 for x in client.ports().listeners):
                     assert time.monotonic() < deadline, "sshd never listened"
@@ -383,6 +391,16 @@ def test_firecracker_vsock_connect_reaches_the_agent(tmp_path: Path) -> None:
                 raise
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+async def _exec_over_vsock(channel: AgentChannel) -> tuple[int | None, bytes, bytes]:
+    """Exec through ``CONNECT 53`` (guest-exec.md): status, stdout and stderr apart."""
+    out, err = bytearray(), bytearray()
+    async with await channel.exec_connect() as conn:
+        status = await conn.run(
+            ["sh", "-c", "hostname; echo e >&2; exit 3"], on_stdout=out.extend, on_stderr=err.extend
+        )
+    return status.code, bytes(out), bytes(err)
 
 
 def _boot_standin(

@@ -257,7 +257,7 @@ def test_guest_that_never_answers_fails_the_create_after_the_timeout_e98(
     assert str(console_log) in out.stderr
     assert "kept in state error" in out.stderr and "banger vm delete mute" in out.stderr
     assert 8 <= took < 25, f"the create failed after {took:.1f}s"
-    pid = int(re.findall(r"^✓ boot: .*pid (\d+)$", out.stdout, re.M)[0])
+    pid = int(re.findall(r"^✓ boot: .*pid (\d+)(?: \(\d+ ms\))?$", out.stdout, re.M)[0])
     assert not _runs_vmm_of(pid, "mute"), f"the VMM (pid {pid}) was left running"
     assert _no_process_named("mute")
     vm = _vm(env, "mute")
@@ -405,7 +405,7 @@ def test_vmm_holds_only_its_own_fds_and_a_minimal_env_e104_e105(env: VmEnv) -> N
         qmp = str(_run_dir(env, vm) / "qmp.sock")
         assert qmp in _unix_socket_paths(vm["pid"]).values()
         cmdline = Path(f"/proc/{vm['pid']}/cmdline").read_bytes().split(b"\0")
-        probe = json.loads((env.home.runtime_dir / "kvm-probe.json").read_text())
+        probe = json.loads((env.home.state_dir / "kvm-probe.json").read_text())
         accel = b"kvm" if probe["kvm_runs_guests"] else b"tcg"
         assert cmdline[cmdline.index(b"-accel") + 1] == accel
     env.ok("vm", "delete", "--force", "fd-a", "fd-b")

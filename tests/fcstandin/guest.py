@@ -3,7 +3,8 @@
 Owns: QEMU's command line for a configured microVM (virtio-mmio drives in Firecracker's
 order, the TAP fd Firecracker would hold, an i8042 so ctrl-alt-del reaches the guest as
 on Firecracker, and, with a vsock device, the virtio-serial port ``org.banger.agent``
-that the stand-in's vsock muxer bridges ``CONNECT 52`` to), the serial console on the
+that the stand-in's vsock muxer bridges ``CONNECT 52`` to, and ``org.banger.exec`` for
+``CONNECT 53``), the serial console on the
 stand-in's stdout (Firecracker writes the guest console to its stdout), QMP over an
 inherited socketpair (no socket file to leave behind), QEMU's stderr forwarded to the
 Firecracker log, and QEMU's death with ours: ``PR_SET_PDEATHSIG`` from the thread that
@@ -67,6 +68,8 @@ class GuestSpec:
     nets: tuple[NetSpec, ...] = field(default=())
     #: A listening socket for the agent's virtio-serial port (the vsock bridge), if any.
     agent_fd: int | None = None
+    #: The same for the exec port ``org.banger.exec`` (``CONNECT 53``).
+    exec_fd: int | None = None
 
 
 def build_argv(spec: GuestSpec, qmp_fd: int) -> list[str]:
@@ -96,6 +99,11 @@ def build_argv(spec: GuestSpec, qmp_fd: int) -> list[str]:
             "-chardev", f"socket,id=agent,fd={spec.agent_fd},server=on,wait=off",
             "-device", "virtio-serial-device",
             "-device", "virtserialport,chardev=agent,name=org.banger.agent",
+        ]  # fmt: skip
+    if spec.agent_fd is not None and spec.exec_fd is not None:
+        argv += [
+            "-chardev", f"socket,id=exec,fd={spec.exec_fd},server=on,wait=off",
+            "-device", "virtserialport,chardev=exec,name=org.banger.exec",
         ]  # fmt: skip
     for index, net in enumerate(spec.nets):
         mac = f",mac={net.mac}" if net.mac else ""
@@ -130,6 +138,8 @@ class Guest:
         pass_fds = (theirs.fileno(), *(n.tap_fd for n in spec.nets))
         if spec.agent_fd is not None:
             pass_fds += (spec.agent_fd,)
+        if spec.exec_fd is not None:
+            pass_fds += (spec.exec_fd,)
         argv = build_argv(spec, theirs.fileno())
         log.info("stand-in: starting " + " ".join(argv))
         try:

@@ -36,6 +36,8 @@ CMDLINE_MAX_SIZE = 2048  # x86_64 layout.rs
 MAX_VCPUS = 32
 #: The guest port the stand-in's vsock reaches: banger's agent (bridged to virtio-serial).
 AGENT_VSOCK_PORT = 52
+#: ... and its exec channel (docs/explanation/guest-exec.md), bridged to a second port.
+EXEC_VSOCK_PORT = 53
 
 
 class Fault(Exception):
@@ -276,19 +278,22 @@ class Machine:
                 prefix + "System configuration error: Cannot load kernel due to invalid memory "
                 f"configuration or invalid kernel image: {exc}"
             ) from exc
-        agent = self._agent_bridge()
+        agent = self._agent_bridge("agent")
+        exec_port = self._agent_bridge("exec")
         try:
-            self.guest = Guest(self._guest_spec(boot, agent), self.log)
-            if agent is not None and self.res.vsock is not None:
+            self.guest = Guest(self._guest_spec(boot, agent, exec_port), self.log)
+            if agent is not None and exec_port is not None and self.res.vsock is not None:
                 self.res.vsock.attach(AGENT_VSOCK_PORT, agent.getsockname())
+                self.res.vsock.attach(EXEC_VSOCK_PORT, exec_port.getsockname())
         except GuestError as exc:
             raise Fault(prefix + f"Internal error while starting microVM: {exc}") from exc
         finally:
-            if agent is not None:
-                agent.close()  # QEMU holds its own copy of the listening socket
+            for bridge in (agent, exec_port):
+                if bridge is not None:
+                    bridge.close()  # QEMU holds its own copy of the listening socket
         self.log.info("Successfully started microvm")
 
-    def _agent_bridge(self) -> socket.socket | None:
+    def _agent_bridge(self, port: str) -> socket.socket | None:
         """With a vsock device: where QEMU's virtio-serial agent port will listen.
 
         An abstract Unix socket (no file to leave behind), handed to QEMU as its chardev.
@@ -296,11 +301,13 @@ class Machine:
         if self.res.vsock is None:
             return None
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.bind(f"\0fcstandin-{os.getpid()}-{secrets.token_hex(4)}-agent")
+        sock.bind(f"\0fcstandin-{os.getpid()}-{secrets.token_hex(4)}-{port}")
         sock.listen(4)
         return sock
 
-    def _guest_spec(self, boot: dict[str, Any], agent: socket.socket | None) -> GuestSpec:
+    def _guest_spec(
+        self, boot: dict[str, Any], agent: socket.socket | None, exec_port: socket.socket | None
+    ) -> GuestSpec:
         drives = tuple(
             DriveSpec(
                 d.config["path_on_host"], bool(d.config["is_read_only"]), d.config["cache_type"]
@@ -318,6 +325,7 @@ class Machine:
             drives=drives,
             nets=nets,
             agent_fd=agent.fileno() if agent is not None else None,
+            exec_fd=exec_port.fileno() if exec_port is not None else None,
         )
 
     def _cmdline(self, boot_args: str | None) -> str:

@@ -28,7 +28,9 @@ from banger.guest import agent_client
 from banger.guest import banger_agent as agent
 from banger.guest.agent_client import AgentClient
 from banger.vmm.base import Backend, MachineSpec
-from banger.vmm.channels import AgentChannel, ChannelKind, agent_channel, agent_channel_at
+from banger.vmm.channels import AgentChannel, ChannelKind
+from banger.vmm.qemu import QemuVmm
+from banger.vmm.table import agent_channel, agent_channel_at
 
 AGENT_FILE = Path(agent.__file__)
 
@@ -297,9 +299,11 @@ def test_find_port_reads_sysfs_names(tmp_path: Path) -> None:
 #: What Debian's python3-minimal (the guest's python3) provides, plus optional extras.
 MINIMAL_MODULES = {
     "__future__", "argparse", "contextlib", "errno", "math", "os", "re", "select", "socket",
-    "sys", "threading", "time", "typing", "collections.abc",
+    "sys", "threading", "time", "typing", "collections.abc", "collections", "signal", "struct",
 }  # fmt: skip
-OPTIONAL_MODULES = {"termios", "tty"}  # imported under try/except ImportError
+#: Imported under try/except ImportError. subprocess (exec) is in python3.11-minimal
+#: (the Debian test rootfs has it); without it the agent still serves /healthz and /ports.
+OPTIONAL_MODULES = {"termios", "tty", "subprocess"}
 
 
 def test_the_agent_is_python37_and_python3_minimal_compatible() -> None:
@@ -313,7 +317,7 @@ def test_the_agent_is_python37_and_python3_minimal_compatible() -> None:
             imported.add(node.module)
     assert imported <= MINIMAL_MODULES | OPTIONAL_MODULES, imported - MINIMAL_MODULES
     # python3-minimal has no json, http, socketserver or dataclasses
-    for absent in ("json", "http", "socketserver", "dataclasses", "subprocess"):
+    for absent in ("json", "http", "socketserver", "dataclasses"):
         assert absent not in imported
     assert source.startswith("#!/usr/bin/env python3\n")
 
@@ -795,7 +799,12 @@ def test_channels_per_backend(tmp_path: Path) -> None:
         "virtio-serial-device",
         "-device",
         "virtserialport,chardev=agent,name=org.banger.agent",
+        "-chardev",
+        f"socket,id=exec,path={tmp_path}/run/exec.sock,server=on,wait=off",
+        "-device",
+        "virtserialport,chardev=exec,name=org.banger.exec",
     ]
+    assert serial.exec_socket_path == tmp_path / "run" / "exec.sock"
     assert "virtio-serial-pci" in serial.qemu_argv("pc")
     assert serial.client().describe == "the guest agent (virtio-serial)"
 
@@ -807,14 +816,15 @@ def test_channels_per_backend(tmp_path: Path) -> None:
         52,
     )
     assert fc.qemu_argv() == []
+    assert fc.exec_socket_path == tmp_path / "run" / "vsock.sock"  # then CONNECT 53
     assert "Firecracker vsock port 52" in fc.client().describe
 
-    vhost = agent_channel(spec, Backend.QEMU, vsock_cid=7)
+    vhost = QemuVmm.agent_channel(spec.run_dir, vsock_cid=7)
     assert vhost.qemu_argv() == ["-device", "vhost-vsock-device,guest-cid=7"]
     assert vhost.qemu_argv("pc") == ["-device", "vhost-vsock-pci,guest-cid=7"]
     assert "cid 7" in vhost.client().describe
     with pytest.raises(ValueError, match="reserved"):
-        agent_channel(spec, Backend.QEMU, vsock_cid=2)
+        QemuVmm.agent_channel(spec.run_dir, vsock_cid=2)
     for backend in Backend:
         assert agent_channel_at(spec.run_dir, backend) == agent_channel(spec, backend)
 

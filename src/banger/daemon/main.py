@@ -36,6 +36,7 @@ from banger.model.wire import EXIT_ALREADY_RUNNING
 from banger.net.privilege_mode import privileged_ops
 from banger.services.artifact_rows import find_orphans, reconcile_kernel_rows
 from banger.services.context import DaemonContext
+from banger.services.daemon_info import start_kvm_probe
 from banger.services.reconcile import reconcile
 from banger.services.vm_monitor import VmMonitor
 from banger.services.vms import VmService
@@ -167,6 +168,7 @@ async def _serve(
                 extra={"fields": {"path": str(orphan.path), "remove_with": orphan.remedy}},
             )
         await service.publish_dns()
+        await start_kvm_probe(ctx)
         monitor = VmMonitor(service)
         monitor.start()
         watcher = asyncio.create_task(_watch(server, ctx, ready_fd, watch))

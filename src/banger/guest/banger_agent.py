@@ -26,28 +26,46 @@ echoes the client's ``X-Banger-Request`` id, so a host can tell a stale reply on
 stream from its own. Requests are bounded (head ``MAX_HEAD_BYTES``, body
 ``MAX_BODY_BYTES``, discarded), replies too (``MAX_LISTENERS`` entries, truncated names).
 
-Owns: the wire protocol on the guest side and reading ``/proc/uptime``,
-``/proc/net/{tcp,tcp6,udp,udp6}`` and ``/proc/<pid>/{fd,comm,cmdline}``.
-Must not: read or write any path a request names, execute anything, or need a network.
+Exec (docs/explanation/guest-exec.md): a second channel — vsock port 53 and the
+virtio-serial port ``org.banger.exec`` — carries framed, multiplexed command sessions
+(``ExecHost``): the host opens a channel per command (argv, cwd, env, timeout), the agent
+runs it in its own session and streams stdout and stderr under per-channel credits, takes
+stdin under its own window, forwards signals to the process group, and reports the exit.
+A host's HELLO ends the commands of the host before it (the serial stream cannot tell).
+
+Owns: the wire protocols on the guest side, reading ``/proc/uptime``,
+``/proc/net/{tcp,tcp6,udp,udp6}`` and ``/proc/<pid>/{fd,comm,cmdline}``, and running the
+commands the exec channel's host asks for.
+Must not: read or write any path an HTTP request names, run anything but what the exec
+channel's host asks for, or need a network.
 """
 
 # os.* rather than pathlib on /proc: this runs under TCG emulation, every call counts.
-# ruff: noqa: PTH110, PTH115, PTH123, PTH208
+# ruff: noqa: PTH110, PTH112, PTH115, PTH123, PTH208
 
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import errno
 import math
 import os
 import re
 import select
+import signal
 import socket
+import struct
 import sys
 import threading
 import time
 from typing import TYPE_CHECKING
+
+try:
+    import subprocess
+except ImportError:  # a Python without it still answers /healthz and /ports
+    subprocess = None  # type: ignore[assignment]
+NO_SUBPROCESS = subprocess is None
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -631,16 +649,16 @@ class StreamSource:
         self.eof = eof  # "wait" (virtio-serial), "reopen" (a socket), "exit" (an fd)
 
 
-def device_source(path: str | None) -> StreamSource:
+def device_source(path: str | None, name: str = PORT_NAME) -> StreamSource:
     def opener() -> int:
-        target = path or find_port()
+        target = path or find_port(name)
         if target is None:
-            raise OSError(errno.ENOENT, "no virtio-serial port named " + PORT_NAME)
+            raise OSError(errno.ENOENT, "no virtio-serial port named " + name)
         fd = os.open(target, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC)
         _make_raw(fd)
         return fd
 
-    return StreamSource(path or ("virtio-serial port " + PORT_NAME), opener, eof="wait")
+    return StreamSource(path or ("virtio-serial port " + name), opener, eof="wait")
 
 
 def connect_unix_source(path: str) -> StreamSource:
@@ -739,7 +757,11 @@ def unix_listener(path: str) -> socket.socket:
     return sock
 
 
-def run_listener(describe: str, make: Callable[[], socket.socket]) -> None:
+def run_listener(
+    describe: str,
+    make: Callable[[], socket.socket],
+    serve: Callable[[socket.socket, threading.BoundedSemaphore], None] = serve_connection,
+) -> None:
     backoff = RETRY_S
     quiet = False
     while True:
@@ -765,8 +787,626 @@ def run_listener(describe: str, make: Callable[[], socket.socket]) -> None:
                 if not slots.acquire(blocking=False):
                     conn.close()  # too many at once: the host retries
                     continue
-                threading.Thread(target=serve_connection, args=(conn, slots), daemon=True).start()
+                threading.Thread(target=serve, args=(conn, slots), daemon=True).start()
         time.sleep(RETRY_S)
+
+
+# -- exec: commands over a framed, multiplexed channel (docs/explanation/guest-exec.md) --
+#
+# A copy of banger.guest.exec_frames (this file must stay one stdlib-only file); a unit
+# test checks both encode and decode the same bytes.
+
+EXEC_VSOCK_PORT = 53
+EXEC_PORT_NAME = "org.banger.exec"
+X_HEADER = struct.Struct(">BII")
+X_MAX_PAYLOAD = 64 * 1024
+X_MAGIC = b"BANGER-EXEC/1"
+X_NONCE_BYTES = 16
+X_WINDOW = 256 * 1024
+X_MAX_CHANNELS = 64
+X_MAX_ARGS = 4096
+X_MAX_ENV = 1024
+X_SIGNALS = frozenset({1, 2, 3, 9, 15})
+#: Output still read from a command's pipes after it exited (a background child may hold them).
+X_DRAIN_AFTER_EXIT = 1024 * 1024
+#: Frames waiting for the host beyond which the agent stops reading the host's frames.
+X_OUT_LIMIT = 4 * 1024 * 1024
+X_READ = 64 * 1024
+X_DEFAULT_ENV = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "HOME": "/root",
+    "USER": "root",
+    "LOGNAME": "root",
+    "SHELL": "/bin/sh",
+    "LANG": "C.UTF-8",
+}
+
+K_PAD, K_HELLO, K_OPEN, K_STDIN, K_STDIN_EOF, K_SIGNAL, K_CREDIT = 0, 1, 2, 3, 4, 5, 6
+K_HELLO_ACK, K_STARTED, K_FAILED, K_STDOUT, K_STDERR, K_STDIN_CREDIT, K_EXIT = (
+    0x81, 0x82, 0x83, 0x84, 0x85, 0x86, 0x87,
+)  # fmt: skip
+X_KINDS = frozenset(range(K_HELLO, K_CREDIT + 1)) | frozenset(range(K_HELLO_ACK, K_EXIT + 1))
+F_BAD_REQUEST, F_NOT_FOUND, F_PERMISSION, F_NO_CWD, F_TOO_MANY, F_IN_USE, F_OTHER = range(1, 8)
+X_HELLO_PREFIX = X_HEADER.pack(K_HELLO, 0, len(X_MAGIC) + X_NONCE_BYTES) + X_MAGIC
+_X_OPEN_HEAD = struct.Struct(">IHH")
+
+
+class FrameError(ValueError):
+    pass
+
+
+def encode_frame(kind: int, channel: int, payload: bytes = b"") -> bytes:
+    if len(payload) > X_MAX_PAYLOAD:
+        raise ValueError("payload too large")
+    return X_HEADER.pack(kind, channel, len(payload)) + payload
+
+
+def take_frames(buf: bytearray) -> list[tuple[int, int, bytes]]:
+    """Remove every complete frame from the front of ``buf`` (zero bytes between frames
+    are padding); FrameError on an unknown kind or an oversized length."""
+    frames = []
+    pos = 0
+    while True:
+        while pos < len(buf) and buf[pos] == 0:
+            pos += 1
+        if len(buf) - pos < X_HEADER.size:
+            break
+        kind, channel, length = X_HEADER.unpack_from(buf, pos)
+        if kind not in X_KINDS:
+            del buf[:pos]
+            raise FrameError(f"unknown frame kind {kind}")
+        if length > X_MAX_PAYLOAD:
+            del buf[:pos]
+            raise FrameError(f"frame of {length} bytes")
+        end = pos + X_HEADER.size + length
+        if len(buf) < end:
+            break
+        frames.append((kind, channel, bytes(buf[pos + X_HEADER.size : end])))
+        pos = end
+    del buf[:pos]
+    return frames
+
+
+def decode_open(payload: bytes) -> tuple[list[bytes], bytes, list[bytes], int]:
+    """(argv, cwd, env entries, timeout_ms) of an OPEN; ValueError when malformed."""
+    if len(payload) < _X_OPEN_HEAD.size:
+        raise ValueError("OPEN too short")
+    timeout_ms, argc, envc = _X_OPEN_HEAD.unpack_from(payload)
+    fields = payload[_X_OPEN_HEAD.size :].split(b"\0")
+    if argc < 1 or argc > X_MAX_ARGS or envc > X_MAX_ENV or len(fields) != 1 + argc + envc:
+        raise ValueError("OPEN field counts do not match")
+    env = fields[1 + argc :]
+    if any(b"=" not in e or e.startswith(b"=") for e in env):
+        raise ValueError("an environment entry is not NAME=VALUE")
+    if not fields[1]:
+        raise ValueError("empty program name")
+    return fields[1 : 1 + argc], fields[0], env, timeout_ms
+
+
+def encode_exit(returncode: int, timed_out: bool) -> bytes:
+    if returncode < 0:
+        return bytes([1, -returncode & 0xFF, int(timed_out)])
+    return bytes([0, returncode & 0xFF, int(timed_out)])
+
+
+class Waker:
+    """A pipe the reaper threads write to; safe against a write after close."""
+
+    def __init__(self) -> None:
+        self.r, self.w = os.pipe()
+        os.set_blocking(self.r, False)
+        os.set_blocking(self.w, False)
+        self.lock = threading.Lock()
+        self.closed = False
+
+    def wake(self) -> None:
+        with self.lock:
+            if not self.closed:
+                with contextlib.suppress(OSError):
+                    os.write(self.w, b"!")
+
+    def drain(self) -> None:
+        with contextlib.suppress(OSError):
+            while os.read(self.r, 4096):
+                pass
+
+    def close(self) -> None:
+        with self.lock:
+            self.closed = True
+            os.close(self.w)
+            os.close(self.r)
+
+
+class SpawnError(Exception):
+    def __init__(self, reason: int, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+class Spawned:
+    __slots__ = ("popen", "timeout_ms")
+
+    def __init__(self, popen: subprocess.Popen[bytes], timeout_ms: int) -> None:
+        self.popen = popen
+        self.timeout_ms = timeout_ms
+
+
+def spawn(argv: list[bytes], cwd: bytes, env_entries: list[bytes], timeout_ms: int) -> Spawned:
+    """Start a command in its own session (so a signal reaches its whole process group),
+    with the default environment plus ``env_entries``, in ``cwd`` (default: ``$HOME``)."""
+    env = {k.encode(): v.encode() for k, v in X_DEFAULT_ENV.items()}
+    for entry in env_entries:
+        key, _, value = entry.partition(b"=")
+        env[key] = value
+    home = env.get(b"HOME", b"/")
+    workdir = cwd or (home if os.path.isdir(home) else b"/")
+    try:
+        popen = subprocess.Popen(
+            argv,
+            cwd=workdir,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            bufsize=0,
+        )
+    except FileNotFoundError as exc:
+        if exc.filename is not None and os.fsencode(exc.filename) == workdir:
+            raise SpawnError(F_NO_CWD, "no such directory: " + os.fsdecode(workdir)) from exc
+        raise SpawnError(F_NOT_FOUND, "command not found: " + os.fsdecode(argv[0])) from exc
+    except NotADirectoryError as exc:
+        raise SpawnError(F_NO_CWD, "not a directory: " + os.fsdecode(workdir)) from exc
+    except PermissionError as exc:
+        raise SpawnError(F_PERMISSION, "permission denied: " + str(exc.filename)) from exc
+    except (OSError, ValueError, subprocess.SubprocessError) as exc:
+        raise SpawnError(F_OTHER, type(exc).__name__ + ": " + str(exc)) from exc
+    return Spawned(popen, timeout_ms)
+
+
+class Command:
+    """One channel: a process in its own session, its three pipes, its windows."""
+
+    def __init__(self, channel: int, proc: subprocess.Popen[bytes], deadline: float | None) -> None:
+        self.channel = channel
+        self.proc = proc
+        self.pid = proc.pid
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+        self.pipes = {proc.stdout.fileno(): K_STDOUT, proc.stderr.fileno(): K_STDERR}
+        self.files = {proc.stdout.fileno(): proc.stdout, proc.stderr.fileno(): proc.stderr}
+        self.stdin = proc.stdin
+        self.stdin_fd: int | None = proc.stdin.fileno()
+        for fd in (*self.pipes, self.stdin_fd):
+            os.set_blocking(fd, False)
+        self.credit = X_WINDOW
+        self.stdin_buf = bytearray()
+        self.stdin_allowed = X_WINDOW  # what the host may still send
+        self.stdin_written = 0  # written to the process, not yet granted back
+        self.stdin_eof = False
+        self.deadline = deadline
+        self.timed_out = False
+        self.returncode: int | None = None
+        self.drain_left = X_DRAIN_AFTER_EXIT
+
+    def killpg(self, sig: int) -> None:
+        with contextlib.suppress(OSError):
+            os.killpg(self.pid, sig)
+
+
+def _reap(proc: subprocess.Popen[bytes], waker: Waker) -> None:
+    proc.wait()
+    waker.wake()
+
+
+class ExecHost:
+    """The exec protocol on one host stream: the serial port, or one socket connection.
+
+    One thread, one epoll. The host fd is edge-triggered (a virtio-serial port with no
+    host reports POLLHUP forever: a level-triggered loop would spin); the command pipes
+    are level-triggered and only registered while they may be used (output while the
+    channel has credit, stdin while bytes wait). Exits come from one reaper thread per
+    process through a ``Waker`` pipe.
+    """
+
+    def __init__(self, fd: int, *, serial: bool) -> None:
+        self.fd = fd
+        self.serial = serial
+        self.epoll = select.epoll()
+        self.waker = Waker()
+        self.epoll.register(fd, select.EPOLLIN | select.EPOLLOUT | select.EPOLLET)
+        self.epoll.register(self.waker.r, select.EPOLLIN)
+        self.commands: dict[int, Command] = {}
+        self.owner: dict[int, Command] = {}  # pipe fd -> its command
+        self.registered: dict[int, int] = {}  # pipe fd -> epoll mask
+        self.inbuf = bytearray()
+        self.hunting = True  # until a HELLO: skip everything
+        self.out: collections.deque[bytes] = collections.deque()
+        self.out_bytes = 0
+        self.can_read = True
+        self.can_write = True
+        self.ended = False
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def serve(self) -> None:
+        try:
+            while not self.ended:
+                if self.can_read and self.out_bytes < X_OUT_LIMIT:
+                    self._read_host()
+                self._flush()
+                if not self.running():
+                    break
+                for fd, events in self.epoll.poll(self._timeout()):
+                    if fd == self.fd:
+                        self.can_read = self.can_read or bool(events & ~select.EPOLLOUT)
+                        self.can_write = self.can_write or bool(events & select.EPOLLOUT)
+                    elif fd == self.waker.r:
+                        self.waker.drain()
+                        self._reaped()
+                    elif fd in self.owner:
+                        self._pipe_ready(self.owner[fd], fd)
+                self._deadlines()
+        finally:
+            self._end_all()
+            self.epoll.close()
+            self.waker.close()
+
+    def running(self) -> bool:
+        return not self.ended
+
+    def _timeout(self) -> float:
+        if self.can_read and self.out_bytes < X_OUT_LIMIT:
+            return 0
+        deadlines = [c.deadline for c in self.commands.values() if c.deadline and not c.timed_out]
+        if not deadlines:
+            return WAIT_S
+        return max(0.0, min(deadlines) - time.monotonic())
+
+    def _read_host(self) -> None:
+        try:
+            data = os.read(self.fd, X_READ)
+        except BlockingIOError:
+            self.can_read = False
+            return
+        except OSError:
+            self.ended = True
+            return
+        if not data:
+            self.can_read = False
+            if not self.serial:
+                self.ended = True  # a socket: the host is gone, and its commands with it
+            # The serial port: no host right now. Its commands live on until the next
+            # host's HELLO ends them (the guest cannot tell a host leaving for good).
+            return
+        self.inbuf += data
+        while not self.ended:
+            if self.hunting:
+                self._hunt()
+                if self.hunting:
+                    return
+            try:
+                frames = take_frames(self.inbuf)
+            except FrameError as exc:
+                self._protocol_error(str(exc))
+                continue
+            for kind, channel, payload in frames:
+                try:
+                    self._frame(kind, channel, payload)
+                except FrameError as exc:
+                    self._protocol_error(str(exc))
+                    break
+            else:
+                return
+
+    def _hunt(self) -> None:
+        if not self.serial:  # a connection of its own: padding, then HELLO, or goodbye
+            pads = len(self.inbuf) - len(self.inbuf.lstrip(b"\0"))
+            del self.inbuf[:pads]
+            seen = min(len(self.inbuf), len(X_HELLO_PREFIX))
+            if self.inbuf[:seen] != X_HELLO_PREFIX[:seen]:
+                log("exec: a connection that does not start with HELLO")
+                del self.inbuf[:]
+                self.ended = True
+            elif seen == len(X_HELLO_PREFIX):
+                self.hunting = False
+            return
+        start = self.inbuf.rfind(X_HELLO_PREFIX)
+        if start < 0:
+            del self.inbuf[: max(0, len(self.inbuf) - len(X_HELLO_PREFIX) + 1)]
+            return
+        del self.inbuf[:start]
+        self.hunting = False
+
+    def _protocol_error(self, why: str) -> None:
+        log("exec: malformed frames from the host (" + why + ")")
+        self._end_all()
+        if self.serial:
+            del self.inbuf[:1]  # then look for the next host's HELLO in what follows
+            self.hunting = True
+        else:
+            del self.inbuf[:]
+            self.ended = True
+
+    def send(self, kind: int, channel: int, payload: bytes = b"") -> None:
+        frame = encode_frame(kind, channel, payload)
+        self.out.append(frame)
+        self.out_bytes += len(frame)
+
+    def _flush(self) -> None:
+        while self.out and self.can_write:
+            head = self.out[0]
+            try:
+                n = os.write(self.fd, head)
+            except BlockingIOError:
+                self.can_write = False
+                return
+            except OSError:
+                if not self.serial:
+                    self.ended = True
+                self.can_write = False
+                return
+            self.out_bytes -= n
+            if n == len(head):
+                self.out.popleft()
+            else:
+                self.out[0] = head[n:]
+
+    # -- host frames ----------------------------------------------------------------------
+
+    def _frame(self, kind: int, channel: int, payload: bytes) -> None:
+        if kind == K_HELLO:
+            self._hello(channel, payload)
+        elif kind == K_OPEN:
+            self._open(channel, payload)
+        elif kind == K_SIGNAL:
+            if len(payload) != 1 or payload[0] not in X_SIGNALS:
+                raise FrameError("bad SIGNAL")
+            if channel in self.commands:
+                self.commands[channel].killpg(payload[0])
+        elif kind == K_CREDIT:
+            if len(payload) != 4:
+                raise FrameError("bad CREDIT")
+            if channel in self.commands:
+                self._credit(self.commands[channel], int.from_bytes(payload, "big"))
+        elif kind in (K_STDIN, K_STDIN_EOF):
+            if channel in self.commands:  # else it ended already: leftover stdin is dropped
+                self._stdin(self.commands[channel], kind, payload)
+        else:
+            raise FrameError("a guest's frame kind from the host")
+
+    def _hello(self, channel: int, payload: bytes) -> None:
+        if channel != 0 or len(payload) != len(X_MAGIC) + X_NONCE_BYTES:
+            raise FrameError("bad HELLO")
+        if payload[: len(X_MAGIC)] != X_MAGIC:
+            raise FrameError("bad HELLO")
+        self._end_all()  # a new host: the previous one's commands end
+        self.out.clear()
+        self.out_bytes = 0
+        self.send(K_HELLO_ACK, 0, payload + AGENT_VERSION.encode()[:1])
+
+    def _stdin(self, command: Command, kind: int, payload: bytes) -> None:
+        if kind == K_STDIN_EOF:
+            command.stdin_eof = True
+        elif len(payload) > command.stdin_allowed:
+            raise FrameError("stdin beyond the window")
+        else:
+            command.stdin_allowed -= len(payload)
+            if command.stdin_fd is None:
+                command.stdin_written += len(payload)  # nobody reads it: grant it back
+                self._grant_stdin(command)
+                return
+            command.stdin_buf += payload
+        if command.stdin_fd is not None:
+            self._watch(command, command.stdin_fd, select.EPOLLOUT)
+
+    def _credit(self, command: Command, size: int) -> None:
+        command.credit = min(command.credit + size, 2**31)
+        for fd in command.pipes:
+            self._watch(command, fd, select.EPOLLIN)
+        if command.returncode is not None:
+            self._drain(command)
+
+    def _open(self, channel: int, payload: bytes) -> None:
+        if channel in self.commands:
+            self._failed(channel, F_IN_USE, "channel in use")
+        elif len(self.commands) >= X_MAX_CHANNELS:
+            self._failed(channel, F_TOO_MANY, f"more than {X_MAX_CHANNELS} commands at once")
+        elif NO_SUBPROCESS:
+            self._failed(channel, F_OTHER, "this Python has no subprocess module")
+        else:
+            try:
+                proc = spawn(*decode_open(payload))
+            except SpawnError as exc:
+                self._failed(channel, exc.reason, exc.message)
+                return
+            except ValueError as exc:
+                self._failed(channel, F_BAD_REQUEST, str(exc))
+                return
+            deadline = time.monotonic() + proc.timeout_ms / 1000 if proc.timeout_ms else None
+            command = Command(channel, proc.popen, deadline)
+            self.commands[channel] = command
+            for fd in command.pipes:
+                self.owner[fd] = command
+                self._watch(command, fd, select.EPOLLIN)
+            assert command.stdin_fd is not None
+            self.owner[command.stdin_fd] = command
+            self.send(K_STARTED, channel, proc.popen.pid.to_bytes(4, "big"))
+            threading.Thread(target=_reap, args=(proc.popen, self.waker), daemon=True).start()
+
+    def _failed(self, channel: int, reason: int, message: str) -> None:
+        self.send(K_FAILED, channel, bytes([reason]) + message.encode("utf-8", "replace")[:1024])
+
+    # -- commands -------------------------------------------------------------------------
+
+    def _watch(self, command: Command, fd: int, mask: int) -> None:
+        if fd not in self.owner or self.registered.get(fd) == mask:
+            return
+        if fd in self.registered:
+            self.epoll.modify(fd, mask)
+        else:
+            self.epoll.register(fd, mask)
+        self.registered[fd] = mask
+
+    def _unwatch(self, fd: int) -> None:
+        if self.registered.pop(fd, None) is not None:
+            self.epoll.unregister(fd)
+
+    def _pipe_ready(self, command: Command, fd: int) -> None:
+        if fd == command.stdin_fd:
+            self._write_stdin(command)
+        else:
+            self._read_output(command, fd)
+            self._maybe_done(command)
+
+    def _read_output(self, command: Command, fd: int) -> bool:
+        """One read; False when nothing more is to be had now (empty, closed, no credit)."""
+        if command.credit <= 0:
+            self._unwatch(fd)
+            return False
+        want = min(command.credit, X_MAX_PAYLOAD)
+        if command.returncode is not None:
+            want = min(want, command.drain_left)
+        try:
+            data = os.read(fd, want) if want > 0 else b""
+        except BlockingIOError:
+            if command.returncode is not None:
+                # exited and empty: later output would be a leftover background child's
+                self._close_pipe(command, fd)
+            return False
+        except OSError:
+            data = b""
+        if not data:
+            self._close_pipe(command, fd)
+            return False
+        command.credit -= len(data)
+        if command.returncode is not None:
+            command.drain_left -= len(data)
+        self.send(command.pipes[fd], command.channel, data)
+        return True
+
+    def _close_pipe(self, command: Command, fd: int) -> None:
+        self._unwatch(fd)
+        self.owner.pop(fd, None)
+        command.pipes.pop(fd, None)
+        command.files.pop(fd).close()
+
+    def _write_stdin(self, command: Command) -> None:
+        fd = command.stdin_fd
+        assert fd is not None
+        try:
+            while command.stdin_buf:
+                n = os.write(fd, command.stdin_buf[:X_READ])
+                del command.stdin_buf[:n]
+                command.stdin_written += n
+        except BlockingIOError:
+            pass
+        except OSError:  # the process closed its stdin: what is left is dropped
+            command.stdin_written += len(command.stdin_buf)
+            del command.stdin_buf[:]
+            self._close_stdin(command)
+        self._grant_stdin(command)
+        if command.stdin_fd is not None and not command.stdin_buf:
+            if command.stdin_eof:
+                self._close_stdin(command)
+            else:
+                self._unwatch(fd)
+
+    def _grant_stdin(self, command: Command) -> None:
+        if command.stdin_written and (
+            command.stdin_written >= X_WINDOW // 4 or not command.stdin_buf
+        ):
+            self.send(K_STDIN_CREDIT, command.channel, command.stdin_written.to_bytes(4, "big"))
+            command.stdin_allowed += command.stdin_written
+            command.stdin_written = 0
+
+    def _close_stdin(self, command: Command) -> None:
+        if command.stdin_fd is None:
+            return
+        self._unwatch(command.stdin_fd)
+        self.owner.pop(command.stdin_fd, None)
+        command.stdin_fd = None
+        with contextlib.suppress(OSError):
+            command.stdin.close()
+
+    def _reaped(self) -> None:
+        for command in list(self.commands.values()):
+            if command.returncode is None and command.proc.returncode is not None:
+                command.returncode = command.proc.returncode
+                self._drain(command)
+
+    def _drain(self, command: Command) -> None:
+        for fd in list(command.pipes):
+            while self._read_output(command, fd):
+                pass
+        self._maybe_done(command)
+
+    def _maybe_done(self, command: Command) -> None:
+        if command.returncode is None or command.pipes:
+            return
+        self._close_stdin(command)
+        self.send(K_EXIT, command.channel, encode_exit(command.returncode, command.timed_out))
+        del self.commands[command.channel]
+
+    def _deadlines(self) -> None:
+        now = time.monotonic()
+        for command in self.commands.values():
+            if command.deadline is not None and not command.timed_out and now >= command.deadline:
+                command.timed_out = True
+                command.killpg(signal.SIGKILL)
+
+    def _end_all(self) -> None:
+        """The host is gone (or a new one said HELLO): its commands end with it."""
+        for command in list(self.commands.values()):
+            command.killpg(signal.SIGKILL)
+            for fd in list(command.pipes):
+                self._close_pipe(command, fd)
+            self._close_stdin(command)
+        self.commands.clear()
+
+
+def serve_exec_fd(fd: int, *, serial: bool) -> None:
+    os.set_blocking(fd, False)
+    ExecHost(fd, serial=serial).serve()
+
+
+def exec_stream(source: StreamSource) -> None:
+    """The exec protocol on a serial-like source (the virtio-serial port, a test fd)."""
+    backoff = RETRY_S
+    quiet = False
+    while True:
+        try:
+            fd = source.opener()
+        except OSError as exc:
+            if source.eof == "exit":
+                return
+            if not quiet:
+                log(f"{source.describe} unavailable ({exc}); retrying")
+                quiet = True
+            time.sleep(backoff)
+            backoff = min(backoff * 2, RETRY_MAX_S)
+            continue
+        log("exec: serving " + source.describe)
+        try:
+            # A test's stream fd stands for the serial port: hosts share it in turn.
+            serve_exec_fd(fd, serial=source.eof != "reopen")
+        except OSError as exc:
+            log(f"exec: {source.describe}: {exc}")
+        finally:
+            os.close(fd)
+        if source.eof == "exit":
+            return
+        time.sleep(RETRY_S)
+
+
+def serve_exec_connection(conn: socket.socket, slots: threading.BoundedSemaphore) -> None:
+    try:
+        serve_exec_fd(conn.fileno(), serial=False)
+    except OSError:
+        pass
+    finally:
+        conn.close()
+        slots.release()
 
 
 # -- main -----------------------------------------------------------------------------------
@@ -779,18 +1419,53 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--listen-unix", default=None, help="(tests) serve a unix socket")
     parser.add_argument("--connect-unix", default=None, help="(tests) a serial-like stream")
     parser.add_argument("--stream-fd", type=int, default=None, help="(tests) an inherited fd")
+    parser.add_argument("--exec-vsock-port", type=int, default=None, help="0 turns it off")
+    parser.add_argument("--exec-serial", default=None, help="'auto', 'off' or a device")
+    parser.add_argument("--exec-listen-unix", default=None, help="(tests) exec on a socket")
+    parser.add_argument("--exec-stream-fd", type=int, default=None, help="(tests) exec on an fd")
     parser.add_argument("--version", action="version", version=AGENT_VERSION)
     return parser.parse_args(argv)
+
+
+def exec_jobs(
+    args: argparse.Namespace, *, testing: bool
+) -> list[tuple[Callable[..., None], tuple[object, ...]]]:
+    """The exec channel's transports: vsock port 53, the ``org.banger.exec`` port, tests'."""
+    jobs: list[tuple[Callable[..., None], tuple[object, ...]]] = []
+    port = args.exec_vsock_port
+    port = port if port is not None else (0 if testing else EXEC_VSOCK_PORT)
+    serial = args.exec_serial if args.exec_serial is not None else ("off" if testing else "auto")
+    if port and os.path.exists("/dev/vsock"):
+        jobs.append(
+            (
+                run_listener,
+                (f"vsock port {port}", lambda: vsock_listener(port), serve_exec_connection),
+            )
+        )
+    if serial != "off":
+        device = None if serial == "auto" else serial
+        jobs.append((exec_stream, (device_source(device, EXEC_PORT_NAME),)))
+    if args.exec_listen_unix is not None:
+        path = args.exec_listen_unix
+        jobs.append(
+            (run_listener, ("unix:" + path, lambda: unix_listener(path), serve_exec_connection))
+        )
+    if args.exec_stream_fd is not None:
+        jobs.append((exec_stream, (fd_source(args.exec_stream_fd),)))
+    return jobs
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # A test transport means "only what I asked for": never grab the host's vsock port.
-    testing = any(v is not None for v in (args.listen_unix, args.connect_unix, args.stream_fd))
+    test_args = [args.listen_unix, args.connect_unix, args.stream_fd]
+    test_args += [args.exec_listen_unix, args.exec_stream_fd]
+    testing = any(v is not None for v in test_args)
     testing = testing or args.serial not in (None, "auto", "off")
+    testing = testing or args.exec_serial not in (None, "auto", "off")
+    jobs: list[tuple[Callable[..., None], tuple[object, ...]]] = []
     vsock_port = args.vsock_port if args.vsock_port is not None else (0 if testing else VSOCK_PORT)
     serial = args.serial if args.serial is not None else ("off" if testing else "auto")
-    jobs: list[tuple[Callable[..., None], tuple[object, ...]]] = []
     if vsock_port and os.path.exists("/dev/vsock"):
         port = vsock_port
         jobs.append((run_listener, (f"vsock port {port}", lambda: vsock_listener(port))))
@@ -803,6 +1478,7 @@ def main(argv: list[str] | None = None) -> int:
         jobs.append((run_stream, (connect_unix_source(args.connect_unix),)))
     if args.stream_fd is not None:
         jobs.append((run_stream, (fd_source(args.stream_fd),)))
+    jobs += exec_jobs(args, testing=testing)
     if not jobs:
         log("nothing to serve: no /dev/vsock and the serial port is off")
         return 1

@@ -18,6 +18,7 @@ from banger.host.buildinfo import BuildInfo
 from banger.host.paths import Layout
 from banger.host.runner import Runner
 from banger.state.db import AsyncDatabase
+from banger.vmm.kvm_probe import KvmProbe
 
 
 @dataclass
@@ -36,6 +37,11 @@ class DaemonContext:
     vms: Any = None
     #: The DNS server for ``<vm>.vm`` names (``banger.dns.server.DnsServer``).
     dns: Any = None
+    #: Whether /dev/kvm runs guests: measured once, kept in the state dir.
+    kvm_probe: KvmProbe = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.kvm_probe = KvmProbe.for_config(self.config, self.runner, self.layout.state_dir)
 
     @property
     def vm_defaults(self) -> VmDefaults:

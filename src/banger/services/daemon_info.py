@@ -18,7 +18,8 @@ from banger.services.context import DaemonContext
 from banger.services.doctor import CHECKS, DoctorInputs
 from banger.state import repo
 from banger.state.db import Database
-from banger.vmm import select
+from banger.vmm import kvm_probe, table
+from banger.vmm.kvm_probe import Verdict
 
 
 def ping(ctx: DaemonContext) -> dict[str, Any]:
@@ -77,17 +78,27 @@ async def _default_image(ctx: DaemonContext) -> str:
     return "catalog" if found is not None else "missing"
 
 
-async def _kvm_probe(ctx: DaemonContext) -> bool | None:
-    """The (cached) KVM probe, booting any stored kernel; None when there is none yet."""
-    kernels = await ctx.db.run(repo.list_kernels)
-    for kernel in kernels:
-        for name in ("vmlinuz", "vmlinux"):
-            path = Path(kernel.dir_path) / name
-            if path.exists():
-                qemu = select.find_binary(ctx.config.qemu_bin, "qemu-system-x86_64")
-                cache = ctx.layout.runtime_dir / "kvm-probe.json"
-                return await select.kvm_runs_guests(qemu, path, cache)
+async def stored_probe_kernel(ctx: DaemonContext) -> Path | None:
+    """A stored kernel the KVM probe can boot; None before any was imported or pulled."""
+    for kernel in await ctx.db.run(repo.list_kernels):
+        path = table.boot_kernel(kvm_probe.PROBER, Path(kernel.dir_path))
+        if path.exists():
+            return path
     return None
+
+
+async def start_kvm_probe(ctx: DaemonContext) -> None:
+    """At daemon start: probe in the background unless the kept verdict still holds, so
+    that no ``vm create`` waits for it (issue 12's first-run tax)."""
+    if ctx.kvm_probe.known() is None:
+        kernel = await stored_probe_kernel(ctx)
+        if kernel is not None:
+            ctx.kvm_probe.start(kernel)
+
+
+async def _kvm_probe(ctx: DaemonContext) -> Verdict | None:
+    """The KVM verdict (waiting for the probe if one must run); None with no kernel yet."""
+    return await ctx.kvm_probe.verdict(await stored_probe_kernel(ctx))
 
 
 async def doctor_events(ctx: DaemonContext) -> AsyncIterator[dict[str, Any]]:
@@ -97,7 +108,7 @@ async def doctor_events(ctx: DaemonContext) -> AsyncIterator[dict[str, Any]]:
         ctx.config,
         ctx.vm_defaults,
         lambda: summary,
-        kvm_runs_guests=await _kvm_probe(ctx),
+        kvm_verdict=await _kvm_probe(ctx),
         default_image=await _default_image(ctx),
         runner=ctx.runner,
         orphans=tuple((str(o.path), o.size_bytes, o.remedy) for o in await find_orphans(ctx)),

@@ -26,6 +26,8 @@ from banger.model.addressing import prefix_len
 from banger.model.units import format_size
 from banger.model.wire import StageState
 from banger.net import privilege_mode
+from banger.vmm import table
+from banger.vmm.kvm_probe import Verdict as KvmVerdict
 
 KVM_GET_API_VERSION = 0xAE00
 KVM_API_VERSION = 12
@@ -60,8 +62,8 @@ class DoctorInputs:
     config: Config
     vm_defaults: VmDefaults
     db_summary: Callable[[], str]
-    #: Result of the KVM probe boot (None: not probed, e.g. no kernel to boot yet).
-    kvm_runs_guests: bool | None = None
+    #: The KVM probe's verdict (None: not probed, e.g. no kernel to boot yet).
+    kvm_verdict: KvmVerdict | None = None
     runner: Runner = field(default_factory=Runner)
     #: "local" | "catalog" | "missing": where the default image would come from.
     default_image: str = "missing"
@@ -109,24 +111,27 @@ def check_kvm(inputs: DoctorInputs) -> CheckResult:
         os.close(fd)
     if version != KVM_API_VERSION:
         return CheckResult(StageState.WARN, f"/dev/kvm reports API version {version}")
-    return _kvm_verdict(inputs.kvm_runs_guests)
+    return _kvm_verdict(inputs.kvm_verdict)
 
 
-def _kvm_verdict(runs_guests: bool | None) -> CheckResult:
-    if runs_guests is False:
+def _kvm_verdict(verdict: KvmVerdict | None) -> CheckResult:
+    measured = f"; probed {verdict.measured_at}" if verdict and verdict.measured_at else ""
+    if verdict is not None and not verdict.runs_guests:
         return CheckResult(
             StageState.WARN,
             "/dev/kvm exists but could not run a guest (a probe boot under KVM printed "
-            "nothing): VMs run under QEMU software emulation (slow)",
+            f"nothing{measured}): VMs run under QEMU software emulation (slow)",
             hint="nested virtualisation without full KVM (e.g. PVM) cannot boot stock "
             "kernels; on bare metal, check the kvm_intel/kvm_amd modules",
         )
-    if runs_guests is None:
+    if verdict is None:
         return CheckResult(
             StageState.OK,
             "/dev/kvm opens (API 12); not probed yet: no kernel to boot (import or pull one)",
         )
-    return CheckResult(StageState.OK, "/dev/kvm runs guests (probe boot printed the kernel banner)")
+    return CheckResult(
+        StageState.OK, f"/dev/kvm runs guests (probe boot printed the kernel banner{measured})"
+    )
 
 
 def check_vhost_vsock(_: DoctorInputs) -> CheckResult:
@@ -251,15 +256,13 @@ def check_network(inputs: DoctorInputs) -> CheckResult:
 
 
 def check_vmm(inputs: DoctorInputs) -> CheckResult:
-    qemu = _find(inputs.config.qemu_bin, "qemu-system-x86_64")
-    firecracker = _find(inputs.config.firecracker_bin, "firecracker")
-    found = [
-        f"{name}: {path}" for name, path in (("qemu", qemu), ("firecracker", firecracker)) if path
-    ]
+    binaries = {b: table.binary_for(b, inputs.config) for b in table.VMM_CLASSES}
+    found = [f"{backend.value}: {path}" for backend, path in binaries.items() if path]
     if not found:
+        names = (table.vmm_class(b).binary_name for b in table.VMM_CLASSES)
         return CheckResult(
             StageState.FAIL,
-            "neither qemu-system-x86_64 nor firecracker found",
+            f"neither {' nor '.join(names)} found",
             hint="sudo apt-get install qemu-system-x86 (or set qemu_bin in config.toml)",
         )
     return CheckResult(StageState.OK, "; ".join(found))
@@ -352,12 +355,6 @@ CHECKS: tuple[tuple[str, Check], ...] = (
     ("disk space", check_disk_space),
     ("runtime dir", check_runtime_dir),
 )
-
-
-def _find(configured: str | None, default: str) -> str | None:
-    if configured:
-        return configured if os.access(configured, os.X_OK) else None
-    return shutil.which(default)
 
 
 def _mode(path: Path) -> int | None:

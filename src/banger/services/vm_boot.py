@@ -19,9 +19,8 @@ from banger.model.addressing import netmask, prefix_len
 from banger.model.cmdline import BootArgs, kernel_cmdline
 from banger.model.records import ImageRecord, KernelRecord, VmRecord
 from banger.services.vm_paths import VmPaths
+from banger.vmm import table
 from banger.vmm.base import Accel, Backend, DriveSpec, MachineSpec, NetSpec, VmmHandle
-
-CONTROL_SOCKET = {Backend.QEMU: "qmp.sock", Backend.FIRECRACKER: "fc.sock"}
 
 
 @dataclass(frozen=True)
@@ -36,11 +35,7 @@ def boot_files(image: ImageRecord, kernel: KernelRecord | None, backend: Backend
     if kernel is not None:
         kdir = Path(kernel.dir_path)
         initrd = kdir / "initrd.img" if kernel.has_initrd else None
-        bzimage = kdir / "vmlinuz"
-        # QEMU boots the bzImage directly (smaller, no PVH detour); Firecracker needs ELF.
-        if backend is Backend.QEMU and bzimage.exists():
-            return BootFiles(bzimage, initrd, image.init_path)
-        return BootFiles(kdir / "vmlinux", initrd, image.init_path)
+        return BootFiles(table.boot_kernel(backend, kdir), initrd, image.init_path)
     if not image.kernel_path:
         raise InvalidArgument(
             f"image {image.name!r} has no kernel", hint="register it with --kernel or --kernel-ref"
@@ -110,7 +105,7 @@ def handle_of(vm: VmRecord, paths: VmPaths) -> VmmHandle | None:
         return None
     backend = Backend(vm.vmm)
     identity = ProcessIdentity(vm.pid, vm.pid_start_ticks, vm.boot_id)
-    return VmmHandle(backend, identity, paths.run_dir / CONTROL_SOCKET[backend])
+    return VmmHandle(backend, identity, table.control_socket(backend, paths.run_dir))
 
 
 def ssh_argv(key: Path, known_hosts: Path, ip: str, *, connect_timeout_s: int = 2) -> list[str]:

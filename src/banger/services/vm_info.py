@@ -20,7 +20,7 @@ from banger.host import procinfo
 from banger.model.records import VmRecord
 from banger.services import console_logs, vm_boot
 from banger.services.vms import VmService
-from banger.vmm.channels import agent_channel_at
+from banger.vmm.table import agent_channel_at
 
 MAX_CHUNK = 1 << 20
 

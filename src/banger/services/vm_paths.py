@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from banger.host.paths import Layout
+from banger.vmm.base import console_log_path, vmm_log_path
 
 
 @dataclass(frozen=True)
@@ -36,8 +37,8 @@ class VmPaths:
 
     @property
     def console_log(self) -> Path:
-        return self.vm_dir / "console.log"
+        return console_log_path(self.vm_dir)
 
     @property
     def vmm_log(self) -> Path:
-        return self.vm_dir / "vmm.log"
+        return vmm_log_path(self.vm_dir)

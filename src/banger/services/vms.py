@@ -35,11 +35,8 @@ from banger.services.operations import Progress, run_streamed
 from banger.services.vm_network import VmNetwork
 from banger.services.vm_paths import VmPaths
 from banger.state import repo
-from banger.vmm import select, spawn
+from banger.vmm import kvm_probe, select, spawn, table
 from banger.vmm.base import Accel, Backend, Vmm, VmmHandle
-from banger.vmm.channels import agent_channel_at
-from banger.vmm.firecracker import FirecrackerVmm
-from banger.vmm.qemu import QemuVmm
 from banger.workspace import filesync
 
 log = logging.getLogger("banger.vms")
@@ -110,8 +107,10 @@ class VmService:
         await catalog.ensure_image(
             self.ctx, req.image or self.ctx.config.default_image_name, progress
         )
+        artifacts = await self._image(req.image)
+        kvm = await self._kvm_usable(artifacts, progress)
         with progress.stage("reserve"):
-            plan = await self._plan(await self._image(req.image), req.vmm, progress)
+            plan = await self._plan(artifacts, kvm, req.vmm, progress)
             await self.network.ensure()
             vm = await self._reserve(req, plan.image, plan.vmm.backend)
             progress.detail = f"{vm.name}: {vm.ip} on {vm.tap}"
@@ -139,23 +138,36 @@ class VmService:
             kernel = await self.ctx.db.run(repo.get_kernel, image.kernel_name)
         return image, kernel
 
+    async def _kvm_usable(
+        self, artifacts: tuple[ImageRecord, KernelRecord | None], progress: Progress
+    ) -> bool:
+        """The KVM probe's verdict (kept across restarts: ``banger.vmm.kvm_probe``); when
+        this operation must wait for a probe boot, a ``kvm-probe`` stage says so."""
+        probe = self.ctx.kvm_probe
+        known = probe.known()
+        if known is not None:
+            return known.runs_guests
+        image, kernel = artifacts
+        probe_kernel = vm_boot.boot_files(image, kernel, kvm_probe.PROBER).kernel
+        with progress.stage("kvm-probe"):
+            verdict = await probe.verdict(probe_kernel)
+            assert verdict is not None  # a kernel was given
+            progress.detail = (
+                f"/dev/kvm {'runs' if verdict.runs_guests else 'cannot run'} guests "
+                f"({verdict.detail}); kept until the host or QEMU changes"
+            )
+        return verdict.runs_guests
+
     async def _plan(
         self,
         artifacts: tuple[ImageRecord, KernelRecord | None],
+        kvm: bool,
         wanted: Backend | None,
         progress: Progress | None,
     ) -> BootPlan:
         image, kernel = artifacts
-        probe_kernel = vm_boot.boot_files(image, kernel, Backend.QEMU).kernel
-        qemu = select.find_binary(self.ctx.config.qemu_bin, "qemu-system-x86_64")
-        cache = self.ctx.layout.runtime_dir / "kvm-probe.json"
-        kvm = await select.kvm_runs_guests(qemu, probe_kernel, cache)
         choice = select.choose(self.ctx.config, kvm_usable=kvm, override=wanted)
-        vmm: Vmm
-        if choice.backend is Backend.FIRECRACKER:
-            vmm = FirecrackerVmm(self.ctx.runner, choice.binary)
-        else:
-            vmm = QemuVmm(self.ctx.runner, choice.binary)
+        vmm = table.make_vmm(choice.backend, self.ctx.runner, choice.binary)
         vmm.check_kernel(vm_boot.boot_files(image, kernel, choice.backend).kernel)
         if progress is not None and not self._said_backend:
             self._said_backend = True
@@ -228,7 +240,7 @@ class VmService:
                 argv = vm_boot.ssh_argv(
                     self.ctx.config.ssh_key_file(), paths.known_hosts, vm.ip or ""
                 )
-                agent = agent_channel_at(paths.run_dir, vmm.backend).client()
+                agent = table.agent_channel_at(paths.run_dir, vmm.backend).client()
                 guest = readiness.Guest(vm.ip or "", ident, paths.console_log)
                 ready = await readiness.wait_until_ready(
                     self.ctx.runner, argv, agent, guest, timeout_s=timeout_s
@@ -280,7 +292,9 @@ class VmService:
                 progress.note("start", _state_of(None), f"{name} is already running")
                 return record_dict(vm)
             wanted = Backend(vm.vmm) if vm.vmm else None
-            plan = await self._plan(await self._image_of(vm), wanted, progress)
+            artifacts = await self._image_of(vm)
+            kvm = await self._kvm_usable(artifacts, progress)
+            plan = await self._plan(artifacts, kvm, wanted, progress)
             await self.network.ensure()
             if vm.nat:
                 await self.network.ensure_nat()
@@ -400,12 +414,7 @@ class VmService:
         return handle is not None and procinfo.is_running(handle.process)
 
     def _vmm_for(self, backend: Backend) -> Vmm:
-        cfg = self.ctx.config
-        if backend is Backend.FIRECRACKER:
-            binary = select.find_binary(cfg.firecracker_bin, "firecracker")
-            return FirecrackerVmm(self.ctx.runner, binary or _missing("firecracker"))
-        binary = select.find_binary(cfg.qemu_bin, "qemu-system-x86_64")
-        return QemuVmm(self.ctx.runner, binary or _missing("qemu-system-x86_64"))
+        return table.installed_vmm(backend, self.ctx.config, self.ctx.runner)
 
     async def _update(self, name: str, **changes: object) -> VmRecord:
         record: VmRecord = await self.ctx.db.run(repo.update_vm, name, **changes)
@@ -464,7 +473,3 @@ async def _stop_outcome(handle: VmmHandle) -> str | None:
             sig = f"signal {-status}"
         return f"forcefully terminated: the VMM (pid {pid}) ended by {sig}, not by the guest"
     return f"the VMM (pid {pid}) exited with status {status} while stopping"
-
-
-def _missing(binary: str) -> Any:
-    raise InvalidState(f"{binary} is no longer installed", hint="`banger doctor` checks VMMs")

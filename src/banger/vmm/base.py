@@ -11,9 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import ClassVar, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from banger.host.procinfo import ProcessIdentity
+
+if TYPE_CHECKING:
+    from banger.vmm.channels import AgentChannel
 
 
 class Backend(StrEnum):
@@ -24,6 +27,16 @@ class Backend(StrEnum):
 class Accel(StrEnum):
     KVM = "kvm"
     TCG = "tcg"
+
+
+def console_log_path(vm_dir: Path) -> Path:
+    """The guest's serial console, whichever backend writes it."""
+    return vm_dir / "console.log"
+
+
+def vmm_log_path(vm_dir: Path) -> Path:
+    """The VMM's own log (QEMU's stderr, Firecracker's logger)."""
+    return vm_dir / "vmm.log"
 
 
 @dataclass(frozen=True)
@@ -64,11 +77,11 @@ class MachineSpec:
 
     @property
     def console_log(self) -> Path:
-        return self.vm_dir / "console.log"
+        return console_log_path(self.vm_dir)
 
     @property
     def vmm_log(self) -> Path:
-        return self.vm_dir / "vmm.log"
+        return vmm_log_path(self.vm_dir)
 
 
 @dataclass(frozen=True)
@@ -83,6 +96,18 @@ class VmmHandle:
 
 class Vmm(Protocol):
     backend: ClassVar[Backend]
+    #: The file name of the control socket in a VM's ``run_dir`` (QMP, Firecracker API).
+    control_socket_name: ClassVar[str]
+    #: Kernel files this backend boots, best first, as named in a kernel's directory.
+    kernel_files: ClassVar[tuple[str, ...]]
+    #: The ``config.toml`` key naming the binary, and the name looked up on PATH.
+    binary_setting: ClassVar[str]
+    binary_name: ClassVar[str]
+
+    @classmethod
+    def agent_channel(cls, run_dir: Path) -> AgentChannel:
+        """Where the guest agent of a VM whose sockets live in ``run_dir`` is reached."""
+        ...
 
     def check_kernel(self, kernel: Path) -> None:
         """Raise InvalidArgument when this backend cannot boot ``kernel`` (SPEC §6)."""

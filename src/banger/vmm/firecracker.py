@@ -41,7 +41,7 @@ from banger.host.runner import Runner
 from banger.kernels.vmlinux import KernelFormat, kernel_format
 from banger.vmm import spawn
 from banger.vmm.base import Backend, MachineSpec, VmmHandle
-from banger.vmm.channels import agent_channel
+from banger.vmm.channels import AgentChannel, firecracker_channel
 from banger.vmm.fc_api import FirecrackerApi, LogLevel
 
 log = logging.getLogger("banger.vmm.firecracker")
@@ -73,10 +73,18 @@ def build_argv(binary: Path, spec: MachineSpec) -> list[str]:
 
 class FirecrackerVmm:
     backend: ClassVar[Backend] = Backend.FIRECRACKER
+    control_socket_name: ClassVar[str] = API_SOCKET_NAME
+    kernel_files: ClassVar[tuple[str, ...]] = ("vmlinux",)
+    binary_setting: ClassVar[str] = "firecracker_bin"
+    binary_name: ClassVar[str] = "firecracker"
 
     def __init__(self, runner: Runner, binary: Path) -> None:
         self.runner = runner
         self.binary = binary
+
+    @classmethod
+    def agent_channel(cls, run_dir: Path) -> AgentChannel:
+        return firecracker_channel(run_dir)
 
     def check_kernel(self, kernel: Path) -> None:
         if kernel_format(kernel) is not KernelFormat.ELF:
@@ -90,7 +98,7 @@ class FirecrackerVmm:
         self.check_kernel(spec.kernel)
         api_socket = spec.run_dir / API_SOCKET_NAME
         api_socket.unlink(missing_ok=True)
-        vsock = agent_channel(spec, Backend.FIRECRACKER).socket_path
+        vsock = self.agent_channel(spec.run_dir).socket_path
         if vsock is not None:
             vsock.unlink(missing_ok=True)
         _start_empty(spec.vmm_log)
@@ -167,7 +175,7 @@ def _configure_and_start(api: FirecrackerApi, spec: MachineSpec) -> None:
     if spec.net is not None:
         api.put_network_interface(NET_IFACE_ID, spec.net.tap, spec.net.mac)
     # The guest agent's channel: Firecracker's vsock is a Unix socket on the host side.
-    channel = agent_channel(spec, Backend.FIRECRACKER)
+    channel = FirecrackerVmm.agent_channel(spec.run_dir)
     if channel.socket_path is not None and channel.guest_cid is not None:
         api.put_vsock(channel.guest_cid, channel.socket_path)
     api.instance_start()

@@ -20,7 +20,7 @@ from banger.host.runner import Runner
 from banger.kernels.vmlinux import KernelFormat, kernel_format
 from banger.vmm import spawn
 from banger.vmm.base import Accel, Backend, MachineSpec, VmmHandle
-from banger.vmm.channels import agent_channel, qemu_option_value
+from banger.vmm.channels import AgentChannel, qemu_option_value, serial_channel, vhost_vsock_channel
 from banger.vmm.qmp import QmpClient
 
 log = logging.getLogger("banger.vmm.qemu")
@@ -30,6 +30,11 @@ CTRL_ALT_DEL = {"keys": [{"type": "qcode", "data": key} for key in ("ctrl", "alt
 QUIT_GRACE_S = 5.0
 #: After a QMP command failed on a live QEMU: long enough for one that is exiting anyway.
 UNANSWERED_GRACE_S = 1.0
+QMP_SOCKET_NAME = "qmp.sock"
+#: The KVM probe's guest: the smallest machine that boots a stock kernel far enough to
+#: print its banner; no disk, so the kernel panics and (``-no-reboot``) QEMU exits.
+PROBE_MEMORY_MIB = 256
+PROBE_CMDLINE = "console=ttyS0 panic=-1"
 
 
 class Answer(Enum):
@@ -43,7 +48,7 @@ class Answer(Enum):
 
 
 def build_argv(binary: Path, spec: MachineSpec, *, machine: str = "microvm") -> list[str]:
-    qmp = spec.run_dir / "qmp.sock"
+    qmp = spec.run_dir / QMP_SOCKET_NAME
     if machine == "microvm":
         # acpi=on: devices and the power button are described in ACPI (no cmdline devices).
         argv = [str(binary), "-M", "microvm,acpi=on,rtc=on,isa-serial=on"]
@@ -101,7 +106,7 @@ def build_argv(binary: Path, spec: MachineSpec, *, machine: str = "microvm") -> 
         ]
     argv += ["-device", "virtio-rng-device" if machine == "microvm" else "virtio-rng-pci"]
     # The guest agent's virtio-serial port (no vhost-vsock needed).
-    argv += agent_channel(spec, Backend.QEMU).qemu_argv(machine)
+    argv += QemuVmm.agent_channel(spec.run_dir).qemu_argv(machine)
     if machine == "microvm":
         # The keyboard controller that carries ctrl-alt-del, as Firecracker emulates one:
         # guests ignore the ACPI power button (its driver is a module, nothing listens).
@@ -130,11 +135,39 @@ async def _status_when_listening(path: Path, handle: VmmHandle, spec: MachineSpe
 
 class QemuVmm:
     backend: ClassVar[Backend] = Backend.QEMU
+    control_socket_name: ClassVar[str] = QMP_SOCKET_NAME
+    # The bzImage boots directly (smaller, no PVH detour); the ELF vmlinux also works.
+    kernel_files: ClassVar[tuple[str, ...]] = ("vmlinuz", "vmlinux")
+    binary_setting: ClassVar[str] = "qemu_bin"
+    binary_name: ClassVar[str] = "qemu-system-x86_64"
 
     def __init__(self, runner: Runner, binary: Path, *, machine: str = "microvm") -> None:
         self.runner = runner
         self.binary = binary
         self.machine = machine
+
+    @classmethod
+    def agent_channel(cls, run_dir: Path, *, vsock_cid: int | None = None) -> AgentChannel:
+        """virtio-serial (no vhost-vsock needed); vhost-vsock when given a host-unique CID."""
+        return serial_channel(run_dir) if vsock_cid is None else vhost_vsock_channel(vsock_cid)
+
+    def kvm_probe_argv(self, kernel: Path, scratch: Path) -> list[str]:
+        """The real command line for a one-vCPU, disk-less guest under KVM booting
+        ``kernel``; its console goes to ``console_log_path(scratch)``."""
+        spec = MachineSpec(
+            name="kvm-probe",
+            vcpu=1,
+            memory_mib=PROBE_MEMORY_MIB,
+            kernel=kernel,
+            initrd=None,
+            cmdline=PROBE_CMDLINE,
+            drives=(),
+            net=None,
+            vm_dir=scratch,
+            run_dir=scratch,
+            accel=Accel.KVM,
+        )
+        return build_argv(self.binary, spec, machine=self.machine)
 
     def check_kernel(self, kernel: Path) -> None:
         if kernel_format(kernel) is KernelFormat.UNKNOWN:
@@ -144,7 +177,7 @@ class QemuVmm:
             )
 
     async def launch(self, spec: MachineSpec) -> VmmHandle:
-        qmp_path = spec.run_dir / "qmp.sock"
+        qmp_path = spec.run_dir / QMP_SOCKET_NAME
         qmp_path.unlink(missing_ok=True)
         argv = build_argv(self.binary, spec, machine=self.machine)
         identity = spawn.spawn_detached(argv, log_path=spec.vmm_log, runner=self.runner)
