@@ -35,7 +35,9 @@ from banger.guest import banger_agent as agent
 from banger.guest import ports
 from banger.guest.agent_client import AgentClient
 from banger.vmm.channels import AgentChannel, ChannelKind
-from tests.localagent import AGENT, PYTHONS, run_agent, wait_for_socket
+from tests.localagent import AGENT, PYTHONS, run_agent, short_dir, wait_for_socket
+
+__all__ = ["short_dir"]  # the fixture, imported for pytest
 from tests.netns import netns
 
 pytestmark = pytest.mark.component
