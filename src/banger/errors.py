@@ -5,7 +5,7 @@ the wire payload both sides agree on, and the registry the client uses to rebuil
 typed errors from a daemon reply.
 
 Must not: render anything. Errors are rendered in exactly two places: the API's
-error middleware (``banger.api.errors``) as JSON and the CLI's ``main()`` as text.
+error middleware (``banger.api.error_replies``) as JSON and the CLI's ``main()`` as text.
 """
 
 from __future__ import annotations

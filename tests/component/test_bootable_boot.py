@@ -37,11 +37,12 @@ from banger.errors import BangerError
 from banger.guest.agent_client import AgentClient, AgentHealth, GuestPorts
 from banger.host.runner import Runner
 from banger.images.bootable import AGENT_PATH, INIT_PATH, PACKAGES_PATH, STAMP_PATH
-from banger.images.pull import BOOTABLE
+from banger.images.pull_steps import BOOTABLE
 from banger.oci.ext4build import build_rootfs_image
 from banger.oci.flatten import Layer
 from tests import aptrepo, guests
-from tests.component.test_guests import (
+from tests.netns import Netns, bridge_with_taps, netns
+from tests.qemuboot import (
     GATEWAY,
     GUEST_IP,
     GUEST_MAC,
@@ -51,7 +52,6 @@ from tests.component.test_guests import (
     kernel_cmdline,
     tail,
 )
-from tests.netns import Netns, bridge_with_taps, netns
 
 pytestmark = pytest.mark.component
 
@@ -92,7 +92,7 @@ def _build_minbase(tmp: Path) -> None:
 
 def bootable_image(tmp: Path) -> Path:
     """The minbase layer built into an ext4 the way ``image pull`` does it: flattened in
-    one fakeroot session with ``make_bootable`` as the inject hook (banger.images.pull)."""
+    one fakeroot session with ``make_bootable`` as the inject hook (banger.images.pull_steps)."""
     image, work = tmp / "image.ext4", tmp / "build"
     work.mkdir()
     layer = Layer(minbase_layer(), LAYER_TAR)

@@ -39,7 +39,7 @@ from banger.services.context import DaemonContext
 from banger.services.operations import Progress
 from banger.state import repo
 from banger.state.db import AsyncDatabase, Database
-from tests.component.test_kernel_pull import GOOD, Route, Server, entry, sha, tar_zst
+from tests.catalogserver import GOOD, Route, Server, entry, sha, tar_zst
 
 pytestmark = [pytest.mark.component, pytest.mark.timeout(2400)]
 NAME = "debian-bookworm"

@@ -26,7 +26,7 @@ from banger.errors import BadResponse, CommandFailed, Timeout
 from banger.guest import exec_frames as ef
 from banger.guest.exec_client import ExecConnection
 from banger.guest.exec_frames import ExitStatus, Kind
-from tests.component.test_agent_local import PYTHONS, run_agent, short_dir, wait_for_socket
+from tests.localagent import PYTHONS, run_agent, short_dir, wait_for_socket
 
 pytestmark = pytest.mark.component
 __all__ = ["short_dir"]  # the fixture, re-exported for pytest

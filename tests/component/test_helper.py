@@ -35,7 +35,7 @@ from banger.errors import (
     InvalidArgument,
     PermissionDenied,
 )
-from banger.helper.server import MAX_CONNECTIONS
+from banger.helper.connections import MAX_CONNECTIONS
 from banger.host.runner import Runner
 from banger.model.wire import StageState
 from banger.net.helper_client import HelperPrivilegedOps

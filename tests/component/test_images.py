@@ -19,9 +19,8 @@ from banger.errors import InvalidArgument, InvalidRequest
 from banger.model.records import VmRecord, VmState, utc_now
 from banger.state import repo
 from banger.state.db import Database
-from tests.component.test_kernels import make_ext4, synthetic_tree
 from tests.conftest import BIN, BangerHome
-from tests.unit.test_vmlinux import compress, fake_elf, make_bzimage
+from tests.kernelfiles import compress, fake_elf, make_bzimage, make_ext4, synthetic_tree
 
 pytestmark = pytest.mark.component
 

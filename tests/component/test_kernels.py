@@ -31,32 +31,13 @@ from banger.kernels.store import sha256_file, verify_kernel
 from banger.kernels.vmlinux import Compression, extract_vmlinux, find_payload, is_elf_vmlinux
 from tests.conftest import BIN, BangerHome, make_home, stop_daemon_of
 from tests.guests import CloudKernel, cloud_kernel
-from tests.unit.test_vmlinux import compress, fake_elf, make_bzimage
+from tests.kernelfiles import SYNTH_V, fake_elf, make_ext4, synthetic_tree
 
 pytestmark = pytest.mark.component
-SYNTH_V = "6.6.6-test"
 
 
 def events_of(stdout: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in stdout.splitlines() if line.strip()]
-
-
-def synthetic_tree(root: Path, *, version: str = SYNTH_V, modules: bool = True) -> Path:
-    """A small import directory: a synthetic bzImage and (fake) virtio modules."""
-    elf = fake_elf(100_000 + len(version))
-    (root / "boot").mkdir(parents=True)
-    (root / "boot" / f"vmlinuz-{version}").write_bytes(make_bzimage(compress("gzip", elf)))
-    if modules:
-        ko = root / "lib" / "modules" / version / "kernel" / "drivers" / "virtio" / "virtio.ko"
-        ko.parent.mkdir(parents=True)
-        ko.write_bytes(b"\x7fELF fake module")
-        (root / "lib" / "modules" / version / "modules.dep").write_text("")
-    return root
-
-
-def make_ext4(path: Path, size: str = "8M") -> Path:
-    subprocess.run(["mkfs.ext4", "-q", "-F", str(path), size], check=True, capture_output=True)
-    return path
 
 
 def store_entries(home: BangerHome) -> list[str]:

@@ -19,13 +19,13 @@ from pathlib import Path
 import pytest
 
 from banger.errors import BadResponse, NotFound, PermissionDenied, StateError, Timeout
-from banger.images.pull import Resolved, fetch_layer, preflight, resolve
+from banger.images.pull_steps import Resolved, fetch_layer, preflight, resolve
 from banger.oci.blobcache import BlobCache, Fetched
 from banger.oci.digest import Digest, digest_of
+from banger.oci.http_transport import HttpTransport, RetryPolicy, check_url
 from banger.oci.manifest import MAX_MANIFEST_BYTES
 from banger.oci.reference import parse_reference
 from banger.oci.registry import RegistryClient
-from banger.oci.transport import HttpTransport, RetryPolicy, check_url
 from tests.registry import (
     Fault,
     FaultProxy,
@@ -268,11 +268,11 @@ def test_concurrent_fetches_of_one_blob_download_it_once_e117(
 _FETCH_SCRIPT = """
 import sys
 from pathlib import Path
-from banger.images.pull import fetch_layer, resolve
+from banger.images.pull_steps import fetch_layer, resolve
 from banger.oci.blobcache import BlobCache
 from banger.oci.reference import parse_reference
 from banger.oci.registry import RegistryClient
-from banger.oci.transport import HttpTransport
+from banger.oci.http_transport import HttpTransport
 client = RegistryClient(HttpTransport())
 cache = BlobCache(Path(sys.argv[2]))
 resolved = resolve(client, cache, parse_reference(sys.argv[1]))

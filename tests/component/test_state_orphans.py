@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from banger.client.launcher import pid_alive
-from tests.component.test_kernels import SYNTH_V, synthetic_tree
 from tests.conftest import BangerHome, stop_daemon_of
+from tests.kernelfiles import SYNTH_V, synthetic_tree
 from tests.registry import (
     LocalRegistry,
     OciLayout,
@@ -119,7 +119,7 @@ def test_crash_after_a_forced_kernel_swap_is_reconciled_from_the_manifest(
     old row (no initrd) over the new files (initrd + modules) for good."""
     first = tmp_path / "one"
     first.mkdir()
-    from tests.unit.test_vmlinux import fake_elf
+    from tests.kernelfiles import fake_elf
 
     (first / "vmlinux").write_bytes(fake_elf(50_000))
     assert home.banger("kernel", "import", "k", "--from", str(first)).returncode == 0

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from banger.helper import config as helper_config
+from banger.helper import helper_config
 from tests.conftest import BIN
 
 pytestmark = [
@@ -370,7 +370,7 @@ def test_both_units_pass_verify_and_rate_ok(tree: Tree) -> None:
 @pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="needs systemd-analyze")
 def test_the_other_renderings_rate_the_same(tmp_path: Path) -> None:
     """With a kvm group, and with the helper's code under /home (ProtectHome=read-only)."""
-    from banger.system.units import Owner, UnitInputs, render_daemon, render_helper
+    from banger.system.unit_files import Owner, UnitInputs, render_daemon, render_helper
 
     owner = Owner("alice", 1000, 1000, Path("/home/alice"))
     inputs = UnitInputs(

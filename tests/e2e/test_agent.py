@@ -49,7 +49,8 @@ from banger.vmm.channels import AgentChannel
 from banger.vmm.fc_api import FirecrackerApi
 from banger.vmm.table import agent_channel
 from tests import guests
-from tests.component.test_guests import (
+from tests.netns import Netns, bridge_with_taps, netns
+from tests.qemuboot import (
     GATEWAY,
     GUEST_IP,
     GUEST_MAC,
@@ -58,7 +59,6 @@ from tests.component.test_guests import (
     prepare,
     tail,
 )
-from tests.netns import Netns, bridge_with_taps, netns
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0

@@ -17,7 +17,7 @@ import pytest
 from banger.host.runner import Runner
 from banger.workspace import GuestShell
 from tests.conftest import BIN
-from tests.unit.test_gitrepo import GIT_ENV, git, make_repo
+from tests.gitrepos import GIT_ENV, git, make_repo
 from tests.vmenv import VmEnv, vm_env
 
 TINY = ("--image", "tiny", "--vcpu", "1", "--memory", "256", "--disk-size", "1G")

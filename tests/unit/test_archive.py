@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import os
 import stat
-import subprocess
 import tarfile
 import tempfile
 import threading
@@ -14,35 +13,24 @@ from pathlib import Path
 from typing import IO
 
 import pytest
+from click.testing import CliRunner
 
-from banger.cli.run_workspace import Mode, make_plan, print_plan, send_plan
+from banger.cli import main as cli_main
+from banger.cli.run_workspace import print_plan
 from banger.errors import AlreadyExists, CommandFailed, InvalidArgument
 from banger.host.runner import Result
+from banger.model.workspace_modes import Mode
 from banger.workspace import GuestShell
 from banger.workspace.archive import Kind, RootDir, TarWriter, Unsafe, _ExactReader, display
-from tests.unit.test_gitrepo import ODD_NAMES, fsmonitor_trap, git, isolated_home, make_repo
+from banger.workspace.plan import make_plan
+from banger.workspace.send import send_plan
+from tests.gitrepos import ODD_NAMES, fsmonitor_trap, git, isolated_home, make_repo
+from tests.localshell import busybox_path, local_shell
 
-__all__ = ["isolated_home"]  # the autouse fixture: no user gitconfig in these tests
+# Fixtures: isolated_home (autouse: no user gitconfig here) and busybox_path.
+__all__ = ["busybox_path", "isolated_home"]
 
 SECRET = b"TOP-SECRET-KEY-MATERIAL"
-BUSYBOX = Path("/bin/busybox")
-
-
-@pytest.fixture(scope="module")
-def busybox_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A PATH dir where every command is busybox (like the tiny test guest)."""
-    if not BUSYBOX.exists():
-        pytest.skip("busybox-static is not installed")
-    bindir = tmp_path_factory.mktemp("busybox-bin")
-    applets = subprocess.run([str(BUSYBOX), "--list"], capture_output=True, text=True, check=True)
-    for applet in applets.stdout.split():
-        (bindir / applet).symlink_to(BUSYBOX)
-    return bindir
-
-
-def local_shell(bindir: Path | None) -> GuestShell:
-    prefix = ("env", f"PATH={bindir}") if bindir else ()
-    return GuestShell(prefix, remote=False)
 
 
 class CaptureShell(GuestShell):
@@ -317,6 +305,24 @@ def test_dry_run_prints_the_exact_list_and_mode_and_the_untracked_note(tmp_path:
     out = io.StringIO()
     print_plan(make_plan(repo, include_untracked=True), "/root/repo", out)
     assert "  scratch" in out.getvalue() and "note:" not in out.getvalue()
+
+
+def test_vm_run_dry_run_prints_the_plan_and_needs_no_daemon(tmp_path: Path) -> None:
+    """``vm run PATH --dry-run`` plans once and prints exactly what ``print_plan`` does."""
+    repo = make_repo(tmp_path / "r", {b"a": b"1", b"dir/b": b"2"})
+    (repo / "scratch").write_text("u")
+    env = {
+        f"XDG_{k}": str(tmp_path / k.lower()) for k in ("CONFIG_HOME", "STATE_HOME", "CACHE_HOME")
+    }
+    env["XDG_RUNTIME_DIR"] = str(tmp_path / "run")
+    result = CliRunner(env=env).invoke(
+        cli_main.cli, ["vm", "run", str(repo), "--dry-run"], catch_exceptions=False
+    )
+    expected = io.StringIO()
+    print_plan(make_plan(repo), "/root/repo", expected)
+    assert result.exit_code == 0
+    assert result.stdout == expected.getvalue()
+    assert not (tmp_path / "runtime_dir").exists()  # no daemon was started or asked
 
 
 def test_display_escapes_what_a_terminal_would_misread() -> None:

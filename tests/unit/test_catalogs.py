@@ -15,20 +15,21 @@ from typing import Any
 
 import pytest
 
+from banger.config.catalog_file import MAX_CATALOG_BYTES
 from banger.config.settings import load_config
 from banger.errors import InvalidArgument, KernelNotFound, UnsupportedHost
 from banger.host.paths import Layout
-from banger.images import catalog as images
+from banger.images import image_catalog as images
 from banger.images import localbuild
 from banger.images.localbuild import AptSource
-from banger.kernels import catalog as kernels
-from banger.kernels.catalog import SHA256_HEX, ArtifactFormat
+from banger.kernels import kernel_catalog as kernels
+from banger.kernels.kernel_catalog import SHA256_HEX, ArtifactFormat
 
 GOOD_SHA = "a" * 64
 
 
 def embedded_kernels() -> dict[str, Any]:
-    return json.loads(kernels.embedded_bytes())
+    return json.loads(kernels.CATALOG_FILE.embedded_bytes())
 
 
 def embedded_images() -> dict[str, Any]:
@@ -206,7 +207,7 @@ def test_the_override_is_read_from_the_environment(tmp_path: Path) -> None:
         kernels.load_catalog(env={"BANGER_KERNEL_CATALOG": "kernels.json"})
     with pytest.raises(InvalidArgument, match="cannot read"):
         kernels.load_catalog(env={"BANGER_KERNEL_CATALOG": str(tmp_path / "missing.json")})
-    path.write_bytes(b" " * (kernels.MAX_CATALOG_BYTES + 1))
+    path.write_bytes(b" " * (MAX_CATALOG_BYTES + 1))
     with pytest.raises(InvalidArgument, match="larger than"):
         kernels.load_catalog(env={"BANGER_KERNEL_CATALOG": str(path)})
 

@@ -24,7 +24,7 @@ from banger.workspace.filesync import (
     sync_files_blocking,
     sync_script,
 )
-from tests.unit.test_archive import busybox_path, local_shell
+from tests.localshell import busybox_path, local_shell
 
 __all__ = ["busybox_path"]
 

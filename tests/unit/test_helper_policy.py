@@ -16,8 +16,8 @@ import pytest
 
 from banger.config.settings import Config
 from banger.errors import ConfigError, InvalidArgument, InvalidRequest, PermissionDenied
-from banger.helper import config as helper_config
-from banger.helper.config import HelperConfig
+from banger.helper import helper_config
+from banger.helper.helper_config import HelperConfig
 from banger.helper.verbs import Verbs
 from banger.host.buildinfo import BuildInfo
 from banger.net.helper_wire import (

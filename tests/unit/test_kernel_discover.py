@@ -12,7 +12,7 @@ import pytest
 from banger.errors import InvalidArgument
 from banger.kernels.discover import discover
 from banger.model.artifact_names import validate_name
-from tests.unit.test_vmlinux import compress, fake_elf, make_bzimage
+from tests.kernelfiles import compress, fake_elf, make_bzimage
 
 V = "6.1.0-56-cloud-amd64"
 BZIMAGE = make_bzimage(compress("gzip", fake_elf(8192)))

@@ -148,8 +148,45 @@ def test_model_is_stdlib_only(package: str) -> None:
     assert bad == []
 
 
+#: Basenames several modules may share: package and entry-point files, whose name says
+#: their role rather than what they own.
+SHARED_BASENAMES = frozenset({"__init__.py", "__main__.py", "main.py"})
+
+
+def test_module_basenames_are_unique() -> None:
+    """A module is named for what it owns, so no two own the same thing: ``catalog.py`` in
+    three packages made every import and traceback ambiguous."""
+    seen: dict[str, list[str]] = {}
+    for path in sorted(SRC.rglob("*.py")):
+        seen.setdefault(path.name, []).append(str(path.relative_to(SRC)))
+    clashes = {
+        name: paths
+        for name, paths in seen.items()
+        if len(paths) > 1 and name not in SHARED_BASENAMES
+    }
+    assert clashes == {}
+
+
+#: Test modules still imported by another test module; must be empty. test_exec.py (from
+#: main, 14:58 on the day of the clean-up) boots its guest with test_agent.py's helpers.
+TEST_IMPORTS_TO_MOVE = frozenset({"tests.e2e.test_agent"})
+
+
+def test_tests_import_helpers_not_other_tests() -> None:
+    """Shared test code lives in helper modules under ``tests/`` (``tests/gitrepos.py``…):
+    a test module is not a library, and importing one ties two test files together."""
+    tests = SRC.parents[1] / "tests"
+    suites = (["tests", "unit"], ["tests", "component"], ["tests", "e2e"])
+    bad = []
+    for path in sorted(tests.rglob("test_*.py")):
+        for target in _imports(path):
+            if target.split(".")[:2] in suites and target not in TEST_IMPORTS_TO_MOVE:
+                bad.append(f"{path.relative_to(tests)}: {target}")
+    assert bad == []
+
+
 def test_allow_list_is_empty() -> None:
-    assert set() == ALLOWED
+    assert not ALLOWED
 
 
 _STDLIB = frozenset(__import__("sys").stdlib_module_names) | {"__future__"}

@@ -10,6 +10,7 @@ import pytest
 
 from banger.errors import BadResponse, NotFound
 from banger.oci.digest import Digest
+from banger.oci.http_transport import RetryPolicy, is_retryable_status, redact
 from banger.oci.manifest import (
     ACCEPT,
     DOCKER_LIST,
@@ -25,7 +26,6 @@ from banger.oci.manifest import (
     select_platform,
 )
 from banger.oci.registry import parse_challenge
-from banger.oci.transport import RetryPolicy, is_retryable_status, redact
 
 
 def _d(seed: str) -> str:

@@ -18,6 +18,7 @@ from banger.host.publish import (
     Step,
     cleanup_leftovers,
     remove_published,
+    rename_exchange,
     rename_fallback,
     rename_noreplace,
     staging,
@@ -179,6 +180,21 @@ def test_rename_noreplace_moves_files_and_dirs(tmp_path: Path) -> None:
     with pytest.raises(AlreadyExists):
         rename_noreplace(tmp_path / "c", tmp_path / "b")
     assert (tmp_path / "b").read_text() == "a"
+
+
+def test_rename_exchange_swaps_or_says_unsupported(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x").write_text("new")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "x").write_text("old")
+    if not rename_exchange(tmp_path / "a", tmp_path / "b"):
+        # no renameat2 or a filesystem without RENAME_EXCHANGE: nothing moved
+        assert (tmp_path / "b" / "x").read_text() == "old"
+        return
+    assert (tmp_path / "b" / "x").read_text() == "new"
+    assert (tmp_path / "a" / "x").read_text() == "old"
+    with pytest.raises(OSError):
+        rename_exchange(tmp_path / "missing", tmp_path / "b")
 
 
 def test_fsync_walk_never_follows_symlinks(tmp_path: Path) -> None:

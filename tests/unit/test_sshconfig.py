@@ -21,8 +21,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from banger.cli import main as cli_main
-from banger.cli import sshconfig
-from banger.cli.sshconfig import BEGIN_MARKER, END_MARKER
+from banger.cli import ssh_include as sshconfig
+from banger.cli.ssh_include import BEGIN_MARKER, END_MARKER
 from banger.errors import InvalidArgument, InvalidState, PermissionDenied
 
 INCLUDE = "~/.config/banger/ssh_config"
@@ -310,7 +310,7 @@ def test_known_hosts_for_anything_else_is_empty(vms_dir: Path, host: str) -> Non
 
 def test_known_hosts_helper_as_ssh_runs_it(vms_dir: Path) -> None:
     def helper(*args: str) -> subprocess.CompletedProcess[str]:
-        argv = [sys.executable, "-I", "-m", "banger.cli.sshconfig", *args]
+        argv = [sys.executable, "-I", "-m", "banger.cli.ssh_include", *args]
         return subprocess.run(argv, capture_output=True, text=True, check=False, timeout=30)
 
     ok = helper("known-hosts", str(vms_dir), "brisk-badger.vm")

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from banger.errors import ConfigError, InvalidArgument
-from banger.system import manifest as mf
-from banger.system.units import (
+from banger.system import install_manifest as mf
+from banger.system.unit_files import (
     Owner,
     UnitInputs,
     code_in_home,

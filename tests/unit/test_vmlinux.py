@@ -9,13 +9,11 @@ zstd, lz4 (legacy frame, as the kernel writes it) and lzo through the real tools
 from __future__ import annotations
 
 import bz2
-import gzip
 import lzma
 import os
 import shutil
 import stat
 import struct
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,56 +23,7 @@ from banger.errors import CommandFailed, InvalidArgument
 from banger.host.runner import Runner
 from banger.kernels import vmlinux as vm
 from banger.kernels.vmlinux import KernelFormat, extract_vmlinux, is_elf_vmlinux, kernel_format
-
-
-def fake_elf(size: int = 300_000) -> bytes:
-    """An ELF64 x86-64 header followed by compressible filler."""
-    header = bytearray(64)
-    header[:4] = b"\x7fELF"
-    header[4], header[5], header[6] = 2, 1, 1  # ELFCLASS64, little-endian, version 1
-    struct.pack_into("<HH", header, 16, 2, 62)  # ET_EXEC, EM_X86_64
-    filler = b"".join(i.to_bytes(4, "little") for i in range(size // 4))
-    return bytes(header) + filler[: size - 64]
-
-
-def _tool(argv: list[str], data: bytes) -> bytes:
-    return subprocess.run(argv, input=data, capture_output=True, check=True).stdout
-
-
-def compress(kind: str, data: bytes) -> bytes:
-    """``data`` compressed as the kernel build does it, size trailer included."""
-    trailer = struct.pack("<I", len(data))
-    if kind == "gzip":
-        return gzip.compress(data, mtime=0)  # gzip's own trailer carries the size
-    if kind == "xz":
-        filters = [{"id": lzma.FILTER_X86}, {"id": lzma.FILTER_LZMA2}]
-        body = lzma.compress(data, lzma.FORMAT_XZ, check=lzma.CHECK_CRC32, filters=filters)
-    elif kind == "lzma":
-        body = lzma.compress(data, lzma.FORMAT_ALONE)
-    elif kind == "bzip2":
-        body = bz2.compress(data, 9)
-    elif kind == "zstd":
-        body = _tool(["zstd", "-19", "-q", "-c"], data)
-    elif kind == "lz4":
-        body = _tool(["lz4", "-l", "-9", "-q", "-c"], data)
-    elif kind == "lzo":
-        body = _tool(["lzop", "-9", "-q", "-c"], data)
-    else:
-        raise AssertionError(kind)
-    return body + trailer
-
-
-def make_bzimage(
-    payload: bytes, *, setup_sects: int = 3, protocol: int = 0x020F, offset: int = 0x200
-) -> bytes:
-    """A file with an x86 boot setup header pointing at ``payload``."""
-    sects = setup_sects or 4
-    setup = bytearray((sects + 1) * 512)
-    setup[0x1F1] = setup_sects
-    setup[0x202:0x206] = b"HdrS"
-    struct.pack_into("<H", setup, 0x206, protocol)
-    struct.pack_into("<II", setup, 0x248, offset, len(payload))
-    return bytes(setup) + b"\0" * offset + payload + b"\xcc" * 100
+from tests.kernelfiles import compress, fake_elf, make_bzimage, run_tool
 
 
 def write(path: Path, data: bytes) -> Path:
@@ -200,8 +149,8 @@ def _zeros_compressed(kind: str, size: int) -> bytes:
     if kind == "bzip2":
         return bz2.compress(elf, 1)
     if kind == "zstd":
-        return _tool(["zstd", "-1", "-q", "-c"], elf)
-    return _tool(["lz4", "-l", "-1", "-q", "-c"], elf)
+        return run_tool(["zstd", "-1", "-q", "-c"], elf)
+    return run_tool(["lz4", "-l", "-1", "-q", "-c"], elf)
 
 
 @pytest.mark.parametrize("kind", ["xz", "bzip2", "zstd", "lz4"])

@@ -1,7 +1,7 @@
 """The daemon's FastAPI application: routes, middleware and the OpenAPI document.
 
 Owns: mapping HTTP paths to service calls. Must not: contain the services' logic,
-touch SQLite directly or render errors (``banger.api.errors`` does).
+touch SQLite directly or render errors (``banger.api.error_replies`` does).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from banger.api import (
     routes_kernels,
     routes_vms,
 )
-from banger.api.errors import install_error_handlers
+from banger.api.error_replies import install_error_handlers
 from banger.api.middleware import AccessLogMiddleware, BodyLimitMiddleware
 from banger.api.models import ErrorReply
 from banger.model.wire import API_PREFIX

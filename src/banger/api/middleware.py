@@ -5,7 +5,7 @@ it is over ``MAX_REQUEST_BYTES`` however it is framed (Content-Length or chunked
 ADVERSARIAL 49, issue 14 item 8), refusing a JSON body that repeats a key (item 9: which
 one would win is not something a caller should have to guess), and one log line per
 request. Must not: render errors itself; it hands a BangerError to
-``banger.api.errors.error_response``.
+``banger.api.error_replies.error_response``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from banger.api.errors import error_response
+from banger.api.error_replies import error_response
 from banger.errors import InvalidRequest, PayloadTooLarge
 from banger.model.wire import MAX_REQUEST_BYTES
 

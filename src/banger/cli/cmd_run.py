@@ -43,7 +43,7 @@ def run(
     --image says otherwise. With --rm it is deleted afterwards. Several words after `--`
     run as exactly that argv; one word is a shell command line.
     """
-    from banger.cli.run_workspace import check_for_run, prepare_for_run
+    from banger.cli.run_workspace import plan_for_run, prepare_for_run, print_run_plan
 
     # A VM that never became reachable is kept even with --rm: the daemon's error names
     # it and points at `banger vm logs`.
@@ -52,14 +52,14 @@ def run(
     ws = {key: options.pop(key) for key in WORKSPACE_KEYS}
     if path is None and (dry_run or any(ws.values())):
         raise click.UsageError("--dry-run, --include-untracked, --branch and --from need a PATH")
-    if path is not None and dry_run:
-        prepare_for_run(session, None, path, dry_run=True, **ws)
+    # Planned once, before a VM exists: a bare repo, submodules… are refused first.
+    plan = plan_for_run(path, **ws) if path is not None else None
+    if plan is not None and dry_run:
+        print_run_plan(plan)
         return 0
-    if path is not None:
-        check_for_run(path, **ws)  # refuse a bare repo, submodules… before a VM exists
     name = create_vm(session, create_request(**options), as_json=False).name
     try:
-        cwd = prepare_for_run(session, name, path, dry_run=False, **ws) if path else None
+        cwd = prepare_for_run(session, name, plan) if plan is not None else None
         argv = ssh_command(session, name, command, cwd=cwd)
         return run_ssh(session, name, argv)
     finally:

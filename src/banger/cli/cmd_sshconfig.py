@@ -2,7 +2,7 @@
 
 Owns: writing ``~/.config/banger/ssh_config`` and, only when asked, the Include block
 in ``~/.ssh/config``. Needs no daemon. Must not: edit files itself
-(``banger.cli.sshconfig`` does) or touch ``~/.ssh/config`` without a flag.
+(``banger.cli.ssh_include`` does) or touch ``~/.ssh/config`` without a flag.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from banger.cli import sshconfig
+from banger.cli import ssh_include
 from banger.cli.output import emit_json
 from banger.cli.session import Session
 from banger.host.paths import Layout, ensure_private_dir
@@ -37,7 +37,7 @@ def ssh_config(session: Session, install: bool, uninstall: bool, as_json: bool) 
     if install and uninstall:
         raise click.UsageError("--install and --uninstall exclude each other")
     home = _home()
-    snippet_path = session.layout.config_dir / sshconfig.SNIPPET_NAME
+    snippet_path = session.layout.config_dir / ssh_include.SNIPPET_NAME
     user_config = home / ".ssh" / "config"
     names = _include_names(snippet_path, home)
     snippet = None
@@ -45,10 +45,10 @@ def ssh_config(session: Session, install: bool, uninstall: bool, as_json: bool) 
     if not uninstall:
         snippet = _write_snippet(session.layout, snippet_path)
     if install:
-        changed = sshconfig.install(user_config, names[0], names)
+        changed = ssh_include.install(user_config, names[0], names)
     elif uninstall:
-        changed = sshconfig.uninstall(user_config)
-    status = sshconfig.include_status(user_config, names)
+        changed = ssh_include.uninstall(user_config)
+    status = ssh_include.include_status(user_config, names)
     if as_json:
         emit_json(_json(status, snippet_path, snippet, changed=changed))
     elif install or uninstall:
@@ -70,7 +70,7 @@ def _passwd_home() -> Path | None:
 
 def _include_names(snippet_path: Path, home: Path) -> list[str]:
     """The Include argument to write first, then other spellings that mean the same file."""
-    preferred = sshconfig.include_target(snippet_path, home=home, passwd_home=_passwd_home())
+    preferred = ssh_include.include_target(snippet_path, home=home, passwd_home=_passwd_home())
     names = [preferred, str(snippet_path)]
     if snippet_path.is_relative_to(home):
         names.append("~/" + snippet_path.relative_to(home).as_posix())
@@ -81,17 +81,17 @@ def _write_snippet(layout: Layout, path: Path) -> str:
     from banger.config.settings import load_config  # pydantic: only when needed
 
     config = load_config(layout=layout)
-    text = sshconfig.render_snippet(
+    text = ssh_include.render_snippet(
         key=config.ssh_key_file(), vms_dir=layout.vms_dir, python=sys.executable
     )
     ensure_private_dir(path.parent)
-    if sshconfig.read_text(path) != text:
-        sshconfig.write_atomic(path, text, mode=0o600)
+    if ssh_include.read_text(path) != text:
+        ssh_include.write_atomic(path, text, mode=0o600)
     return text
 
 
 def _json(
-    status: sshconfig.IncludeStatus, snippet_path: Path, snippet: str | None, *, changed: bool
+    status: ssh_include.IncludeStatus, snippet_path: Path, snippet: str | None, *, changed: bool
 ) -> dict[str, object]:
     return {
         "snippet_path": str(snippet_path),
@@ -102,7 +102,7 @@ def _json(
 
 
 def _summary(
-    status: sshconfig.IncludeStatus, snippet_path: Path, *, changed: bool, install: bool
+    status: ssh_include.IncludeStatus, snippet_path: Path, *, changed: bool, install: bool
 ) -> str:
     where = str(status.path)
     if status.target != status.path:

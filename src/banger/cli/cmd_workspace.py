@@ -16,7 +16,8 @@ from pathlib import Path
 import click
 
 from banger.cli.session import Session
-from banger.cli.workspace_options import DEFAULT_GUEST_PATH, Mode
+from banger.cli.workspace_options import DEFAULT_GUEST_PATH
+from banger.model.workspace_modes import Mode
 
 
 @click.group()
@@ -72,9 +73,10 @@ def prepare(
     are on disk (uncommitted edits included); untracked files only with
     --include-untracked, ignored files never. Symlinks are copied as symlinks.
     """
-    from banger.cli.run_workspace import guest_shell, make_plan, print_plan, report, send_plan
+    from banger.cli.run_workspace import guest_shell, print_plan, report
     from banger.workspace import check_guest_path
-    from banger.workspace.archive import Kind
+    from banger.workspace.plan import make_plan
+    from banger.workspace.send import send_plan
 
     guest_path = check_guest_path(guest_path)
     plan = make_plan(
@@ -91,9 +93,8 @@ def prepare(
         plan, guest_shell(session, vm_name), guest_path, replace=replace, readonly=readonly
     )
     report(warnings, plan)
-    files = sum(1 for i in plan.items if i.kind is not Kind.DIR)
     ro = " (read-only)" if readonly else ""
-    click.echo(f"{vm_name}:{guest_path}: {files} files at {plan.base[:12]}{ro}")
+    click.echo(f"{vm_name}:{guest_path}: {plan.file_count} files at {plan.base[:12]}{ro}")
 
 
 @workspace.command()

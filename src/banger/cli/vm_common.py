@@ -19,15 +19,13 @@ from banger.cli.output import follow_stream
 from banger.cli.session import Session
 from banger.cli.vm_options import ResolvedDefault, memory_mib, size_bytes, vcpu_count
 from banger.errors import BangerError, InvalidState, NotFound
+from banger.guest.ssh_argv import ssh_prefix
 from banger.model import limits
 from banger.model.api_types import CreateVmRequest, VmDefaults, VmInfo, VmmName
 from banger.model.units import format_size
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-#: A guest whose VMM dies sends no FIN or RST, so without keepalives ssh would wait for
-#: TCP to give up (~15 min, ADVERSARIAL 99); this way it gives up after ~20 s of silence.
-SERVER_ALIVE = ("-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3")
 #: ssh's own exit status for "the connection failed" (the remote command's otherwise).
 SSH_FAILED = 255
 
@@ -116,22 +114,7 @@ def ssh_command(
         raise InvalidState(
             f"VM {name!r} is {info.state}, not running", hint=f"`banger vm start {name}`"
         )
-    argv = [
-        "ssh",
-        "-i",
-        info.key,
-        "-o",
-        "IdentitiesOnly=yes",
-        "-o",
-        "StrictHostKeyChecking=yes",
-        "-o",
-        f"UserKnownHostsFile={info.known_hosts}",
-        "-o",
-        "LogLevel=ERROR",
-        *SERVER_ALIVE,
-        "-l",
-        info.user,
-    ]
+    argv = ssh_prefix(info.key, info.known_hosts, user=info.user)
     interactive = not command and sys.stdin.isatty()
     argv += ["-t"] if interactive else []
     if command:

@@ -1,5 +1,6 @@
 """What ``vm run PATH`` and ``vm workspace prepare`` declare when ``banger vm`` loads:
-the copy modes, the default guest path, ``vm run``'s workspace flags and its ``--`` split.
+the default guest path, ``vm run``'s workspace flags and its ``--`` split (the copy modes are
+``banger.model.workspace_modes``, which imports nothing).
 
 Owns: only what click needs to build those commands. Must not: import the workspace
 machinery (``run_workspace``, ``banger.workspace``, ``banger.host.runner`` and asyncio), so
@@ -9,7 +10,6 @@ that ``banger vm list`` and its siblings do not pay for it (docs/explanation/cli
 from __future__ import annotations
 
 from collections.abc import Callable
-from enum import StrEnum
 from typing import Any, TypeVar
 
 import click
@@ -20,11 +20,6 @@ RUN_ARGV = "banger.run_argv"
 WORKSPACE_KEYS = ("include_untracked", "branch", "from_ref")
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-class Mode(StrEnum):
-    TRACKED = "tracked"
-    FULL = "full"
 
 
 def run_workspace_options(func: F) -> F:

@@ -1,7 +1,7 @@
 """``banger-helper``: the narrow root helper of the owner daemon (SPEC §9, ADVERSARIAL 127).
 
-``config`` (root's policy), ``listen`` (the socket), ``server`` (SO_PEERCRED, one bounded
-request per connection), ``verbs`` (per-verb checks, then ``InProcessPrivilegedOps``),
+``helper_config`` (root's policy), ``listen`` (the socket), ``connections`` (SO_PEERCRED,
+one bounded request per connection), ``verbs`` (per-verb checks, then ``InProcessPrivilegedOps``),
 ``main`` (the command line). Imports only ``banger.errors``, ``banger.model``,
 ``banger.host`` and ``banger.net``: stdlib plus pyroute2, nothing of the daemon's stack.
 """

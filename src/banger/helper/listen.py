@@ -3,7 +3,7 @@
 Owns: making the socket directory (0750, root:group) and the socket (0660) so that only
 root and the group can reach it, refusing to start when another helper already answers
 there, and removing a stale socket left by a helper that died. SO_PEERCRED on every
-connection (``banger.helper.server``) is the real check; these modes keep everyone else
+connection (``banger.helper.connections``) is the real check; these modes keep everyone else
 from even connecting (ADVERSARIAL 121, 122).
 
 Must not: follow a symlink for the directory or remove anything that is not a socket.

@@ -21,9 +21,9 @@ from pathlib import Path
 from types import FrameType
 
 from banger.errors import BangerError, PermissionDenied
-from banger.helper import config as helper_config
+from banger.helper import helper_config
+from banger.helper.connections import HelperServer
 from banger.helper.listen import bind
-from banger.helper.server import HelperServer
 from banger.helper.verbs import Verbs
 from banger.host import buildinfo
 from banger.host.runner import DEFAULT_PATH, Runner

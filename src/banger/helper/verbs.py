@@ -7,7 +7,7 @@ uid (one owner can neither create TAPs for another nor delete another's). Then t
 ``InProcessPrivilegedOps`` the root daemon uses does the work, re-validating once more.
 
 Must not: accept a path, a command or free text, or touch anything the config does not
-name. The caller's uid comes from SO_PEERCRED (``banger.helper.server``), never from the
+name. The caller's uid comes from SO_PEERCRED (``banger.helper.connections``), never from the
 request.
 """
 
@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from banger.errors import InvalidArgument, PermissionDenied
-from banger.helper.config import HelperConfig
+from banger.helper.helper_config import HelperConfig
 from banger.host.buildinfo import BuildInfo
 from banger.model.addressing import (
     validate_bridge_name,

@@ -36,6 +36,7 @@ STAGING_DIR = ".staging"
 _LEFTOVER = re.compile(r"^[^/]+\.[0-9a-f]{16}\.(partial|trash)$")
 _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
+_RENAME_EXCHANGE = 2
 # Opening for fsync must never block (a FIFO swapped in) nor follow a symlink.
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
 
@@ -210,24 +211,46 @@ def _load_renameat2() -> Callable[[int, bytes, int, bytes, int], int] | None:
 _RENAMEAT2 = _load_renameat2()
 
 
+def _renameat2(src: Path, dst: Path, flags: int) -> int | None:
+    """renameat2(2): 0 on success, the errno on failure, None without the call.
+
+    ENOSYS (kernel < 3.15) and EINVAL (a filesystem without the flag) come back as None
+    too: the caller then takes its fallback.
+    """
+    if _RENAMEAT2 is None:
+        return None
+    if _RENAMEAT2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), flags) == 0:
+        return 0
+    err = ctypes.get_errno()
+    return None if err in {errno.ENOSYS, errno.EINVAL} else err
+
+
 def rename_noreplace(src: Path, dst: Path) -> None:
     """rename(2) ``src`` to ``dst`` atomically, or ``AlreadyExists`` if ``dst`` exists.
 
     ``os.rename`` would silently replace a file or an empty directory at ``dst``.
     """
-    if _RENAMEAT2 is not None:
-        if (
-            _RENAMEAT2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE)
-            == 0
-        ):
-            return
-        err = ctypes.get_errno()
-        if err == errno.EEXIST:
-            raise AlreadyExists(f"{dst} already exists")
-        # ENOSYS: kernel < 3.15; EINVAL: a filesystem without RENAME_NOREPLACE support.
-        if err not in {errno.ENOSYS, errno.EINVAL}:
-            raise OSError(err, os.strerror(err), str(src), None, str(dst))
+    err = _renameat2(src, dst, _RENAME_NOREPLACE)
+    if err == 0:
+        return
+    if err == errno.EEXIST:
+        raise AlreadyExists(f"{dst} already exists")
+    if err is not None:
+        raise OSError(err, os.strerror(err), str(src), None, str(dst))
     rename_fallback(src, dst)
+
+
+def rename_exchange(a: Path, b: Path) -> bool:
+    """Swap two directory entries atomically (RENAME_EXCHANGE); False when unsupported.
+
+    Raises ``OSError`` for any other failure (one side missing, permissions).
+    """
+    err = _renameat2(a, b, _RENAME_EXCHANGE)
+    if err is None:
+        return False
+    if err:
+        raise OSError(err, os.strerror(err), str(a), None, str(b))
+    return True
 
 
 def rename_fallback(src: Path, dst: Path) -> None:

@@ -37,9 +37,10 @@ import shlex
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from banger.errors import CommandFailed, Timeout
 from banger.host import procinfo
@@ -72,6 +73,8 @@ PASSED_ENV = (
     "HTTPS_PROXY",
     "NO_PROXY",
 )
+#: A child started by ``Runner.streaming``.
+Process = subprocess.Popen[bytes]
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -180,6 +183,36 @@ class Runner:
             raise command_failed(result)
         return result
 
+    @contextlib.contextmanager
+    def streaming(
+        self, argv: Sequence[str], *, feed: bool, stderr: IO[bytes], shown: str | None = None
+    ) -> Iterator[Process]:
+        """Start ``argv`` for the caller to stream: its stdin a pipe the caller writes
+        (``feed``), else its stdout a pipe the caller reads; the other end is /dev/null and
+        stderr goes to ``stderr`` (a file: a chatty child must not block on a full pipe).
+
+        Used for a workspace archive over ssh from the CLI: the child stays in the
+        caller's session (Ctrl-C reaches it) and is killed if still running on exit.
+        ``shown`` replaces the argv in the log line (a long script as the last word).
+        """
+        log.debug("+ %s", shown if shown is not None else shlex.join(argv))
+        try:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE if feed else subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL if feed else subprocess.PIPE,
+                stderr=stderr,
+                env=self.env(),
+            )
+        except FileNotFoundError as exc:
+            raise _not_installed(tuple(argv)) from exc
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
     def _child_setup(self) -> Callable[[], None] | None:
         if not self.die_with_parent:
             return None
@@ -187,6 +220,15 @@ class Runner:
         # libraries or import modules (their locks may be held by a thread it lacks).
         prctl, parent = _prctl(), os.getpid()
         return functools.partial(_die_with, prctl, parent, signal.SIGKILL)
+
+
+def wait_for_exit(proc: Process, timeout_s: float) -> int | None:
+    """The exit status of a ``streaming`` child, or None if it is still running after
+    ``timeout_s``."""
+    try:
+        return proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return None
 
 
 def die_with_parent(parent_pid: int, *, sig: int = signal.SIGKILL) -> None:

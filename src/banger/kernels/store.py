@@ -22,8 +22,6 @@ Layout of ``kernels/<name>/`` (0700 like every published entry; files 0644, dirs
 
 from __future__ import annotations
 
-import ctypes
-import errno
 import hashlib
 import json
 import os
@@ -35,7 +33,14 @@ from pathlib import Path
 from typing import Any
 
 from banger.errors import CommandFailed, InvalidArgument, StateError
-from banger.host.publish import Staging, fsync_dir, fsync_tree, remove_published, write_file_atomic
+from banger.host.publish import (
+    Staging,
+    fsync_dir,
+    fsync_tree,
+    remove_published,
+    rename_exchange,
+    write_file_atomic,
+)
 from banger.host.runner import Runner
 from banger.kernels.discover import Discovered
 from banger.kernels.initrd import build_initrd, has_virtio_modules
@@ -47,8 +52,6 @@ VMLINUZ = "vmlinuz"
 INITRD = "initrd.img"
 MODULES = "modules"
 MANIFEST_SCHEMA = 1
-_RENAME_EXCHANGE = 2
-_AT_FDCWD = -100
 
 
 class InitrdOrigin(StrEnum):
@@ -218,29 +221,11 @@ def copy_tree(src: Path, dst: Path) -> tuple[int, int]:
 # -- publishing -------------------------------------------------------------------------
 
 
-def _load_renameat2() -> Any:
-    try:
-        fn = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    fn.restype = ctypes.c_int
-    return fn
-
-
-_RENAMEAT2 = _load_renameat2()
-
-
 def _exchange(a: Path, b: Path) -> bool:
-    """Swap two directory entries atomically (RENAME_EXCHANGE); False when unsupported."""
-    if _RENAMEAT2 is None:
-        return False
-    if _RENAMEAT2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in {errno.ENOSYS, errno.EINVAL}:
-        return False
-    raise StateError(f"cannot replace {b}: {os.strerror(err)}")
+    try:
+        return rename_exchange(a, b)
+    except OSError as exc:
+        raise StateError(f"cannot replace {b}: {exc.strerror}") from exc
 
 
 def publish_kernel(stage: Staging, final: Path, *, replace: bool) -> None:

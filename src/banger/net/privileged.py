@@ -42,8 +42,7 @@ from banger.model.addressing import (
     validate_tap_name,
     validate_uid,
 )
-from banger.net import bridge as nl
-from banger.net import nat
+from banger.net import nat, rtnl
 
 log = logging.getLogger("banger.net")
 
@@ -113,8 +112,8 @@ class InProcessPrivilegedOps:
         iface = validate_interface_address(address_cidr)
         ours = is_our_bridge_name(name)
         log.debug("ensuring bridge %s with %s", name, iface)
-        with nl.netlink(f"setting up bridge {name}") as ipr:
-            link = nl.get_link(ipr, name)
+        with rtnl.netlink(f"setting up bridge {name}") as ipr:
+            link = rtnl.get_link(ipr, name)
             if link is None and not ours:
                 raise NotFound(
                     f"bridge {name} does not exist, and banger only creates bridges whose "
@@ -122,44 +121,44 @@ class InProcessPrivilegedOps:
                     hint="create the bridge yourself, or set bridge_name = 'banger0'",
                 )
             if link is None:
-                link = nl.create_bridge(ipr, name, mac=mac_for_ip(str(iface.ip)))
+                link = rtnl.create_bridge(ipr, name, mac=mac_for_ip(str(iface.ip)))
             elif link.kind != "bridge":
                 raise Conflict(f"{name} exists but is not a bridge (kind: {link.kind or 'none'})")
             elif ours:
-                nl.tune_bridge(ipr, link)
-            nl.ensure_address(ipr, link, iface, exclusive=ours)
-            nl.set_up(ipr, link)
+                rtnl.tune_bridge(ipr, link)
+            rtnl.ensure_address(ipr, link, iface, exclusive=ours)
+            rtnl.set_up(ipr, link)
 
     def create_tap(self, name: str, *, bridge: str, owner_uid: int) -> None:
         name = validate_tap_name(name)
         bridge = self._check_bridge(bridge)
         uid = validate_uid(owner_uid)
         log.debug("creating TAP %s for uid %d on %s", name, uid, bridge)
-        with nl.netlink(f"creating TAP {name}") as ipr:
-            br = nl.get_link(ipr, bridge)
+        with rtnl.netlink(f"creating TAP {name}") as ipr:
+            br = rtnl.get_link(ipr, bridge)
             if br is None or br.kind != "bridge":
                 raise NotFound(f"bridge {bridge} is not set up", hint="restart the daemon")
-            if nl.get_link(ipr, name) is not None:
+            if rtnl.get_link(ipr, name) is not None:
                 # Opening an existing TAP would re-own it (TUNSETOWNER) and could hand one
                 # VM's TAP to another: creation never adopts, the pool picks another name.
                 raise AlreadyExists(f"interface {name} already exists")
-            link = nl.create_tap(ipr, name, owner_uid=uid)
+            link = rtnl.create_tap(ipr, name, owner_uid=uid)
             try:
-                nl.attach(ipr, link, br)
+                rtnl.attach(ipr, link, br)
             except BaseException:
-                nl.delete(ipr, link)  # leave nothing half-made behind
+                rtnl.delete(ipr, link)  # leave nothing half-made behind
                 raise
 
     def delete_tap(self, name: str) -> None:
         name = validate_tap_name(name)
         log.debug("deleting TAP %s", name)
-        with nl.netlink(f"deleting TAP {name}") as ipr:
-            link = nl.get_link(ipr, name)
+        with rtnl.netlink(f"deleting TAP {name}") as ipr:
+            link = rtnl.get_link(ipr, name)
             if link is None:
                 return
             if not link.is_tap:
                 raise Conflict(f"{name} is not a TAP; banger leaves it alone")
-            nl.delete(ipr, link)
+            rtnl.delete(ipr, link)
 
     def list_taps(self, *, owner_uid: int | None = None) -> list[str]:
         return list_our_taps(owner_uid)
@@ -208,15 +207,15 @@ class InProcessPrivilegedOps:
 def list_our_taps(owner_uid: int | None = None) -> list[str]:
     """Our TAPs, optionally only ``owner_uid``'s; reading links needs no privilege."""
     uid = None if owner_uid is None else validate_uid(owner_uid)
-    with nl.netlink("listing TAPs") as ipr:
-        links = nl.list_links(ipr)
+    with rtnl.netlink("listing TAPs") as ipr:
+        links = rtnl.list_links(ipr)
     return sorted(
         (link.name for link in links if _is_listed(link, uid)),
         key=lambda name: (len(name), name),
     )
 
 
-def _is_listed(link: nl.Link, owner_uid: int | None) -> bool:
+def _is_listed(link: rtnl.Link, owner_uid: int | None) -> bool:
     if not (link.is_tap and is_our_tap(link.name)):
         return False
     return owner_uid is None or link.tun_owner == owner_uid

@@ -35,7 +35,7 @@ from banger.host.paths import ensure_private_dir
 from banger.host.publish import fsync_dir, write_file_atomic
 from banger.model.units import format_size
 from banger.oci.digest import Digest, Hasher
-from banger.oci.transport import RetryPolicy
+from banger.oci.http_transport import RetryPolicy
 
 log = logging.getLogger("banger.oci.blobcache")
 

@@ -36,7 +36,7 @@ from banger.oci.entries import (
     link_target,
     meta_of,
 )
-from banger.oci.limits import (
+from banger.oci.oci_limits import (
     Budget,
     LayerLabel,
     Limits,

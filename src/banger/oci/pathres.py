@@ -21,7 +21,7 @@ import stat
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from banger.oci.limits import MAX_NAME_BYTES
+from banger.oci.oci_limits import MAX_NAME_BYTES
 
 Parts = tuple[bytes, ...]
 #: O_NONBLOCK: opening a FIFO that was swapped in must fail (ENOTDIR), never wait.

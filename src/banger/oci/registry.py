@@ -23,9 +23,9 @@ from urllib.parse import urlencode, urlsplit
 
 from banger.errors import BadResponse, BangerError, NotFound, PermissionDenied
 from banger.oci.digest import Digest, digest_of, parse_digest
+from banger.oci.http_transport import Response, RetryPolicy, Transport, redact, stream_error
 from banger.oci.manifest import ACCEPT, MAX_MANIFEST_BYTES
 from banger.oci.reference import Reference
-from banger.oci.transport import Response, RetryPolicy, Transport, redact, stream_error
 
 log = logging.getLogger("banger.oci.registry")
 

@@ -32,7 +32,7 @@ import zstandard
 
 from banger.errors import InvalidArgument
 from banger.oci.digest import Digest, parse_digest
-from banger.oci.limits import Budget, LayerLabel, Limits, invalid_layer, over_limit
+from banger.oci.oci_limits import Budget, LayerLabel, Limits, invalid_layer, over_limit
 
 log = logging.getLogger(__name__)
 

@@ -28,12 +28,11 @@ from banger.errors import (
     ImageNotFound,
 )
 from banger.host.publish import Staging, remove_published, remove_tree, staging
-from banger.images import catalog as image_catalog
-from banger.images import localbuild
-from banger.images.catalog import CatalogImage, ImageSource, SourceType
+from banger.images import image_catalog, localbuild
+from banger.images.image_catalog import CatalogImage, ImageSource, SourceType
 from banger.images.register import check_ext4
-from banger.kernels import pull, tarball
-from banger.kernels.catalog import MAX_ARTIFACT_BYTES
+from banger.kernels import fetch, tarball
+from banger.kernels.kernel_catalog import MAX_ARTIFACT_BYTES
 from banger.model.hosts import is_loopback_host
 from banger.model.records import ImageRecord, utc_now
 from banger.model.wire import StageState
@@ -263,11 +262,11 @@ class CatalogService:
         assert source.url is not None
         url = source.url
         kernel = await self.kernel_pulls.ensure_kernel(source.kernels, progress)
-        expected = pull.Expected(source.sha256, source.size_bytes, MAX_ARTIFACT_BYTES)
+        expected = fetch.Expected(source.sha256, source.size_bytes, MAX_ARTIFACT_BYTES)
         with staging(self.ctx.layout.images_dir, entry.name) as stage:
             archive = stage.path / "bundle.tar.zst"
             with progress.stage("download"):
-                got = await in_thread(lambda: pull.download(url, archive, expected), "downloading")
+                got = await in_thread(lambda: fetch.download(url, archive, expected), "downloading")
                 progress.detail = got.describe()
             if source.sha256 is None:
                 say_unverified(progress, got.sha256, "image", pinned=False)

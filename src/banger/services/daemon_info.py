@@ -75,12 +75,12 @@ def _db_summary(db: Database) -> str:
 
 
 async def _default_image(ctx: DaemonContext) -> str:
-    from banger.images import catalog
+    from banger.images import image_catalog
 
     name = ctx.config.default_image_name
     if any(i.name == name for i in await ctx.db.run(repo.list_images)):
         return "local"
-    found = (await asyncio.to_thread(catalog.load_catalog)).find(name)
+    found = (await asyncio.to_thread(image_catalog.load_catalog)).find(name)
     return "catalog" if found is not None else "missing"
 
 

@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 
 from banger.errors import AlreadyExists, ImageNotFound, InvalidArgument
 from banger.host.publish import Staging, Step, remove_published, staging
-from banger.images import pull as steps
+from banger.images import pull_steps as steps
 from banger.model import limits
 from banger.model.artifact_names import validate_name
 from banger.model.records import ImageRecord
@@ -41,10 +41,10 @@ from banger.model.units import format_size
 from banger.model.wire import StageState
 from banger.oci.blobcache import BlobCache, Fetched
 from banger.oci.ext4build import TREE_DIR, BuildResult
+from banger.oci.http_transport import HttpTransport
 from banger.oci.manifest import Descriptor
 from banger.oci.reference import Reference, default_name, parse_reference
 from banger.oci.registry import RegistryClient
-from banger.oci.transport import HttpTransport
 from banger.services.context import DaemonContext
 from banger.services.images import ImageService
 from banger.services.inventory import record_dict

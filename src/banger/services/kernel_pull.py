@@ -23,10 +23,9 @@ from banger.errors import (
 )
 from banger.host.publish import Staging, staging
 from banger.images import localbuild
-from banger.kernels import catalog as kernel_catalog
-from banger.kernels import pull, tarball
-from banger.kernels.catalog import MAX_ARTIFACT_BYTES, ArtifactFormat, CatalogKernel
+from banger.kernels import fetch, kernel_catalog, tarball
 from banger.kernels.discover import discover
+from banger.kernels.kernel_catalog import MAX_ARTIFACT_BYTES, ArtifactFormat, CatalogKernel
 from banger.kernels.store import KernelBuild, read_manifest
 from banger.model.artifact_names import validate_name
 from banger.model.records import KernelRecord, utc_now
@@ -83,7 +82,7 @@ class KernelPullService:
             pin = None
             if existing is not None and existing.source == entry.source:
                 manifest = await asyncio.to_thread(read_manifest, Path(existing.dir_path))
-                pin = pull.recorded_sha256(manifest, entry.url)
+                pin = fetch.recorded_sha256(manifest, entry.url)
             with staging(self.ctx.layout.kernels_dir, entry.name) as work:
                 tree, fetched = await self._fetch_kernel(entry, work.path, pin, progress)
                 record = await self._import_tree(entry, tree, fetched, progress)
@@ -96,10 +95,10 @@ class KernelPullService:
             return await self._fetch_deb(entry, work, progress)
         assert entry.url is not None
         url = entry.url
-        expected = pull.Expected(entry.sha256 or pin, entry.size_bytes, MAX_ARTIFACT_BYTES)
+        expected = fetch.Expected(entry.sha256 or pin, entry.size_bytes, MAX_ARTIFACT_BYTES)
         with progress.stage("download"):
             got = await in_thread(
-                lambda: pull.download(url, work / "download", expected), "downloading"
+                lambda: fetch.download(url, work / "download", expected), "downloading"
             )
             progress.detail = got.describe()
         if entry.sha256 is None:
@@ -108,7 +107,7 @@ class KernelPullService:
         with progress.stage("unpack"):
             if entry.format is ArtifactFormat.VMLINUX:
                 progress.detail = await in_thread(
-                    lambda: pull.place_vmlinux(got.path, tree), "unpacking"
+                    lambda: fetch.place_vmlinux(got.path, tree), "unpacking"
                 )
             else:
                 done = await in_thread(
@@ -144,7 +143,7 @@ class KernelPullService:
         progress: Progress,
     ) -> KernelRecord:
         """The kernel store's import steps on an unpacked tree, then publication."""
-        await in_thread(lambda: pull.write_metadata(tree, entry), "writing the metadata")
+        await in_thread(lambda: fetch.write_metadata(tree, entry), "writing the metadata")
         with progress.stage("discover"):
             found = await in_thread(lambda: discover(tree), "looking for the kernel")
             version = f", version {found.version}" if found.version else ""
@@ -173,7 +172,7 @@ class KernelPullService:
 
         def manifest() -> dict[str, Any]:
             build.manifest(entry.name, entry.source, imported_at.isoformat())
-            return pull.add_to_manifest(stage.path, "download", fetched)
+            return fetch.add_to_manifest(stage.path, "download", fetched)
 
         data = await in_thread(manifest, "writing the manifest")
         final = self.ctx.layout.kernels_dir / entry.name

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from banger.errors import InvalidArgument
+from banger.guest.ssh_argv import ssh_prefix
 from banger.host.procinfo import ProcessIdentity
 from banger.model.addressing import netmask, prefix_len
 from banger.model.cmdline import BootArgs, kernel_cmdline
@@ -108,29 +109,4 @@ def handle_of(vm: VmRecord, paths: VmPaths) -> VmmHandle | None:
 
 
 def ssh_argv(key: Path, known_hosts: Path, ip: str, *, connect_timeout_s: int = 2) -> list[str]:
-    return [
-        "ssh",
-        "-i",
-        str(key),
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "IdentitiesOnly=yes",
-        "-o",
-        "StrictHostKeyChecking=yes",
-        "-o",
-        f"UserKnownHostsFile={known_hosts}",
-        "-o",
-        f"ConnectTimeout={connect_timeout_s}",
-        "-o",
-        "LogLevel=ERROR",
-        # A guest whose VMM dies sends no FIN or RST: without keepalives a copy to it
-        # would wait for TCP to give up (~15 min, ADVERSARIAL 99), not ~20 s.
-        "-o",
-        "ServerAliveInterval=5",
-        "-o",
-        "ServerAliveCountMax=3",
-        "-l",
-        "root",
-        ip,
-    ]
+    return [*ssh_prefix(key, known_hosts, batch=True, connect_timeout_s=connect_timeout_s), ip]

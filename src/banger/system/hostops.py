@@ -19,7 +19,7 @@ from pathlib import Path
 
 from banger.errors import ConfigError, UnsupportedHost
 from banger.host.runner import Runner
-from banger.system.manifest import fsync_dir
+from banger.system.install_manifest import fsync_dir
 
 SYSTEMD_MARKER = Path("/run/systemd/system")
 SYSTEMCTL_TIMEOUT_S = 90.0

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from banger.errors import ConfigError, Conflict, PermissionDenied, UnsupportedHost
-from banger.helper import config as helper_config
-from banger.system import manifest as mf
+from banger.helper import helper_config
+from banger.system import install_manifest as mf
 from banger.system import owner as owner_ops
 from banger.system.hostops import (
     HostRoot,
@@ -31,7 +31,7 @@ from banger.system.hostops import (
     scripts_dir,
     write_root_file,
 )
-from banger.system.units import (
+from banger.system.unit_files import (
     HELPER_UNIT,
     Owner,
     UnitInputs,

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from banger.errors import BangerError, error_from_payload
-from banger.system.units import Owner
+from banger.system.unit_files import Owner
 
 _MAX_REPLY = 1 << 20
 

@@ -20,11 +20,11 @@ from banger.errors import BangerError
 from banger.host import buildinfo
 from banger.net import privilege_mode
 from banger.net.helper_client import HelperPrivilegedOps
-from banger.system import manifest as mf
+from banger.system import install_manifest as mf
 from banger.system.hostops import HostRoot
 from banger.system.install import MANIFEST, resolve_owner
 from banger.system.owner import as_owner
-from banger.system.units import HELPER_UNIT, daemon_unit_name
+from banger.system.unit_files import HELPER_UNIT, daemon_unit_name
 
 HELLO_TIMEOUT_S = 5.0
 

@@ -4,8 +4,9 @@
 Owns: the one seam through which this package reaches a guest, ``GuestShell`` — a shell
 script run in the guest over banger's SSH (or, in tests, run locally), with an archive on
 its stdin or read from its stdout — and the check of a guest path given by the user.
-Modules: ``gitrepo`` (host-side git queries), ``archive`` (the tar stream and the safe
-host-side reads behind it), ``export`` (guest changes back as a patch), ``filesync``.
+Modules: ``plan`` (what a copy takes), ``send`` (the copy into the guest), ``gitrepo``
+(host-side git queries), ``archive`` (the tar stream and the safe host-side reads behind
+it), ``export`` (guest changes back as a patch), ``filesync``.
 
 Must not: trust the guest. Nothing the guest prints is used as a host path, and every
 byte read from it is bounded (SPEC §8).
@@ -16,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import shlex
-import subprocess
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -25,7 +25,7 @@ from pathlib import PurePosixPath
 from typing import IO, TypeVar
 
 from banger.errors import CommandFailed, InvalidArgument, Timeout
-from banger.host.runner import STDERR_TAIL_CHARS, Result, Runner
+from banger.host.runner import STDERR_TAIL_CHARS, Process, Result, Runner, wait_for_exit
 
 log = logging.getLogger("banger.workspace")
 
@@ -120,36 +120,21 @@ class GuestShell:
 
 
 @contextlib.contextmanager
-def _spawn(
-    shell: GuestShell, script: str, *, stdin: bool
-) -> Iterator[tuple[subprocess.Popen[bytes], IO[bytes]]]:
+def _spawn(shell: GuestShell, script: str, *, stdin: bool) -> Iterator[tuple[Process, IO[bytes]]]:
     argv = shell.argv(script)
-    log.debug("+ %s", shlex.join(argv[:-1]) + " …")
-    # stderr goes to a file: a chatty guest must not block us on a full pipe.
-    with tempfile.TemporaryFile() as err:
-        try:
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL if stdin else subprocess.PIPE,
-                stderr=err,
-                env=shell.runner.env(),
-            )
-        except FileNotFoundError as exc:
-            raise CommandFailed(f"{argv[0]} is not installed") from exc
-        try:
-            yield proc, err
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    with (
+        tempfile.TemporaryFile() as err,
+        shell.runner.streaming(
+            argv, feed=stdin, stderr=err, shown=shlex.join(argv[:-1]) + " …"
+        ) as proc,
+    ):
+        yield proc, err
 
 
-def _finish(proc: subprocess.Popen[bytes], err: IO[bytes], timeout_s: float) -> Result:
-    try:
-        code = proc.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired as exc:
-        raise Timeout(f"the guest did not finish within {timeout_s:g}s") from exc
+def _finish(proc: Process, err: IO[bytes], timeout_s: float) -> Result:
+    code = wait_for_exit(proc, timeout_s)
+    if code is None:
+        raise Timeout(f"the guest did not finish within {timeout_s:g}s")
     err.seek(0)
     tail = err.read()[-STDERR_TAIL_CHARS:]
     argv = proc.args if isinstance(proc.args, list) else [proc.args]

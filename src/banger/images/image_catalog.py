@@ -21,23 +21,17 @@ local store, or can be pulled from the kernel catalog, is used.
 
 from __future__ import annotations
 
-import json
-import os
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from importlib import resources
-from pathlib import Path
 from typing import Any
 
-from banger.errors import InvalidArgument
-from banger.kernels.catalog import ARCHES, download_problems, read_override
+from banger.config.catalog_file import CatalogFile
 from banger.kernels.discover import ARCH
+from banger.kernels.kernel_catalog import ARCHES, download_problems
 from banger.model.artifact_names import is_valid_name
 
 CATALOG_ENV = "BANGER_IMAGE_CATALOG"
-SCHEMA = 1
 MIN_SIZE_BYTES = 256 << 20
 MAX_SIZE_BYTES = 64 << 30
 _REF = re.compile(r"[a-z0-9][a-z0-9._/:-]{0,250}(@sha256:[0-9a-f]{64})?", re.ASCII)
@@ -106,33 +100,6 @@ class ImageCatalog:
         return next((e for e in self.entries if e.name == name and e.arch == arch), None)
 
 
-def load_catalog(env: Mapping[str, str] | None = None) -> ImageCatalog:
-    override = (os.environ if env is None else env).get(CATALOG_ENV, "")
-    if not override:
-        data = resources.files("banger.images").joinpath("catalog.json").read_bytes()
-        return parse_catalog(data, origin="embedded", embedded=True)
-    return parse_catalog(read_override(Path(override), CATALOG_ENV), origin=override)
-
-
-def parse_catalog(data: bytes, *, origin: str, embedded: bool = False) -> ImageCatalog:
-    try:
-        raw = json.loads(data)
-    except ValueError as exc:
-        raise _invalid(origin, [f"not JSON: {exc}"]) from exc
-    found = catalog_problems(raw, embedded=embedded)
-    if found:
-        raise _invalid(origin, found)
-    return ImageCatalog(origin, tuple(_image(item) for item in raw["images"]))
-
-
-def _invalid(origin: str, found: list[str]) -> InvalidArgument:
-    return InvalidArgument(
-        f"the image catalog ({origin}) is invalid",
-        details="\n".join(found[:20]),
-        hint=f"fix the file or unset {CATALOG_ENV}" if origin != "embedded" else None,
-    )
-
-
 def _image(item: dict[str, Any]) -> CatalogImage:
     return CatalogImage(
         name=item["name"],
@@ -160,26 +127,6 @@ def _source(item: dict[str, Any]) -> ImageSource:
 
 
 # -- the self-test ---------------------------------------------------------------------------
-
-
-def catalog_problems(raw: object, *, embedded: bool) -> list[str]:
-    if not isinstance(raw, dict) or set(raw) != {"schema", "images"}:
-        return ['the top level must be {"schema": 1, "images": [...]}']
-    if raw["schema"] != SCHEMA:
-        return [f"schema {raw['schema']!r} is not {SCHEMA}"]
-    if not isinstance(raw["images"], list):
-        return ["images must be a list"]
-    found: list[str] = []
-    seen: set[tuple[str, str]] = set()
-    for index, item in enumerate(raw["images"]):
-        problems = image_problems(item, embedded=embedded)
-        found += [f"images[{index}]: {p}" for p in problems]
-        if not problems:
-            key = (item["name"], item["arch"])
-            if key in seen:
-                found.append(f"images[{index}]: {item['name']} for {item['arch']} appears twice")
-            seen.add(key)
-    return found
 
 
 def image_problems(item: object, *, embedded: bool) -> list[str]:
@@ -248,3 +195,13 @@ def _package_problems(packages: object, key: str) -> list[str]:
     ):
         return [f"{key} must be a list of package names"]
     return []
+
+
+CATALOG_FILE = CatalogFile(
+    "image", CATALOG_ENV, "banger.images", image_problems, _image, ImageCatalog
+)
+#: The override named by ``BANGER_IMAGE_CATALOG`` if set, else the embedded catalog.
+load_catalog = CATALOG_FILE.load
+parse_catalog = CATALOG_FILE.parse
+#: Everything wrong with a parsed catalog; an empty list means it may be used.
+catalog_problems = CATALOG_FILE.problems

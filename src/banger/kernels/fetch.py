@@ -8,7 +8,7 @@ A ``kill -9`` cannot run that clean-up: callers download inside a ``banger.host.
 staging directory, which the daemon empties at its next start (42).
 HTTP itself (timeouts, retries on 429/5xx and dropped connections, redirects, slow-drip
 bodies, "plain http only to loopback") is the registry client's transport, the one HTTP
-seam of banger (``banger.oci.transport``).
+seam of banger (``banger.oci.http_transport``).
 Also the small steps from a download to a directory ``kernel import`` reads: a bare ELF
 placed as ``vmlinux``, the catalog's metadata written next to it, and the download's
 record (URL, sha256, verified or not) added to the staged manifest, where a later pull
@@ -29,12 +29,11 @@ from typing import IO, Any
 
 from banger.errors import BadResponse, InvalidArgument, Timeout
 from banger.host.publish import write_file_atomic
-from banger.kernels.catalog import SHA256_HEX, CatalogKernel
+from banger.kernels.kernel_catalog import SHA256_HEX, CatalogKernel
 from banger.kernels.store import MANIFEST
 from banger.kernels.vmlinux import is_x86_64_elf, read_head
 from banger.model.units import format_size
-from banger.oci.transport import HttpTransport, Response, Transport, stream_error
-from banger.oci.transport import redact as redact_url
+from banger.oci.http_transport import HttpTransport, Response, Transport, redact, stream_error
 
 CHUNK_BYTES = 1 << 20
 TRANSFER_TIMEOUT_S = 3600.0
@@ -108,11 +107,6 @@ def _get(
             details="truncated download (Content-Length not met)",
         )
     return digest, size
-
-
-def redact(url: str) -> str:
-    """``url`` fit for a message: no user info, query values replaced."""
-    return redact_url(url)
 
 
 def _announced_size(response: Response, where: str, expected: Expected) -> int | None:

@@ -40,7 +40,7 @@ from banger.oci.manifest import (
 from banger.oci.reference import Reference
 from banger.oci.registry import RegistryClient
 
-log = logging.getLogger("banger.images.pull")
+log = logging.getLogger("banger.images.pull_steps")
 
 ROOTFS = "rootfs.ext4"
 WORK_DIR = "work"

@@ -19,25 +19,19 @@ Three kinds of entry (``format``):
 
 from __future__ import annotations
 
-import json
-import os
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from importlib import resources
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from banger.errors import InvalidArgument, KernelNotFound
+from banger.config.catalog_file import CatalogFile
+from banger.errors import KernelNotFound
 from banger.kernels.discover import ARCH
 from banger.model.artifact_names import is_valid_name
 from banger.model.hosts import is_loopback_host
 
 CATALOG_ENV = "BANGER_KERNEL_CATALOG"
-SCHEMA = 1
-MAX_CATALOG_BYTES = 1 << 20
 #: Largest download a catalog entry may announce (a kernel with modules is ~100 MiB).
 MAX_ARTIFACT_BYTES = 1 << 30
 ARCHES = ("x86_64", "aarch64")
@@ -110,53 +104,7 @@ class KernelCatalog:
         )
 
 
-# -- loading --------------------------------------------------------------------------------
-
-
-def load_catalog(env: Mapping[str, str] | None = None) -> KernelCatalog:
-    """The override named by ``BANGER_KERNEL_CATALOG`` if set, else the embedded one."""
-    override = (os.environ if env is None else env).get(CATALOG_ENV, "")
-    if not override:
-        return parse_catalog(embedded_bytes(), origin="embedded", embedded=True)
-    return parse_catalog(read_override(Path(override), CATALOG_ENV), origin=override)
-
-
-def embedded_bytes() -> bytes:
-    return resources.files("banger.kernels").joinpath("catalog.json").read_bytes()
-
-
-def read_override(path: Path, variable: str) -> bytes:
-    """A catalog file named by an environment variable, bounded in size."""
-    hint = f"fix the file or unset {variable}"
-    if not path.is_absolute():
-        raise InvalidArgument(f"{variable} must be an absolute path, not {str(path)!r}", hint=hint)
-    try:
-        with path.open("rb") as f:
-            data = f.read(MAX_CATALOG_BYTES + 1)
-    except OSError as exc:
-        raise InvalidArgument(f"cannot read {variable}={path}: {exc.strerror}", hint=hint) from exc
-    if len(data) > MAX_CATALOG_BYTES:
-        raise InvalidArgument(f"{path} is larger than {MAX_CATALOG_BYTES} bytes", hint=hint)
-    return data
-
-
-def parse_catalog(data: bytes, *, origin: str, embedded: bool = False) -> KernelCatalog:
-    try:
-        raw = json.loads(data)
-    except ValueError as exc:
-        raise _invalid(origin, [f"not JSON: {exc}"]) from exc
-    found = catalog_problems(raw, embedded=embedded)
-    if found:
-        raise _invalid(origin, found)
-    return KernelCatalog(origin, tuple(_entry(item) for item in raw["kernels"]))
-
-
-def _invalid(origin: str, found: list[str]) -> InvalidArgument:
-    return InvalidArgument(
-        f"the kernel catalog ({origin}) is invalid",
-        details="\n".join(found[:20]),
-        hint=f"fix the file or unset {CATALOG_ENV}" if origin != "embedded" else None,
-    )
+# -- building entries ---------------------------------------------------------------------
 
 
 def _entry(item: dict[str, Any]) -> CatalogKernel:
@@ -178,30 +126,6 @@ def _entry(item: dict[str, Any]) -> CatalogKernel:
 
 
 # -- the self-test (ADVERSARIAL 44) ---------------------------------------------------------
-
-
-def catalog_problems(raw: object, *, embedded: bool) -> list[str]:
-    """Everything wrong with a parsed catalog; an empty list means it may be used."""
-    if not isinstance(raw, dict) or set(raw) != {"schema", "kernels"}:
-        return ['the top level must be {"schema": 1, "kernels": [...]}']
-    if raw["schema"] != SCHEMA:
-        return [f"schema {raw['schema']!r} is not {SCHEMA}"]
-    items = raw["kernels"]
-    if not isinstance(items, list):
-        return ["kernels must be a list"]
-    found: list[str] = []
-    seen: set[tuple[str, str]] = set()
-    for index, item in enumerate(items):
-        where = f"kernels[{index}]"
-        problems = entry_problems(item, embedded=embedded)
-        found.extend(f"{where}: {p}" for p in problems)
-        if problems:
-            continue
-        key = (item["name"], item["arch"])
-        if key in seen:  # (name, arch) unique implies (name, version, arch) unique
-            found.append(f"{where}: {item['name']} for {item['arch']} appears twice")
-        seen.add(key)
-    return found
 
 
 def entry_problems(item: object, *, embedded: bool) -> list[str]:
@@ -285,3 +209,13 @@ def _deb_problems(item: dict[str, Any]) -> list[str]:
     if not isinstance(suite, str) or not _SUITE.fullmatch(suite):
         found.append("a deb entry needs the archive suite in suite (like bookworm)")
     return found
+
+
+CATALOG_FILE = CatalogFile(
+    "kernel", CATALOG_ENV, "banger.kernels", entry_problems, _entry, KernelCatalog
+)
+#: The override named by ``BANGER_KERNEL_CATALOG`` if set, else the embedded catalog.
+load_catalog = CATALOG_FILE.load
+parse_catalog = CATALOG_FILE.parse
+#: Everything wrong with a parsed catalog; an empty list means it may be used.
+catalog_problems = CATALOG_FILE.problems

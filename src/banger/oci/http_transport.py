@@ -30,7 +30,7 @@ from banger.errors import BadResponse, BangerError, InvalidArgument, Timeout
 from banger.host import buildinfo
 from banger.model.hosts import is_loopback_host
 
-log = logging.getLogger("banger.oci.transport")
+log = logging.getLogger("banger.oci.http_transport")
 
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 CHUNK_BYTES = 1 << 20
