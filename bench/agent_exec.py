@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.e2e.test_agent import BOOT_TIMEOUT_S, Booted, booted_debian
+from tests.agentguest import BOOT_TIMEOUT_S, Booted, booted_debian
 
 from banger.guest.exec_client import ExecConnection
 from banger.services.readiness import wait_for_agent

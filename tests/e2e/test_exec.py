@@ -24,10 +24,9 @@ import pytest
 from banger.guest.exec_client import ExecConnection
 from banger.guest.exec_frames import WINDOW, ExitStatus, Kind
 from banger.services.readiness import wait_for_agent
-from tests.e2e.test_agent import BOOT_TIMEOUT_S, Booted, booted_debian
-from tests.e2e.test_agent import pytestmark as agent_marks
+from tests.agentguest import BOOT_TIMEOUT_S, NEEDS_QEMU_GUEST, Booted, booted_debian
 
-pytestmark = agent_marks
+pytestmark = NEEDS_QEMU_GUEST
 
 
 @pytest.fixture(scope="module")
