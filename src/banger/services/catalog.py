@@ -156,16 +156,32 @@ async def _from_local_debian(
         work = stage.path / "build"
         work.mkdir()
         tar = work / "rootfs.tar"
-        with progress.stage("bootstrap"):
-            sources = await in_thread(
-                lambda: localbuild.host_suite_sources(suite), "reading the host's apt sources"
-            )
-            tool = await in_thread(
+        sources = await in_thread(
+            lambda: localbuild.host_suite_sources(suite), "reading the host's apt sources"
+        )
+        build = asyncio.create_task(
+            in_thread(
                 lambda: localbuild.build_rootfs_tar(recipe, sources, tar, ctx.runner, work),
                 "bootstrapping Debian",
             )
-            progress.detail = f"{tool}: {suite} {source.variant}, {tar.stat().st_size >> 20} MiB"
-        with progress.stage("rootfs"):
+        )
+        marker = work / localbuild.ESSENTIAL_DONE
+        try:
+            # bootstrap: the Essential set (until mmdebstrap's essential hook runs);
+            # packages: the image's own package list, then the tar.
+            with progress.stage("bootstrap"):
+                while not build.done() and not marker.exists():
+                    await asyncio.wait({build}, timeout=0.2)
+                progress.detail = f"{suite} {source.variant} Essential set"
+            with progress.stage("packages"):
+                tool = await build
+                size_mib = tar.stat().st_size >> 20
+                progress.detail = f"{tool}: {len(recipe.include)} packages asked, {size_mib} MiB"
+        finally:
+            if not build.done():
+                build.cancel()
+                await asyncio.gather(build, return_exceptions=True)
+        with progress.stage("ext4"):
             layer = Layer(tar, "application/vnd.oci.image.layer.v1.tar", None)
             await in_thread(
                 lambda: build_rootfs_image(
@@ -179,7 +195,8 @@ async def _from_local_debian(
                 "building the root filesystem",
             )
             await in_thread(lambda: remove_tree(work), "removing the build files")
-            progress.detail = f"{entry.size_bytes >> 20} MiB ext4, made bootable"
+            modules = await _bake_modules(ctx, kernel, stage.path / ROOTFS)
+            progress.detail = f"{entry.size_bytes >> 20} MiB ext4, made bootable{modules}"
         record = ImageRecord(
             name=entry.name,
             managed=True,
@@ -193,6 +210,22 @@ async def _from_local_debian(
         with progress.stage("publish"):
             await _publish_image(ctx, stage, record)
             progress.detail = str(Path(record.rootfs_path).parent)
+
+
+async def _bake_modules(ctx: DaemonContext, kernel: str, rootfs: Path) -> str:
+    """The kernel's modules into the image once, so that a VM's disks need not copy them
+    (``banger.disks.modules`` skips a version already there)."""
+    from banger.disks.modules import install_modules
+
+    record = await ctx.db.run(repo.get_kernel, kernel)
+    tree = Path(record.dir_path) / "modules"
+    if not record.has_modules or record.version is None or not tree.is_dir():
+        return ""
+    version = record.version
+    done = await in_thread(
+        lambda: install_modules(rootfs, tree, version, ctx.runner), "copying kernel modules"
+    )
+    return f", {done.describe()}"
 
 
 async def _publish_image(ctx: DaemonContext, stage: Staging, record: ImageRecord) -> None:
