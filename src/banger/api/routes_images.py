@@ -54,6 +54,20 @@ class ImagePullBody(Strict):
     ) = None
 
 
+class CatalogImageInfo(Strict):
+    name: str
+    distro: str
+    arch: str
+    description: str
+    #: The ext4 size the image is built with (sparse on disk).
+    size_bytes: int
+    #: What each source installs (``first_boot_packages`` or ``include``), in order.
+    packages: list[str]
+    sources: list[str]
+    #: Whether an image of this name is already local.
+    local: bool
+
+
 class ImageDeleted(Strict):
     name: str
     deleted: bool
@@ -88,6 +102,12 @@ async def promote_image(ctx: Ctx, name: Name) -> StreamingResponse:
     """Copy a registered image's files into banger's own store, with progress."""
     image = await images.plan_promote(ctx, name)
     return ndjson_response(images.promote_events(ctx, image))
+
+
+@router.get("/catalog/images", response_model=list[CatalogImageInfo])
+async def catalog_images(ctx: Ctx) -> list[dict[str, Any]]:
+    """The image catalog for this host's architecture (docs/catalog.md)."""
+    return await catalog.available_images(ctx)
 
 
 @router.get("/images", response_model=list[ImageInfo])

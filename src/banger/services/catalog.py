@@ -34,6 +34,7 @@ from banger.images.catalog import CatalogImage, ImageSource, SourceType
 from banger.images.register import check_ext4
 from banger.kernels import pull, tarball
 from banger.kernels.catalog import MAX_ARTIFACT_BYTES
+from banger.kernels.discover import ARCH
 from banger.oci.reference import is_loopback_host, parse_reference
 from banger.publish import Staging, remove_published, remove_tree, staging
 from banger.services import kernel_pull
@@ -57,6 +58,23 @@ async def is_catalog_name(ref: str) -> bool:
     if any(c in ref for c in ":/@"):
         return False
     return (await asyncio.to_thread(image_catalog.load_catalog)).find(ref) is not None
+
+
+async def available_images(ctx: DaemonContext) -> list[dict[str, Any]]:
+    """The catalog's images for this host's architecture, each with its package list
+    (the first source's; the catalog's self-test keeps sources alike) and whether it is
+    local."""
+    found = (await asyncio.to_thread(image_catalog.load_catalog)).entries
+    local = {i.name for i in await ctx.db.run(repo.list_images)}
+    return [
+        {
+            **entry.to_dict(),
+            "packages": list(entry.sources[0].packages) if entry.sources else [],
+            "local": entry.name in local,
+        }
+        for entry in found
+        if entry.arch == ARCH
+    ]
 
 
 def ensure_image_events(ctx: DaemonContext, name: str) -> AsyncIterator[dict[str, Any]]:
