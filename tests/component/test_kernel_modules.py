@@ -1,6 +1,9 @@
 """The booted kernel's modules copied into a VM's rootfs copy (issue 10;
 docs/explanation/kernel-modules.md), on real ext4 images with real mkfs.ext4, debugfs and
 e2fsck; everything is read back with debugfs itself, never through the code under test.
+ADVERSARIAL 30 (nothing in the source tree is followed on the host: its symlinks stay
+behind) and 109 (a rootfs too small for the modules is told apart from a host error: the
+VM boots without them, nothing is half-copied).
 """
 
 from __future__ import annotations

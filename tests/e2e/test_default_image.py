@@ -10,7 +10,8 @@ One daemon and one built image serve the whole module (the build is the expensiv
 each test boots its own VM from it. What the development image promises (SPEC §5):
 make and a C compiler, python3 with unittest, git (the workspace is a real checkout with
 the host's HEAD), Docker working offline with a network for its containers, and the
-booted kernel's modules loadable.
+booted kernel's modules loadable. ADVERSARIAL 70: git in the guest must not refuse the
+copied repository ("dubious ownership") nor see stat-only changes.
 """
 
 from __future__ import annotations
