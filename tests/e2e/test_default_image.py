@@ -100,8 +100,8 @@ def test_first_vm_run_builds_the_image_and_make_test_passes(dev: Env) -> None:
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "hello from C" in out.stdout and "Ran 1 test" in out.stderr + out.stdout
     # The build reports its stages (issue 10): bootstrap, packages, ext4, each timed.
-    for stage in ("bootstrap", "packages", "ext4"):
-        assert f"✓ {stage}: " in out.stderr, out.stderr[-3000:]
+    for stage in ("bootstrap", "packages", "ext4"):  # progress lines: stdout, not a TTY
+        assert f"✓ {stage}: " in out.stdout, out.stdout[-3000:]
     images = dev.env.json("image", "list")
     assert [i["name"] for i in images] == ["debian-bookworm"]
     assert images[0]["init_path"] and images[0]["kernel_name"]
@@ -115,18 +115,23 @@ def test_a_failing_test_fails_vm_run_with_makes_status(dev: Env) -> None:
     assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
     assert "AssertionError" in out.stdout + out.stderr
     # The second `vm run` builds nothing.
-    assert "bootstrap" not in out.stderr and "packages" not in out.stderr
+    assert "✓ bootstrap" not in out.stdout and "✓ packages" not in out.stdout
+    assert "✓ wait-ready" in out.stdout
     assert seconds < dev.first_s
     print(f"default image: a later vm run with make test {seconds:.1f}s")
 
 
 def test_the_workspace_is_a_clean_checkout_of_the_hosts_head(dev: Env) -> None:
     head = git(dev.repo, "rev-parse", "HEAD")
-    script = "git status --porcelain; echo '--'; git log -1 --format=%H; cat /etc/os-release"
+    script = (
+        "echo BEGIN; git status --porcelain; echo '--'; git log -1 --format=%H; cat /etc/os-release"
+    )
     out = dev.run(str(dev.repo), "--", "sh", "-c", script)
     assert out.returncode == 0, out.stderr[-3000:]
-    status, _, rest = out.stdout.partition("--\n")
+    # stdout also holds the progress lines (not a TTY): the command's output follows BEGIN
+    status, _, rest = out.stdout.split("BEGIN\n", 1)[1].partition("--\n")
     assert status == ""  # no "dubious ownership", no stat-only modifications
+    assert "dubious" not in out.stderr
     assert rest.splitlines()[0] == head
     assert "VERSION_CODENAME=bookworm" in rest
 
