@@ -190,7 +190,11 @@ async def _from_local_debian(
             with progress.stage("bootstrap"):
                 while not build.done() and not marker.exists():
                     await asyncio.wait({build}, timeout=0.2)
-                progress.detail = f"{suite} {source.variant} Essential set"
+                progress.detail = (
+                    f"{suite} {source.variant} Essential set"
+                    if marker.exists()
+                    else "all at once (no essential hook: debootstrap)"
+                )
             with progress.stage("packages"):
                 tool = await build
                 size_mib = tar.stat().st_size >> 20
