@@ -144,7 +144,7 @@ def test_docker_loads_an_image_and_runs_a_container_with_a_network(dev: Env) -> 
         f"docker load < img.tar && docker run --rm {IMAGE_TAG} true && echo RAN-TRUE && "
         "set -- $(ip route | grep ^default) && "
         f"docker run --rm {IMAGE_TAG} sh -c "
-        f"'ip -4 addr show eth0 && ping -c 1 -W 5 172.17.0.1 && ping -c 1 -W 5 $3'"
+        '"ip -4 addr show eth0 && ping -c 1 -W 5 172.17.0.1 && ping -c 1 -W 5 $3"'
     )
     out = dev.run(str(dev.repo), "--", "sh", "-c", script)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]

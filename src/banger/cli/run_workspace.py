@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -25,7 +26,7 @@ from typing import IO
 from banger.cli.session import Session
 from banger.cli.workspace_options import DEFAULT_GUEST_PATH, Mode
 from banger.errors import AlreadyExists, InvalidArgument
-from banger.runner import Runner
+from banger.runner import Result, Runner
 from banger.workspace import EXIT_EXISTS, GuestShell, check_guest_path, guest_failure
 from banger.workspace.archive import (
     Item,
@@ -46,6 +47,10 @@ from banger.workspace.gitrepo import (
     check_branch_name,
     open_repo,
 )
+
+#: Copying the workspace is retried when ssh never got a session (nothing ran in the guest).
+SSH_CONNECT_ATTEMPTS = 3
+_PRE_SESSION = (b"kex_exchange_identification", b"banner exchange", b"Connection refused")
 
 
 @dataclass
@@ -224,9 +229,15 @@ def send_plan(
         warnings: list[str] = []
 
         def write(stream: IO[bytes]) -> None:
+            warnings.clear()
             warnings.extend(_write_archive(plan, guest_git, stream))
 
-        result = shell.send(unpack_script(guest_path, replace=replace, readonly=readonly), write)
+        script = unpack_script(guest_path, replace=replace, readonly=readonly)
+        for attempt in range(1, SSH_CONNECT_ATTEMPTS + 1):
+            result = shell.send(script, write)
+            if attempt == SSH_CONNECT_ATTEMPTS or not _never_connected(result):
+                break
+            time.sleep(1.0)
     if result.returncode == EXIT_EXISTS:
         raise AlreadyExists(
             f"{guest_path} already exists in the guest",
@@ -235,6 +246,16 @@ def send_plan(
     if result.returncode != 0:
         raise guest_failure("unpacking the workspace", result)
     return warnings
+
+
+def _never_connected(result: Result) -> bool:
+    """ssh failed before any session (so nothing ran in the guest): worth another try.
+
+    Seen once under heavy host load on a guest that had just become ready: sshd reset the
+    connection during the identification exchange (``kex_exchange_identification: read:
+    Connection reset by peer``).
+    """
+    return result.returncode == 255 and any(m in result.stderr for m in _PRE_SESSION)
 
 
 def _write_archive(plan: Plan, guest_git: GuestGit | None, stream: IO[bytes]) -> list[str]:
