@@ -31,6 +31,7 @@ PAIRS: dict[type[Record], type[BaseModel]] = {
     api_types.StageEvent: models.StageEvent,
     api_types.KernelInfo: models.KernelInfo,
     api_types.KernelDetail: models.KernelDetail,
+    api_types.CatalogImageInfo: models.CatalogImageInfo,
     api_types.CatalogKernelInfo: models.CatalogKernelInfo,
     api_types.KernelRemoved: models.KernelRemoved,
     api_types.ImageInfo: models.ImageInfo,

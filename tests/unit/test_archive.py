@@ -548,3 +548,45 @@ def test_export_on_the_host_runs_no_configured_program_e71(
     )
     assert b".gitattributes" in result.patch
     assert not marker.exists()
+
+
+class FlakyShell(GuestShell):
+    """ssh fails before a session ``failures`` times (``stderr`` each time), then works."""
+
+    failures: int = 0
+    stderr: bytes = b""
+    calls: int = 0
+
+    def send(self, script: str, write: object, *, timeout_s: float = 0) -> Result:
+        object.__setattr__(self, "calls", self.calls + 1)
+        write(io.BytesIO())  # type: ignore[operator]
+        if self.calls <= self.failures:
+            return Result(("ssh",), 255, b"", self.stderr)
+        return Result(("ssh",), 0, b"", b"")
+
+
+def test_a_connection_reset_before_any_session_is_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("banger.workspace.send.time.sleep", lambda _s: None)
+    plan = make_plan(make_repo(tmp_path / "r"))
+    reset = b"kex_exchange_identification: read: Connection reset by peer\r\n"
+    shell = FlakyShell(())
+    object.__setattr__(shell, "failures", 2)
+    object.__setattr__(shell, "stderr", reset)
+    send_plan(plan, shell, "/root/repo")
+    assert shell.calls == 3
+    # Three failures in a row: the error says ssh could not reach the guest.
+    shell = FlakyShell(())
+    object.__setattr__(shell, "failures", 3)
+    object.__setattr__(shell, "stderr", reset)
+    with pytest.raises(CommandFailed, match="could not reach the guest over SSH"):
+        send_plan(plan, shell, "/root/repo")
+    assert shell.calls == 3
+    # A failure after the session began (the unpack may have run) is not retried.
+    shell = FlakyShell(())
+    object.__setattr__(shell, "failures", 1)
+    object.__setattr__(shell, "stderr", b"client_loop: send disconnect: Broken pipe\r\n")
+    with pytest.raises(CommandFailed):
+        send_plan(plan, shell, "/root/repo")
+    assert shell.calls == 1

@@ -282,7 +282,20 @@ def _stub_path(tmp: Path, stubs: dict[str, str]) -> Path:
     """A PATH dir: the basics from the host plus ``stubs`` (name -> shell body)."""
     bin_dir = tmp / "stubbin"
     bin_dir.mkdir(exist_ok=True)
-    for tool in ("cat", "mkdir", "rm", "chmod", "ln", "mv", "tr", "cut", "sleep", "env", "tail"):
+    for tool in (
+        "cat",
+        "mkdir",
+        "rm",
+        "chmod",
+        "ln",
+        "mv",
+        "tr",
+        "cut",
+        "sleep",
+        "env",
+        "tail",
+        "sed",
+    ):
         link = bin_dir / tool
         if not link.exists():
             link.symlink_to(shutil.which(tool) or f"/bin/{tool}")
@@ -644,6 +657,44 @@ def test_configure_systemd_masks_enables_and_orders_sshd(shell: list[str], tmp_p
     assert (tmp_path / "calls").read_text().splitlines()[-1] == (
         "systemctl enable banger-agent.service"
     )
+
+
+@pytest.mark.parametrize("shell", STUB_SHELLS)
+def test_configure_systemd_starts_docker_and_apparmor_after_the_guest_is_ready(
+    shell: list[str], tmp_path: Path
+) -> None:
+    (tmp_path / "root/var/log").mkdir(parents=True)
+    units = tmp_path / "root/usr/lib/systemd/system"
+    units.mkdir(parents=True)
+    for name in ("containerd.service", "docker.service"):
+        (units / name).write_text("[Unit]\nDescription=x\n[Service]\nExecStart=/bin/true\n")
+    (units / "apparmor.service").write_text(
+        "[Unit]\nDescription=Load AppArmor profiles\nDefaultDependencies=no\n"
+        "Before=sysinit.target\nAfter=local-fs.target\n[Service]\nType=oneshot\n"
+        "ExecStart=/lib/apparmor/apparmor.systemd reload\n[Install]\nWantedBy=sysinit.target\n"
+    )
+    stubs = {"systemctl": 'echo "systemctl $*" >>"$CALLS"'}
+    ok(run_lib(shell, "configure_systemd", tmp_path, stubs=stubs))
+    etc = tmp_path / "root/etc/systemd/system"
+    for name in ("containerd", "docker"):
+        conf = (etc / f"{name}.service.d/10-banger-after-ready.conf").read_text()
+        assert "After=banger-agent.service ssh.service sshd.service\n" in conf
+        assert "CPUWeight=20\n" in conf
+    apparmor = (etc / "apparmor.service").read_text()
+    assert "Before=sysinit.target" not in apparmor
+    assert apparmor.startswith("[Unit]\nAfter=banger-agent.service ssh.service sshd.service\n")
+    assert "ExecStart=/lib/apparmor/apparmor.systemd reload" in apparmor
+    assert "WantedBy=sysinit.target" in apparmor
+
+
+@pytest.mark.parametrize("shell", STUB_SHELLS)
+def test_configure_systemd_leaves_an_image_without_docker_alone(
+    shell: list[str], tmp_path: Path
+) -> None:
+    (tmp_path / "root/var/log").mkdir(parents=True)
+    ok(run_lib(shell, "configure_systemd", tmp_path, stubs={"systemctl": ":"}))
+    etc = tmp_path / "root/etc/systemd/system"
+    assert not (etc / "docker.service.d").exists() and not (etc / "apparmor.service").exists()
 
 
 @pytest.mark.parametrize("shell", SHELLS)

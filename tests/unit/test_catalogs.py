@@ -99,12 +99,24 @@ def test_embedded_image_catalog_holds_the_default_image_with_kernels_from_the_ca
     assert oci.ref == "docker.io/library/debian:bookworm"
     assert {"openssh-server", "systemd-sysv"} <= set(oci.packages)
     assert local.suite == "bookworm" and local.variant == "minbase"
-    assert set(local.packages) == {
+    minimal = catalog.find("debian-bookworm-minimal")
+    assert minimal is not None
+    small = {
         "systemd-sysv", "udev", "openssh-server", "iproute2", "python3-minimal",
-        "ca-certificates",
+        "ca-certificates", "kmod",
     }  # fmt: skip
+    assert [set(s.packages) for s in minimal.sources] == [small, small]
+    # The default is the development image (issue 10): the minimal set plus tools and
+    # Docker, the same for both sources (the OCI one installs them at first boot).
+    dev = {
+        "git", "make", "build-essential", "python3", "python3-venv", "python3-pip", "curl",
+        "wget", "openssh-client", "rsync", "jq", "unzip", "xz-utils", "zstd", "tmux", "less",
+        "vim-tiny", "procps", "sudo", "docker.io", "containerd", "iptables", "apparmor",
+    }  # fmt: skip
+    assert set(oci.packages) == set(local.packages) == small | dev
+    assert entry.size_bytes > minimal.size_bytes
     known = {e.name for e in kernels.load_catalog(env={}).entries}
-    for source in entry.sources:
+    for source in (*entry.sources, *minimal.sources):
         assert set(source.kernels) <= known
     assert catalog.find("no-such-image") is None
 

@@ -181,6 +181,20 @@ class KernelDetail(KernelInfo):
     manifest: dict[str, Any] | None = None
 
 
+class CatalogImageInfo(Strict):
+    name: str
+    distro: str
+    arch: str
+    description: str
+    #: The ext4 size the image is built with (sparse on disk).
+    size_bytes: int
+    #: What each source installs (``first_boot_packages`` or ``include``), in order.
+    packages: list[str]
+    sources: list[str]
+    #: Whether an image of this name is already local.
+    local: bool
+
+
 class CatalogKernelInfo(Strict):
     name: str
     distro: str

@@ -9,6 +9,7 @@ from starlette.responses import StreamingResponse
 
 from banger.api.deps import Services
 from banger.api.models import (
+    CatalogImageInfo,
     ImageDeleted,
     ImageInfo,
     ImagePullBody,
@@ -57,6 +58,12 @@ async def promote_image(services: Services, name: Name) -> StreamingResponse:
     """Copy a registered image's files into banger's own store, with progress."""
     image = await services.images.plan_promote(name)
     return ndjson_response(services.images.promote_events(image))
+
+
+@router.get("/catalog/images", response_model=list[CatalogImageInfo])
+async def catalog_images(services: Services) -> list[dict[str, Any]]:
+    """The image catalog for this host's architecture (docs/catalog.md)."""
+    return await services.catalog.available_images()
 
 
 @router.get("/images", response_model=list[ImageInfo])

@@ -122,10 +122,14 @@ def image_promote(session: Session, name: str, as_json: bool) -> None:
 
 
 @image.command("list")
+@click.option("--available", is_flag=True, help="List the image catalog instead.")
 @json_option
 @click.pass_obj
-def image_list(session: Session, as_json: bool) -> None:
-    """List local images."""
+def image_list(session: Session, available: bool, as_json: bool) -> None:
+    """List local images, or with --available the catalog's (what each holds, its size)."""
+    if available:
+        _list_available(session, as_json=as_json)
+        return
     images = session.client().images.list()
     if as_json:
         emit_json(images)
@@ -168,3 +172,21 @@ def image_delete(session: Session, names: tuple[str, ...]) -> None:
         reply = images.delete(name)
         kept = "" if reply.files_removed else " (files left in place)"
         click.echo(f"deleted image {name}{kept}")
+
+
+def _list_available(session: Session, *, as_json: bool) -> None:
+    entries = session.client().images.catalog()
+    if as_json:
+        emit_json(entries)
+        return
+    for index, e in enumerate(entries):
+        if index:
+            click.echo()
+        local = "local" if e.local else "obtained on first use"
+        click.echo(f"{e.name}  ({format_size(e.size_bytes)} ext4, {local})")
+        click.echo(f"  {e.description}")
+        click.echo(f"  packages: {' '.join(e.packages) or '-'}")
+        for source in e.sources:
+            click.echo(f"  source: {source}")
+    if not entries:
+        click.echo("the image catalog is empty")

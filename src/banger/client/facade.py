@@ -17,6 +17,7 @@ from urllib.parse import quote, urlencode
 from banger.client.http import Client
 from banger.errors import BadResponse
 from banger.model.api_types import (
+    CatalogImageInfo,
     CatalogKernelInfo,
     ConfigReply,
     CreateVmRequest,
@@ -162,6 +163,9 @@ class Images(_Section):
 
     def promote(self, name: str) -> Progress[ImageInfo]:
         return Progress(self._http.stream("POST", _image(name, "/promote")), ImageInfo)
+
+    def catalog(self) -> builtins.list[CatalogImageInfo]:
+        return list_from_json(CatalogImageInfo, self._http.get("/catalog/images"))
 
     def delete(self, name: str) -> ImageDeleted:
         return from_json(ImageDeleted, self._http.request("DELETE", _image(name)))

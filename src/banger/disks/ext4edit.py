@@ -128,6 +128,7 @@ class _Op:
     uid: int | None = None
     gid: int | None = None
     data: bytes | None = None
+    source: Path | None = None  # copy_file: a host file debugfs reads itself
 
 
 class Ext4Editor:
@@ -178,6 +179,16 @@ class Ext4Editor:
         if path == "/":
             raise InvalidArgument("cannot write a file at /")
         self._ops.append(_Op("write", path, _check_mode(mode), *_ids(uid, gid), data=bytes(data)))
+
+    def copy_file(self, path: str, source: Path, *, mode: int, uid: int = 0, gid: int = 0) -> None:
+        """Like ``write_file`` with the content of the host file ``source`` (read by
+        debugfs, not held in memory). ``source`` must be a trusted regular file: banger's
+        own store, never a path an image or guest chose."""
+        path = check_guest_path(path)
+        if path == "/":
+            raise InvalidArgument("cannot write a file at /")
+        ids = _ids(uid, gid)
+        self._ops.append(_Op("write", path, _check_mode(mode), *ids, source=Path(source)))
 
     def mkdir(self, path: str, *, mode: int, uid: int = 0, gid: int = 0) -> None:
         """Ensure a directory with this mode and owner; missing parents get 0755 root."""
@@ -355,8 +366,11 @@ class _Planner:
             raise InvalidArgument(f"cannot write {op.path}: it is a directory in the image")
         if kind is not None:
             self.lines.append(f"rm {quote(op.path)}")
-        source = self.scratch / f"f{len(self.lines)}"
-        source.write_bytes(op.data or b"")
+        if op.source is not None:
+            source = op.source
+        else:
+            source = self.scratch / f"f{len(self.lines)}"
+            source.write_bytes(op.data or b"")
         name = op.path.rsplit("/", 1)[1]
         # `write` links its second argument verbatim into the current directory, so a
         # name with a slash would become one corrupt entry: cd to the parent first.

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import pwd
 import re
+import shlex
 import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -38,6 +39,9 @@ _CUSTOMIZE = (
     ': > "$1/etc/resolv.conf"',
     'chmod 0644 "$1/etc/hostname" "$1/etc/resolv.conf"',
 )
+#: Touched by mmdebstrap's essential hook in the build's work dir: the Essential set is
+#: installed and the requested packages come next (the ``packages`` progress stage).
+ESSENTIAL_DONE = "essential-done"
 _DEPENDS = re.compile(r"^\s*Depends: (linux-image-[a-z0-9.+-]+)\s*$", re.MULTILINE)
 
 
@@ -201,7 +205,7 @@ def build_rootfs_tar(
     source_file = work_dir / "sources.list"
     source_file.write_text("\n".join(sources) + "\n")
     if shutil.which("mmdebstrap"):
-        _mmdebstrap(recipe, source_file, out, runner)
+        _mmdebstrap(recipe, source_file, out, runner, marker=work_dir / ESSENTIAL_DONE)
         return "mmdebstrap"
     if shutil.which("debootstrap") and os.geteuid() == 0:
         _debootstrap(recipe, sources, out, runner, work_dir)
@@ -212,13 +216,17 @@ def build_rootfs_tar(
     )
 
 
-def _mmdebstrap(recipe: DebianRecipe, source_file: Path, out: Path, runner: Runner) -> None:
+def _mmdebstrap(
+    recipe: DebianRecipe, source_file: Path, out: Path, runner: Runner, *, marker: Path
+) -> None:
     argv: list[str | Path] = [
         "mmdebstrap", "--quiet", f"--variant={recipe.variant}", f"--architectures={recipe.arch}",
         "--format=tar", "--aptopt=Acquire::Languages \"none\";",
     ]  # fmt: skip
     if recipe.include:
         argv.append(f"--include={','.join(recipe.include)}")
+    # Only a progress marker: its failure must not fail the build.
+    argv.append(f"--essential-hook=touch {shlex.quote(str(marker))} || true")
     argv += [f"--customize-hook={hook}" for hook in _CUSTOMIZE]
     argv += [recipe.suite, out, source_file]
     try:

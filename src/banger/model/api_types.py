@@ -131,6 +131,17 @@ class KernelDetail(KernelInfo):
     manifest: dict[str, Any] | None = None
 
 
+class CatalogImageInfo(Record):
+    name: str
+    distro: str
+    arch: str
+    description: str
+    size_bytes: int
+    packages: list[str]
+    sources: list[str]
+    local: bool
+
+
 class CatalogKernelInfo(Record):
     name: str
     distro: str

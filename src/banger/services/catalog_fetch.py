@@ -32,6 +32,7 @@ from banger.images import image_catalog, localbuild
 from banger.images.image_catalog import CatalogImage, ImageSource, SourceType
 from banger.images.register import check_ext4
 from banger.kernels import fetch, tarball
+from banger.kernels.discover import ARCH
 from banger.kernels.kernel_catalog import MAX_ARTIFACT_BYTES
 from banger.model.hosts import is_loopback_host
 from banger.model.records import ImageRecord, utc_now
@@ -109,6 +110,22 @@ class CatalogService:
             ref, name=name, kernel_ref=kernel_ref, size_bytes=size_bytes
         )
         return self.image_pulls.pull_events(plan)
+
+    async def available_images(self) -> list[dict[str, Any]]:
+        """The catalog's images for this host's architecture, each with its package list
+        (the first source's; the catalog's self-test keeps sources alike) and whether it
+        is local."""
+        found = (await asyncio.to_thread(image_catalog.load_catalog)).entries
+        local = {i.name for i in await self.ctx.db.run(repo.list_images)}
+        return [
+            {
+                **entry.to_dict(),
+                "packages": list(entry.sources[0].packages) if entry.sources else [],
+                "local": entry.name in local,
+            }
+            for entry in found
+            if entry.arch == ARCH
+        ]
 
     def ensure_image_events(self, name: str) -> AsyncIterator[dict[str, Any]]:
         """``image pull <catalog name>``: obtain it now, streamed; the result is its row."""
@@ -189,20 +206,40 @@ class CatalogService:
             work = stage.path / "build"
             work.mkdir()
             tar = work / "rootfs.tar"
-            with progress.stage("bootstrap"):
-                sources = await in_thread(
-                    lambda: localbuild.host_suite_sources(suite), "reading the host's apt sources"
-                )
-                tool = await in_thread(
+            sources = await in_thread(
+                lambda: localbuild.host_suite_sources(suite), "reading the host's apt sources"
+            )
+            build = asyncio.create_task(
+                in_thread(
                     lambda: localbuild.build_rootfs_tar(
                         recipe, sources, tar, self.ctx.runner, work
                     ),
                     "bootstrapping Debian",
                 )
-                progress.detail = (
-                    f"{tool}: {suite} {source.variant}, {tar.stat().st_size >> 20} MiB"
-                )
-            with progress.stage("rootfs"):
+            )
+            marker = work / localbuild.ESSENTIAL_DONE
+            try:
+                # bootstrap: the Essential set (until mmdebstrap's essential hook runs);
+                # packages: the image's own package list, then the tar.
+                with progress.stage("bootstrap"):
+                    while not build.done() and not marker.exists():
+                        await asyncio.wait({build}, timeout=0.2)
+                    progress.detail = (
+                        f"{suite} {source.variant} Essential set"
+                        if marker.exists()
+                        else "all at once (no essential hook: debootstrap)"
+                    )
+                with progress.stage("packages"):
+                    tool = await build
+                    size_mib = tar.stat().st_size >> 20
+                    progress.detail = (
+                        f"{tool}: {len(recipe.include)} packages asked, {size_mib} MiB"
+                    )
+            finally:
+                if not build.done():
+                    build.cancel()
+                    await asyncio.gather(build, return_exceptions=True)
+            with progress.stage("ext4"):
                 layer = Layer(tar, "application/vnd.oci.image.layer.v1.tar", None)
                 await in_thread(
                     lambda: build_rootfs_image(
@@ -216,7 +253,8 @@ class CatalogService:
                     "building the root filesystem",
                 )
                 await in_thread(lambda: remove_tree(work), "removing the build files")
-                progress.detail = f"{entry.size_bytes >> 20} MiB ext4, made bootable"
+                modules = await self._bake_modules(kernel, stage.path / ROOTFS)
+                progress.detail = f"{entry.size_bytes >> 20} MiB ext4, made bootable{modules}"
             record = ImageRecord(
                 name=entry.name,
                 managed=True,
@@ -230,6 +268,22 @@ class CatalogService:
             with progress.stage("publish"):
                 await self._publish_image(stage, record)
                 progress.detail = str(Path(record.rootfs_path).parent)
+
+    async def _bake_modules(self, kernel: str, rootfs: Path) -> str:
+        """The kernel's modules into the image once, so that a VM's disks need not copy
+        them (``banger.disks.modules`` skips a version already there)."""
+        from banger.disks.modules import install_modules
+
+        record = await self.ctx.db.run(repo.get_kernel, kernel)
+        tree = Path(record.dir_path) / "modules"
+        if not record.has_modules or record.version is None or not tree.is_dir():
+            return ""
+        version = record.version
+        runner = self.ctx.runner
+        done = await in_thread(
+            lambda: install_modules(rootfs, tree, version, runner), "copying kernel modules"
+        )
+        return f", {done.describe()}"
 
     async def _publish_image(self, stage: Staging, record: ImageRecord) -> None:
         """Name still free, then rename into ``images/<name>/``, then the row: under the

@@ -13,16 +13,24 @@ from pathlib import Path
 
 from banger.disks import identity as ident
 from banger.disks.clone import clone_file
+from banger.disks.modules import install_modules
 from banger.disks.workdisk import create_work_disk
 from banger.disks.workdisk import grow_work_disk as grow_disk
 from banger.host.paths import ensure_private_dir
 from banger.host.publish import staging
-from banger.model.records import ImageRecord, VmRecord
+from banger.host.runner import Runner
+from banger.model.records import ImageRecord, KernelRecord, VmRecord
 from banger.services.context import DaemonContext
 from banger.services.vm_paths import VmPaths
 
 
-def build(ctx: DaemonContext, vm: VmRecord, paths: VmPaths, image: ImageRecord) -> str:
+def build(
+    ctx: DaemonContext,
+    vm: VmRecord,
+    paths: VmPaths,
+    image: ImageRecord,
+    kernel: KernelRecord | None = None,
+) -> str:
     """Create and publish the VM dir; returns a one-line account of what was done."""
     runner = ctx.runner
     public_key = ident.ensure_managed_key(ctx.config.ssh_key_file(), runner)
@@ -38,12 +46,31 @@ def build(ctx: DaemonContext, vm: VmRecord, paths: VmPaths, image: ImageRecord) 
         )
         identity = ident.make_identity(vm.name, public_key, runner, Path(keys))
         ident.inject_rootfs(rootfs, identity, runner)
+        modules = _install_modules(rootfs, image, kernel, runner)
         ident.inject_workdisk(stage.path / paths.work_disk.name, identity, runner)
         host_key = identity.host_key_public.decode().split()
         line = f"{vm.ip} {host_key[0]} {host_key[1]}\n"
         (stage.path / paths.known_hosts.name).write_text(line)
         stage.commit(paths.vm_dir)
-    return f"rootfs {method.value} clone, work disk {vm.disk_size_bytes // 1024**2} MiB"
+    done = f"rootfs {method.value} clone, work disk {vm.disk_size_bytes // 1024**2} MiB"
+    return f"{done}, {modules}" if modules else done
+
+
+def _install_modules(
+    rootfs: Path, image: ImageRecord, kernel: KernelRecord | None, runner: Runner
+) -> str | None:
+    """The booted kernel's modules into the VM's rootfs copy (kernel-modules.md)."""
+    if kernel is not None:
+        tree = Path(kernel.dir_path) / "modules"
+        if not kernel.has_modules or kernel.version is None or not tree.is_dir():
+            return None
+        return install_modules(rootfs, tree, kernel.version, runner).describe()
+    given = Path(image.modules_path) if image.modules_path else None
+    # `image register --modules DIR` names lib/modules/<version>; a promoted copy is
+    # called `modules` and its version is unknown here, so it is left out.
+    if given is not None and given.name != "modules" and (given / "modules.dep").is_file():
+        return install_modules(rootfs, given, given.name, runner).describe()
+    return None
 
 
 def prepare_run_dir(paths: VmPaths) -> None:

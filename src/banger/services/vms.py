@@ -127,7 +127,7 @@ class VmService:
         try:
             with progress.stage("disks"):
                 progress.detail = await asyncio.to_thread(
-                    vm_disks.build, self.ctx, vm, self.paths(vm), plan.image
+                    vm_disks.build, self.ctx, vm, self.paths(vm), plan.image, plan.kernel
                 )
         except BaseException:
             await self.discard(vm)

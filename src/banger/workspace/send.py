@@ -9,10 +9,12 @@ reads every file through ``RootDir``).
 from __future__ import annotations
 
 import tempfile
+import time
 from pathlib import Path
 from typing import IO
 
 from banger.errors import AlreadyExists
+from banger.host.runner import Result
 from banger.model.workspace_modes import Mode
 from banger.workspace import EXIT_EXISTS, GuestShell, check_guest_path, guest_failure
 from banger.workspace.archive import (
@@ -26,6 +28,10 @@ from banger.workspace.archive import (
 )
 from banger.workspace.gitrepo import GuestGit, build_guest_git
 from banger.workspace.plan import Plan
+
+#: Copying the workspace is retried when ssh never got a session (nothing ran in the guest).
+SSH_CONNECT_ATTEMPTS = 3
+_PRE_SESSION = (b"kex_exchange_identification", b"banner exchange", b"Connection refused")
 
 
 def send_plan(
@@ -46,9 +52,15 @@ def send_plan(
         warnings: list[str] = []
 
         def write(stream: IO[bytes]) -> None:
+            warnings.clear()
             warnings.extend(_write_archive(plan, guest_git, stream))
 
-        result = shell.send(unpack_script(guest_path, replace=replace, readonly=readonly), write)
+        script = unpack_script(guest_path, replace=replace, readonly=readonly)
+        for attempt in range(1, SSH_CONNECT_ATTEMPTS + 1):
+            result = shell.send(script, write)
+            if attempt == SSH_CONNECT_ATTEMPTS or not _never_connected(result):
+                break
+            time.sleep(1.0)
     if result.returncode == EXIT_EXISTS:
         raise AlreadyExists(
             f"{guest_path} already exists in the guest",
@@ -57,6 +69,16 @@ def send_plan(
     if result.returncode != 0:
         raise guest_failure("unpacking the workspace", result)
     return warnings
+
+
+def _never_connected(result: Result) -> bool:
+    """ssh failed before any session (so nothing ran in the guest): worth another try.
+
+    Seen once under heavy host load on a guest that had just become ready: sshd reset the
+    connection during the identification exchange (``kex_exchange_identification: read:
+    Connection reset by peer``).
+    """
+    return result.returncode == 255 and any(m in result.stderr for m in _PRE_SESSION)
 
 
 def _write_archive(plan: Plan, guest_git: GuestGit | None, stream: IO[bytes]) -> list[str]:
