@@ -39,7 +39,7 @@ NEEDS_QEMU_GUEST = pytest.mark.skipif(
     reason="needs root, /dev/net/tun, qemu-system-x86_64, iproute2, ssh, debugfs",
 )
 
-STANDIN = Path(__file__).resolve().parents[1] / "fcstandin" / "firecracker"
+STANDIN = Path(__file__).resolve().parent / "fcstandin" / "firecracker"
 HOSTNAME = "agent-deb"
 BOOT_TIMEOUT_S = 300.0
 
