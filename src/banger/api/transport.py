@@ -60,7 +60,7 @@ def peer_credentials(sock: Any) -> tuple[int, int, int]:
 
 def _refusal(uid: int) -> bytes:
     err = PermissionDenied(
-        f"this banger daemon belongs to uid {os.geteuid()}; uid {uid} may not use it",
+        f"this bangerd belongs to uid {os.geteuid()}; uid {uid} may not use it",
         hint="run banger as the user that owns the daemon, or start your own daemon",
     )
     body = error_body(err)

@@ -33,7 +33,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 from banger.errors import BadResponse, CommandFailed, Timeout
-from banger.guest import exec_frames as ef
+from banger.guest import exec_frames
 from banger.guest.exec_frames import ExitStatus, Failure, Kind
 
 EXEC_VSOCK_PORT = 53
@@ -61,9 +61,9 @@ class ExecProcess:
         self._events: collections.deque[tuple[Kind, bytes]] = collections.deque()
         self._changed = asyncio.Event()
         self._buffered = 0
-        self._out_allowed = ef.WINDOW  # what the guest may still send
+        self._out_allowed = exec_frames.WINDOW  # what the guest may still send
         self._consumed = 0  # taken by the consumer, not yet granted back
-        self._stdin_credit = ef.WINDOW
+        self._stdin_credit = exec_frames.WINDOW
         self._stdin_closed = False
         self.exit: ExitStatus | None = None
         self._error: BaseException | None = None
@@ -75,7 +75,7 @@ class ExecProcess:
         if kind == Kind.STARTED:
             if self._started.done():
                 raise BadResponse("the guest started a channel twice")
-            self._started.set_result(ef.decode_u32(payload))
+            self._started.set_result(exec_frames.decode_u32(payload))
         elif kind == Kind.FAILED:
             if self._started.done() or not payload:
                 raise BadResponse("the guest sent a stray FAILED")
@@ -84,13 +84,13 @@ class ExecProcess:
         elif kind in (Kind.STDOUT, Kind.STDERR):
             self._on_output(Kind(kind), payload)
         elif kind == Kind.STDIN_CREDIT:
-            self._stdin_credit += ef.decode_u32(payload)
-            if self._stdin_credit > ef.WINDOW:
+            self._stdin_credit += exec_frames.decode_u32(payload)
+            if self._stdin_credit > exec_frames.WINDOW:
                 raise BadResponse("the guest granted more stdin than the window")
         elif kind == Kind.EXIT:
             if not self._started.done() or self.exit is not None:
                 raise BadResponse("the guest sent a stray EXIT")
-            self.exit = ef.decode_exit(payload)
+            self.exit = exec_frames.decode_exit(payload)
             self._conn._forget(self)
         else:
             raise BadResponse(f"the guest sent a frame of kind {kind} on a channel")
@@ -114,8 +114,8 @@ class ExecProcess:
 
     def _grant(self, size: int) -> None:
         self._consumed += size
-        if self._consumed >= ef.WINDOW // 4 or (self._consumed and not self._events):
-            self._conn._send(Kind.CREDIT, self.channel, ef.u32(self._consumed))
+        if self._consumed >= exec_frames.WINDOW // 4 or (self._consumed and not self._events):
+            self._conn._send(Kind.CREDIT, self.channel, exec_frames.u32(self._consumed))
             self._out_allowed += self._consumed
             self._consumed = 0
 
@@ -148,7 +148,7 @@ class ExecProcess:
                     return  # it ended: nobody reads
                 self._changed.clear()
                 await self._changed.wait()
-            size = min(len(view), self._stdin_credit, ef.MAX_PAYLOAD)
+            size = min(len(view), self._stdin_credit, exec_frames.MAX_PAYLOAD)
             self._stdin_credit -= size
             self._conn._send(Kind.STDIN, self.channel, bytes(view[:size]))
             view = view[size:]
@@ -161,7 +161,7 @@ class ExecProcess:
 
     def signal(self, sig: int) -> None:
         """Forward ``sig`` (HUP, INT, QUIT, KILL, TERM) to the command's process group."""
-        if sig not in ef.SIGNALS:
+        if sig not in exec_frames.SIGNALS:
             raise ValueError(f"signal {sig} is not forwarded")
         if self.exit is None and self._error is None:
             self._conn._send(Kind.SIGNAL, self.channel, bytes([sig]))
@@ -187,7 +187,7 @@ class ExecProcess:
 
 
 def _not_started(payload: bytes) -> CommandFailed:
-    message = payload[1 : 1 + ef.MAX_MESSAGE].decode("utf-8", "replace")
+    message = payload[1 : 1 + exec_frames.MAX_MESSAGE].decode("utf-8", "replace")
     message = "".join(ch if ch.isprintable() else "?" for ch in message)
     try:
         reason = Failure(payload[0]).name.lower()
@@ -258,10 +258,13 @@ class ExecConnection:
     ) -> ExecConnection:
         """Padding and HELLO out; skip stale bytes until the guest's HELLO_ACK echoes us."""
         try:
-            nonce = secrets.token_bytes(ef.NONCE_BYTES)
-            writer.write(bytes(ef.SYNC_PADDING) + ef.encode(Kind.HELLO, 0, ef.MAGIC + nonce))
+            nonce = secrets.token_bytes(exec_frames.NONCE_BYTES)
+            writer.write(
+                bytes(exec_frames.SYNC_PADDING)
+                + exec_frames.encode(Kind.HELLO, 0, exec_frames.MAGIC + nonce)
+            )
             await writer.drain()
-            marker = ef.ack_prefix(nonce)
+            marker = exec_frames.ack_prefix(nonce)
             need = len(marker) + 1  # then the agent's version byte
             seen = bytearray()
             skipped = 0
@@ -316,11 +319,11 @@ class ExecConnection:
         """Start ``argv`` in the guest (its own session and process group); the guest must
         say it started (or why not) within ``start_timeout_s``."""
         timeout_ms = 0 if timeout_s is None else max(1, round(timeout_s * 1000))
-        payload = ef.encode_open(argv, cwd=cwd or "", env=env, timeout_ms=timeout_ms)
+        payload = exec_frames.encode_open(argv, cwd=cwd or "", env=env, timeout_ms=timeout_ms)
         if self._error is not None:
             raise self._error
-        if len(self._processes) >= ef.MAX_CHANNELS:
-            raise CommandFailed(f"more than {ef.MAX_CHANNELS} commands at once in one VM")
+        if len(self._processes) >= exec_frames.MAX_CHANNELS:
+            raise CommandFailed(f"more than {exec_frames.MAX_CHANNELS} commands at once in one VM")
         while self._next in self._processes:
             self._next = self._next % (2**32 - 1) + 1
         proc = ExecProcess(self, self._next)
@@ -374,7 +377,7 @@ class ExecConnection:
 
     def _send(self, kind: int, channel: int, payload: bytes = b"") -> None:
         if self._error is None:
-            self._writer.write(ef.encode(kind, channel, payload))
+            self._writer.write(exec_frames.encode(kind, channel, payload))
 
     async def _drain(self) -> None:
         try:
@@ -394,7 +397,7 @@ class ExecConnection:
         self._processes.clear()
 
     async def _read_loop(self, first: bytes) -> None:
-        decoder = ef.FrameDecoder()
+        decoder = exec_frames.FrameDecoder()
         data = first
         try:
             while True:
@@ -403,7 +406,7 @@ class ExecConnection:
                 data = await self._reader.read(READ_CHUNK)
                 if not data:
                     raise BadResponse(f"{self.describe} closed the connection")
-        except ef.ProtocolError as exc:
+        except exec_frames.ProtocolError as exc:
             self._fail_all(BadResponse(f"{self.describe} broke the protocol: {exc}"))
         except (BadResponse, ValueError) as exc:
             self._fail_all(BadResponse(f"{self.describe}: {exc}"))
@@ -412,7 +415,7 @@ class ExecConnection:
         finally:
             self._writer.close()
 
-    def _dispatch(self, frame: ef.Frame) -> None:
+    def _dispatch(self, frame: exec_frames.Frame) -> None:
         if frame.kind < Kind.HELLO_ACK:
             raise BadResponse(f"the guest sent a host's frame (kind {frame.kind})")
         if frame.kind == Kind.HELLO_ACK:

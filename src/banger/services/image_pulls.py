@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 
 from banger.errors import AlreadyExists, ImageNotFound, InvalidArgument
 from banger.host.publish import Staging, Step, remove_published, staging
-from banger.images import pull_steps as steps
+from banger.images import pull_steps
 from banger.model import limits
 from banger.model.artifact_names import validate_name
 from banger.model.records import ImageRecord
@@ -129,13 +129,13 @@ def _exists(name: str) -> AlreadyExists:
 # -- the pull -----------------------------------------------------------------------------
 
 
-def _describe(resolved: steps.Resolved) -> str:
+def _describe(resolved: pull_steps.Resolved) -> str:
     total = format_size(resolved.manifest.total_layer_bytes)
     return f"{resolved.digest} linux/amd64, {resolved.layer_count} layers, {total}"
 
 
 async def _fetch_all(
-    client: RegistryClient, cache: BlobCache, resolved: steps.Resolved, progress: Progress
+    client: RegistryClient, cache: BlobCache, resolved: pull_steps.Resolved, progress: Progress
 ) -> list[Fetched]:
     loop = asyncio.get_running_loop()
     limit = asyncio.Semaphore(PARALLEL_LAYERS)
@@ -148,7 +148,7 @@ async def _fetch_all(
         label = f"layer {number}/{count} {layer.digest.short}"
         async with limit:
             result = await _thread(
-                steps.fetch_layer,
+                pull_steps.fetch_layer,
                 client,
                 cache,
                 resolved.ref,
@@ -184,7 +184,7 @@ def _reporter(label: str, size: int, note: Callable[[str], None]) -> Callable[[i
     return on_bytes
 
 
-def _fetch_summary(resolved: steps.Resolved, fetched: list[Fetched]) -> str:
+def _fetch_summary(resolved: pull_steps.Resolved, fetched: list[Fetched]) -> str:
     layers = resolved.manifest.layers
     got = [layer for layer, f in zip(layers, fetched, strict=True) if f.downloaded]
     cached = len(layers) - len(got)
@@ -269,12 +269,12 @@ class ImagePullService:
         with progress.stage("resolve"):
             await _thread(cache.ensure_dirs)
             await _thread(cache.clean_partials)
-            resolved = await _thread(steps.resolve, client, cache, plan.ref)
+            resolved = await _thread(pull_steps.resolve, client, cache, plan.ref)
             progress.detail = _describe(resolved)
         failpoint("resolve")
         with progress.stage("fetch"):
             await _thread(
-                steps.preflight, cache, self.ctx.layout.images_dir, resolved, plan.size_bytes
+                pull_steps.preflight, cache, self.ctx.layout.images_dir, resolved, plan.size_bytes
             )
             fetched = await _fetch_all(client, cache, resolved, progress)
             progress.detail = _fetch_summary(resolved, fetched)
@@ -284,7 +284,7 @@ class ImagePullService:
         with staging(self.ctx.layout.images_dir, plan.name) as stage:
             with progress.stage("build"):
                 built = await self._build(plan, resolved, fetched, stage)
-                progress.detail = f"{steps.ROOTFS} {format_size(built.size_bytes)}"
+                progress.detail = f"{pull_steps.ROOTFS} {format_size(built.size_bytes)}"
             failpoint("built")
             with progress.stage("publish"):
                 record = await self._publish(plan, resolved, stage)
@@ -294,12 +294,12 @@ class ImagePullService:
     async def _build(
         self,
         plan: PullPlan,
-        resolved: steps.Resolved,
+        resolved: pull_steps.Resolved,
         fetched: list[Fetched],
         stage: Staging,
     ) -> BuildResult:
         return await _thread(
-            lambda: steps.build_rootfs(
+            lambda: pull_steps.build_rootfs(
                 resolved,
                 [f.path for f in fetched],
                 stage.path,
@@ -310,7 +310,7 @@ class ImagePullService:
         )
 
     async def _publish(
-        self, plan: PullPlan, resolved: steps.Resolved, stage: Staging
+        self, plan: PullPlan, resolved: pull_steps.Resolved, stage: Staging
     ) -> ImageRecord:
         from banger.images.bootable import INIT_PATH
 
@@ -324,7 +324,7 @@ class ImagePullService:
             await _thread(stage.commit, final, on_step=_commit_step)
             try:
                 record = await _thread(
-                    steps.image_record,
+                    pull_steps.image_record,
                     plan.name,
                     resolved,
                     final,

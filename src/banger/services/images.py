@@ -18,7 +18,14 @@ from typing import Any
 
 from banger.errors import BangerError, ImageNotFound, InvalidState
 from banger.host.publish import remove_published, staging
-from banger.images import register as reg
+from banger.images.register import (
+    Registration,
+    build_record,
+    copy_rest,
+    copy_rootfs,
+    promoted,
+    recheck,
+)
 from banger.model.records import ImageRecord
 from banger.services.artifact_rows import remove_orphan
 from banger.services.context import DaemonContext
@@ -42,9 +49,9 @@ class ImageService:
     async def get_image(self, name: str) -> dict[str, Any]:
         return record_dict(await self.ctx.db.run(repo.get_image, name))
 
-    async def register(self, registration: reg.Registration) -> dict[str, Any]:
+    async def register(self, registration: Registration) -> dict[str, Any]:
         """Check every path, then record an unmanaged image; nothing is recorded on error."""
-        record = await asyncio.to_thread(reg.build_record, registration)
+        record = await asyncio.to_thread(build_record, registration)
         return record_dict(await self.ctx.db.run(repo.insert_image, record))
 
     async def delete_image(self, name: str) -> dict[str, Any]:
@@ -88,13 +95,13 @@ class ImageService:
 
     async def _promote(self, image: ImageRecord, progress: Progress) -> dict[str, Any]:
         with progress.stage("check"):
-            await asyncio.to_thread(reg.recheck, image)
+            await asyncio.to_thread(recheck, image)
         images_dir = self.ctx.layout.images_dir
         with staging(images_dir, image.name) as stage:
             with progress.stage("rootfs"):
-                progress.detail = await asyncio.to_thread(reg.copy_rootfs, image, stage.path)
+                progress.detail = await asyncio.to_thread(copy_rootfs, image, stage.path)
             with progress.stage("artifacts"):
-                copied = await asyncio.to_thread(reg.copy_rest, image, stage.path)
+                copied = await asyncio.to_thread(copy_rest, image, stage.path)
                 progress.detail = ", ".join(copied) or "none"
             with progress.stage("publish"):
                 final = images_dir / image.name
@@ -106,7 +113,7 @@ class ImageService:
                         # An unmanaged row has no directory: this one is a crash's leftover.
                         await asyncio.to_thread(remove_published, final)
                     await asyncio.to_thread(stage.commit, final)
-                    updated = await self._point_at(reg.promoted(image, final), final)
+                    updated = await self._point_at(promoted(image, final), final)
                 progress.detail = str(final)
         return record_dict(updated)
 

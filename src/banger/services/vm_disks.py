@@ -11,11 +11,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from banger.disks import identity as ident
+from banger.disks import workdisk
 from banger.disks.clone import clone_file
+from banger.disks.identity import ensure_managed_key, inject_rootfs, inject_workdisk, make_identity
 from banger.disks.modules import install_modules
 from banger.disks.workdisk import create_work_disk
-from banger.disks.workdisk import grow_work_disk as grow_disk
 from banger.host.paths import ensure_private_dir
 from banger.host.publish import staging
 from banger.host.runner import Runner
@@ -33,7 +33,7 @@ def build(
 ) -> str:
     """Create and publish the VM dir; returns a one-line account of what was done."""
     runner = ctx.runner
-    public_key = ident.ensure_managed_key(ctx.config.ssh_key_file(), runner)
+    public_key = ensure_managed_key(ctx.config.ssh_key_file(), runner)
     seed = Path(image.work_seed_path) if image.work_seed_path else None
     with (
         staging(ctx.layout.vms_dir, vm.name) as stage,
@@ -44,10 +44,10 @@ def build(
         create_work_disk(
             stage.path / paths.work_disk.name, vm.disk_size_bytes, seed=seed, runner=runner
         )
-        identity = ident.make_identity(vm.name, public_key, runner, Path(keys))
-        ident.inject_rootfs(rootfs, identity, runner)
+        identity = make_identity(vm.name, public_key, runner, Path(keys))
+        inject_rootfs(rootfs, identity, runner)
         modules = _install_modules(rootfs, image, kernel, runner)
-        ident.inject_workdisk(stage.path / paths.work_disk.name, identity, runner)
+        inject_workdisk(stage.path / paths.work_disk.name, identity, runner)
         host_key = identity.host_key_public.decode().split()
         line = f"{vm.ip} {host_key[0]} {host_key[1]}\n"
         (stage.path / paths.known_hosts.name).write_text(line)
@@ -81,4 +81,4 @@ def prepare_run_dir(paths: VmPaths) -> None:
 
 
 def grow_work_disk(ctx: DaemonContext, paths: VmPaths, size_bytes: int) -> None:
-    grow_disk(paths.work_disk, size_bytes, runner=ctx.runner)
+    workdisk.grow_work_disk(paths.work_disk, size_bytes, runner=ctx.runner)

@@ -42,6 +42,7 @@ from banger.services.vm_create import (
     BootPlan,
     CreateOrder,
     CreateRequest,
+    boot_spec,
     check_host_limits,
     name_taken,
     new_vm_record,
@@ -49,7 +50,6 @@ from banger.services.vm_create import (
     probe_kernel,
     validate_request,
 )
-from banger.services.vm_create import boot_spec as make_boot_spec
 from banger.services.vm_network import VmNetwork
 from banger.services.vm_paths import VmPaths
 from banger.services.vmm_factory import VmmFactory
@@ -201,7 +201,7 @@ class VmService:
         self, vm: VmRecord, plan: BootPlan, progress: Progress, *, timeout_s: float
     ) -> VmRecord:
         paths = self.paths(vm)
-        spec = make_boot_spec(vm, paths, plan, self.ctx.config)
+        spec = boot_spec(vm, paths, plan, self.ctx.config)
         vm_disks.prepare_run_dir(paths)
         vm = await self._update(vm.name, state=VmState.STARTING, last_error=None)
         argv = vm_boot.ssh_argv(self.ctx.config.ssh_key_file(), paths.known_hosts, vm.ip or "")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from banger.errors import ConfigError, Conflict, PermissionDenied, UnsupportedHost
 from banger.helper import helper_config
-from banger.system import install_manifest as mf
+from banger.system import install_manifest
 from banger.system import owner as owner_ops
 from banger.system.hostops import (
     HostRoot,
@@ -104,14 +104,14 @@ class SystemInstaller:
         owner = resolve_owner(owner_name)
         if host.is_host and not host.systemd_running():
             raise no_systemd_error(owner.name)
-        manifest = mf.load(host.at(MANIFEST))
+        manifest = install_manifest.load(host.at(MANIFEST))
         if manifest is not None and manifest.owner != owner.name:
             raise Conflict(
                 f"banger system is installed for {manifest.owner}; one owner per host "
                 "(both daemons would share one bridge and address range)",
                 hint=f"sudo {scripts_dir() / 'banger'} system uninstall first",
             )
-        manifest = manifest or mf.Manifest(owner=owner.name, group=GROUP)
+        manifest = manifest or install_manifest.Manifest(owner=owner.name, group=GROUP)
         out = Outcome()
         files = self._render(owner)
         for path, content in files.items():  # refused before anything is changed
@@ -172,10 +172,10 @@ class SystemInstaller:
             UNIT_DIR / daemon_unit_name(owner.name): render_daemon(inputs),
         }
 
-    def _save(self, manifest: mf.Manifest) -> None:
-        mf.save(self._host.at(MANIFEST), manifest)
+    def _save(self, manifest: install_manifest.Manifest) -> None:
+        install_manifest.save(self._host.at(MANIFEST), manifest)
 
-    def _group(self, owner: Owner, manifest: mf.Manifest, out: Outcome) -> None:
+    def _group(self, owner: Owner, manifest: install_manifest.Manifest, out: Outcome) -> None:
         host = self._host
         if not host.groups_available():
             out.lines.append(
@@ -199,7 +199,9 @@ class SystemInstaller:
             out.changed = True
             out.lines.append(f"added {owner.name} to group {GROUP} (takes effect at next login)")
 
-    def _make_root_dirs(self, target: Path, manifest: mf.Manifest, out: Outcome) -> None:
+    def _make_root_dirs(
+        self, target: Path, manifest: install_manifest.Manifest, out: Outcome
+    ) -> None:
         host = self._host
         missing = [p for p in (target, *target.parents) if not host.at(p).exists()]
         for path in reversed(missing):
@@ -216,7 +218,7 @@ class SystemInstaller:
             out.changed = True
             out.lines.append(f"created {host.at(path)}")
 
-    def _check_ours(self, path: Path, content: str, manifest: mf.Manifest) -> None:
+    def _check_ours(self, path: Path, content: str, manifest: install_manifest.Manifest) -> None:
         target = self._host.at(path)
         current = read_if_regular(target)
         if current is not None and str(path) not in manifest.files and current != content:
@@ -225,7 +227,9 @@ class SystemInstaller:
                 hint="move it away (or merge it by hand), then run install again",
             )
 
-    def _write(self, path: Path, content: str, manifest: mf.Manifest, out: Outcome) -> None:
+    def _write(
+        self, path: Path, content: str, manifest: install_manifest.Manifest, out: Outcome
+    ) -> None:
         target = self._host.at(path)
         current = read_if_regular(target)
         if current == content and _root_owned(target):
@@ -236,7 +240,7 @@ class SystemInstaller:
         out.changed = True
         out.lines.append(f"{'updated' if current is not None else 'wrote'} {target}")
 
-    def _owner_dirs(self, owner: Owner, manifest: mf.Manifest, out: Outcome) -> None:
+    def _owner_dirs(self, owner: Owner, manifest: install_manifest.Manifest, out: Outcome) -> None:
         host = self._host
         home = host.at(owner.home)
         if not home.is_dir():
@@ -254,7 +258,9 @@ class SystemInstaller:
             out.changed = True
             out.lines.append(f"created (as {owner.name}) {', '.join(created)}")
 
-    def _enable(self, owner: Owner, manifest: mf.Manifest, out: Outcome, *, restart: bool) -> None:
+    def _enable(
+        self, owner: Owner, manifest: install_manifest.Manifest, out: Outcome, *, restart: bool
+    ) -> None:
         host = self._host
         units = [HELPER_UNIT, daemon_unit_name(owner.name)]
         if restart:
@@ -289,7 +295,7 @@ class SystemInstaller:
         require_root("uninstall")
         host = self._host
         out = Outcome()
-        manifest = mf.load(host.at(MANIFEST))
+        manifest = install_manifest.load(host.at(MANIFEST))
         if manifest is None:
             out.lines.append(f"nothing to uninstall: no {host.at(MANIFEST)}")
             return out
@@ -314,7 +320,7 @@ class SystemInstaller:
             host.systemctl("daemon-reload")
         self._remove_owner_dirs(manifest, out)
         self._undo_group(manifest, out)
-        mf.remove(host.at(MANIFEST))
+        install_manifest.remove(host.at(MANIFEST))
         for name in reversed(manifest.dirs):
             try:
                 host.at(Path(name)).rmdir()
@@ -325,7 +331,7 @@ class SystemInstaller:
                 out.lines.append(f"kept {host.at(Path(name))} (not empty)")
         return out
 
-    def _remove_owner_dirs(self, manifest: mf.Manifest, out: Outcome) -> None:
+    def _remove_owner_dirs(self, manifest: install_manifest.Manifest, out: Outcome) -> None:
         if not manifest.owner_dirs:
             return
         try:
@@ -342,7 +348,7 @@ class SystemInstaller:
         manifest.owner_dirs = []
         self._save(manifest)
 
-    def _undo_group(self, manifest: mf.Manifest, out: Outcome) -> None:
+    def _undo_group(self, manifest: install_manifest.Manifest, out: Outcome) -> None:
         host = self._host
         members = host.group_members(manifest.group) if host.groups_available() else None
         if members is None:
@@ -363,7 +369,7 @@ class SystemInstaller:
     def restart(self) -> Outcome:
         require_root("restart")
         host = self._host
-        manifest = mf.load(host.at(MANIFEST))
+        manifest = install_manifest.load(host.at(MANIFEST))
         if manifest is None:
             raise UnsupportedHost(
                 "banger system is not installed: nothing to restart",

@@ -20,7 +20,7 @@ from banger.errors import BangerError
 from banger.host import buildinfo
 from banger.net import privilege_mode
 from banger.net.helper_client import HelperPrivilegedOps
-from banger.system import install_manifest as mf
+from banger.system import install_manifest
 from banger.system.hostops import HostRoot
 from banger.system.install import MANIFEST, resolve_owner
 from banger.system.owner import as_owner
@@ -30,7 +30,7 @@ HELLO_TIMEOUT_S = 5.0
 
 
 def gather(host: HostRoot) -> dict[str, Any]:
-    manifest = mf.load(host.at(MANIFEST))
+    manifest = install_manifest.load(host.at(MANIFEST))
     socket = privilege_mode.helper_socket_path()
     report: dict[str, Any] = {
         "installed": manifest is not None,
@@ -63,7 +63,9 @@ def gather(host: HostRoot) -> dict[str, Any]:
     return report
 
 
-def _hello(socket: Path, manifest: mf.Manifest | None) -> tuple[dict[str, Any] | None, str | None]:
+def _hello(
+    socket: Path, manifest: install_manifest.Manifest | None
+) -> tuple[dict[str, Any] | None, str | None]:
     def ask() -> dict[str, Any]:
         return asdict(HelperPrivilegedOps(socket, timeout_s=HELLO_TIMEOUT_S).hello())
 
