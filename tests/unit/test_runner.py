@@ -69,8 +69,15 @@ class Recorder:
         self._thread.join()
         return list(self.seen.values())
 
-    def survivors(self) -> list[int]:
-        return [i.pid for i in self.seen.values() if procinfo.is_running(i)]
+    def survivors(self, within_s: float = 2.0) -> list[int]:
+        """The recorded processes still running after ``within_s``: a SIGKILLed process
+        takes a moment to be gone (longer on a loaded machine), so poll briefly."""
+        deadline = time.monotonic() + within_s
+        while True:
+            alive = [i.pid for i in self.seen.values() if procinfo.is_running(i)]
+            if not alive or time.monotonic() >= deadline:
+                return alive
+            time.sleep(0.01)
 
 
 @pytest.fixture
