@@ -68,7 +68,7 @@ except ImportError:  # a Python without it still answers /healthz and /ports
 NO_SUBPROCESS = subprocess is None
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
 AGENT_VERSION = "1"
 VSOCK_PORT = 52
@@ -685,7 +685,9 @@ def fd_source(fd: int) -> StreamSource:
     return StreamSource(f"fd {fd}", opener, eof="exit")
 
 
-def run_stream(source: StreamSource) -> None:
+def open_in_turn(source: StreamSource) -> Iterator[int]:
+    """Each fd ``source`` opens, one after the other; an unavailable source is retried
+    with backoff (quietly after the first message), except an inherited fd ("exit")."""
     backoff = RETRY_S
     quiet = False
     while True:
@@ -700,8 +702,13 @@ def run_stream(source: StreamSource) -> None:
             time.sleep(backoff)
             backoff = min(backoff * 2, RETRY_MAX_S)
             continue
-        log("serving " + source.describe)
         backoff, quiet = RETRY_S, False
+        yield fd
+
+
+def run_stream(source: StreamSource) -> None:
+    for fd in open_in_turn(source):
+        log("serving " + source.describe)
         why = "error"
         try:
             why = serve_stream_fd(fd, eof_ends=source.eof != "wait")
@@ -1372,20 +1379,7 @@ def serve_exec_fd(fd: int, *, serial: bool) -> None:
 
 def exec_stream(source: StreamSource) -> None:
     """The exec protocol on a serial-like source (the virtio-serial port, a test fd)."""
-    backoff = RETRY_S
-    quiet = False
-    while True:
-        try:
-            fd = source.opener()
-        except OSError as exc:
-            if source.eof == "exit":
-                return
-            if not quiet:
-                log(f"{source.describe} unavailable ({exc}); retrying")
-                quiet = True
-            time.sleep(backoff)
-            backoff = min(backoff * 2, RETRY_MAX_S)
-            continue
+    for fd in open_in_turn(source):
         log("exec: serving " + source.describe)
         try:
             # A test's stream fd stands for the serial port: hosts share it in turn.
