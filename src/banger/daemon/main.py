@@ -31,7 +31,7 @@ from banger.daemon.logs import setup_logging
 from banger.daemon.startup import SocketWatch, clear_stale_socket, state_evidence
 from banger.dns.server import DnsServer, dns_port_from_env, records_from_vms
 from banger.errors import BangerError, DaemonAlreadyRunning, UnsupportedHost
-from banger.host import buildinfo
+from banger.host import buildinfo, ramscratch
 from banger.host.paths import Layout, ensure_private_dir
 from banger.host.publish import cleanup_leftovers
 from banger.model.wire import EXIT_ALREADY_RUNNING, READY_LINE, error_body
@@ -115,6 +115,7 @@ def run(*, ready_fd: int | None = None) -> None:
         db = Database.open(layout.db_path, evidence=state_evidence(layout))
         try:
             removed = cleanup_leftovers(layout.artifact_roots())
+            removed += ramscratch.sweep_dead()  # trees of image builds a crash interrupted
             clear_stale_socket(layout.socket_path)
             sock = bind_unix_socket(layout.socket_path)
             watch = SocketWatch(layout.socket_path)
