@@ -50,6 +50,7 @@ from banger.services.kernels import KernelService
 from banger.services.readiness import PortProbe
 from banger.services.reconcile import reconcile
 from banger.services.vm_monitor import VmMonitor
+from banger.services.vm_network import warm_up
 from banger.services.vmm_factory import HostVmms, VmmFactory
 from banger.services.vms import VmService
 from banger.state import repo
@@ -217,6 +218,7 @@ async def _serve(
             )
         await services.vms.publish_dns()
         await start_kvm_probe(ctx)
+        warming = asyncio.create_task(warm_up(services.vms.network, services.vms.taps))
         monitor = VmMonitor(services.vms)
         monitor.start()
         watcher = asyncio.create_task(_watch(server, ctx, ready_fd, watch))
@@ -227,6 +229,8 @@ async def _serve(
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
             await monitor.stop()
+            with contextlib.suppress(asyncio.CancelledError):
+                await warming  # no thread of it left mid-way
     finally:
         dns.close()
 
