@@ -8,10 +8,7 @@ the config's ``diff_id`` (29), the byte budget over all layers and a cap on one 
 headers (27: tarfile reads PAX records and GNU long names into memory), and strictness
 tarfile lacks: a bad or cut-off header mid-archive, a missing end-of-archive block, data
 after it that is not zero padding, or a compressed stream that ends inside a frame is an
-error, not a quiet end of the layer (28). Decompression and the hash run ahead in a
-thread of their own (``_ReadAhead``: zlib, zstd and sha256 release the GIL), a few MiB
-ahead at most, while the flattener parses headers and writes files: they overlap on a
-second core instead of taking turns (~1/3 of a Debian layer's flattening).
+error, not a quiet end of the layer (28).
 Must not: create files (``banger.oci.flatten`` does) or call ``tarfile.extract*``. Member
 headers and regular-file data are the only things read from the archive.
 """
@@ -22,9 +19,7 @@ import contextlib
 import gzip
 import hashlib
 import logging
-import queue
 import tarfile
-import threading
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -171,77 +166,6 @@ def describe(exc: BaseException) -> str:
     return f"corrupt tar data ({exc})"
 
 
-#: What the read-ahead thread reads per step, and how many steps it may be ahead.
-_AHEAD_CHUNK_BYTES = 1 << 20
-_AHEAD_CHUNKS = 4
-_AHEAD_POLL_S = 0.1
-
-
-class _ReadAhead:
-    """Reads (decompresses) ``source`` and hashes it in a thread, ``_AHEAD_CHUNKS`` chunks
-    ahead of ``read``; what the thread raised is raised by the ``read`` that reaches it.
-
-    ``close`` stops the thread and waits for it, so the file under ``source`` can then be
-    closed safely (the stream's ``ExitStack`` closes this before the file).
-    """
-
-    def __init__(self, source: _Source) -> None:
-        self._source = source
-        self._hash = hashlib.sha256()
-        self._chunks: queue.Queue[bytes | BaseException] = queue.Queue(_AHEAD_CHUNKS)
-        self._stop = threading.Event()
-        self._buf = b""
-        self._pos = 0
-        self._done = False
-        self._thread = threading.Thread(target=self._run, name="layer-read-ahead", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            while not self._stop.is_set():
-                chunk = self._source.read(_AHEAD_CHUNK_BYTES)
-                if chunk:
-                    self._hash.update(chunk)
-                if not self._put(chunk) or not chunk:
-                    return
-        except Exception as exc:  # noqa: BLE001 (handed to the reader, which raises it)
-            self._put(exc)
-
-    def _put(self, item: bytes | BaseException) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._chunks.put(item, timeout=_AHEAD_POLL_S)
-            except queue.Full:
-                continue
-            return True
-        return False
-
-    def read(self, size: int, /) -> bytes:
-        while self._pos >= len(self._buf):
-            if self._done:
-                return b""
-            item = self._chunks.get()
-            if isinstance(item, BaseException):
-                self._done = True
-                raise item
-            if not item:
-                self._done = True
-                return b""
-            self._buf, self._pos = item, 0
-        out = self._buf[self._pos : self._pos + size]
-        self._pos += len(out)
-        return out
-
-    def hexdigest(self) -> str:
-        """The sha256 of everything read; only complete once ``read`` returned b''."""
-        assert self._done, "the stream was not read to its end"
-        return self._hash.hexdigest()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 class _BadHeader(tarfile.TarError):
     """Not a ``HeaderError``: tarfile would take those for the end of the archive."""
 
@@ -264,10 +188,11 @@ class _StrictTarInfo(tarfile.TarInfo):
 class _CountingReader:
     """Hashes and counts the uncompressed stream; enforces the byte budget and header window."""
 
-    def __init__(self, source: _ReadAhead, layer: LayerLabel, budget: Budget) -> None:
+    def __init__(self, source: _Source, layer: LayerLabel, budget: Budget) -> None:
         self._source = source
         self._layer = layer
         self._budget = budget
+        self._hash = hashlib.sha256()
         self._window: int | None = None
         self._pushback = b""
         self.size = 0
@@ -278,6 +203,7 @@ class _CountingReader:
             return out
         chunk = self._source.read(size)
         if chunk:
+            self._hash.update(chunk)
             self.size += len(chunk)
             self._budget.take(len(chunk), self._layer)
             if self._window is not None:
@@ -298,7 +224,7 @@ class _CountingReader:
             self._window = None
 
     def hexdigest(self) -> str:
-        return self._source.hexdigest()
+        return self._hash.hexdigest()
 
 
 def _expected_digest(diff_id: Digest | str | None) -> Digest | None:
@@ -346,9 +272,7 @@ class LayerStream:
             source = self._stack.enter_context(gzip.GzipFile(fileobj=raw, mode="rb"))
         elif found == Compression.ZSTD:
             source = _ZstdReader(raw)
-        ahead = _ReadAhead(source)
-        self._stack.callback(ahead.close)  # before the files close (LIFO)
-        reader = self._reader = _CountingReader(ahead, self.label, self._budget)
+        reader = self._reader = _CountingReader(source, self.label, self._budget)
         head = reader.read(tarfile.BLOCKSIZE)
         if not head:
             return  # an empty stream is an empty layer (Go's archive/tar agrees)
