@@ -207,6 +207,6 @@ def unavailable(path: Path, exc: OSError | None = None) -> HelperUnavailable:
         "not root, so it cannot create the bridge and TAPs (privilege mode: none)",
         hint=f"set the helper up as a service: `sudo {_helper_command(name='banger')} system "
         f"install --owner {user}`, or start it in the foreground: `sudo {_helper_command()} "
-        f"--owner {user}`; or run the daemon as root; rootless mode (no helper, no root) is "
-        "not built yet",
+        f"--owner {user}`; or run the daemon as root; or use rootless mode (no helper, no "
+        'root: user-mode networking) with privilege_mode = "auto" in config.toml',
     )

@@ -49,13 +49,26 @@ class DriveSpec:
 
 
 @dataclass(frozen=True)
+class UserNet:
+    """User-mode networking (QEMU's slirp) instead of a TAP: rootless VMs (SPEC §9)."""
+
+    #: The 127.0.0.1 port forwarded to the guest's port 22.
+    ssh_port: int
+    #: Whether the guest may open connections beyond itself (``--nat``); without it slirp
+    #: is ``restrict=on``, as a bridged VM without NAT reaches nothing but the bridge.
+    outbound: bool = False
+
+
+@dataclass(frozen=True)
 class NetSpec:
-    tap: str
+    #: The TAP a bridged VM attaches to; ``None`` with ``user`` set.
+    tap: str | None
     mac: str
     ip: str
     gateway: str
     prefix_len: int
     dns: tuple[str, ...] = ()
+    user: UserNet | None = None
 
 
 @dataclass(frozen=True)

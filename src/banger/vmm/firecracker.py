@@ -173,6 +173,8 @@ def _configure_and_start(api: FirecrackerApi, spec: MachineSpec) -> None:
             is_read_only=drive.read_only,
         )
     if spec.net is not None:
+        if spec.net.tap is None:  # banger.vmm.select never picks Firecracker for these
+            raise InvalidArgument("Firecracker has no user-mode networking (rootless VMs)")
         api.put_network_interface(NET_IFACE_ID, spec.net.tap, spec.net.mac)
     # The guest agent's channel: Firecracker's vsock is a Unix socket on the host side.
     channel = FirecrackerVmm.agent_channel(spec.run_dir)
