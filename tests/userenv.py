@@ -43,6 +43,8 @@ class UserEnv:
     base: Path
     helper: subprocess.Popen[bytes] | None
     daemon: subprocess.Popen[bytes] | None = None
+    #: ``privilege_mode`` for the user's daemon and CLI (unset: the default, auto).
+    privilege_mode: str | None = None
 
     @property
     def helper_socket(self) -> Path:
@@ -60,6 +62,8 @@ class UserEnv:
             "BANGER_HELPER_SOCKET": self.helper_socket,
             "PATH": f"{BIN}:/usr/sbin:/usr/bin:/sbin:/bin",
         }
+        if self.privilege_mode is not None:
+            env["BANGER_PRIVILEGE_MODE"] = self.privilege_mode
         return [
             *("setpriv", f"--reuid={self.uid}", f"--regid={self.uid}", "--init-groups"),
             *("env", "-i", *(f"{k}={v}" for k, v in env.items()), *argv),
@@ -98,18 +102,18 @@ class UserEnv:
         self.helper.wait(timeout=30)
         self.helper = None
 
-    def start_daemon(self) -> None:
+    def start_daemon(self, *, tun_workaround: bool = True) -> None:
+        """``tun_workaround=False``: the daemon as the user and nothing else (rootless
+        VMs open no TAP, so they need no openable ``/dev/net/tun``)."""
         tun = self.base / "dev" / "tun"
         script = (
             f"{{ [ -e {tun} ] || mknod -m 666 {tun} c 10 200; }} && "
             f'mount --bind {tun} /dev/net/tun && exec "$@"'
         )
         log = (self.base / "bangerd.out").open("ab")
+        wrapper = ("unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh")
         self.daemon = self.ns.popen(
-            [
-                *("unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh"),
-                *self.as_user([str(BIN / "bangerd")]),
-            ],
+            [*(wrapper if tun_workaround else ()), *self.as_user([str(BIN / "bangerd")])],
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -124,7 +128,7 @@ class UserEnv:
 
 
 @contextlib.contextmanager
-def user_env(*, helper: bool = True) -> Iterator[UserEnv]:
+def user_env(*, helper: bool = True, privilege_mode: str | None = None) -> Iterator[UserEnv]:
     user = f"bgrh{secrets.token_hex(3)}"
     base = Path(tempfile.mkdtemp(prefix="bgr-u-"))
     base.chmod(0o755)
@@ -140,7 +144,7 @@ def user_env(*, helper: bool = True) -> Iterator[UserEnv]:
         (base / "helper").mkdir(mode=0o755)
         (base / "dev").mkdir(mode=0o755)
         with netns() as ns:
-            env = UserEnv(ns, user, uid, base, None)
+            env = UserEnv(ns, user, uid, base, None, privilege_mode=privilege_mode)
             if helper:
                 env.start_helper()
             try:

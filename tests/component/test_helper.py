@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from banger.config.settings import Config
+from banger.config.settings import Config, PrivilegeModeChoice
 from banger.errors import (
     ERROR_CLASSES,
     BangerError,
@@ -454,8 +454,11 @@ def test_a_second_helper_on_the_same_socket_is_refused(helper: Helper) -> None:
 # -- the daemon's side: mode selection and doctor ----------------------------------------------
 
 
-def _doctor_network(sock: Path) -> tuple[str, str, str | None]:
-    result = check_network(DoctorInputs(None, Config(), None, str, helper_socket=sock))  # type: ignore[arg-type]
+def _doctor_network(
+    sock: Path, setting: PrivilegeModeChoice = PrivilegeModeChoice.AUTO
+) -> tuple[str, str, str | None]:
+    config = Config(privilege_mode=setting)
+    result = check_network(DoctorInputs(None, config, None, str, helper_socket=sock))  # type: ignore[arg-type]
     return result.state.value, result.detail, result.hint
 
 
@@ -464,6 +467,12 @@ def _can_open_tun(_: Path) -> bool:
 
 
 def _doctor_network_without_helper(sock: Path) -> tuple[str, str, str | None]:
+    """``privilege_mode = "helper"``: no helper means mode none, never rootless."""
+    return _doctor_network(sock.parent / "absent.sock", PrivilegeModeChoice.HELPER)
+
+
+def _doctor_network_rootless(sock: Path) -> tuple[str, str, str | None]:
+    """``privilege_mode = "auto"`` (the default): no helper means rootless."""
     return _doctor_network(sock.parent / "absent.sock")
 
 
@@ -491,11 +500,16 @@ def test_modes_as_doctor_and_vm_creation_see_them(helper: Helper) -> None:
     assert name == "HelperPrivilegedOps"
     assert "privilege mode: none" in brief and "uid 4242" in brief
     assert hint is not None and "sudo " in hint and "banger-helper --owner 4242" in hint
-    assert "rootless mode" in hint and "not built yet" in hint
+    assert "rootless mode" in hint and 'privilege_mode = "auto"' in hint
 
     state, detail, hint = owner.call(_doctor_network_without_helper)
     assert state == StageState.FAIL.value and detail.startswith("mode none"), detail
     assert hint is not None and "banger-helper --owner 4242" in hint
+
+    state, detail, hint = owner.call(_doctor_network_rootless)
+    assert state == StageState.OK.value and detail.startswith("mode rootless"), detail
+    assert "no <vm>.vm address" in detail and "no Firecracker" in detail
+    assert hint is not None and "system install" in hint
 
     state, detail, _ = _doctor_network(helper.socket)  # this test process is root
     assert state == StageState.OK.value and detail.startswith("mode root"), detail
