@@ -47,7 +47,7 @@ def main() -> int:
         root.add_test_guests()
         user.start_daemon()
         add_tiny_guest(user)
-        rootless.start_daemon(tun_workaround=False)
+        rootless.start_daemon()
         add_tiny_guest(rootless)
         modes = {"root": root.ok, "helper": user.ok, "rootless": rootless.ok}
         for run in modes.values():

@@ -80,6 +80,7 @@ class FakeVmm:
     kernel_files: ClassVar[tuple[str, ...]] = QemuVmm.kernel_files
     binary_setting: ClassVar[str] = "qemu_bin"
     binary_name: ClassVar[str] = "fake-vmm"
+    takes_tap_fd: ClassVar[bool] = True
 
     @classmethod
     def agent_channel(cls, run_dir: Path) -> AgentChannel:
@@ -268,6 +269,14 @@ class FakePrivilegedOps:
             for n, (_, uid) in self.taps.items()
             if is_our_tap(n) and (owner_uid is None or uid == owner_uid)
         )
+
+    def open_tap(self, name: str, *, owner_uid: int) -> int:
+        """A real descriptor (of /dev/null) standing in for the TAP's queue."""
+        self.calls.append("open_tap")
+        name = validate_tap_name(name)
+        if name not in self.list_taps(owner_uid=owner_uid):
+            raise InvalidState(f"no TAP {name} of uid {owner_uid}")
+        return os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
 
     def ensure_nat(self, bridge: str, cidr: str) -> None:
         self.calls.append("ensure_nat")

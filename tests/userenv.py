@@ -6,11 +6,9 @@ under a fresh directory, a network namespace, and â€” unless ``helper=False`` â€
 rootless"). ``UserEnv.banger()`` runs the CLI as the user through ``setpriv``, which execs,
 so no root parent process stays behind.
 
-One host difference is papered over here only: Debian's ``/dev/net/tun`` is 0666, this CI
-host's is 0600, and QEMU (now unprivileged) must open it to attach to its TAP. The daemon
-therefore runs in a private mount namespace (``unshare -m --propagation private``) where a
-0666 node for the same device is bind-mounted over ``/dev/net/tun``; the host's node is
-never changed.
+This CI host's ``/dev/net/tun`` is 0600 (Debian's is 0666) and nothing here works around
+it: in helper mode the helper opens each TAP and passes the descriptor to the daemon
+(``open-tap``), which hands it to QEMU; rootless VMs open no TAP at all.
 """
 
 from __future__ import annotations
@@ -32,7 +30,7 @@ from tests import guests
 from tests.conftest import BIN
 from tests.netns import Netns, netns
 
-TOOLS = ("ip", "nft", "useradd", "userdel", "setpriv", "unshare", "mknod", "qemu-system-x86_64")
+TOOLS = ("ip", "nft", "useradd", "userdel", "setpriv", "qemu-system-x86_64")
 
 
 @dataclass
@@ -102,20 +100,10 @@ class UserEnv:
         self.helper.wait(timeout=30)
         self.helper = None
 
-    def start_daemon(self, *, tun_workaround: bool = True) -> None:
-        """``tun_workaround=False``: the daemon as the user and nothing else (rootless
-        VMs open no TAP, so they need no openable ``/dev/net/tun``)."""
-        tun = self.base / "dev" / "tun"
-        script = (
-            f"{{ [ -e {tun} ] || mknod -m 666 {tun} c 10 200; }} && "
-            f'mount --bind {tun} /dev/net/tun && exec "$@"'
-        )
+    def start_daemon(self) -> None:
         log = (self.base / "bangerd.out").open("ab")
-        wrapper = ("unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh")
         self.daemon = self.ns.popen(
-            [*(wrapper if tun_workaround else ()), *self.as_user([str(BIN / "bangerd")])],
-            stdout=log,
-            stderr=subprocess.STDOUT,
+            self.as_user([str(BIN / "bangerd")]), stdout=log, stderr=subprocess.STDOUT
         )
         deadline = time.monotonic() + 60
         while True:
@@ -142,7 +130,6 @@ def user_env(*, helper: bool = True, privilege_mode: str | None = None) -> Itera
             (base / sub).mkdir(mode=0o700)
             os.chown(base / sub, uid, uid)
         (base / "helper").mkdir(mode=0o755)
-        (base / "dev").mkdir(mode=0o755)
         with netns() as ns:
             env = UserEnv(ns, user, uid, base, None, privilege_mode=privilege_mode)
             if helper:

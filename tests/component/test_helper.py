@@ -10,11 +10,13 @@ non-root uid (setgroups/setgid/setuid) before connecting, which is what SO_PEERC
 
 from __future__ import annotations
 
+import fcntl
 import json
 import multiprocessing
 import os
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -33,6 +35,7 @@ from banger.errors import (
     BangerError,
     HelperUnavailable,
     InvalidArgument,
+    NotFound,
     PermissionDenied,
 )
 from banger.helper.connections import MAX_CONNECTIONS
@@ -90,6 +93,9 @@ class Helper:
 
     def alive(self) -> bool:
         return self.proc.poll() is None
+
+    def open_fds(self) -> int:
+        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
 
     def links(self) -> dict[str, dict[str, Any]]:
         out = json.loads(self.ns.ip("-d", "-j", "link").stdout)
@@ -238,6 +244,44 @@ def test_owner_gets_bridge_tap_and_nat_inside_the_namespace(helper: Helper) -> N
     owner.ops("remove_nat")
     assert "bgtap0" not in helper.links() and "bgtap5" in helper.links()
     assert "banger" not in helper.nft()
+
+
+TUNGETIFF = 0x800454D2  # _IOR('T', 210, unsigned int)
+
+
+def _open_tap_and_describe(sock: Path, name: str) -> tuple[str, bool, bool]:
+    """In the caller's process (an owner, who cannot open a 0600 /dev/net/tun): the
+    helper's descriptor is attached to ``name`` (TUNGETIFF), close-on-exec, a char device."""
+    fd = HelperPrivilegedOps(sock).open_tap(name, owner_uid=os.getuid())
+    try:
+        ifr = fcntl.ioctl(fd, TUNGETIFF, b"\0" * 40)
+        attached = ifr[:16].rstrip(b"\0").decode()
+        cloexec = bool(fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC)
+        return attached, cloexec, stat.S_ISCHR(os.fstat(fd).st_mode)
+    finally:
+        os.close(fd)
+
+
+def test_open_tap_hands_the_owner_its_own_tap_and_nothing_else(helper: Helper) -> None:
+    """Issue 11: a 0600 /dev/net/tun (this CI's) is no obstacle: the helper opens it."""
+    owner = helper.as_uid(OWNER)
+    owner.ops("ensure_bridge", BRIDGE, ADDRESS)
+    owner.ops("create_tap", "bgtap0", bridge=BRIDGE, owner_uid=OWNER)
+    assert owner.call(_open_tap_and_describe, "bgtap0") == ("bgtap0", True, True)
+    before = helper.open_fds()
+    assert owner.call(_open_tap_and_describe, "bgtap0")[0] == "bgtap0"  # again, once closed
+    helper.ns.ip("tuntap", "add", "dev", "bgtap5", "mode", "tap", "user", "0")
+    with pytest.raises(PermissionDenied, match="does not belong to uid"):
+        owner.call(_open_tap_and_describe, "bgtap5")  # root's TAP
+    with pytest.raises(NotFound):
+        owner.call(_open_tap_and_describe, "bgtap7")  # no such TAP
+    with pytest.raises(InvalidArgument):
+        owner.call(_open_tap_and_describe, "eth0")  # not banger's naming
+    for _ in range(5):
+        with pytest.raises(PermissionDenied):
+            owner.call(_open_tap_and_describe, "bgtap5")
+    assert helper.open_fds() == before, "the helper keeps no descriptor it passed or refused"
+    owner.ops("delete_tap", "bgtap0")
 
 
 # -- who may call ------------------------------------------------------------------------------
@@ -490,10 +534,11 @@ def test_modes_as_doctor_and_vm_creation_see_them(helper: Helper) -> None:
     owner = helper.as_uid(OWNER)
     state, detail, hint = owner.call(_doctor_network)
     assert detail.startswith("mode helper"), detail
-    if owner.call(_can_open_tun):
+    if owner.call(_can_open_tun) or shutil.which("firecracker") is None:
+        # A 0600 /dev/net/tun (this CI's) no longer matters to QEMU: the helper opens it.
         assert state == StageState.OK.value, detail
-    else:  # a host whose /dev/net/tun is 0600 (this CI's; Debian's is 0666)
-        assert state == StageState.FAIL.value and "/dev/net/tun" in detail, detail
+    else:  # only Firecracker, which opens the TAP by name itself, still needs it
+        assert state == StageState.WARN.value and "/dev/net/tun" in detail, detail
         assert hint is not None and "chmod 0666 /dev/net/tun" in hint
 
     name, brief, hint = owner.call(_create_without_helper)
@@ -552,6 +597,7 @@ def test_fuzzed_arguments_never_crash_the_helper_or_leave_the_namespace(helper: 
             {"name": names | anything, "bridge": names, "owner_uid": uids}
         ),
         "delete-tap": st.fixed_dictionaries({"name": names | anything}),
+        "open-tap": st.fixed_dictionaries({"name": names | anything}),
         "list-taps": st.fixed_dictionaries({"owner_uid": uids}),
         "nat-on": st.fixed_dictionaries({"bridge": names | anything, "cidr": cidrs | anything}),
         "nat-off": st.fixed_dictionaries({}),

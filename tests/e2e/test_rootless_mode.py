@@ -43,7 +43,7 @@ def _uid_of(pid: int) -> int:
 @pytest.fixture(scope="module")
 def env() -> Iterator[UserEnv]:
     with user_env(helper=False) as e:
-        e.start_daemon(tun_workaround=False)
+        e.start_daemon()
         add_tiny_guest(e)
         yield e
 

@@ -3,7 +3,8 @@
 Owns: which networking a new VM gets (asked of the privilege mode at each create: a
 helper may have come or gone), handing it an address and a TAP, or — rootless — a
 loopback port for its SSH forward; giving those back; checking, before a rootless VM
-starts again, that its port is still free (else it gets another); and where its SSH is.
+starts again, that its port is still free (else it gets another); where its SSH is; and
+handing a VMM started by a daemon that is not root its TAP already open.
 Callers hold the service's reservation lock around ``assign`` and ``refresh_port``, so
 that two VMs never get the same address, TAP or port.
 Must not: write rows (the VM service does, with what this returns), or create links
@@ -13,16 +14,20 @@ itself (``TapPool`` and ``PrivilegedOps`` do).
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 from banger.config.settings import Config
 from banger.model.addressing import allocate_ip
 from banger.model.records import VmRecord
 from banger.net import user_net
 from banger.net.privilege_mode import PrivilegeMode
+from banger.net.privileged import PrivilegedOps
 from banger.net.taps import TapPool
 from banger.net.user_net import SshTarget
 from banger.services.vm_create import NetAssignment
+from banger.vmm.base import MachineSpec, Vmm, VmmHandle
 
 
 class VmAddresses:
@@ -65,6 +70,21 @@ class VmAddresses:
     async def _free_port(self, existing: Sequence[VmRecord]) -> int:
         taken = {v.ssh_port for v in existing if v.ssh_port is not None}
         return await asyncio.to_thread(user_net.allocate_ssh_port, taken, free=self._port_free)
+
+
+async def launch(vmm: Vmm, spec: MachineSpec, ops: PrivilegedOps) -> VmmHandle:
+    """``vmm.launch(spec)``; a daemon that is not root first has its TAP opened by
+    banger-helper and hands QEMU the descriptor (``-netdev tap,fd=N``), so that its user
+    needs no access to ``/dev/net/tun`` (a 0600 node on some hosts). Root's QEMU opens the
+    TAP by name as before; Firecracker only can."""
+    net = spec.net
+    if net is None or net.tap is None or not vmm.takes_tap_fd or os.geteuid() == 0:
+        return await vmm.launch(spec)
+    fd = await asyncio.to_thread(ops.open_tap, net.tap, owner_uid=os.getuid())
+    try:
+        return await vmm.launch(replace(spec, net=replace(net, tap_fd=fd)))
+    finally:
+        os.close(fd)  # QEMU holds its own copy from here on
 
 
 def ssh_target(vm: VmRecord) -> SshTarget | None:

@@ -230,7 +230,7 @@ class VmService:
         argv = vm_boot.ssh_argv(self.ctx.config.ssh_key_file(), paths.known_hosts, target)
         try:
             with progress.stage("boot"):
-                handle = await plan.vmm.launch(spec)
+                handle = await vm_addresses.launch(plan.vmm, spec, self.ops)
                 vm = await self._record_launch(vm, handle)
                 progress.detail = f"{handle.backend.value} ({plan.accel.value}), pid {vm.pid}"
             with progress.stage("wait-ready"):

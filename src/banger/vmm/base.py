@@ -69,6 +69,10 @@ class NetSpec:
     prefix_len: int
     dns: tuple[str, ...] = ()
     user: UserNet | None = None
+    #: A descriptor already attached to ``tap`` (opened by banger-helper for a daemon that
+    #: cannot open ``/dev/net/tun``), inherited by the VMM; the caller closes it after
+    #: ``launch``. Only for backends with ``takes_tap_fd``.
+    tap_fd: int | None = None
 
 
 @dataclass(frozen=True)
@@ -116,6 +120,9 @@ class Vmm(Protocol):
     #: The ``config.toml`` key naming the binary, and the name looked up on PATH.
     binary_setting: ClassVar[str]
     binary_name: ClassVar[str]
+    #: Whether the backend can be handed its TAP as an open descriptor (QEMU can;
+    #: Firecracker opens the TAP by name itself).
+    takes_tap_fd: ClassVar[bool]
 
     @classmethod
     def agent_channel(cls, run_dir: Path) -> AgentChannel:

@@ -77,6 +77,7 @@ class FirecrackerVmm:
     kernel_files: ClassVar[tuple[str, ...]] = ("vmlinux",)
     binary_setting: ClassVar[str] = "firecracker_bin"
     binary_name: ClassVar[str] = "firecracker"
+    takes_tap_fd: ClassVar[bool] = False
 
     def __init__(self, runner: Runner, binary: Path) -> None:
         self.runner = runner

@@ -115,6 +115,8 @@ def build_argv(binary: Path, spec: MachineSpec, *, machine: str = "microvm") -> 
 
 
 def _netdev(net: NetSpec) -> str:
+    if net.user is None and net.tap_fd is not None:
+        return f"tap,id=n0,fd={net.tap_fd}"
     if net.user is None:
         return f"tap,id=n0,ifname={net.tap},script=no,downscript=no"
     # slirp's own addresses, spelled out: the guest's static ip= on the command line must
@@ -154,6 +156,7 @@ class QemuVmm:
     kernel_files: ClassVar[tuple[str, ...]] = ("vmlinuz", "vmlinux")
     binary_setting: ClassVar[str] = "qemu_bin"
     binary_name: ClassVar[str] = "qemu-system-x86_64"
+    takes_tap_fd: ClassVar[bool] = True
 
     def __init__(self, runner: Runner, binary: Path, *, machine: str = "microvm") -> None:
         self.runner = runner
@@ -194,7 +197,10 @@ class QemuVmm:
         qmp_path = spec.run_dir / QMP_SOCKET_NAME
         qmp_path.unlink(missing_ok=True)
         argv = build_argv(self.binary, spec, machine=self.machine)
-        identity = spawn.spawn_detached(argv, log_path=spec.vmm_log, runner=self.runner)
+        fds = () if spec.net is None or spec.net.tap_fd is None else (spec.net.tap_fd,)
+        identity = spawn.spawn_detached(
+            argv, log_path=spec.vmm_log, runner=self.runner, pass_fds=fds
+        )
         handle = VmmHandle(Backend.QEMU, identity, qmp_path)
         try:
             await spawn.wait_for_socket(
