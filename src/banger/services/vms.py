@@ -6,7 +6,8 @@ reservation window (name, IP, TAP), and running the stages of a create
 constructor: the VMM factory, the privileged network operations, the image catalog, the
 probe of guest ports; the runner, database and DNS publisher come with the context.
 Noticing VMMs that die on their own is ``vm_monitor``; the bridge, NAT and ``~vm``
-routing are ``vm_network``.
+routing are ``vm_network``; which networking a VM gets (bridged, or rootless: SPEC §9)
+and its address, TAP or SSH port are ``vm_addresses``.
 Must not: build disks or talk netlink itself (``vm_disks``, ``banger.net``), or speak HTTP.
 """
 
