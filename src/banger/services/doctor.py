@@ -280,7 +280,8 @@ def _rootless(report: privilege_mode.PrivilegeReport) -> CheckResult:
         f"mode rootless ({why}): user-mode networking (QEMU's slirp), SSH through a "
         "127.0.0.1 port per VM; loses: no <vm>.vm address, no bridge (the host reaches a "
         "guest only over SSH; `vm ports` cannot probe web ports), no Firecracker, and "
-        "--nat is slirp's outbound access rather than banger's NAT rules",
+        "--nat is slirp's outbound access (which also reaches the host's 127.0.0.1 "
+        "through 10.0.2.2) rather than banger's NAT rules",
         hint="for bridged VMs: `sudo banger system install --owner $USER` (banger-helper), "
         "or run the daemon as root",
     )
