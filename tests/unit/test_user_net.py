@@ -126,3 +126,16 @@ def test_privilege_mode_rootless_is_rootless_whoever_runs_the_daemon(tmp_path: P
     report = privilege_mode.probe(tmp_path / "absent.sock", setting=PrivilegeModeChoice.ROOTLESS)
     assert report.mode is PrivilegeMode.ROOTLESS and not report.mode.bridged
     assert all(m.bridged for m in PrivilegeMode if m is not PrivilegeMode.ROOTLESS)
+
+
+def test_doctor_names_rootless_mode_its_cause_and_what_it_loses(tmp_path: Path) -> None:
+    from banger.model.wire import StageState
+    from banger.services.doctor import DoctorInputs, check_network
+
+    config = Config(privilege_mode=PrivilegeModeChoice.ROOTLESS)
+    inputs = DoctorInputs(None, config, None, str, helper_socket=tmp_path / "absent.sock")  # type: ignore[arg-type]
+    result = check_network(inputs)
+    assert result.state is StageState.OK
+    assert result.detail.startswith('mode rootless (privilege_mode = "rootless")'), result.detail
+    for loss in ("no <vm>.vm address", "no bridge", "no Firecracker", "127.0.0.1"):
+        assert loss in result.detail
