@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from banger.net.user_net import SSH_FORWARD_PORTS
+from tests.gitrepos import make_repo
 from tests.userenv import TOOLS, UserEnv, add_tiny_guest, user_env
 
 pytestmark = pytest.mark.skipif(
@@ -105,6 +106,16 @@ def test_nat_is_slirps_outbound_access_and_without_it_the_guest_reaches_nothing(
     assert opened.stdout.startswith("HTTP/1.0 200"), opened.stdout + opened.stderr
     assert "HTTP" not in shut.stdout, shut.stdout + shut.stderr
     env.ok("vm", "delete", "--force", "open", "shut")
+
+
+def test_vm_run_copies_a_repository_through_the_forwarded_port(env: UserEnv) -> None:
+    repo = make_repo(env.base / "home" / "project", {b"tracked": b"tracked\n"})
+    for path in [repo, *repo.rglob("*")]:
+        os.lchown(path, env.uid, env.uid)
+    check = "pwd && test -f tracked"
+    out = env.banger("vm", "run", "--rm", *TINY, str(repo), "--", "sh", "-c", check)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.splitlines()[-1] == "/root/repo"
 
 
 def test_firecracker_is_refused_for_a_rootless_vm(env: UserEnv) -> None:
