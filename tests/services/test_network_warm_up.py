@@ -9,12 +9,21 @@ import os
 
 from banger.config.settings import Config
 from banger.errors import HelperUnavailable
+from banger.net.privilege_mode import PrivilegeMode
 from banger.net.taps import TapPool
 from banger.services.vm_network import VmNetwork, warm_up
 from tests.fakes import FakeDns, FakePrivilegedOps
 from tests.services.conftest import World
 
 POOL = 3
+
+
+async def root_mode() -> PrivilegeMode:
+    return PrivilegeMode.ROOT
+
+
+async def rootless_mode() -> PrivilegeMode:
+    return PrivilegeMode.ROOTLESS
 
 
 def _network(world: World, bridge: str, ops: FakePrivilegedOps) -> tuple[VmNetwork, TapPool]:
@@ -26,7 +35,7 @@ def test_an_existing_bridge_is_ensured_and_the_pool_filled(world: World) -> None
     ops = FakePrivilegedOps()
     # "lo" exists in every network namespace: it stands for a bridge an earlier daemon made.
     network, taps = _network(world, "lo", ops)
-    asyncio.run(warm_up(network, taps))
+    asyncio.run(warm_up(network, taps, root_mode))
     assert ops.calls == ["ensure_bridge", *["create_tap"] * POOL]
     assert len(taps.warm) == POOL and ops.routed
     # The first create finds the bridge ready: ensure() asks nothing more.
@@ -37,7 +46,7 @@ def test_an_existing_bridge_is_ensured_and_the_pool_filled(world: World) -> None
 def test_no_bridge_yet_means_nothing_is_touched(world: World) -> None:
     ops = FakePrivilegedOps()
     network, taps = _network(world, "bgnotthere0", ops)
-    asyncio.run(warm_up(network, taps))
+    asyncio.run(warm_up(network, taps, root_mode))
     assert ops.calls == [] and ops.bridges == {} and taps.warm == []
 
 
@@ -48,5 +57,12 @@ def test_a_failure_is_logged_not_raised(world: World) -> None:
 
     ops = Down()
     network, taps = _network(world, "lo", ops)
-    asyncio.run(warm_up(network, taps))  # no exception
+    asyncio.run(warm_up(network, taps, root_mode))  # no exception
     assert taps.warm == []
+
+
+def test_a_rootless_daemon_touches_no_bridge_even_if_one_exists(world: World) -> None:
+    ops = FakePrivilegedOps()
+    network, taps = _network(world, "lo", ops)
+    asyncio.run(warm_up(network, taps, rootless_mode))
+    assert ops.calls == [] and taps.warm == []

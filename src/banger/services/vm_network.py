@@ -15,10 +15,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections.abc import Awaitable, Callable
 
 from banger.config.settings import Config
 from banger.errors import BangerError
 from banger.model.addressing import bridge_interface
+from banger.net.privilege_mode import PrivilegeMode
 from banger.net.privileged import PrivilegedOps
 from banger.net.taps import TapPool
 from banger.services.context import DnsPublisher
@@ -67,7 +69,9 @@ class VmNetwork:
         await asyncio.to_thread(self.ops.ensure_nat, cfg.bridge_name, cfg.cidr)
 
 
-async def warm_up(network: VmNetwork, taps: TapPool) -> None:
+async def warm_up(
+    network: VmNetwork, taps: TapPool, mode_now: Callable[[], Awaitable[PrivilegeMode]]
+) -> None:
     """Bridge, ``~vm`` routing and warm TAPs ahead of the first create (daemon start),
     only when the bridge exists already (an earlier daemon made it): a daemon that never
     made a VM changes nothing on the host network by starting.
@@ -79,6 +83,8 @@ async def warm_up(network: VmNetwork, taps: TapPool) -> None:
     except OSError:
         return
     try:
+        if await mode_now() is PrivilegeMode.ROOTLESS:  # its VMs use no bridge nor TAP
+            return
         await network.ensure()
         await asyncio.to_thread(taps.fill)
     except BangerError as exc:
