@@ -243,7 +243,9 @@ def require_unshare_mode(runner: Runner) -> str:
         hint=(
             "as root: `apt-get install uidmap` (newuidmap, newgidmap) and `usermod "
             f"--add-subuids 100000-165535 --add-subgids 100000-165535 {user.pw_name}` "
-            "(a range no other user has); or run the daemon as root once to build it"
+            "(a range no other user has); or run the daemon as root once to build it. "
+            "A daemon of `banger system install` (NoNewPrivileges, RestrictNamespaces) "
+            "cannot use this mode: pull an image there instead"
         ),
     )
 
