@@ -15,7 +15,7 @@ time (docs/explanation/flattening.md, "Measured"). Also the image size rule
 filesystem (106, 108), and removing the tree afterwards. Nothing of the session outlives
 the daemon: Runner's PDEATHSIG takes the fakeroot script, the worker follows the script
 and stops faked (``flatten_worker.die_with_session``), mkfs follows the worker (94).
-Must not: run a host command except through ``Runner``, chown for real, or mount. The
+Must not: run a host command except through ``Runner``, chown for real when not root, or mount. The
 session steps (``run_session``) run in the worker process, never in the daemon.
 """
 
