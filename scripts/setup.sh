@@ -13,7 +13,7 @@ dev=0
 
 # Host tools banger drives (docs/explanation/host-packages.md says why each one).
 packages=(python3 python3-venv git e2fsprogs fakeroot iproute2 nftables openssh-client zstd
-          lz4 busybox-static qemu-system-x86 mmdebstrap debootstrap kmod)
+          lz4 busybox-static qemu-system-x86 mmdebstrap debootstrap kmod uidmap)
 
 missing=()
 for pkg in "${packages[@]}"; do

@@ -119,7 +119,11 @@ class UserEnv:
 
 
 @contextlib.contextmanager
-def user_env(*, helper: bool = True, privilege_mode: str | None = None) -> Iterator[UserEnv]:
+def user_env(
+    *, helper: bool = True, privilege_mode: str | None = None, subids: bool = False
+) -> Iterator[UserEnv]:
+    """A user of the test's own; ``subids`` gives it a subordinate uid/gid range of 65536
+    (what mmdebstrap's unshare mode needs; ``userdel`` removes the range with the user)."""
     user = f"bgrh{secrets.token_hex(3)}"
     base = Path(tempfile.mkdtemp(prefix="bgr-u-"))
     base.chmod(0o755)
@@ -128,6 +132,12 @@ def user_env(*, helper: bool = True, privilege_mode: str | None = None) -> Itera
         check=True,
     )
     try:
+        if subids:
+            first = 1_000_000_000 + secrets.randbelow(1000) * 65536
+            ids = f"{first}-{first + 65535}"
+            subprocess.run(
+                ["usermod", "--add-subuids", ids, "--add-subgids", ids, user], check=True
+            )
         uid = pwd.getpwnam(user).pw_uid
         for sub in ("home", "config", "state", "cache", "run"):
             (base / sub).mkdir(mode=0o700)

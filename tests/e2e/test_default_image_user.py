@@ -60,7 +60,7 @@ def test_a_normal_user_builds_the_default_image_or_is_told_what_the_host_lacks(
     tmp_path: Path,
 ) -> None:
     sock = tmp_path / "proxy.sock"
-    with HostProxy(sock), user_env() as env:
+    with HostProxy(sock), user_env(subids=shutil.which("newuidmap") is not None) as env:
         env.ns.popen(
             [sys.executable, "-m", "tests.netproxy", "forward", str(sock), str(PROXY_PORT)],
             cwd=str(REPO),
