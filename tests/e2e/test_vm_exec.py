@@ -81,7 +81,9 @@ def test_exit_codes_streams_stdin_cwd_env(env: VmEnv) -> None:
     assert out.returncode == 128 + 15
     data = bytes(range(256)) * 4096  # 1 MiB, every byte value
     out = run(env, "vm", "exec", "ex", "--", "sha256sum", stdin=data)
-    assert out.returncode == 0 and out.stdout.split()[0].decode() == hashlib.sha256(data).hexdigest()
+    assert (
+        out.returncode == 0 and out.stdout.split()[0].decode() == hashlib.sha256(data).hexdigest()
+    )
     out = run(
         env, "vm", "exec", "ex", "--cwd", "/tmp", "--env", "A=1 2", "--env", "B=x=y",
         "--", 'pwd; echo "$A|$B"; hostname',
@@ -149,9 +151,21 @@ def test_100_mib_exact_with_the_daemon_bounded(env: VmEnv) -> None:
 
 
 @pytest.mark.timeout(900)
+def test_a_stopped_vm_is_a_clear_error(env: VmEnv) -> None:
+    env.ok("vm", "stop", "ex", timeout=300)
+    out = run(env, "vm", "exec", "ex", "--", "true")
+    assert out.returncode == 1
+    assert b"error: VM 'ex' is stopped, not running" in out.stderr
+    assert b"hint: `banger vm start ex`" in out.stderr
+    out = run(env, "vm", "exec", "nope", "--", "true")
+    assert out.returncode == 1 and b"error:" in out.stderr
+
+
+@pytest.mark.timeout(900)
 def test_vm_run_uses_the_agent_and_falls_back_to_ssh(env: VmEnv) -> None:
+    """After the stopped-VM test: one guest at a time on this 2-core host."""
     out = run(
-        env, "vm", "run", "--rm", "--image", "deb-agent", *DEBIAN,
+        env, "vm", "run", "--rm", "--image", "deb-agent", *DEBIAN, "--boot-timeout", "900",
         "--", 'echo "ssh=${SSH_CONNECTION:-none}"; exit 4',
         timeout=900,
     )  # fmt: skip
@@ -162,17 +176,6 @@ def test_vm_run_uses_the_agent_and_falls_back_to_ssh(env: VmEnv) -> None:
     assert out.returncode == 5, out.stderr
     assert out.stdout.splitlines()[-1] == b"hi"
     assert b"does not answer; using ssh" in out.stderr
-
-
-@pytest.mark.timeout(900)
-def test_a_stopped_vm_is_a_clear_error(env: VmEnv) -> None:
-    env.ok("vm", "stop", "ex", timeout=300)
-    out = run(env, "vm", "exec", "ex", "--", "true")
-    assert out.returncode == 1
-    assert b"error: VM 'ex' is stopped, not running" in out.stderr
-    assert b"hint: `banger vm start ex`" in out.stderr
-    out = run(env, "vm", "exec", "nope", "--", "true")
-    assert out.returncode == 1 and b"error:" in out.stderr
 
 
 @pytest.mark.timeout(900)
