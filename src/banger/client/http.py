@@ -191,8 +191,11 @@ def _request_bytes(
         "Host: bangerd",
         "Accept-Encoding: identity",
         f"Accept: {JSON}",
-        "Connection: close" if upgrade is None else f"Connection: Upgrade\r\nUpgrade: {upgrade}",
     ]
+    if upgrade is None:
+        head.append("Connection: close")
+    else:
+        head += ["Connection: Upgrade", f"Upgrade: {upgrade}"]
     if body is not None:
         head += [f"Content-Type: {JSON}", f"Content-Length: {len(body)}"]
     elif method in _METHODS_WITH_BODY:
