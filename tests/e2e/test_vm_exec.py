@@ -8,7 +8,8 @@ guest, the CLI exiting with the command's status; ``--timeout`` (124); a CLI kil
 SIGKILL mid-command → the guest command is gone shortly after; ``head -c 100M
 /dev/zero`` exact with the daemon's RSS growing < 20 MiB (ADVERSARIAL 100: a guest
 flooding output is held to a window); a missing program (127); a stopped VM (clear error
-and hint); ``vm run -- CMD`` going through the agent (no SSH session), and falling back
+and hint), also right after its VMM was killed under a running command (ADVERSARIAL 99);
+``vm run -- CMD`` going through the agent (no SSH session), and falling back
 to SSH for a guest without the agent (said on stderr).
 """
 
@@ -151,8 +152,19 @@ def test_100_mib_exact_with_the_daemon_bounded(env: VmEnv) -> None:
 
 
 @pytest.mark.timeout(900)
-def test_a_stopped_vm_is_a_clear_error(env: VmEnv) -> None:
-    env.ok("vm", "stop", "ex", timeout=300)
+def test_a_vmm_dying_mid_command_fails_fast_and_a_stopped_vm_is_a_clear_error(
+    env: VmEnv,
+) -> None:
+    """ADVERSARIAL 99: the VMM killed under a running command → the CLI fails at once."""
+    proc = cli(
+        env, "vm", "exec", "ex", "--", "sh", "-c", "echo started; exec sleep 600",
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == b"started\n"
+    env.ok("vm", "kill", "ex", timeout=120)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1 and err.startswith(b"error:"), err
     out = run(env, "vm", "exec", "ex", "--", "true")
     assert out.returncode == 1
     assert b"error: VM 'ex' is stopped, not running" in out.stderr

@@ -33,7 +33,8 @@ from banger.client.http import Client
 from banger.errors import AgentUnavailable, CommandNotStarted, InvalidState, VmNotFound
 from banger.guest.exec_client import ExecConnection
 from banger.model.api_types import ExecResult
-from banger.services.vm_exec import ExecService
+from banger.services.readiness import Via
+from banger.services.vm_exec import CONNECT_TIMEOUT_NO_AGENT_S, Connect, ExecService
 from banger.vmm.channels import AgentChannel
 from tests.localagent import run_agent, wait_for_socket
 from tests.services.conftest import World
@@ -56,9 +57,9 @@ def agent_socket() -> Iterator[Path]:
 
 
 @contextlib.asynccontextmanager
-async def serving(world: World, connect: Callable[[AgentChannel], object]) -> AsyncIterator[Path]:
+async def serving(world: World, connect: Connect) -> AsyncIterator[Path]:
     """The daemon's app on a Unix socket, with exec connections from ``connect``."""
-    execs = ExecService(world.vms, connect=connect)  # type: ignore[arg-type]
+    execs = ExecService(world.vms, connect=connect)
     services = dataclasses.replace(world.services, execs=execs)
     path = world.root / "api.sock"
     sock = bind_unix_socket(path)
@@ -90,9 +91,9 @@ async def off_loop(fn: Callable[[], T]) -> T:
     return await asyncio.to_thread(fn)
 
 
-def local_agent(path: Path) -> Callable[[AgentChannel], object]:
-    async def connect(channel: AgentChannel) -> ExecConnection:
-        return await ExecConnection.over_unix(path)
+def local_agent(path: Path) -> Connect:
+    async def connect(channel: AgentChannel, timeout_s: float) -> ExecConnection:
+        return await ExecConnection.over_unix(path, timeout_s=timeout_s)
 
     return connect
 
@@ -174,7 +175,7 @@ def test_signals_and_a_client_hanging_up_kill_the_command(world: World, agent_so
                 with vms.exec_start("sig", ["sh", "-c", script]) as session:
                     for _, data in session.events():
                         got += data
-                        if b"ready" in got:
+                        if got == b"ready\n":
                             session.signal(2)
                     return session.wait(), bytes(got)
 
@@ -201,7 +202,7 @@ def test_errors_before_the_switch_are_json_with_hints(world: World, agent_socket
         assert (await world.create(name="off")).error is None
         await world.vms.stop("off")
 
-        async def silent(channel: AgentChannel) -> ExecConnection:
+        async def silent(channel: AgentChannel, timeout_s: float) -> ExecConnection:
             raise __import__("banger.errors").errors.Timeout("nothing answered")
 
         async with serving(world, silent) as api:
@@ -257,10 +258,12 @@ def test_the_connection_closes_when_the_vm_stops(world: World, agent_socket: Pat
     async def scenario() -> None:
         assert (await world.create(name="gone")).error is None
         opened: list[ExecConnection] = []
+        timeouts: list[float] = []
 
-        async def connect(channel: AgentChannel) -> ExecConnection:
-            conn = await ExecConnection.over_unix(agent_socket)
+        async def connect(channel: AgentChannel, timeout_s: float) -> ExecConnection:
+            conn = await ExecConnection.over_unix(agent_socket, timeout_s=timeout_s)
             opened.append(conn)
+            timeouts.append(timeout_s)
             return conn
 
         execs = ExecService(world.vms, connect=connect)
@@ -272,6 +275,9 @@ def test_the_connection_closes_when_the_vm_stops(world: World, agent_socket: Pat
         await collect_start(world, "gone")
         second = await execs.connection("gone")
         assert second is not first and len(opened) == 2
+        # The fake guest answered its readiness over SSH: no agent is likely, wait less.
+        assert set(world.vms.ready_via.values()) == {Via.SSH}
+        assert timeouts == [CONNECT_TIMEOUT_NO_AGENT_S] * 2
         await execs.aclose()
 
     asyncio.run(scenario())

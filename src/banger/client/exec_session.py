@@ -61,6 +61,7 @@ class ExecSession:
         self._result: ExecResult | None = None
         self._error: BangerError | None = None
         self._closed = False
+        self._send_broken = False
         self._reader = threading.Thread(target=self._read_loop, name="banger-exec", daemon=True)
         self._reader.start()
 
@@ -162,18 +163,19 @@ class ExecSession:
             if not self._running():
                 return
             grant, self._consumed = self._consumed, 0
-        with contextlib.suppress(BangerError):
-            self._send(Kind.CREDIT, exec_frames.u32(grant))
+        self._send(Kind.CREDIT, exec_frames.u32(grant))
 
     def _send(self, kind: int, payload: bytes = b"") -> None:
+        """Send a frame; a failed send is left for the reader to explain: the daemon may
+        have closed after the command's EXIT (still to be read), or it died (EOF)."""
         frame = exec_frames.encode(kind, CHANNEL, payload)
         with self._send_lock:
+            if self._send_broken:
+                return
             try:
                 self._sock.sendall(frame)
-            except OSError as exc:
-                self._fail(DaemonUnavailable(f"lost the exec session: {exc}"))
-                with self._cond:
-                    self._raise_if_failed()
+            except OSError:
+                self._send_broken = True
 
     def _fail(self, error: BangerError) -> None:
         with self._cond:

@@ -31,19 +31,27 @@ from banger.guest.exec_client import ExecConnection, ExecProcess
 from banger.host import procinfo
 from banger.host.procinfo import ProcessIdentity
 from banger.services import vm_boot
+from banger.services.readiness import Via
 from banger.services.vms import VmService
 from banger.vmm import table
 from banger.vmm.channels import AgentChannel
 
 log = logging.getLogger("banger.exec")
 
-#: How a connection to a VM's exec channel is opened (tests pass a fake guest).
-Connect = Callable[[AgentChannel], Awaitable[ExecConnection]]
+#: How a connection to a VM's exec channel is opened, within a timeout (tests pass a
+#: fake guest).
+Connect = Callable[[AgentChannel, float], Awaitable[ExecConnection]]
+#: Connecting includes the agent's answer to HELLO: quick from a live agent, never from
+#: an image without one. When the guest's readiness was SSH's answer (the agent, if any,
+#: was slower than an ssh handshake: most likely there is none) the wait is shorter, so
+#: that `vm run -- CMD` falls back to SSH soon.
+CONNECT_TIMEOUT_S = 5.0
+CONNECT_TIMEOUT_NO_AGENT_S = 1.5
 _FAILURES = frozenset(f.name.lower() for f in exec_frames.Failure)
 
 
-async def connect_channel(channel: AgentChannel) -> ExecConnection:
-    return await channel.exec_connect()
+async def connect_channel(channel: AgentChannel, timeout_s: float) -> ExecConnection:
+    return await channel.exec_connect(timeout_s=timeout_s)
 
 
 @dataclass
@@ -102,8 +110,10 @@ class ExecService:
             if current is not None:
                 self._close_later(self._open.pop(name).conn)
             channel = table.agent_channel_at(paths.run_dir, handle.backend)
+            answered = self.vms.ready_via.get(handle.process)
+            timeout_s = CONNECT_TIMEOUT_NO_AGENT_S if answered is Via.SSH else CONNECT_TIMEOUT_S
             try:
-                conn = await self._connect(channel)
+                conn = await self._connect(channel, timeout_s)
             except NotImplementedError as exc:
                 raise AgentUnavailable(
                     f"exec is not available for VM {name!r}: {exc}",

@@ -24,6 +24,7 @@ from typing import Any
 from banger.dns.server import records_from_vms
 from banger.errors import BangerError, InvalidArgument, InvalidState
 from banger.host import procinfo
+from banger.host.procinfo import ProcessIdentity
 from banger.host.publish import remove_published
 from banger.model.addressing import allocate_ip
 from banger.model.naming import generate_name
@@ -85,6 +86,9 @@ class VmService:
         self._said_backend = False
         #: Called with a VM's name when it stopped or was deleted (its exec connection).
         self.on_gone: list[Callable[[str], None]] = []
+        #: How each running VMM's guest first answered (``vm exec`` waits less for an
+        #: agent that was not the one to answer).
+        self.ready_via: dict[ProcessIdentity, readiness.Via] = {}
 
     # -- queries -----------------------------------------------------------------------
 
@@ -248,6 +252,7 @@ class VmService:
         ready = await readiness.wait_until_ready(
             self.ctx.runner, argv, agent, guest, timeout_s=timeout_s
         )
+        self.ready_via[handle.process] = ready.via
         return ready.describe()
 
     async def _file_sync(self, ssh_argv: list[str], progress: Progress) -> None:
@@ -428,6 +433,8 @@ class VmService:
     def _gone(self, name: str) -> None:
         for callback in self.on_gone:
             callback(name)
+        for ident in [i for i in self.ready_via if not procinfo.is_running(i)]:
+            del self.ready_via[ident]
 
     # -- for the monitor -------------------------------------------------------------------
 
