@@ -50,6 +50,7 @@ from banger.services.kernel_pull import KernelPullService
 from banger.services.kernels import KernelService
 from banger.services.readiness import PortProbe
 from banger.services.reconcile import reconcile
+from banger.services.vm_exec import ExecService
 from banger.services.vm_monitor import VmMonitor
 from banger.services.vm_network import warm_up
 from banger.services.vmm_factory import HostVmms, VmmFactory
@@ -195,7 +196,10 @@ def compose(
         guest_ports=guest_ports,
         forwarded_ports=forwarded_ports,
     )
-    return DaemonServices(ctx, vms, images, image_pulls, kernels, kernel_pulls, catalog)
+    execs = ExecService(vms)
+    return DaemonServices(
+        ctx, vms, images, image_pulls, kernels, kernel_pulls, catalog, execs=execs
+    )
 
 
 def compose_for_host(ctx: DaemonContext) -> DaemonServices:
@@ -245,6 +249,7 @@ async def _serve(
             await monitor.stop()
             with contextlib.suppress(asyncio.CancelledError):
                 await warming  # no thread of it left mid-way
+            await services.execs.aclose()
     finally:
         dns.close()
 

@@ -25,6 +25,7 @@ from typing import Any
 from banger.dns.server import records_from_vms
 from banger.errors import BangerError, InvalidArgument, InvalidState
 from banger.host import procinfo
+from banger.host.procinfo import ProcessIdentity
 from banger.host.publish import remove_published
 from banger.model.naming import generate_name
 from banger.model.records import ImageRecord, KernelRecord, VmRecord, VmState, utc_now
@@ -89,6 +90,11 @@ class VmService:
         self._locks: dict[str, asyncio.Lock] = {}
         self._stopping: set[str] = set()
         self._said_backend = False
+        #: Called with a VM's name when it stopped or was deleted (its exec connection).
+        self.on_gone: list[Callable[[str], None]] = []
+        #: How each running VMM's guest first answered (``vm exec`` waits less for an
+        #: agent that was not the one to answer).
+        self.ready_via: dict[ProcessIdentity, readiness.Via] = {}
 
     # -- queries -----------------------------------------------------------------------
 
@@ -280,6 +286,7 @@ class VmService:
         ready = await readiness.wait_until_ready(
             self.ctx.runner, argv, agent, guest, timeout_s=timeout_s
         )
+        self.ready_via[handle.process] = ready.via
         return ready.describe()
 
     async def _file_sync(self, ssh_argv: list[str], progress: Progress) -> None:
@@ -394,6 +401,7 @@ class VmService:
     async def discard(self, vm: VmRecord) -> None:
         """Remove a VM's row, files and TAP (row first: leftovers are swept at start-up)."""
         await self.ctx.db.run(repo.delete_vm, vm.name)
+        self._gone(vm.name)
         await self.publish_dns()
         paths = self.paths(vm)
         await asyncio.to_thread(remove_published, paths.vm_dir)
@@ -451,6 +459,7 @@ class VmService:
 
     async def _mark_stopped(self, vm: VmRecord, *, reason: str | None) -> VmRecord:
         state = VmState.ERROR if vm.state is VmState.ERROR and reason is None else VmState.STOPPED
+        self._gone(vm.name)
         return await self._update(
             vm.name,
             state=state,
@@ -459,6 +468,12 @@ class VmService:
             stopped_at=utc_now(),
             last_error=reason if reason else vm.last_error,
         )
+
+    def _gone(self, name: str) -> None:
+        for callback in self.on_gone:
+            callback(name)
+        for ident in [i for i in self.ready_via if not procinfo.is_running(i)]:
+            del self.ready_via[ident]
 
     # -- for the monitor -------------------------------------------------------------------
 
