@@ -253,3 +253,21 @@ class StateError(BangerError):
 class Interrupted(BangerError):
     code = "interrupted"
     status = 499
+
+
+# -- callers of the SDK and the MCP server -------------------------------------------------
+
+
+class CommandExitError(BangerError):
+    """A command run in a guest ended badly: ``CommandResult.check()`` in the SDK raises it
+    (never the daemon, which reports a command's exit as data)."""
+
+    code = "command_exit"
+    status = 500
+
+
+class MissingExtra(BangerError):
+    """An optional part of banger whose dependencies are not installed (``banger[mcp]``)."""
+
+    code = "missing_extra"
+    status = 501
