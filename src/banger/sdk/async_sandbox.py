@@ -139,12 +139,30 @@ class Creating:
         self._sandbox: AsyncSandbox | None = None
 
     async def _create(self) -> AsyncSandbox:
-        task = asyncio.ensure_future(asyncio.to_thread(Sandbox.create, **self._options))
+        # A cancelled await does not stop the thread making the VM: whichever of the
+        # two ends second (the thread, or the cancelled task) deletes it.
+        lock = threading.Lock()
+        made: list[Sandbox] = []
+        abandoned = False
+        undo = not self._options.get("keep", False)
+
+        def make() -> Sandbox:
+            sandbox = Sandbox.create(**self._options)
+            with lock:
+                made.append(sandbox)
+                if not (abandoned and undo):
+                    return sandbox
+            _delete_abandoned(sandbox)
+            return sandbox
+
         try:
-            return AsyncSandbox(await asyncio.shield(task))
+            return AsyncSandbox(await asyncio.to_thread(make))
         except asyncio.CancelledError:
-            if not self._options.get("keep", False):
-                task.add_done_callback(_delete_when_made)
+            with lock:
+                abandoned = True
+                orphan = made[0] if made and undo else None
+            if orphan is not None:
+                threading.Thread(target=_delete_abandoned, args=(orphan,)).start()
             raise
 
     def __await__(self) -> Generator[Any, None, AsyncSandbox]:
@@ -159,19 +177,11 @@ class Creating:
         await self._sandbox.__aexit__(exc_type, exc, tb)
 
 
-def _delete_when_made(task: asyncio.Future[Sandbox]) -> None:
-    """A create whose awaiting task was cancelled went on in its thread: undo it."""
-    if task.cancelled() or task.exception() is not None:
-        return
-    sandbox = task.result()
-
-    def delete() -> None:
-        with contextlib.suppress(BangerError):
-            sandbox.delete()
-        log.info("deleted sandbox %s: its create was cancelled", sandbox.name)
-
-    # Not a daemon thread: the interpreter waits for it rather than leaking the VM.
-    threading.Thread(target=delete, name="banger-sdk-undo-create").start()
+def _delete_abandoned(sandbox: Sandbox) -> None:
+    """Delete a sandbox whose create was cancelled (its awaiting task went away)."""
+    with contextlib.suppress(BangerError):
+        sandbox.delete()
+    log.info("deleted sandbox %s: its create was cancelled", sandbox.name)
 
 
 class AsyncCommandHandle:
