@@ -244,6 +244,22 @@ class NoSpace(CommandFailed):
     status = 507
 
 
+class AgentUnavailable(BangerError):
+    """The guest agent does not answer on its exec channel (an image without the agent,
+    a guest still booting or wedged): ``vm ssh`` still works."""
+
+    code = "agent_unavailable"
+    status = 503
+
+
+class CommandNotStarted(BangerError):
+    """The guest agent could not start a command; ``details`` says why (``not_found``,
+    ``permission``, ``no_cwd``, ``bad_request``, ``too_many``, ``other``)."""
+
+    code = "command_not_started"
+    status = 422
+
+
 class StateError(BangerError):
     code = "state_error"
     status = 500

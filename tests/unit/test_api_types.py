@@ -47,6 +47,7 @@ PAIRS: dict[type[Record], type[BaseModel]] = {
     api_types.CreateVmRequest: models.CreateBody,
     api_types.SetVmRequest: models.SetBody,
     api_types.KillRequest: models.KillBody,
+    api_types.ExecRequest: models.ExecBody,
     api_types.ImageRegisterRequest: models.ImageRegisterBody,
     api_types.ImagePullRequest: models.ImagePullBody,
     api_types.KernelImportRequest: models.KernelImportBody,
@@ -54,7 +55,7 @@ PAIRS: dict[type[Record], type[BaseModel]] = {
 }
 NAMES = {dc: model.__name__ for dc, model in PAIRS.items()}
 #: Result data of a stream, not a pydantic model of its own.
-UNPAIRED = {api_types.DoctorResult}
+UNPAIRED = {api_types.DoctorResult, api_types.ExecResult}
 
 
 def shape(tp: Any) -> str:

@@ -10,7 +10,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+)
 
 from banger.model import limits
 from banger.model.api_types import LogSource, SignalName, StageStateName, VmmName, VmStateName
@@ -298,6 +307,19 @@ class SetBody(Strict):
 
 class KillBody(Strict):
     signal: SignalName = "KILL"
+
+
+ExecField = Annotated[StrictStr, Field(max_length=limits.EXEC_FIELD_MAX)]
+
+
+class ExecBody(Strict):
+    """A command for the guest agent: exact argv (no shell), its directory (default the
+    guest user's home), extra environment, and a timeout after which the guest kills it."""
+
+    argv: Annotated[list[ExecField], Field(min_length=1, max_length=limits.EXEC_ARGV_MAX)]
+    cwd: ExecField | None = None
+    env: Annotated[dict[ExecField, ExecField], Field(max_length=limits.EXEC_ENV_MAX)] | None = None
+    timeout_s: Annotated[StrictFloat, Field(gt=0, le=limits.EXEC_TIMEOUT_S_MAX)] | None = None
 
 
 class ImageRegisterBody(Strict):

@@ -10,8 +10,8 @@ rich or pydantic.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Iterator
-from typing import Any, Generic, TypeVar
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from urllib.parse import quote, urlencode
 
 from banger.client.http import Client
@@ -23,6 +23,7 @@ from banger.model.api_types import (
     CreateVmRequest,
     DaemonStatus,
     DoctorResult,
+    ExecResult,
     HealthReply,
     ImageDeleted,
     ImageInfo,
@@ -49,6 +50,9 @@ from banger.model.api_types import (
     list_from_json,
     to_body,
 )
+
+if TYPE_CHECKING:
+    from banger.client.exec_session import ExecSession, Sink, Stdin
 
 T = TypeVar("T")
 
@@ -146,6 +150,41 @@ class Vms(_Section):
 
     def ports(self, name: str) -> PortsReply:
         return from_json(PortsReply, self._http.get(_vm(name, "/ports")))
+
+    def exec(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout_s: float | None = None,
+        stdin: Stdin = None,
+        on_stdout: Sink | None = None,
+        on_stderr: Sink | None = None,
+    ) -> ExecResult:
+        """Run ``argv`` (exact words, no shell) in VM ``name`` through its guest agent:
+        ``stdin`` fed then closed, output to the callbacks as it comes."""
+        from banger.client.exec_session import run_exec
+
+        session = self.exec_start(name, argv, cwd=cwd, env=env, timeout_s=timeout_s)
+        return run_exec(session, stdin=stdin, on_stdout=on_stdout, on_stderr=on_stderr)
+
+    def exec_start(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout_s: float | None = None,
+    ) -> ExecSession:
+        """Start ``argv`` in VM ``name``; the session streams stdin, signals and output."""
+        from banger.client.exec_session import start_session
+
+        return start_session(
+            self._http.upgrade, _vm(name, "/exec"), argv, cwd=cwd, env=env, timeout_s=timeout_s
+        )
 
 
 class Images(_Section):

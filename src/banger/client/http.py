@@ -1,7 +1,8 @@
 """The daemon's HTTP/1.1 client over its Unix socket, stdlib only (CLI, SDK, MCP server).
 
 Owns: requests, reading replies (framed by Content-Length, chunked coding or the end of
-the connection), NDJSON stream reading, and rebuilding typed errors from replies.
+the connection), NDJSON stream reading, rebuilding typed errors from replies, and
+switching a connection to another protocol (``upgrade``: ``vm exec``).
 Must not: start or stop the daemon (``banger.client.launcher`` does) or print anything.
 
 Its own small HTTP/1.1 rather than ``http.client``: importing that pulls in ``email``
@@ -128,6 +129,43 @@ class Client:
         except OSError as exc:
             raise self._transport_error(exc) from exc
 
+    def upgrade(
+        self, path: str, body: Any, protocol: str
+    ) -> tuple[socket.socket, io.BufferedReader, dict[str, str]]:
+        """POST with ``Connection: Upgrade``; on ``101`` the connected socket, a buffered
+        reader of it (it may already hold bytes after the head) and the 101's headers.
+        Any other reply is raised as its typed error. The socket has no timeout left."""
+        data = json.dumps(body).encode()
+        request = _request_bytes("POST", API_PREFIX + path, data, upgrade=protocol)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout_s)
+            sock.connect(str(self.socket_path))
+            fp = sock.makefile("rb")
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                sock.sendall(request)
+            status, headers = _read_head(fp, switching=True)
+            if status != 101:
+                reply = _Reply(fp, status, headers)
+                payload = _decode(reply.read(MAX_REPLY_BYTES))
+                raise (
+                    error_from_payload(payload, status=status)
+                    if status >= 400
+                    else BadResponse(
+                        f"the daemon answered HTTP {status} instead of switching to {protocol}"
+                    )
+                )
+            if headers.get("upgrade", "").lower() != protocol.lower():
+                raise BadResponse(f"the daemon switched to {headers.get('upgrade')!r}")
+            sock.settimeout(None)
+            return sock, fp, headers
+        except OSError as exc:
+            sock.close()
+            raise self._transport_error(exc) from exc
+        except BaseException:
+            sock.close()
+            raise
+
     def _transport_error(self, exc: BaseException) -> BangerError:
         where = str(self.socket_path)
         if isinstance(exc, (FileNotFoundError, ConnectionRefusedError)):
@@ -142,7 +180,9 @@ class Client:
         return DaemonUnavailable(f"lost the connection to the daemon on {where}: {exc}")
 
 
-def _request_bytes(method: str, target: str, body: bytes | None) -> bytes:
+def _request_bytes(
+    method: str, target: str, body: bytes | None, *, upgrade: str | None = None
+) -> bytes:
     """One HTTP/1.1 request; ``target`` must already be percent-encoded."""
     if not _METHOD.fullmatch(method) or not _TARGET.fullmatch(target):
         raise ValueError(f"cannot send {method!r} {target!r}: not a method and an encoded path")
@@ -151,7 +191,7 @@ def _request_bytes(method: str, target: str, body: bytes | None) -> bytes:
         "Host: bangerd",
         "Accept-Encoding: identity",
         f"Accept: {JSON}",
-        "Connection: close",
+        "Connection: close" if upgrade is None else f"Connection: Upgrade\r\nUpgrade: {upgrade}",
     ]
     if body is not None:
         head += [f"Content-Type: {JSON}", f"Content-Length: {len(body)}"]
@@ -164,10 +204,17 @@ class _Reply:
     """One reply read from a buffered stream: status and headers at once, then the body,
     whole (``read``) or line by line (``readline``)."""
 
-    def __init__(self, fp: io.BufferedReader) -> None:
+    def __init__(
+        self,
+        fp: io.BufferedReader,
+        status: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         self._fp = fp
         self._buf = bytearray()
-        self.status, self.headers = _read_head(fp)
+        if status is None or headers is None:
+            status, headers = _read_head(fp)
+        self.status, self.headers = status, headers
         self._left, self._chunked = _framing(self.status, self.headers)
         self._chunk_left = 0
         self._done = self._left == 0
@@ -241,7 +288,8 @@ class _Reply:
         return data
 
 
-def _read_head(fp: io.BufferedReader) -> tuple[int, dict[str, str]]:
+def _read_head(fp: io.BufferedReader, *, switching: bool = False) -> tuple[int, dict[str, str]]:
+    """Status and headers of the final reply (or of a 101 when ``switching``)."""
     budget = MAX_HEAD_BYTES
     while True:
         line = _read_line(fp, "status line", first=True)
@@ -251,7 +299,7 @@ def _read_head(fp: io.BufferedReader) -> tuple[int, dict[str, str]]:
         budget -= len(line)
         headers, budget = _read_fields(fp, budget)
         status = int(match[1])
-        if status >= 200:
+        if status >= 200 or (switching and status == 101):
             return status, headers
         # An interim 1xx reply: the final one follows (RFC 9110 §15.2).
 

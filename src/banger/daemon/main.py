@@ -49,6 +49,7 @@ from banger.services.kernel_pull import KernelPullService
 from banger.services.kernels import KernelService
 from banger.services.readiness import PortProbe
 from banger.services.reconcile import reconcile
+from banger.services.vm_exec import ExecService
 from banger.services.vm_monitor import VmMonitor
 from banger.services.vmm_factory import HostVmms, VmmFactory
 from banger.services.vms import VmService
@@ -182,7 +183,10 @@ def compose(
     image_pulls = ImagePullService(ctx, images)
     catalog = CatalogService(ctx, images, kernel_pulls, image_pulls)
     vms = VmService(ctx, ops=ops, vmms=vmms, catalog=catalog, guest_ports=guest_ports)
-    return DaemonServices(ctx, vms, images, image_pulls, kernels, kernel_pulls, catalog)
+    execs = ExecService(vms)
+    return DaemonServices(
+        ctx, vms, images, image_pulls, kernels, kernel_pulls, catalog, execs=execs
+    )
 
 
 def compose_for_host(ctx: DaemonContext) -> DaemonServices:
@@ -226,6 +230,7 @@ async def _serve(
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
             await monitor.stop()
+            await services.execs.aclose()
     finally:
         dns.close()
 

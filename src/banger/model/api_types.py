@@ -290,6 +290,24 @@ class KillRequest(Record):
     signal: SignalName = "KILL"
 
 
+class ExecRequest(Record):
+    """``POST /vms/{name}/exec``: a command to run through the guest agent."""
+
+    argv: list[str]
+    cwd: str | None = None
+    env: dict[str, str] | None = None
+    timeout_s: float | None = None
+
+
+class ExecResult(Record):
+    """How a command run with ``vms.exec`` ended: its exit code, or the signal that
+    ended it; ``timed_out`` when the guest killed it at ``timeout_s``."""
+
+    exit_code: int | None
+    signal: int | None
+    timed_out: bool = False
+
+
 class ImageRegisterRequest(Record):
     name: str
     rootfs: str

@@ -18,7 +18,7 @@ import logging
 import os
 import shutil
 import signal as signals
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from banger.dns.server import records_from_vms
@@ -83,6 +83,8 @@ class VmService:
         self._locks: dict[str, asyncio.Lock] = {}
         self._stopping: set[str] = set()
         self._said_backend = False
+        #: Called with a VM's name when it stopped or was deleted (its exec connection).
+        self.on_gone: list[Callable[[str], None]] = []
 
     # -- queries -----------------------------------------------------------------------
 
@@ -355,6 +357,7 @@ class VmService:
     async def discard(self, vm: VmRecord) -> None:
         """Remove a VM's row, files and TAP (row first: leftovers are swept at start-up)."""
         await self.ctx.db.run(repo.delete_vm, vm.name)
+        self._gone(vm.name)
         await self.publish_dns()
         paths = self.paths(vm)
         await asyncio.to_thread(remove_published, paths.vm_dir)
@@ -412,6 +415,7 @@ class VmService:
 
     async def _mark_stopped(self, vm: VmRecord, *, reason: str | None) -> VmRecord:
         state = VmState.ERROR if vm.state is VmState.ERROR and reason is None else VmState.STOPPED
+        self._gone(vm.name)
         return await self._update(
             vm.name,
             state=state,
@@ -420,6 +424,10 @@ class VmService:
             stopped_at=utc_now(),
             last_error=reason if reason else vm.last_error,
         )
+
+    def _gone(self, name: str) -> None:
+        for callback in self.on_gone:
+            callback(name)
 
     # -- for the monitor -------------------------------------------------------------------
 
