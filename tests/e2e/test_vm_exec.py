@@ -81,7 +81,9 @@ def test_exit_codes_streams_stdin_cwd_env(env: VmEnv) -> None:
     assert out.returncode == 128 + 15
     data = bytes(range(256)) * 4096  # 1 MiB, every byte value
     out = run(env, "vm", "exec", "ex", "--", "sha256sum", stdin=data)
-    assert out.returncode == 0 and out.stdout.split()[0].decode() == hashlib.sha256(data).hexdigest()
+    assert (
+        out.returncode == 0 and out.stdout.split()[0].decode() == hashlib.sha256(data).hexdigest()
+    )
     out = run(
         env, "vm", "exec", "ex", "--cwd", "/tmp", "--env", "A=1 2", "--env", "B=x=y",
         "--", 'pwd; echo "$A|$B"; hostname',

@@ -173,7 +173,7 @@ def test_run_streams_and_keeps_output_and_never_raises_for_the_exit() -> None:
 def test_start_gives_a_handle_that_collects_and_signals() -> None:
     fake = FakeClient()
     with _make(fake) as sb:
-        handle = sb.start("sleep 100")
+        handle = sb.start("sleep 100", open_stdin=True)
         handle.write("in")
         handle.kill()
         result = handle.wait(timeout=5)

@@ -2,7 +2,7 @@
 
 Owns: the server's lifetime — serve until the client closes stdin, or until SIGTERM,
 SIGINT or SIGHUP — and, whichever ends it, deleting the session's ephemeral sandboxes
-(``ToolBox.close``); listing the tools with their fixed schemas; running each call in a
+(``ToolBox.close``) before the process exits; listing the tools with their fixed schemas; running each call in a
 worker thread so the server keeps answering (pings, other calls) meanwhile.
 Must not: write to stdout (it carries the protocol; logs go to stderr), or decide what a
 tool does (``tool_calls``).
@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 from typing import Any
@@ -77,13 +78,28 @@ def build_server(toolbox: ToolBox) -> Server[Any]:
 async def serve(toolbox: ToolBox) -> None:
     """Serve one client over stdin/stdout until it goes away or a signal ends us."""
     server = build_server(toolbox)
-    task = asyncio.current_task()
-    assert task is not None
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        loop.add_signal_handler(signum, task.cancel)
+        loop.add_signal_handler(signum, _stop_on_signal, toolbox, signum)
     async with stdio_server() as (read_stream, write_stream):
+        log.info("serving %d tools on stdio", len(TOOLS))
         await server.run(read_stream, write_stream, server.create_initialization_options())
+
+
+def _stop_on_signal(toolbox: ToolBox, signum: int) -> None:
+    """Delete the ephemeral sandboxes, then end the process at once.
+
+    Not by cancelling the serving task: the MCP library reads stdin in a worker thread
+    that no cancellation interrupts (it waits for the next line), so unwinding would
+    wait for a client that may never write again. Tool calls still running in their
+    threads are abandoned; their sandboxes, if ephemeral, are gone by then.
+    """
+    log.info("stopping on signal %d", signum)
+    try:
+        toolbox.close()
+    finally:
+        logging.shutdown()
+        os._exit(0)
 
 
 def main() -> int:
@@ -94,8 +110,7 @@ def main() -> int:
     toolbox = ToolBox(connect)
     try:
         asyncio.run(serve(toolbox))
-    except asyncio.CancelledError:
-        log.info("stopping on a signal")
+        log.info("the client closed stdin: stopping")
     finally:
         toolbox.close()
     return 0

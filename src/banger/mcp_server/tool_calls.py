@@ -158,7 +158,8 @@ class ToolBox:
         )
 
     def _tool_read_file(self, args: _Args) -> Result:
-        sb, path = self._sandbox(args), args.guest_path("path")
+        path = args.guest_path("path")  # checked before anything is looked up
+        sb = self._sandbox(args)
         sink = _Sink(OUTPUT_CAP_BYTES)
         sb.files.read_to(path, sink)  # type: ignore[arg-type]
         data = bytes(sink.data)
@@ -172,7 +173,7 @@ class ToolBox:
         return out
 
     def _tool_write_file(self, args: _Args) -> Result:
-        sb, path = self._sandbox(args), args.guest_path("path")
+        path = args.guest_path("path")  # checked before anything is looked up
         data = args.text("content", allow_empty=True).encode()
         if len(data) > WRITE_CAP_BYTES:
             raise PayloadTooLarge(
@@ -180,11 +181,13 @@ class ToolBox:
                 hint="put large files in the repository the sandbox copies (create repo=…)",
             )
         mode = args.octal("mode", 0o644)
+        sb = self._sandbox(args)
         sb.files.write(path, data, mode=mode)
         return {"path": path, "size": len(data), "mode": f"{mode:o}"}
 
     def _tool_list_files(self, args: _Args) -> Result:
-        sb, path = self._sandbox(args), args.guest_path("path")
+        path = args.guest_path("path")  # checked before anything is looked up
+        sb = self._sandbox(args)
         entries = [as_dict(f) for f in sb.files.list(path)]
         shown = entries[:1000]
         out: Result = {"path": path, "entries": shown}

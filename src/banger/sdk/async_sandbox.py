@@ -83,6 +83,7 @@ class AsyncSandbox:
         stdin: Stdin = None,
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
+        max_output_bytes: int | None = None,
     ) -> CommandResult:
         """As ``Sandbox.run``; the callbacks are called from the worker thread."""
         return await asyncio.to_thread(
@@ -94,6 +95,7 @@ class AsyncSandbox:
             stdin=stdin,
             on_stdout=on_stdout,
             on_stderr=on_stderr,
+            max_output_bytes=max_output_bytes,
         )
 
     async def start(
@@ -105,6 +107,8 @@ class AsyncSandbox:
         timeout: float | None = None,
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
+        max_output_bytes: int | None = None,
+        open_stdin: bool = False,
     ) -> AsyncCommandHandle:
         handle = await asyncio.to_thread(
             self.sync.start,
@@ -114,6 +118,8 @@ class AsyncSandbox:
             timeout=timeout,
             on_stdout=on_stdout,
             on_stderr=on_stderr,
+            max_output_bytes=max_output_bytes,
+            open_stdin=open_stdin,
         )
         return AsyncCommandHandle(handle)
 

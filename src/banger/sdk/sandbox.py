@@ -239,11 +239,16 @@ class Sandbox:
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
         max_output_bytes: int | None = None,
+        open_stdin: bool = False,
     ) -> CommandHandle:
-        """Start ``cmd`` in the background; the handle reads, feeds, signals and waits."""
+        """Start ``cmd`` in the background; the handle reads, signals and waits. Its
+        stdin is closed (a reader sees EOF) unless ``open_stdin``: then ``write`` feeds
+        it and ``close_stdin`` ends it."""
         session = self.client.vms.exec_start(
             self.name, to_argv(cmd), cwd=cwd or self.workdir, env=env, timeout_s=timeout
         )
+        if not open_stdin:
+            session.close_stdin()
         return CommandHandle(
             session, on_stdout=on_stdout, on_stderr=on_stderr, max_output_bytes=max_output_bytes
         )
