@@ -2,8 +2,8 @@
 
 Owns: the server's lifetime — serve until the client closes stdin, or until SIGTERM,
 SIGINT or SIGHUP — and, whichever ends it, deleting the session's ephemeral sandboxes
-(``ToolBox.close``) before the process exits; listing the tools with their fixed schemas; running each call in a
-worker thread so the server keeps answering (pings, other calls) meanwhile.
+(``ToolBox.close``) before the process exits; listing the tools with their fixed
+schemas; running each call in a worker thread so the server keeps answering meanwhile.
 Must not: write to stdout (it carries the protocol; logs go to stderr), or decide what a
 tool does (``tool_calls``).
 """
@@ -30,6 +30,8 @@ from banger.mcp_server.tool_schemas import TOOLS
 from banger.sdk.sandbox import connect
 
 log = logging.getLogger("banger.mcp")
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 INSTRUCTIONS = (
     "banger sandboxes are disposable Linux VMs on this machine. `run` is a one-shot "
@@ -79,7 +81,7 @@ async def serve(toolbox: ToolBox) -> None:
     """Serve one client over stdin/stdout until it goes away or a signal ends us."""
     server = build_server(toolbox)
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    for signum in STOP_SIGNALS:
         loop.add_signal_handler(signum, _stop_on_signal, toolbox, signum)
     async with stdio_server() as (read_stream, write_stream):
         log.info("serving %d tools on stdio", len(TOOLS))
@@ -112,5 +114,8 @@ def main() -> int:
         asyncio.run(serve(toolbox))
         log.info("the client closed stdin: stopping")
     finally:
+        # Already stopping: a client's SIGTERM must not cut the cleanup short.
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
         toolbox.close()
     return 0
