@@ -86,7 +86,7 @@ try:
     Sandbox.get("no-such-vm")
 except VmNotFound as err:
     print(err.code, bool(err.hint), flush=True)
-with Sandbox.create() as sb:
+with Sandbox.create(boot_timeout_s=900) as sb:
     handle = sb.start("echo started; sleep 1; echo more", open_stdin=False)
     assert handle.wait(timeout=120).stdout == "started\\nmore\\n"
     print(sb.name, flush=True)
