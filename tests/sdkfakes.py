@@ -138,7 +138,9 @@ class FakeVms:
 
     def ssh_info(self, name: str) -> SshInfo:
         vm = self._vm(name)
-        return SshInfo(name, vm.state, vm.ip, "root", "/k", "/kh")
+        return SshInfo(
+            name=name, state=vm.state, ip=vm.ip, user="root", key="/k", known_hosts="/kh"
+        )
 
     def exec(
         self,

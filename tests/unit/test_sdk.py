@@ -284,3 +284,22 @@ def test_import_banger_stays_cheap_and_the_sdk_loads_on_first_use() -> None:
     with pytest.raises(AttributeError):
         _ = banger.NoSuchThing  # type: ignore[attr-defined]
     assert sdk_commands.EXIT_TIMED_OUT == 124
+
+
+# -- the ssh shell the SDK, the MCP server and the CLI copy workspaces through -------------
+
+
+def test_ssh_shell_is_banger_s_batch_ssh_to_a_running_vm_only() -> None:
+    from banger.errors import InvalidState
+    from banger.model.api_types import SshInfo
+    from banger.workspace import ssh_shell
+
+    info = {"name": "dev", "user": "root", "key": "/k", "known_hosts": "/kh"}
+    shell = ssh_shell(SshInfo(state="running", ip="10.0.0.2", **info))
+    argv = shell.argv("true")
+    assert argv[0] == "ssh" and argv[-4:] == ["-T", "10.0.0.2", "--", "sh -c true"]
+    joined = " ".join(argv)
+    for option in ("-i /k", "BatchMode=yes", "UserKnownHostsFile=/kh", "-l root"):
+        assert option in joined
+    with pytest.raises(InvalidState, match="stopped, not running"):
+        ssh_shell(SshInfo(state="stopped", ip=None, **info))
