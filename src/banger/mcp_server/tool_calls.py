@@ -17,7 +17,7 @@ import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import Any
 
 from banger.client.facade import BangerClient
@@ -85,9 +85,9 @@ class ToolBox:
         #: Ephemeral sandboxes: made (``ephemeral``) or still being made (``pending``).
         self.ephemeral: set[str] = set()
         self.pending: set[str] = set()
-        #: The repository copy of each sandbox this session made one for: (guest path,
-        #: host repository), which commands run in and diffs are made against.
-        self.workspaces: dict[str, tuple[str, Path | None]] = {}
+        #: The sandboxes this session made, as made: their repository copy (where
+        #: commands run, what diffs compare) is known, and no lookup precedes a call.
+        self.made: dict[str, Sandbox] = {}
 
     @property
     def client(self) -> BangerClient:
@@ -136,8 +136,7 @@ class ToolBox:
             sb = Sandbox.create(name=name, repo=repo, keep=True, client=self.client, **options)
             if ephemeral:
                 self.ephemeral.add(name)
-            if sb.workdir:
-                self.workspaces[name] = (sb.workdir, sb.workspace.repo)
+            self.made[name] = sb
         except BaseException:
             if ephemeral:
                 discard(self.client, name)
@@ -224,18 +223,15 @@ class ToolBox:
                 f"{name!r} was not created through MCP; this server deletes only mcp-… sandboxes",
                 hint=f"delete it yourself if you mean to: banger vm delete {name}",
             )
-        Sandbox.get(name, client=self.client).delete()
+        (self.made.pop(name, None) or Sandbox.get(name, client=self.client)).delete()
         self.ephemeral.discard(name)
-        self.workspaces.pop(name, None)
         return {"deleted": name}
 
     # -- helpers -------------------------------------------------------------------------
 
     def _sandbox(self, args: _Args) -> Sandbox:
-        sb = Sandbox.get(args.text("sandbox"), client=self.client)
-        # A repository copied by create is where commands run and diffs come from.
-        sb.workspace.path, sb.workspace.repo = self.workspaces.get(sb.name, (None, None))
-        return sb
+        name = args.text("sandbox")
+        return self.made.get(name) or Sandbox.get(name, client=self.client)
 
     @staticmethod
     def _machine(args: _Args) -> dict[str, Any]:
