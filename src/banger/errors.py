@@ -253,3 +253,32 @@ class StateError(BangerError):
 class Interrupted(BangerError):
     code = "interrupted"
     status = 499
+
+
+# -- files in a guest (docs/explanation/guest-files.md) -----------------------------------
+
+
+class GuestPathNotFound(NotFound):
+    code = "guest_path_not_found"
+
+
+class IsADirectory(Conflict):
+    code = "is_a_directory"
+
+
+class NotADirectory(Conflict):
+    code = "not_a_directory"
+
+
+class GuestPathRefused(Conflict):
+    """A symlink where banger will not follow one, a non-empty directory, a device."""
+
+    code = "guest_path_refused"
+
+
+class AgentUnavailable(BangerError):
+    """The guest's agent does not answer on its exec channel (an image without it)."""
+
+    code = "agent_unavailable"
+    status = 503
+    default_hint = "images without banger's agent have no file operations: use `banger vm ssh`"

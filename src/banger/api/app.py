@@ -12,6 +12,7 @@ from fastapi import FastAPI
 
 from banger.api import (
     routes_daemon,
+    routes_files,
     routes_images,
     routes_inventory,
     routes_kernels,
@@ -52,6 +53,7 @@ def build_app(version: str) -> FastAPI:
     app.include_router(routes_daemon.router, prefix=API_PREFIX)
     app.include_router(routes_inventory.router, prefix=API_PREFIX)
     app.include_router(routes_vms.router, prefix=API_PREFIX)
+    app.include_router(routes_files.router, prefix=API_PREFIX)
     app.include_router(routes_kernels.router, prefix=API_PREFIX)
     app.include_router(routes_images.router, prefix=API_PREFIX)
     generate = app.openapi

@@ -13,7 +13,14 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 from banger.model import limits
-from banger.model.api_types import LogSource, SignalName, StageStateName, VmmName, VmStateName
+from banger.model.api_types import (
+    GuestFileKind,
+    LogSource,
+    SignalName,
+    StageStateName,
+    VmmName,
+    VmStateName,
+)
 from banger.model.artifact_names import NAME_PATTERN
 from banger.oci.reference import MAX_REFERENCE_CHARS
 
@@ -261,6 +268,33 @@ class PortsReply(Strict):
     vm: str
     truncated: bool
     ports: list[dict[str, Any]]
+
+
+class GuestFile(Strict):
+    name: str
+    path: str
+    kind: GuestFileKind
+    size: int
+    mode: int
+    mtime: float
+
+
+class GuestFileList(Strict):
+    vm: str
+    path: str
+    files: list[GuestFile]
+    truncated: bool
+
+
+class GuestFileWritten(Strict):
+    vm: str
+    path: str
+    size: int
+
+
+class GuestFileRemoved(Strict):
+    vm: str
+    path: str
 
 
 class SshInfo(Strict):

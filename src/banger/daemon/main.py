@@ -49,6 +49,7 @@ from banger.services.kernel_pull import KernelPullService
 from banger.services.kernels import KernelService
 from banger.services.readiness import PortProbe
 from banger.services.reconcile import reconcile
+from banger.services.vm_files import VmFileService
 from banger.services.vm_monitor import VmMonitor
 from banger.services.vmm_factory import HostVmms, VmmFactory
 from banger.services.vms import VmService
@@ -182,7 +183,8 @@ def compose(
     image_pulls = ImagePullService(ctx, images)
     catalog = CatalogService(ctx, images, kernel_pulls, image_pulls)
     vms = VmService(ctx, ops=ops, vmms=vmms, catalog=catalog, guest_ports=guest_ports)
-    return DaemonServices(ctx, vms, images, image_pulls, kernels, kernel_pulls, catalog)
+    files = VmFileService(vms)
+    return DaemonServices(ctx, vms, images, image_pulls, kernels, kernel_pulls, catalog, files)
 
 
 def compose_for_host(ctx: DaemonContext) -> DaemonServices:
@@ -226,6 +228,7 @@ async def _serve(
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
             await monitor.stop()
+            await services.files.links.close_all()
     finally:
         dns.close()
 
