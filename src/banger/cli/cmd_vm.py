@@ -1,5 +1,5 @@
 """``banger vm …``: create, start, stop, restart, kill, delete, set, show, list, logs,
-stats and ssh. Commands that take several names run them concurrently."""
+stats, ssh (and cp, from ``cmd_cp``). Commands that take several names run them concurrently."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import click
 
+from banger.cli.cmd_cp import cp
 from banger.cli.cmd_run import run
 from banger.cli.cmd_workspace import workspace
 from banger.cli.completion import complete_vm_names
@@ -301,4 +302,5 @@ def ports(session: Session, name: str, as_json: bool) -> None:
 
 
 vm.add_command(run)
+vm.add_command(cp)
 vm.add_command(workspace)

@@ -10,7 +10,9 @@ rich or pydantic.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import io
+import typing
 from collections.abc import Iterator
 from typing import Any, BinaryIO, Generic, TypeVar
 from urllib.parse import quote, urlencode
@@ -208,6 +210,16 @@ class Vms(_Section):
         query = _files_query(path, max_bytes=_max_bytes(max_bytes))
         return self._download(_vm(name, "/files/archive?" + query), dest)
 
+    @contextlib.contextmanager
+    def read_archive(
+        self, name: str, path: str, *, max_bytes: int | None = None
+    ) -> Iterator[BinaryIO]:
+        """The archive as a file object to read (``banger.guest.file_archive.extract_archive``
+        reads it as it arrives)."""
+        query = _files_query(path, max_bytes=_max_bytes(max_bytes))
+        with self._http.download(_vm(name, "/files/archive?" + query)) as (_, pieces):
+            yield typing.cast(BinaryIO, io.BufferedReader(_PieceReader(pieces), 1 << 20))
+
     def write_archive(
         self, name: str, path: str, data: bytes | BinaryIO, *, parents: bool = True
     ) -> None:
@@ -293,6 +305,25 @@ class BangerClient:
         self.images = Images(http)
         self.kernels = Kernels(http)
         self.daemon = Daemon(http)
+
+
+class _PieceReader(io.RawIOBase):
+    """The pieces of a download as a raw stream."""
+
+    def __init__(self, pieces: Iterator[bytes]) -> None:
+        self._pieces = pieces
+        self._rest = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if not self._rest:
+            self._rest = next(self._pieces, b"")
+        size = min(len(buffer), len(self._rest))
+        buffer[:size] = self._rest[:size]
+        self._rest = self._rest[size:]
+        return size
 
 
 def _files_query(path: str, **params: str | int | None) -> str:
