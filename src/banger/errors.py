@@ -250,6 +250,9 @@ class AgentUnavailable(BangerError):
 
     code = "agent_unavailable"
     status = 503
+    default_hint = (
+        "images without banger's agent have no exec or file operations: use `banger vm ssh`"
+    )
 
 
 class CommandNotStarted(BangerError):
@@ -287,3 +290,24 @@ class MissingExtra(BangerError):
 
     code = "missing_extra"
     status = 501
+
+
+# -- files in a guest (docs/explanation/guest-files.md) -----------------------------------
+
+
+class GuestPathNotFound(NotFound):
+    code = "guest_path_not_found"
+
+
+class IsADirectory(Conflict):
+    code = "is_a_directory"
+
+
+class NotADirectory(Conflict):
+    code = "not_a_directory"
+
+
+class GuestPathRefused(Conflict):
+    """A symlink where banger will not follow one, a non-empty directory, a device."""
+
+    code = "guest_path_refused"

@@ -50,6 +50,7 @@ from banger.services.kernels import KernelService
 from banger.services.readiness import PortProbe
 from banger.services.reconcile import reconcile
 from banger.services.vm_exec import ExecService
+from banger.services.vm_files import VmFileService
 from banger.services.vm_monitor import VmMonitor
 from banger.services.vmm_factory import HostVmms, VmmFactory
 from banger.services.vms import VmService
@@ -184,8 +185,9 @@ def compose(
     catalog = CatalogService(ctx, images, kernel_pulls, image_pulls)
     vms = VmService(ctx, ops=ops, vmms=vmms, catalog=catalog, guest_ports=guest_ports)
     execs = ExecService(vms)
+    files = VmFileService(vms)
     return DaemonServices(
-        ctx, vms, images, image_pulls, kernels, kernel_pulls, catalog, execs=execs
+        ctx, vms, images, image_pulls, kernels, kernel_pulls, catalog, execs=execs, files=files
     )
 
 
@@ -231,6 +233,7 @@ async def _serve(
                 await watcher
             await monitor.stop()
             await services.execs.aclose()
+            await services.files.links.close_all()
     finally:
         dns.close()
 

@@ -16,7 +16,7 @@ import contextlib
 import threading
 from collections.abc import Generator, Mapping
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from banger.client.facade import BangerClient
 from banger.errors import BangerError
@@ -243,11 +243,11 @@ class AsyncFiles:
     async def read_text(self, path: str, *, max_bytes: int | None = None) -> str:
         return await asyncio.to_thread(self._files.read_text, path, max_bytes=max_bytes)
 
-    async def read_to(self, path: str, dest: IO[bytes]) -> int:
+    async def read_to(self, path: str, dest: BinaryIO) -> int:
         return await asyncio.to_thread(self._files.read_to, path, dest)
 
     async def write(
-        self, path: str, data: bytes | str | IO[bytes], *, mode: int = 0o644, parents: bool = True
+        self, path: str, data: bytes | str | BinaryIO, *, mode: int = 0o644, parents: bool = True
     ) -> None:
         await asyncio.to_thread(self._files.write, path, data, mode=mode, parents=parents)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import builtins
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from banger.model.workspace_modes import DEFAULT_GUEST_PATH
 from banger.workspace import GuestShell, check_guest_path, ssh_shell
@@ -39,12 +39,12 @@ class SandboxFiles:
     def read_text(self, path: str, *, max_bytes: int | None = None) -> str:
         return self.read(path, max_bytes=max_bytes).decode()
 
-    def read_to(self, path: str, dest: IO[bytes]) -> int:
+    def read_to(self, path: str, dest: BinaryIO) -> int:
         """Stream the file into ``dest``; returns the number of bytes."""
         return self._client.vms.read_file_to(self._name, path, dest)
 
     def write(
-        self, path: str, data: bytes | str | IO[bytes], *, mode: int = 0o644, parents: bool = True
+        self, path: str, data: bytes | str | BinaryIO, *, mode: int = 0o644, parents: bool = True
     ) -> None:
         """Write (atomically: a temp file renamed over ``path``); a str is UTF-8."""
         body = data.encode() if isinstance(data, str) else data
