@@ -196,7 +196,9 @@ class FakeVms:
         except KeyError:
             raise NotFound(f"{path}: no such file in the guest") from None
 
-    def read_file_to(self, name: str, path: str, dest: IO[bytes]) -> int:
+    def read_file_to(
+        self, name: str, path: str, dest: IO[bytes], *, max_bytes: int | None = None
+    ) -> int:
         data = self.read_file(name, path)
         for i in range(0, len(data), 1000):
             dest.write(data[i : i + 1000])

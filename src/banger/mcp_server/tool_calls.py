@@ -35,6 +35,9 @@ log = logging.getLogger("banger.mcp")
 
 #: The names of sandboxes made through MCP, whichever session made them.
 NAME_PREFIX = "mcp-"
+#: Largest file ``read_file`` reads through (its first OUTPUT_CAP_BYTES are shown);
+#: a bigger one is refused (``payload_too_large``): ``exec`` with head/tail/grep fits.
+READ_SCAN_BYTES = 64 << 20
 #: How long ``close()`` looks for a VM whose create was still under way.
 PENDING_WAIT_S = 15.0
 
@@ -161,7 +164,9 @@ class ToolBox:
         path = args.guest_path("path")  # checked before anything is looked up
         sb = self._sandbox(args)
         sink = _Sink(OUTPUT_CAP_BYTES)
-        sb.files.read_to(path, sink)  # type: ignore[arg-type]
+        # Streamed (only the first OUTPUT_CAP_BYTES kept) up to a bound past which a
+        # note would mislead less than a refusal with a hint.
+        sb.files.read_to(path, sink, max_bytes=READ_SCAN_BYTES)  # type: ignore[arg-type]
         data = bytes(sink.data)
         out: Result = {"path": path, "size": sink.size}
         try:

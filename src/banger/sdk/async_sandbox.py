@@ -243,8 +243,8 @@ class AsyncFiles:
     async def read_text(self, path: str, *, max_bytes: int | None = None) -> str:
         return await asyncio.to_thread(self._files.read_text, path, max_bytes=max_bytes)
 
-    async def read_to(self, path: str, dest: BinaryIO) -> int:
-        return await asyncio.to_thread(self._files.read_to, path, dest)
+    async def read_to(self, path: str, dest: BinaryIO, *, max_bytes: int | None = None) -> int:
+        return await asyncio.to_thread(self._files.read_to, path, dest, max_bytes=max_bytes)
 
     async def write(
         self, path: str, data: bytes | str | BinaryIO, *, mode: int = 0o644, parents: bool = True

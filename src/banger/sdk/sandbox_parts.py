@@ -39,9 +39,9 @@ class SandboxFiles:
     def read_text(self, path: str, *, max_bytes: int | None = None) -> str:
         return self.read(path, max_bytes=max_bytes).decode()
 
-    def read_to(self, path: str, dest: BinaryIO) -> int:
+    def read_to(self, path: str, dest: BinaryIO, *, max_bytes: int | None = None) -> int:
         """Stream the file into ``dest``; returns the number of bytes."""
-        return self._client.vms.read_file_to(self._name, path, dest)
+        return self._client.vms.read_file_to(self._name, path, dest, max_bytes=max_bytes)
 
     def write(
         self, path: str, data: bytes | str | BinaryIO, *, mode: int = 0o644, parents: bool = True
