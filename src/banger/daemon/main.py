@@ -31,9 +31,11 @@ from banger.daemon.logs import setup_logging
 from banger.daemon.startup import SocketWatch, clear_stale_socket, state_evidence
 from banger.dns.server import DnsServer, dns_port_from_env, records_from_vms
 from banger.errors import BangerError, DaemonAlreadyRunning, UnsupportedHost
+from banger.guest.exec_client import ExecConnection
 from banger.host import buildinfo
 from banger.host.paths import Layout, ensure_private_dir
 from banger.host.publish import cleanup_leftovers
+from banger.model.records import VmRecord
 from banger.model.wire import EXIT_ALREADY_RUNNING, READY_LINE, error_body
 from banger.net.privilege_mode import privileged_ops
 from banger.net.privileged import PrivilegedOps
@@ -50,7 +52,7 @@ from banger.services.kernels import KernelService
 from banger.services.readiness import PortProbe
 from banger.services.reconcile import reconcile
 from banger.services.vm_exec import ExecService
-from banger.services.vm_files import VmFileService
+from banger.services.vm_files import ExecLinks, VmFileService
 from banger.services.vm_monitor import VmMonitor
 from banger.services.vmm_factory import HostVmms, VmmFactory
 from banger.services.vms import VmService
@@ -170,6 +172,21 @@ def ensure_open_files_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
+class _SharedExecLinks(ExecLinks):
+    """File operations ride the exec service's connection to each VM: the guest's exec
+    channel (a virtio-serial port) takes one host connection at a time, so a second one
+    of their own could not open while `vm exec` holds it."""
+
+    def __init__(self, execs: ExecService) -> None:
+        self._execs = execs
+
+    async def connection(self, vm: VmRecord) -> ExecConnection:
+        return await self._execs.connection(vm.name)
+
+    async def close_all(self) -> None:
+        """Nothing of its own to close: the exec service closes its connections."""
+
+
 def compose(
     ctx: DaemonContext,
     *,
@@ -185,7 +202,7 @@ def compose(
     catalog = CatalogService(ctx, images, kernel_pulls, image_pulls)
     vms = VmService(ctx, ops=ops, vmms=vmms, catalog=catalog, guest_ports=guest_ports)
     execs = ExecService(vms)
-    files = VmFileService(vms)
+    files = VmFileService(vms, links=_SharedExecLinks(execs))
     return DaemonServices(
         ctx, vms, images, image_pulls, kernels, kernel_pulls, catalog, execs=execs, files=files
     )
