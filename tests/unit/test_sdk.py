@@ -303,3 +303,11 @@ def test_ssh_shell_is_banger_s_batch_ssh_to_a_running_vm_only() -> None:
         assert option in joined
     with pytest.raises(InvalidState, match="stopped, not running"):
         ssh_shell(SshInfo(state="stopped", ip=None, **info))
+    # A rootless VM: ssh goes to a forwarded port on loopback, the key filed under an alias.
+    rootless = ssh_shell(
+        SshInfo(
+            state="running", ip=None, host="127.0.0.1", port=2201, host_key_alias="dev.vm", **info
+        )
+    ).argv("true")
+    assert rootless[-4:-2] == ["-T", "127.0.0.1"]
+    assert "-p 2201" in " ".join(rootless) and "HostKeyAlias=dev.vm" in " ".join(rootless)

@@ -18,6 +18,7 @@ import logging
 import os
 import resource
 import sys
+from collections.abc import Callable
 
 import uvicorn
 
@@ -37,7 +38,7 @@ from banger.host.paths import Layout, ensure_private_dir
 from banger.host.publish import cleanup_leftovers
 from banger.model.records import VmRecord
 from banger.model.wire import EXIT_ALREADY_RUNNING, READY_LINE, error_body
-from banger.net.privilege_mode import privileged_ops
+from banger.net.privilege_mode import ModeProbe, PrivilegeMode, privileged_ops
 from banger.net.privileged import PrivilegedOps
 from banger.services import readiness
 from banger.services.artifact_rows import find_orphans, reconcile_kernel_rows
@@ -192,7 +193,9 @@ def compose(
     *,
     ops: PrivilegedOps,
     vmms: VmmFactory,
+    mode: Callable[[], PrivilegeMode],
     guest_ports: PortProbe = readiness.port_open,
+    forwarded_ports: PortProbe = readiness.ssh_banner,
 ) -> DaemonServices:
     """Every service, built once, each given its collaborators (tests pass fakes here)."""
     images = ImageService(ctx)
@@ -200,7 +203,15 @@ def compose(
     kernel_pulls = KernelPullService(ctx, kernels)
     image_pulls = ImagePullService(ctx, images)
     catalog = CatalogService(ctx, images, kernel_pulls, image_pulls)
-    vms = VmService(ctx, ops=ops, vmms=vmms, catalog=catalog, guest_ports=guest_ports)
+    vms = VmService(
+        ctx,
+        ops=ops,
+        vmms=vmms,
+        catalog=catalog,
+        mode=mode,
+        guest_ports=guest_ports,
+        forwarded_ports=forwarded_ports,
+    )
     execs = ExecService(vms)
     files = VmFileService(vms, links=_SharedExecLinks(execs))
     return DaemonServices(
@@ -210,9 +221,11 @@ def compose(
 
 def compose_for_host(ctx: DaemonContext) -> DaemonServices:
     """The services with this host's collaborators: the privileged ops of this daemon's
-    privilege mode (root in-process, or banger-helper), the installed VMMs."""
+    privilege mode (root in-process, or banger-helper; rootless VMs need none), the
+    installed VMMs, and the mode probe each create asks."""
     ops = privileged_ops(ctx.runner, bridge_name=ctx.config.bridge_name)
-    return compose(ctx, ops=ops, vmms=HostVmms(ctx.config, ctx.runner, ctx.kvm_probe))
+    vmms = HostVmms(ctx.config, ctx.runner, ctx.kvm_probe)
+    return compose(ctx, ops=ops, vmms=vmms, mode=ModeProbe(ctx.config.privilege_mode))
 
 
 async def _serve(

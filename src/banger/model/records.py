@@ -99,3 +99,6 @@ class VmRecord:
     boot_id: str | None = None
     last_error: str | None = None
     stopped_at: datetime | None = None
+    #: Rootless VMs (user-mode networking, no ``ip``/``tap``): the 127.0.0.1 port
+    #: forwarded to the guest's port 22.
+    ssh_port: int | None = None

@@ -125,13 +125,20 @@ class GuestShell:
 def ssh_shell(info: SshInfo) -> GuestShell:
     """banger's ssh to a running VM, non-interactive (no tty: archives are binary): the
     shell the CLI, the SDK and the MCP server copy workspaces and export patches through."""
-    if info.state != "running" or not info.ip:
+    host = info.host or info.ip  # a rootless VM: 127.0.0.1 and a forwarded port
+    if info.state != "running" or not host:
         raise InvalidState(
             f"VM {info.name!r} is {info.state}, not running", hint=f"`banger vm start {info.name}`"
         )
-    return GuestShell(
-        (*ssh_prefix(info.key, info.known_hosts, user=info.user, batch=True), "-T", info.ip)
+    prefix = ssh_prefix(
+        info.key,
+        info.known_hosts,
+        user=info.user,
+        batch=True,
+        port=info.port,
+        host_key_alias=info.host_key_alias,
     )
+    return GuestShell((*prefix, "-T", host))
 
 
 @contextlib.contextmanager
