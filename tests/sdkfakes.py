@@ -89,6 +89,10 @@ class FakeVms:
     sessions: list[FakeSession] = field(default_factory=list)
     #: Raised by ``create`` after its first event, as an interrupted create would.
     create_raises: BaseException | None = None
+    #: Raised by ``create`` before any event: a refusal (nothing made) or, with
+    #: ``create_made_it``, an interruption while the daemon goes on making the VM.
+    create_refuses: BaseException | None = None
+    create_made_it: bool = False
 
     def _vm(self, name: str) -> VmInfo:
         if name not in self.vms:
@@ -98,6 +102,8 @@ class FakeVms:
     def create(self, request: CreateVmRequest) -> Progress[VmInfo]:
         self.created.append(request)
         assert request.name is not None
+        if self.create_refuses is not None and not self.create_made_it:
+            raise self.create_refuses
         info = VmInfo(
             name=request.name,
             image_id=1,
@@ -111,6 +117,8 @@ class FakeVms:
             ip="172.30.0.2",
         )
         self.vms[request.name] = info
+        if self.create_refuses is not None:
+            raise self.create_refuses
 
         def events() -> Iterator[dict[str, Any]]:
             yield {"type": "stage", "stage": "reserve", "state": "ok"}

@@ -136,6 +136,29 @@ def test_an_interrupted_create_deletes_what_the_daemon_goes_on_making() -> None:
     assert fake.vms.deleted == [request.name]
 
 
+def test_a_refused_create_never_deletes_the_vm_that_has_the_name() -> None:
+    from banger.errors import AlreadyExists
+
+    fake = FakeClient()
+    users = _make(fake, name="users-vm", keep=True)
+    fake.vms.create_refuses = AlreadyExists("a VM named 'users-vm' exists")
+    with pytest.raises(AlreadyExists):
+        _make(fake, name="users-vm")
+    fake.vms.create_refuses = KeyboardInterrupt()  # no answer yet: the name may be theirs
+    with pytest.raises(KeyboardInterrupt):
+        _make(fake, name="users-vm")
+    assert fake.vms.deleted == [] and users.name in fake.vms.vms
+
+
+def test_a_create_interrupted_before_any_answer_deletes_its_own_named_vm() -> None:
+    fake = FakeClient()
+    fake.vms.create_refuses, fake.vms.create_made_it = KeyboardInterrupt(), True
+    with pytest.raises(KeyboardInterrupt):
+        _make(fake)  # the SDK chose the name: whatever has it is this create's
+    (request,) = fake.vms.created
+    assert fake.vms.deleted == [request.name]
+
+
 def test_a_sandbox_never_deleted_goes_at_interpreter_exit() -> None:
     fake = FakeClient()
     sb = _make(fake)

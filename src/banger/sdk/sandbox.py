@@ -127,13 +127,12 @@ class Sandbox:
             boot_timeout_s=boot_timeout_s,
         )
         assert request.name is not None
+        seen: builtins.list[StageEvent] = []
         try:
-            return cls._make(client, request, plan, keep=keep, on_stage=on_stage)
-        except BaseException:
-            # The daemon finishes a create whose caller went away (so no half-made VM
-            # is left), which is why an interrupted one must be deleted here.
-            if not keep:
-                discard(client, request.name, wait_s=ORPHAN_WAIT_S)
+            return cls._make(client, request, plan, keep=keep, on_stage=on_stage, seen=seen)
+        except BaseException as exc:
+            if not keep and _made_by_this_create(exc, accepted=bool(seen), named=name is not None):
+                discard(client, request.name, wait_s=0.0 if seen else ORPHAN_WAIT_S)
             raise
 
     @classmethod
@@ -145,9 +144,11 @@ class Sandbox:
         *,
         keep: bool,
         on_stage: Callable[[StageEvent], None] | None,
+        seen: builtins.list[StageEvent],
     ) -> Sandbox:
         progress = client.vms.create(request)
         for event in progress:
+            seen.append(event)
             if on_stage is not None:
                 on_stage(event)
         sandbox = cls(client, progress.result, keep=keep)
@@ -280,6 +281,23 @@ class Sandbox:
 
     def __repr__(self) -> str:
         return f"Sandbox(name={self.name!r}, state={self.state!r}, ip={self.ip!r})"
+
+
+def _made_by_this_create(exc: BaseException, *, accepted: bool, named: bool) -> bool:
+    """Whether a create that failed with ``exc`` may have left a VM of its own to delete.
+
+    Once the daemon accepted it (a first progress event), yes: the daemon finishes a
+    create whose caller went away, and keeps one that failed in state ``error``. Before
+    that, a refusal (a BangerError: a taken name, a bad request) made nothing — and the
+    VM under that name, if any, is someone else's. An interruption (Ctrl-C) before any
+    answer leaves it unknown: a name the SDK made up is ours to look for, never a name
+    the caller chose (it may be an existing VM the daemon is refusing).
+    """
+    if accepted:
+        return True
+    if isinstance(exc, BangerError):
+        return False
+    return not named
 
 
 def discard(client: BangerClient, name: str, *, wait_s: float = 0.0) -> bool:
