@@ -132,7 +132,10 @@ class Sandbox:
             return cls._make(client, request, plan, keep=keep, on_stage=on_stage, seen=seen)
         except BaseException as exc:
             if not keep and _made_by_this_create(exc, accepted=bool(seen), named=name is not None):
-                discard(client, request.name, wait_s=0.0 if seen else ORPHAN_WAIT_S)
+                # A failure the daemon reported ended its create (a VM in state error,
+                # or none); after an interruption it may still be reserving one.
+                ended = isinstance(exc, BangerError)
+                discard(client, request.name, wait_s=0.0 if ended else ORPHAN_WAIT_S)
             raise
 
     @classmethod
