@@ -23,7 +23,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests import guests
@@ -43,6 +43,8 @@ class UserEnv:
     daemon: subprocess.Popen[bytes] | None = None
     #: ``privilege_mode`` for the user's daemon and CLI (unset: the default, auto).
     privilege_mode: str | None = None
+    #: More environment for the user's commands (``http_proxy`` for an archive build).
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def helper_socket(self) -> Path:
@@ -59,6 +61,7 @@ class UserEnv:
             "BANGER_DNS_PORT": "0",
             "BANGER_HELPER_SOCKET": self.helper_socket,
             "PATH": f"{BIN}:/usr/sbin:/usr/bin:/sbin:/bin",
+            **self.extra_env,
         }
         if self.privilege_mode is not None:
             env["BANGER_PRIVILEGE_MODE"] = self.privilege_mode

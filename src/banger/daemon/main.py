@@ -33,7 +33,7 @@ from banger.daemon.startup import SocketWatch, clear_stale_socket, state_evidenc
 from banger.dns.server import DnsServer, dns_port_from_env, records_from_vms
 from banger.errors import BangerError, DaemonAlreadyRunning, UnsupportedHost
 from banger.guest.exec_client import ExecConnection
-from banger.host import buildinfo
+from banger.host import buildinfo, ramscratch
 from banger.host.paths import Layout, ensure_private_dir
 from banger.host.publish import cleanup_leftovers
 from banger.model.records import VmRecord
@@ -55,6 +55,7 @@ from banger.services.reconcile import reconcile
 from banger.services.vm_exec import ExecService
 from banger.services.vm_files import ExecLinks, VmFileService
 from banger.services.vm_monitor import VmMonitor
+from banger.services.vm_network import warm_up
 from banger.services.vmm_factory import HostVmms, VmmFactory
 from banger.services.vms import VmService
 from banger.state import repo
@@ -120,6 +121,7 @@ def run(*, ready_fd: int | None = None) -> None:
         db = Database.open(layout.db_path, evidence=state_evidence(layout))
         try:
             removed = cleanup_leftovers(layout.artifact_roots())
+            removed += ramscratch.sweep_dead()  # trees of image builds a crash interrupted
             clear_stale_socket(layout.socket_path)
             sock = bind_unix_socket(layout.socket_path)
             watch = SocketWatch(layout.socket_path)
@@ -252,6 +254,8 @@ async def _serve(
             )
         await services.vms.publish_dns()
         await start_kvm_probe(ctx)
+        vms = services.vms
+        warming = asyncio.create_task(warm_up(vms.network, vms.taps, vms.addresses.mode_now))
         monitor = VmMonitor(services.vms)
         monitor.start()
         watcher = asyncio.create_task(_watch(server, ctx, ready_fd, watch))
@@ -264,6 +268,8 @@ async def _serve(
             await monitor.stop()
             await services.execs.aclose()
             await services.files.links.close_all()
+            with contextlib.suppress(asyncio.CancelledError):
+                await warming  # no thread of it left mid-way
     finally:
         dns.close()
 
