@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from banger.api import (
     routes_daemon,
     routes_exec,
+    routes_files,
     routes_images,
     routes_inventory,
     routes_kernels,
@@ -54,6 +55,7 @@ def build_app(version: str) -> FastAPI:
     app.include_router(routes_inventory.router, prefix=API_PREFIX)
     app.include_router(routes_vms.router, prefix=API_PREFIX)
     app.include_router(routes_exec.router, prefix=API_PREFIX)
+    app.include_router(routes_files.router, prefix=API_PREFIX)
     app.include_router(routes_kernels.router, prefix=API_PREFIX)
     app.include_router(routes_images.router, prefix=API_PREFIX)
     generate = app.openapi

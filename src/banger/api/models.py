@@ -22,7 +22,14 @@ from pydantic import (
 )
 
 from banger.model import limits
-from banger.model.api_types import LogSource, SignalName, StageStateName, VmmName, VmStateName
+from banger.model.api_types import (
+    GuestFileKind,
+    LogSource,
+    SignalName,
+    StageStateName,
+    VmmName,
+    VmStateName,
+)
 from banger.model.artifact_names import NAME_PATTERN
 from banger.oci.reference import MAX_REFERENCE_CHARS
 
@@ -271,6 +278,33 @@ class PortsReply(Strict):
     vm: str
     truncated: bool
     ports: list[dict[str, Any]]
+
+
+class GuestFile(Strict):
+    name: str
+    path: str
+    kind: GuestFileKind
+    size: int
+    mode: int
+    mtime: float
+
+
+class GuestFileList(Strict):
+    vm: str
+    path: str
+    files: list[GuestFile]
+    truncated: bool
+
+
+class GuestFileWritten(Strict):
+    vm: str
+    path: str
+    size: int
+
+
+class GuestFileRemoved(Strict):
+    vm: str
+    path: str
 
 
 class SshInfo(Strict):

@@ -1,5 +1,6 @@
 """``banger vm …``: create, start, stop, restart, kill, delete, set, show, list, logs,
-stats, ssh and exec. Commands that take several names run them concurrently."""
+stats, ssh and exec (and cp, from ``cmd_cp``). Commands that take several names run them
+concurrently."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import click
 
+from banger.cli.cmd_cp import cp
 from banger.cli.cmd_exec import exec_
 from banger.cli.cmd_run import run
 from banger.cli.cmd_workspace import workspace
@@ -310,4 +312,5 @@ def ports(session: Session, name: str, as_json: bool) -> None:
 
 vm.add_command(run)
 vm.add_command(exec_)
+vm.add_command(cp)
 vm.add_command(workspace)

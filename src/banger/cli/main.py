@@ -27,6 +27,7 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
     "ssh-config": ("banger.cli.cmd_sshconfig", "ssh_config", "Set up `ssh <name>.vm`."),
     "completion": ("banger.cli.cmd_completion", "completion", "Print a shell completion script."),
     "system": ("banger.cli.cmd_system", "system", "Install the root helper and daemon units."),
+    "mcp": ("banger.cli.cmd_mcp", "mcp", "Serve sandboxes to coding agents over MCP (stdio)."),
 }
 
 

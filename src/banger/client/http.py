@@ -1,8 +1,9 @@
 """The daemon's HTTP/1.1 client over its Unix socket, stdlib only (CLI, SDK, MCP server).
 
 Owns: requests, reading replies (framed by Content-Length, chunked coding or the end of
-the connection), NDJSON stream reading, rebuilding typed errors from replies, and
-switching a connection to another protocol (``upgrade``: ``vm exec``).
+the connection), NDJSON stream reading, raw uploads and downloads (guest files),
+rebuilding typed errors from replies, and switching a connection to another protocol
+(``upgrade``: ``vm exec``).
 Must not: start or stop the daemon (``banger.client.launcher`` does) or print anything.
 
 Its own small HTTP/1.1 rather than ``http.client``: importing that pulls in ``email``
@@ -21,7 +22,7 @@ import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from banger.errors import (
     BadResponse,
@@ -31,7 +32,7 @@ from banger.errors import (
     Timeout,
     error_from_payload,
 )
-from banger.model.wire import API_PREFIX, JSON
+from banger.model.wire import API_PREFIX, JSON, OCTET_STREAM
 
 DEFAULT_TIMEOUT_S = 30.0
 #: A progress stream may go quiet between events, but the daemon sends a heartbeat at
@@ -56,6 +57,7 @@ _HEADER_LINE = re.compile(
 )
 _CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,15})[ \t]*(?:;[^\r\n]*)?\r\n")
 _READ_BYTES = 64 << 10
+_UPLOAD_PIECE = 1 << 20
 
 
 class _Closed(ConnectionError):
@@ -101,6 +103,56 @@ class Client:
                 yield event
                 if event.get("type") == "result":
                     return
+
+    def upload(self, method: str, path: str, body: bytes | BinaryIO, size: int) -> Any:
+        """Send ``size`` raw bytes (``application/octet-stream``) and read a JSON reply.
+
+        A file object is streamed in pieces; one that ends before ``size`` bytes is a
+        ValueError (the daemon would see a cut body and refuse it anyway).
+        """
+        head = _head(method, API_PREFIX + path, [f"Content-Type: {OCTET_STREAM}"], size)
+        idle_s = max(self.timeout_s, STREAM_IDLE_TIMEOUT_S)
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(self.timeout_s)
+                sock.connect(str(self.socket_path))
+                sock.settimeout(idle_s)
+                with sock.makefile("rb") as fp:
+                    # The daemon may refuse before it reads the body (a VM that is not
+                    # running): its reply is still there to read.
+                    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                        sock.sendall(head)
+                        _send_body(sock, body, size)
+                    reply = _Reply(fp)
+                    raw = reply.read(MAX_REPLY_BYTES)
+        except OSError as exc:
+            raise self._transport_error(exc) from exc
+        payload = _decode(raw)
+        if reply.status >= 400:
+            raise error_from_payload(payload, status=reply.status)
+        return payload
+
+    @contextlib.contextmanager
+    def download(self, path: str) -> Iterator[tuple[dict[str, str], Iterator[bytes]]]:
+        """A raw reply: its headers and its body in pieces. A body that ends early (the
+        daemon cut it: the transfer failed mid-way) is a BadResponse."""
+        idle_s = max(self.timeout_s, STREAM_IDLE_TIMEOUT_S)
+        with self._exchange("GET", path, None, idle_timeout_s=idle_s) as reply:
+            if reply.status >= 400:
+                raise error_from_payload(_decode(reply.read(MAX_REPLY_BYTES)), status=reply.status)
+
+            def pieces() -> Iterator[bytes]:
+                try:
+                    while data := reply._next():
+                        yield data
+                except _Closed as exc:
+                    raise BadResponse(
+                        "the transfer was cut short",
+                        details=str(exc),
+                        hint="`banger daemon logs` says why",
+                    ) from exc
+
+            yield reply.headers, pieces()
 
     @contextlib.contextmanager
     def _exchange(
@@ -201,6 +253,29 @@ def _request_bytes(
     elif method in _METHODS_WITH_BODY:
         head.append("Content-Length: 0")
     return "\r\n".join([*head, "", ""]).encode("ascii") + (body or b"")
+
+
+def _head(method: str, target: str, extra: list[str], size: int) -> bytes:
+    if not _METHOD.fullmatch(method) or not _TARGET.fullmatch(target):
+        raise ValueError(f"cannot send {method!r} {target!r}: not a method and an encoded path")
+    head = [f"{method} {target} HTTP/1.1", "Host: bangerd", "Accept-Encoding: identity"]
+    head += [f"Accept: {JSON}", "Connection: close", *extra, f"Content-Length: {size}"]
+    return "\r\n".join([*head, "", ""]).encode("ascii")
+
+
+def _send_body(sock: socket.socket, body: bytes | BinaryIO, size: int) -> None:
+    if isinstance(body, bytes):
+        if len(body) != size:
+            raise ValueError(f"the body has {len(body)} bytes, not {size}")
+        sock.sendall(body)
+        return
+    left = size
+    while left > 0:
+        piece = body.read(min(left, _UPLOAD_PIECE))
+        if not piece:
+            raise ValueError(f"the data ended {left} bytes before its size ({size})")
+        sock.sendall(piece)
+        left -= len(piece)
 
 
 class _Reply:

@@ -32,9 +32,11 @@ from banger.daemon.logs import setup_logging
 from banger.daemon.startup import SocketWatch, clear_stale_socket, state_evidence
 from banger.dns.server import DnsServer, dns_port_from_env, records_from_vms
 from banger.errors import BangerError, DaemonAlreadyRunning, UnsupportedHost
+from banger.guest.exec_client import ExecConnection
 from banger.host import buildinfo, ramscratch
 from banger.host.paths import Layout, ensure_private_dir
 from banger.host.publish import cleanup_leftovers
+from banger.model.records import VmRecord
 from banger.model.wire import EXIT_ALREADY_RUNNING, READY_LINE, error_body
 from banger.net.privilege_mode import ModeProbe, PrivilegeMode, privileged_ops
 from banger.net.privileged import PrivilegedOps
@@ -51,6 +53,7 @@ from banger.services.kernels import KernelService
 from banger.services.readiness import PortProbe
 from banger.services.reconcile import reconcile
 from banger.services.vm_exec import ExecService
+from banger.services.vm_files import ExecLinks, VmFileService
 from banger.services.vm_monitor import VmMonitor
 from banger.services.vm_network import warm_up
 from banger.services.vmm_factory import HostVmms, VmmFactory
@@ -172,6 +175,21 @@ def ensure_open_files_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
+class _SharedExecLinks(ExecLinks):
+    """File operations ride the exec service's connection to each VM: the guest's exec
+    channel (a virtio-serial port) takes one host connection at a time, so a second one
+    of their own could not open while `vm exec` holds it."""
+
+    def __init__(self, execs: ExecService) -> None:
+        self._execs = execs
+
+    async def connection(self, vm: VmRecord) -> ExecConnection:
+        return await self._execs.connection(vm.name)
+
+    async def close_all(self) -> None:
+        """Nothing of its own to close: the exec service closes its connections."""
+
+
 def compose(
     ctx: DaemonContext,
     *,
@@ -197,8 +215,9 @@ def compose(
         forwarded_ports=forwarded_ports,
     )
     execs = ExecService(vms)
+    files = VmFileService(vms, links=_SharedExecLinks(execs))
     return DaemonServices(
-        ctx, vms, images, image_pulls, kernels, kernel_pulls, catalog, execs=execs
+        ctx, vms, images, image_pulls, kernels, kernel_pulls, catalog, execs=execs, files=files
     )
 
 
@@ -247,9 +266,10 @@ async def _serve(
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
             await monitor.stop()
+            await services.execs.aclose()
+            await services.files.links.close_all()
             with contextlib.suppress(asyncio.CancelledError):
                 await warming  # no thread of it left mid-way
-            await services.execs.aclose()
     finally:
         dns.close()
 

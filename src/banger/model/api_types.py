@@ -250,6 +250,38 @@ class PortsReply(Record):
     ports: list[dict[str, Any]]
 
 
+GuestFileKind = Literal["file", "dir", "symlink", "other"]
+
+
+class GuestFile(Record):
+    """One entry of a guest directory, or a guest path's ``stat`` (links not followed)."""
+
+    name: str
+    path: str
+    kind: GuestFileKind
+    size: int
+    mode: int
+    mtime: float
+
+
+class GuestFileList(Record):
+    vm: str
+    path: str
+    files: list[GuestFile]
+    truncated: bool
+
+
+class GuestFileWritten(Record):
+    vm: str
+    path: str
+    size: int
+
+
+class GuestFileRemoved(Record):
+    vm: str
+    path: str
+
+
 class SshInfo(Record):
     name: str
     state: str

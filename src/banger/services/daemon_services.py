@@ -15,6 +15,7 @@ from banger.services.images import ImageService
 from banger.services.kernel_pull import KernelPullService
 from banger.services.kernels import KernelService
 from banger.services.vm_exec import ExecService
+from banger.services.vm_files import VmFileService
 from banger.services.vms import VmService
 
 
@@ -28,3 +29,4 @@ class DaemonServices:
     kernel_pulls: KernelPullService
     catalog: CatalogService
     execs: ExecService
+    files: VmFileService
