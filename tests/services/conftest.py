@@ -137,7 +137,7 @@ def world(rootfs: Path) -> Iterator[World]:
     ensure_private_dir(layout.runtime_dir)
     ensure_private_dir(layout.state_dir)
     config_file = root / "config.toml"
-    config_file.write_text(f'default_image_name = "{IMAGE}"\ntap_pool_size = 0\n')
+    config_file.write_text(f'default_image_name = "{IMAGE}"\ntap_pool_size = 0\npool_size = 0\n')
     config_file.chmod(0o600)
     runner = FakeRunner(answers={"ssh": answered(0)})
     dns = FakeDns()

@@ -24,6 +24,7 @@ import uvicorn
 from banger.api.app import create_app
 from banger.api.transport import PeerCheckedH11Protocol, bind_unix_socket
 from banger.cli.render import format_error
+from banger.config.pool_policy import resolve_pools
 from banger.config.settings import load_config
 from banger.config.vm_defaults import HostFacts
 from banger.daemon.lock import DaemonLock
@@ -47,6 +48,8 @@ from banger.services.image_pulls import ImagePullService
 from banger.services.images import ImageService
 from banger.services.kernel_pull import KernelPullService
 from banger.services.kernels import KernelService
+from banger.services.pool import PoolService
+from banger.services.pool_claim import GuestNamer
 from banger.services.readiness import PortProbe
 from banger.services.reconcile import reconcile
 from banger.services.vm_monitor import VmMonitor
@@ -174,6 +177,7 @@ def compose(
     ops: PrivilegedOps,
     vmms: VmmFactory,
     guest_ports: PortProbe = readiness.port_open,
+    guest_namer: GuestNamer | None = None,
 ) -> DaemonServices:
     """Every service, built once, each given its collaborators (tests pass fakes here)."""
     images = ImageService(ctx)
@@ -181,8 +185,11 @@ def compose(
     kernel_pulls = KernelPullService(ctx, kernels)
     image_pulls = ImagePullService(ctx, images)
     catalog = CatalogService(ctx, images, kernel_pulls, image_pulls)
-    vms = VmService(ctx, ops=ops, vmms=vmms, catalog=catalog, guest_ports=guest_ports)
-    return DaemonServices(ctx, vms, images, image_pulls, kernels, kernel_pulls, catalog)
+    vms = VmService(
+        ctx, ops=ops, vmms=vmms, catalog=catalog, guest_ports=guest_ports, guest_namer=guest_namer
+    )
+    pool = PoolService(vms, resolve_pools(ctx.config, ctx.host))
+    return DaemonServices(ctx, vms, images, image_pulls, kernels, kernel_pulls, catalog, pool)
 
 
 def compose_for_host(ctx: DaemonContext) -> DaemonServices:
@@ -218,6 +225,8 @@ async def _serve(
         await start_kvm_probe(ctx)
         monitor = VmMonitor(services.vms)
         monitor.start()
+        # After reconcile: living pool VMs were re-adopted, dead ones are pruned and refilled.
+        services.pool.start()
         watcher = asyncio.create_task(_watch(server, ctx, ready_fd, watch))
         try:
             await server.serve(sockets=[sock])  # type: ignore[list-item]
@@ -225,6 +234,7 @@ async def _serve(
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
+            await services.pool.stop()
             await monitor.stop()
     finally:
         dns.close()

@@ -31,11 +31,12 @@ from banger.model.records import ImageRecord, KernelRecord, VmRecord, VmState, u
 from banger.model.wire import StageState
 from banger.net.privileged import PrivilegedOps
 from banger.net.taps import TapPool
-from banger.services import readiness, vm_boot, vm_disks, vm_stop
+from banger.services import pool_claim, readiness, vm_boot, vm_disks, vm_stop
 from banger.services.catalog_fetch import CatalogService
 from banger.services.context import DaemonContext
 from banger.services.inventory import record_dict
 from banger.services.operations import Progress, run_streamed
+from banger.services.pool_claim import AgentGuestNamer, GuestNamer
 from banger.services.readiness import PortProbe
 from banger.services.vm_create import (
     Artifacts,
@@ -70,6 +71,7 @@ class VmService:
         vmms: VmmFactory,
         catalog: CatalogService,
         guest_ports: PortProbe = readiness.port_open,
+        guest_namer: GuestNamer | None = None,
     ) -> None:
         self.ctx = ctx
         self.ops = ops
@@ -78,11 +80,17 @@ class VmService:
         self.guest_ports = guest_ports
         cfg = ctx.config
         self.taps = TapPool(ops, cfg.bridge_name, cfg.tap_pool_size, os.getuid())
-        self._reserve_lock = asyncio.Lock()
+        self.reserve_lock = asyncio.Lock()
         self.network = VmNetwork(ctx.config, ops, ctx.dns)
         self._locks: dict[str, asyncio.Lock] = {}
         self._stopping: set[str] = set()
         self._said_backend = False
+        #: Renames a claimed warm-pool VM's guest (``banger.services.pool_claim``).
+        self.guest_namer = guest_namer or AgentGuestNamer(ctx.runner)
+        #: Set after each claim, so that the pool refills at once.
+        self.pool_claimed = asyncio.Event()
+        #: User creates in flight: the pool waits for none before it boots (CPU is shared).
+        self.creating = 0
 
     # -- queries -----------------------------------------------------------------------
 
@@ -117,10 +125,23 @@ class VmService:
         return run_streamed(lambda progress: self._create(req, progress))
 
     async def _create(self, req: CreateRequest, progress: Progress) -> dict[str, Any]:
+        if req.pool:
+            return await self._create_cold(req, progress)
+        self.creating += 1
+        try:
+            return await self._create_cold(req, progress)
+        finally:
+            self.creating -= 1
+
+    async def _create_cold(self, req: CreateRequest, progress: Progress) -> dict[str, Any]:
         artifacts = await self._resolve_image(req.image, progress)
+        if not req.pool:
+            claimed = await pool_claim.claim(self, req, artifacts.image.id, progress)
+            if claimed is not None:
+                return record_dict(claimed)
         kvm = await self._kvm_usable(artifacts, progress)
         with progress.stage("reserve"):
-            plan = self._plan(artifacts, kvm, req.vmm, progress)
+            plan = self._plan(artifacts, kvm, req.vmm, progress, quiet=req.pool)
             await self.network.ensure()
             vm = await self._reserve(req, plan)
             progress.detail = f"{vm.name}: {vm.ip} on {vm.tap}"
@@ -167,18 +188,24 @@ class VmService:
         return verdict.runs_guests
 
     def _plan(
-        self, artifacts: Artifacts, kvm: bool, wanted: Backend | None, progress: Progress
+        self,
+        artifacts: Artifacts,
+        kvm: bool,
+        wanted: Backend | None,
+        progress: Progress,
+        *,
+        quiet: bool = False,
     ) -> BootPlan:
         pick = self.vmms.choose(kvm_usable=kvm, wanted=wanted)
         plan = plan_boot(artifacts, pick.vmm, pick.accel)
-        if not self._said_backend:
+        if not self._said_backend and not quiet:
             self._said_backend = True
             progress.note("vmm", _state_of(pick.accel), pick.reason)
         return plan
 
     async def _reserve(self, req: CreateRequest, plan: BootPlan) -> VmRecord:
         cfg = self.ctx.config
-        async with self._reserve_lock:
+        async with self.reserve_lock:
             existing: list[VmRecord] = await self.ctx.db.run(repo.list_vms)
             names = {v.name for v in existing}
             name = req.name or generate_name(names)
@@ -391,6 +418,29 @@ class VmService:
                 if v is not None
             }
             return await self._update(name, **changes) if changes else vm
+
+    # -- for the warm pool (banger.services.pool, pool_claim) -------------------------------
+
+    async def create_silently(self, req: CreateRequest, progress: Progress) -> dict[str, Any]:
+        """A create run in the caller's task (the pool's), with the caller's progress."""
+        return await self._create(req, progress)
+
+    async def fresh_name(self) -> str:
+        """A generated name no row has now (the claim checks again under the lock)."""
+        existing: list[VmRecord] = await self.ctx.db.run(repo.list_vms)
+        return generate_name({v.name for v in existing})
+
+    def ssh_argv_of(self, vm: VmRecord) -> list[str]:
+        paths = self.paths(vm)
+        return vm_boot.ssh_argv(self.ctx.config.ssh_key_file(), paths.known_hosts, vm.ip or "")
+
+    async def remove_pool_vm(self, vm: VmRecord) -> None:
+        """Kill a pool VM and remove it; the caller holds its lock (or owns it otherwise)."""
+        handle = vm_boot.handle_of(vm, self.paths(vm))
+        if handle is not None and procinfo.is_running(handle.process):
+            spawn.signal_if_ours(handle.process, signals.SIGKILL)
+            await spawn.wait_exit(handle.process, timeout_s=10)
+        await self.discard(vm)
 
     # -- state helpers -------------------------------------------------------------------
 

@@ -104,6 +104,13 @@ MIGRATIONS: tuple[Migration, ...] = (
         description="images: the init a pulled image boots with (init= on the command line)",
         statements=("ALTER TABLE images ADD COLUMN init_path TEXT",),
     ),
+    Migration(
+        version=3,
+        description="vms: warm-pool VMs (ready, not yet handed to the user) are marked",
+        statements=(
+            "ALTER TABLE vms ADD COLUMN pool INTEGER NOT NULL DEFAULT 0 CHECK (pool IN (0, 1))",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version
