@@ -31,7 +31,15 @@ from banger.services.vm_create import CreateOrder
 from banger.services.vms import VmService
 from banger.state import repo
 from banger.state.db import AsyncDatabase, Database
-from tests.fakes import FakeDns, FakePrivilegedOps, FakeRunner, FakeVmm, FakeVmms, answered
+from tests.fakes import (
+    FakeDns,
+    FakeGuestNamer,
+    FakePrivilegedOps,
+    FakeRunner,
+    FakeVmm,
+    FakeVmms,
+    answered,
+)
 
 IMAGE = "tiny"
 MIB = 1024 * 1024
@@ -88,6 +96,7 @@ class World:
     ops: FakePrivilegedOps
     runner: FakeRunner
     dns: FakeDns
+    namer: FakeGuestNamer
 
     @property
     def vms(self) -> VmService:
@@ -109,7 +118,7 @@ class World:
 
     def restarted(self) -> World:
         """The services a new daemon would build over the same state (same fakes)."""
-        return _world(self.root, self.ctx, self.vmm, self.ops, self.runner, self.dns)
+        return _world(self.root, self.ctx, self.vmm, self.ops, self.runner, self.dns, self.namer)
 
 
 def _world(
@@ -119,10 +128,11 @@ def _world(
     ops: FakePrivilegedOps,
     runner: FakeRunner,
     dns: FakeDns,
+    namer: FakeGuestNamer,
 ) -> World:
     vmms = FakeVmms(vmm)
-    services = compose(ctx, ops=ops, vmms=vmms, guest_ports=vmm.port_open)
-    return World(root, ctx, services, vmm, vmms, ops, runner, dns)
+    services = compose(ctx, ops=ops, vmms=vmms, guest_ports=vmm.port_open, guest_namer=namer)
+    return World(root, ctx, services, vmm, vmms, ops, runner, dns, namer)
 
 
 @pytest.fixture
@@ -163,7 +173,7 @@ def world(rootfs: Path) -> Iterator[World]:
         ),
     )
     vmm = FakeVmm(runner)
-    w = _world(root, ctx, vmm, FakePrivilegedOps(), runner, dns)
+    w = _world(root, ctx, vmm, FakePrivilegedOps(), runner, dns, FakeGuestNamer())
     try:
         yield w
     finally:

@@ -36,6 +36,8 @@ from banger.model.api_types import (
     KillRequest,
     LogChunk,
     Ping,
+    PoolDrained,
+    PoolStatus,
     PortsReply,
     SetVmRequest,
     ShutdownReply,
@@ -208,8 +210,19 @@ class Daemon(_Section):
         return Progress(self._http.stream("GET", "/doctor"), DoctorResult)
 
 
+class Pool(_Section):
+    def status(self) -> PoolStatus:
+        return from_json(PoolStatus, self._http.get("/pool"))
+
+    def drain(self) -> PoolDrained:
+        return from_json(PoolDrained, self._http.post("/pool/drain"))
+
+    def fill(self) -> PoolStatus:
+        return from_json(PoolStatus, self._http.post("/pool/fill"))
+
+
 class BangerClient:
-    """The daemon's API by subject: ``vms``, ``images``, ``kernels`` and ``daemon``."""
+    """The daemon's API by subject: ``vms``, ``images``, ``kernels``, ``pool``, ``daemon``."""
 
     def __init__(self, http: Client) -> None:
         self.http = http
@@ -217,6 +230,7 @@ class BangerClient:
         self.images = Images(http)
         self.kernels = Kernels(http)
         self.daemon = Daemon(http)
+        self.pool = Pool(http)
 
 
 def _vm(name: str, suffix: str = "") -> str:

@@ -65,8 +65,15 @@ class PoolState:
 
 
 class PoolService:
-    def __init__(self, vms: VmService, targets: list[PoolTarget]) -> None:
+    def __init__(
+        self,
+        vms: VmService,
+        targets: list[PoolTarget],
+        *,
+        retry_after_s: float = RETRY_AFTER_FAILURE_S,
+    ) -> None:
         self.vms = vms
+        self.retry_after_s = retry_after_s
         self.states = [PoolState(t) for t in targets]
         self._task: asyncio.Task[None] | None = None
         self._boot_lock = asyncio.Lock()
@@ -180,7 +187,7 @@ class PoolService:
                 state.last_error = f"{name}: {exc.brief}"
                 log.warning("pool boot failed", extra={"fields": {"vm": name, "error": exc.brief}})
                 await self._remove_failed(name)
-                await asyncio.sleep(RETRY_AFTER_FAILURE_S)
+                await asyncio.sleep(self.retry_after_s)
                 return False
             finally:
                 state.booting = None
@@ -198,10 +205,16 @@ class PoolService:
     def status(self) -> list[dict[str, Any]]:
         return [s.as_dict() for s in self.states]
 
+    def reply(self) -> dict[str, Any]:
+        """``GET /pool``: every image, whether filling is paused, the one-line summary."""
+        return {"images": self.status(), "paused": self._paused, "summary": self.summary()}
+
     def summary(self) -> str:
         """One line for ``daemon status``."""
         if not self.states or not self.wanted:
             return "off"
+        if self._paused:
+            return "drained (`banger pool fill` refills it)"
         parts = []
         for s in self.states:
             part = f"{s.target.image}: {len(s.ready)}/{s.target.size} ready"

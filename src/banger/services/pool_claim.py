@@ -126,17 +126,19 @@ async def _claim_one(
         return None  # another claim or a drain took it while we waited for its lock
     if not matches(vm, req, image_id) or not service.alive(vm):
         return None
+    name = req.name or await service.fresh_name()
+    paths = service.paths(vm)
+    try:
+        how = await service.guest_namer.rename(vm, paths, service.ssh_argv_of(vm), name)
+    except (BangerError, OSError) as exc:
+        reason = exc.brief if isinstance(exc, BangerError) else str(exc)
+        log.warning("pool VM not renamed: discarded", extra={"fields": {"vm": pool_name}})
+        progress.note("claim", StageState.WARN, f"{pool_name} not usable ({reason}): booting")
+        await service.remove_pool_vm(vm)
+        return None
+    # The stage starts once the guest answers to its new name: a claim that fails
+    # before shows as a warning, then the cold create's own stages.
     with progress.stage("claim"):
-        name = req.name or await service.fresh_name()
-        paths = service.paths(vm)
-        try:
-            how = await service.guest_namer.rename(vm, paths, service.ssh_argv_of(vm), name)
-        except (BangerError, OSError) as exc:
-            reason = exc.brief if isinstance(exc, BangerError) else str(exc)
-            log.warning("pool VM not renamed: discarded", extra={"fields": {"vm": pool_name}})
-            progress.note("claim", StageState.WARN, f"{pool_name} not usable ({reason})")
-            await service.remove_pool_vm(vm)
-            return None
         try:
             claimed = await _take_name(service, vm, paths, name)
         except BaseException:
