@@ -126,15 +126,18 @@ class VmEnv:
 
 
 @contextlib.contextmanager
-def vm_env(config: str = "", *, apt_proxy: bool = False) -> Iterator[VmEnv]:
+def vm_env(
+    config: str = "", *, apt_proxy: bool = False, env_vars: dict[str, str] | None = None
+) -> Iterator[VmEnv]:
     """A daemon in a fresh netns; ``apt_proxy`` gives it a way to Debian's archive only
-    (tests/netproxy.py), for tests that build the default image."""
+    (tests/netproxy.py), for tests that build the default image; ``env_vars`` are set for
+    the daemon and the CLI (``BANGER_POOL_SIZE`` for the pool's tests)."""
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="bgr-vm-"))
         ns = stack.enter_context(netns())
         home = make_home(Path(tmp))
         home.write_config(config)
-        env = VmEnv(home=home, ns=ns)
+        env = VmEnv(home=home, ns=ns, extra_env=dict(env_vars or {}))
         if apt_proxy:
             sock = Path(tmp) / "proxy.sock"
             stack.enter_context(HostProxy(sock))
