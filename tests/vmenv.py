@@ -29,6 +29,12 @@ from tests.netproxy import PORT as PROXY_PORT
 from tests.netproxy import HostProxy
 
 REPO = Path(__file__).resolve().parents[1]
+_DNS_QUERY = """
+import sys, dns.message, dns.query, dns.rcode
+reply = dns.query.udp(dns.message.make_query(sys.argv[1], "A"), "127.0.0.1",
+                      port=int(sys.argv[2]), timeout=3)
+print(reply.answer[0][0].address if reply.answer else dns.rcode.to_text(reply.rcode()))
+"""
 
 
 @dataclass
@@ -59,6 +65,19 @@ class VmEnv:
 
     def json(self, *args: str) -> Any:
         return json.loads(self.ok(*args, "--json"))
+
+    def resolve(self, name: str) -> str:
+        """Ask the daemon's DNS server for ``name`` from inside the namespace where it
+        listens: the address, or the rcode (``NXDOMAIN``)."""
+        port = self.json("daemon", "status")["dns"].rsplit(":", 1)[1]
+        out = self.ns.run(
+            [sys.executable, "-c", _DNS_QUERY, name, port],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+        return out.stdout.strip()
 
     def add_test_guests(self, *, tiny: bool = True) -> None:
         """Import the cached cloud kernel as `cloud` and register the tiny guest as `tiny`."""

@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.test_vm_lifecycle import _dns
 from tests.vmenv import VmEnv, vm_env
 
 CONFIG = (
@@ -58,7 +57,7 @@ def stages(stdout: str) -> list[str]:
 def test_vm_run_claims_a_ready_vm_renamed_and_the_pool_refills(env: VmEnv) -> None:
     [pooled] = wait_ready(env)
     assert env.json("vm", "list") == [], "pool VMs are not the user's"
-    assert _dns(env, f"{pooled}.vm") == "NXDOMAIN"
+    assert env.resolve(f"{pooled}.vm") == "NXDOMAIN"
     status = env.ok("daemon", "status")
     assert "pool:" in status and "tiny: 1/1 ready" in status
 
@@ -71,7 +70,7 @@ def test_vm_run_claims_a_ready_vm_renamed_and_the_pool_refills(env: VmEnv) -> No
     assert out.stdout.strip().splitlines()[-1] == "warm", "the guest's hostname is the new name"
     vm = env.json("vm", "show", "warm")
     assert vm["state"] == "running"
-    assert _dns(env, "warm.vm") == vm["ip"]
+    assert env.resolve("warm.vm") == vm["ip"]
     assert env.ok("vm", "ssh", "warm", "--", "cat", "/etc/hostname").strip() == "warm"
     assert [v["name"] for v in env.json("vm", "list")] == ["warm"]
     print(f"\nvm run -- hostname with a warm pool (tiny guest, ssh): {took:.2f}s")

@@ -34,6 +34,7 @@ from banger.state.db import AsyncDatabase, Database
 from tests.fakes import (
     FakeDns,
     FakeGuestNamer,
+    FakeMode,
     FakePrivilegedOps,
     FakeRunner,
     FakeVmm,
@@ -96,6 +97,7 @@ class World:
     ops: FakePrivilegedOps
     runner: FakeRunner
     dns: FakeDns
+    mode: FakeMode
     namer: FakeGuestNamer
 
     @property
@@ -118,7 +120,9 @@ class World:
 
     def restarted(self) -> World:
         """The services a new daemon would build over the same state (same fakes)."""
-        return _world(self.root, self.ctx, self.vmm, self.ops, self.runner, self.dns, self.namer)
+        return _world(
+            self.root, self.ctx, self.vmm, self.ops, self.runner, self.dns, self.mode, self.namer
+        )
 
 
 def _world(
@@ -128,11 +132,20 @@ def _world(
     ops: FakePrivilegedOps,
     runner: FakeRunner,
     dns: FakeDns,
+    mode: FakeMode,
     namer: FakeGuestNamer,
 ) -> World:
     vmms = FakeVmms(vmm)
-    services = compose(ctx, ops=ops, vmms=vmms, guest_ports=vmm.port_open, guest_namer=namer)
-    return World(root, ctx, services, vmm, vmms, ops, runner, dns, namer)
+    services = compose(
+        ctx,
+        ops=ops,
+        vmms=vmms,
+        mode=mode,
+        guest_ports=vmm.port_open,
+        forwarded_ports=vmm.port_open,
+        guest_namer=namer,
+    )
+    return World(root, ctx, services, vmm, vmms, ops, runner, dns, mode, namer)
 
 
 @pytest.fixture
@@ -173,7 +186,7 @@ def world(rootfs: Path) -> Iterator[World]:
         ),
     )
     vmm = FakeVmm(runner)
-    w = _world(root, ctx, vmm, FakePrivilegedOps(), runner, dns, FakeGuestNamer())
+    w = _world(root, ctx, vmm, FakePrivilegedOps(), runner, dns, FakeMode(), FakeGuestNamer())
     try:
         yield w
     finally:

@@ -189,10 +189,11 @@ def test_a_claim_for_a_taken_name_fails_and_does_not_leave_a_misnamed_pool_vm(
 def test_pool_vms_survive_a_daemon_restart_and_dead_ones_are_replaced(world: World) -> None:
     async def scenario() -> None:
         await pool_of(world, 2).fill_once()
-        first, second = await pool_rows(world)
-        dead = await world.row(second)
         handle = world.vmm.handles[-1]
-        assert handle.process.pid == dead.pid
+        rows = [await world.row(n) for n in await pool_rows(world)]
+        [dead] = [r for r in rows if r.pid == handle.process.pid]
+        [alive] = [r for r in rows if r.pid != handle.process.pid]
+        first, second = alive.name, dead.name
         spawn.signal_if_ours(handle.process, signal.SIGKILL)
         assert await spawn.wait_exit(handle.process, timeout_s=5)
         later = world.restarted()
@@ -226,9 +227,11 @@ def test_drain_removes_every_pool_vm_and_stops_refilling_until_resumed(world: Wo
         await pool.fill_once()
         assert len(await pool.drain()) == 2
         assert await pool_rows(world) == []
-        assert await pool.fill_once() == 0 and pool.summary().startswith(f"{IMAGE}: 0/2")
+        assert await pool.fill_once() == 0 and pool.summary().startswith("drained")
+        assert pool.reply()["paused"] and pool.status()[0]["ready"] == 0
         pool.resume()
         assert await pool.fill_once() == 2
+        assert pool.summary() == f"{IMAGE}: 2/2 ready" and not pool.reply()["paused"]
 
     asyncio.run(scenario())
 

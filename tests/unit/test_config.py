@@ -522,6 +522,7 @@ def test_env_var_names_cover_every_scalar_key() -> None:
         "BANGER_FIRECRACKER_BIN",
         "BANGER_QEMU_BIN",
         "BANGER_VMM",
+        "BANGER_PRIVILEGE_MODE",
         "BANGER_SSH_KEY_PATH",
         "BANGER_DEFAULT_IMAGE_NAME",
         "BANGER_AUTO_STOP_STALE_AFTER",

@@ -201,6 +201,7 @@ class VmInfo(Strict):
     boot_id: str | None = None
     last_error: str | None = None
     stopped_at: str | None = None
+    ssh_port: int | None = None
 
 
 class KernelDetail(KernelInfo):
@@ -296,6 +297,11 @@ class SshInfo(Strict):
     user: str
     key: str
     known_hosts: str
+    #: Where ssh connects (the VM's address, or 127.0.0.1 for a rootless VM) and on which
+    #: port; ``host_key_alias`` is the name its known_hosts files the key under, if not host.
+    host: str | None = None
+    port: int = 22
+    host_key_alias: str | None = None
 
 
 # -- requests -----------------------------------------------------------------------------

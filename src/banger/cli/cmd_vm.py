@@ -41,7 +41,14 @@ def create(session: Session, /, as_json: bool, **options: Any) -> None:
     """Create a VM and boot it; prints a spec line, then each stage as it happens."""
     result = create_vm(session, create_request(**options), as_json=as_json)
     if not as_json:
-        click.echo(f"{result.name} is running at {result.ip} (banger vm ssh {result.name})")
+        click.echo(f"{result.name} is running at {_address(result)} (banger vm ssh {result.name})")
+
+
+def _address(vm: VmInfo) -> str:
+    """The bridge address, or (rootless) where its SSH is forwarded from."""
+    if vm.ip:
+        return vm.ip
+    return f"127.0.0.1:{vm.ssh_port} (ssh, rootless)" if vm.ssh_port else "-"
 
 
 def _each(names: tuple[str, ...], action: Callable[[str], str]) -> int:
@@ -177,7 +184,7 @@ def list_(session: Session, as_json: bool) -> None:
             v.vcpu,
             f"{v.memory_mib} MiB",
             format_size(v.disk_size_bytes),
-            v.ip or "-",
+            v.ip or (f"127.0.0.1:{v.ssh_port}" if v.ssh_port else "-"),
             v.vmm or "-",
         )
         for v in vms

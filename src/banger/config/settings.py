@@ -63,6 +63,17 @@ class VmmChoice(StrEnum):
     QEMU = "qemu"
 
 
+class PrivilegeModeChoice(StrEnum):
+    """``privilege_mode``: how a daemon that is not root gets its network (SPEC §9)."""
+
+    #: root when root; else the helper when it answers; else rootless.
+    AUTO = "auto"
+    #: Never rootless: without root or an answering helper, creating a VM fails (mode none).
+    HELPER = "helper"
+    #: Always user-mode networking, even as root or with a helper.
+    ROOTLESS = "rootless"
+
+
 class Source(StrEnum):
     """Where a resolved config value came from, for ``banger config show``."""
 
@@ -127,6 +138,7 @@ class Config(_Table):
     firecracker_bin: UserPath | None = None
     qemu_bin: UserPath | None = None
     vmm: VmmChoice = VmmChoice.AUTO
+    privilege_mode: PrivilegeModeChoice = PrivilegeModeChoice.AUTO
     ssh_key_path: UserPath | None = None
     default_image_name: Annotated[str, _rule(rules.image_name)] = "debian-bookworm"
     auto_stop_stale_after: Annotated[str, rules.as_written(units.parse_duration)] = "0"

@@ -18,6 +18,7 @@ import logging
 import os
 import resource
 import sys
+from collections.abc import Callable
 
 import uvicorn
 
@@ -36,7 +37,7 @@ from banger.host import buildinfo
 from banger.host.paths import Layout, ensure_private_dir
 from banger.host.publish import cleanup_leftovers
 from banger.model.wire import EXIT_ALREADY_RUNNING, READY_LINE, error_body
-from banger.net.privilege_mode import privileged_ops
+from banger.net.privilege_mode import ModeProbe, PrivilegeMode, privileged_ops
 from banger.net.privileged import PrivilegedOps
 from banger.services import readiness
 from banger.services.artifact_rows import find_orphans, reconcile_kernel_rows
@@ -176,8 +177,10 @@ def compose(
     *,
     ops: PrivilegedOps,
     vmms: VmmFactory,
+    mode: Callable[[], PrivilegeMode],
     guest_ports: PortProbe = readiness.port_open,
     guest_namer: GuestNamer | None = None,
+    forwarded_ports: PortProbe = readiness.ssh_banner,
 ) -> DaemonServices:
     """Every service, built once, each given its collaborators (tests pass fakes here)."""
     images = ImageService(ctx)
@@ -186,7 +189,14 @@ def compose(
     image_pulls = ImagePullService(ctx, images)
     catalog = CatalogService(ctx, images, kernel_pulls, image_pulls)
     vms = VmService(
-        ctx, ops=ops, vmms=vmms, catalog=catalog, guest_ports=guest_ports, guest_namer=guest_namer
+        ctx,
+        ops=ops,
+        vmms=vmms,
+        catalog=catalog,
+        mode=mode,
+        guest_ports=guest_ports,
+        forwarded_ports=forwarded_ports,
+        guest_namer=guest_namer,
     )
     pool = PoolService(vms, resolve_pools(ctx.config, ctx.host))
     return DaemonServices(ctx, vms, images, image_pulls, kernels, kernel_pulls, catalog, pool)
@@ -194,9 +204,11 @@ def compose(
 
 def compose_for_host(ctx: DaemonContext) -> DaemonServices:
     """The services with this host's collaborators: the privileged ops of this daemon's
-    privilege mode (root in-process, or banger-helper), the installed VMMs."""
+    privilege mode (root in-process, or banger-helper; rootless VMs need none), the
+    installed VMMs, and the mode probe each create asks."""
     ops = privileged_ops(ctx.runner, bridge_name=ctx.config.bridge_name)
-    return compose(ctx, ops=ops, vmms=HostVmms(ctx.config, ctx.runner, ctx.kvm_probe))
+    vmms = HostVmms(ctx.config, ctx.runner, ctx.kvm_probe)
+    return compose(ctx, ops=ops, vmms=vmms, mode=ModeProbe(ctx.config.privilege_mode))
 
 
 async def _serve(

@@ -234,6 +234,7 @@ class VmInfo(Record):
     boot_id: str | None = None
     last_error: str | None = None
     stopped_at: str | None = None
+    ssh_port: int | None = None
 
 
 class VmDeleted(Record):
@@ -282,6 +283,11 @@ class SshInfo(Record):
     user: str
     key: str
     known_hosts: str
+    #: Where ssh connects (the VM's address, or 127.0.0.1 for a rootless VM) and on which
+    #: port; ``host_key_alias`` is the name its known_hosts files the key under, if not host.
+    host: str | None = None
+    port: int = 22
+    host_key_alias: str | None = None
 
 
 class DoctorResult(Record):

@@ -6,7 +6,8 @@ reservation window (name, IP, TAP), and running the stages of a create
 constructor: the VMM factory, the privileged network operations, the image catalog, the
 probe of guest ports; the runner, database and DNS publisher come with the context.
 Noticing VMMs that die on their own is ``vm_monitor``; the bridge, NAT and ``~vm``
-routing are ``vm_network``.
+routing are ``vm_network``; which networking a VM gets (bridged, or rootless: SPEC §9)
+and its address, TAP or SSH port are ``vm_addresses``.
 Must not: build disks or talk netlink itself (``vm_disks``, ``banger.net``), or speak HTTP.
 """
 
@@ -18,26 +19,27 @@ import logging
 import os
 import shutil
 import signal as signals
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from banger.dns.server import records_from_vms
 from banger.errors import BangerError, InvalidArgument, InvalidState
 from banger.host import procinfo
 from banger.host.publish import remove_published
-from banger.model.addressing import allocate_ip
 from banger.model.naming import generate_name
 from banger.model.records import ImageRecord, KernelRecord, VmRecord, VmState, utc_now
 from banger.model.wire import StageState
+from banger.net.privilege_mode import PrivilegeMode
 from banger.net.privileged import PrivilegedOps
 from banger.net.taps import TapPool
-from banger.services import pool_claim, readiness, vm_boot, vm_disks, vm_stop
+from banger.services import pool_claim, readiness, vm_addresses, vm_boot, vm_disks, vm_stop
 from banger.services.catalog_fetch import CatalogService
 from banger.services.context import DaemonContext
 from banger.services.inventory import record_dict
 from banger.services.operations import Progress, run_streamed
 from banger.services.pool_claim import AgentGuestNamer, GuestNamer
 from banger.services.readiness import PortProbe
+from banger.services.vm_addresses import VmAddresses
 from banger.services.vm_create import (
     Artifacts,
     BootPlan,
@@ -70,7 +72,9 @@ class VmService:
         ops: PrivilegedOps,
         vmms: VmmFactory,
         catalog: CatalogService,
+        mode: Callable[[], PrivilegeMode],
         guest_ports: PortProbe = readiness.port_open,
+        forwarded_ports: PortProbe = readiness.ssh_banner,
         guest_namer: GuestNamer | None = None,
     ) -> None:
         self.ctx = ctx
@@ -78,8 +82,10 @@ class VmService:
         self.vmms = vmms
         self.catalog = catalog
         self.guest_ports = guest_ports
+        self.forwarded_ports = forwarded_ports
         cfg = ctx.config
         self.taps = TapPool(ops, cfg.bridge_name, cfg.tap_pool_size, os.getuid())
+        self.addresses = VmAddresses(cfg, self.taps, mode)
         self.reserve_lock = asyncio.Lock()
         self.network = VmNetwork(ctx.config, ops, ctx.dns)
         self._locks: dict[str, asyncio.Lock] = {}
@@ -141,10 +147,12 @@ class VmService:
                 return record_dict(claimed)
         kvm = await self._kvm_usable(artifacts, progress)
         with progress.stage("reserve"):
-            plan = self._plan(artifacts, kvm, req.vmm, progress, quiet=req.pool)
-            await self.network.ensure()
-            vm = await self._reserve(req, plan)
-            progress.detail = f"{vm.name}: {vm.ip} on {vm.tap}"
+            rootless = (await self.addresses.mode_now()) is PrivilegeMode.ROOTLESS
+            plan = self._plan(artifacts, kvm, req.vmm, progress, rootless=rootless, quiet=req.pool)
+            if not rootless:
+                await self.network.ensure()
+            vm = await self._reserve(req, plan, rootless=rootless)
+            progress.detail = vm_addresses.describe(vm)
         try:
             with progress.stage("disks"):
                 progress.detail = await asyncio.to_thread(
@@ -153,7 +161,7 @@ class VmService:
         except BaseException:
             await self.discard(vm)
             raise
-        if req.nat:
+        if req.nat and not rootless:  # a rootless VM's outbound access is slirp's own
             with progress.stage("nat"):
                 await self.network.ensure_nat()
         async with self.locked(vm.name):
@@ -194,33 +202,42 @@ class VmService:
         wanted: Backend | None,
         progress: Progress,
         *,
+        rootless: bool,
         quiet: bool = False,
     ) -> BootPlan:
-        pick = self.vmms.choose(kvm_usable=kvm, wanted=wanted)
+        pick = self.vmms.choose(kvm_usable=kvm, wanted=wanted, rootless=rootless)
         plan = plan_boot(artifacts, pick.vmm, pick.accel)
         if not self._said_backend and not quiet:
             self._said_backend = True
             progress.note("vmm", _state_of(pick.accel), pick.reason)
         return plan
 
-    async def _reserve(self, req: CreateRequest, plan: BootPlan) -> VmRecord:
-        cfg = self.ctx.config
+    async def _reserve(self, req: CreateRequest, plan: BootPlan, *, rootless: bool) -> VmRecord:
         async with self.reserve_lock:
             existing: list[VmRecord] = await self.ctx.db.run(repo.list_vms)
             names = {v.name for v in existing}
             name = req.name or generate_name(names)
             if name in names:
                 raise name_taken(name)
-            ip = allocate_ip(cfg.cidr, cfg.bridge_ip, {v.ip for v in existing if v.ip})
-            tap = await asyncio.to_thread(self.taps.acquire, {v.tap for v in existing if v.tap})
+            net = await self.addresses.assign(existing, rootless=rootless)
             vm_dir = self.ctx.layout.vms_dir / name
-            record = new_vm_record(req, name, plan, ip=ip, tap=tap, vm_dir=vm_dir)
+            record = new_vm_record(req, name, plan, net=net, vm_dir=vm_dir)
             try:
                 inserted: VmRecord = await self.ctx.db.run(repo.insert_vm, record)
             except BaseException:
-                await asyncio.to_thread(self.taps.release, tap)
+                await self.addresses.release(net)
                 raise
             return inserted
+
+    async def _refresh_port(self, vm: VmRecord) -> VmRecord:
+        """A rootless VM starting again keeps its SSH port unless someone took it."""
+        async with self.reserve_lock:
+            existing: list[VmRecord] = await self.ctx.db.run(repo.list_vms)
+            port = await self.addresses.refresh_port(vm, existing)
+            if port is None:
+                return vm
+            log.info("SSH port of %s taken meanwhile: %s -> %s", vm.name, vm.ssh_port, port)
+            return await self._update(vm.name, ssh_port=port)
 
     # -- boot, start -------------------------------------------------------------------
 
@@ -231,14 +248,16 @@ class VmService:
         spec = boot_spec(vm, paths, plan, self.ctx.config)
         vm_disks.prepare_run_dir(paths)
         vm = await self._update(vm.name, state=VmState.STARTING, last_error=None)
-        argv = vm_boot.ssh_argv(self.ctx.config.ssh_key_file(), paths.known_hosts, vm.ip or "")
+        target = vm_addresses.ssh_target(vm)
+        assert target is not None  # every VM row has an address or a port
+        argv = vm_boot.ssh_argv(self.ctx.config.ssh_key_file(), paths.known_hosts, target)
         try:
             with progress.stage("boot"):
-                handle = await plan.vmm.launch(spec)
+                handle = await vm_addresses.launch(plan.vmm, spec, self.ops)
                 vm = await self._record_launch(vm, handle)
                 progress.detail = f"{handle.backend.value} ({plan.accel.value}), pid {vm.pid}"
             with progress.stage("wait-ready"):
-                progress.detail = await self._wait_ready(vm, paths, handle, argv, timeout_s)
+                progress.detail = await self._wait_ready(vm, handle, argv, timeout_s)
         except BaseException as exc:
             await self._boot_failed(vm, exc)
             if isinstance(exc, BangerError):
@@ -264,11 +283,21 @@ class VmService:
         )
 
     async def _wait_ready(
-        self, vm: VmRecord, paths: VmPaths, handle: VmmHandle, argv: list[str], timeout_s: float
+        self,
+        vm: VmRecord,
+        handle: VmmHandle,
+        argv: list[str],
+        timeout_s: float,
     ) -> str:
+        paths = self.paths(vm)
         agent = table.agent_channel_at(paths.run_dir, handle.backend).client()
+        target = vm_addresses.ssh_target(vm)
+        assert target is not None  # every VM row has an address or a port
+        # slirp accepts a forwarded connection before the guest does: there, only sshd's
+        # banner says that sshd is up.
+        probe = self.guest_ports if vm.ssh_port is None else self.forwarded_ports
         guest = readiness.Guest(
-            vm.ip or "", handle.process, paths.console_log, port_probe=self.guest_ports
+            target.host, handle.process, paths.console_log, ssh_port=target.port, port_probe=probe
         )
         ready = await readiness.wait_until_ready(
             self.ctx.runner, argv, agent, guest, timeout_s=timeout_s
@@ -316,10 +345,15 @@ class VmService:
             wanted = Backend(vm.vmm) if vm.vmm else None
             artifacts = await self._image_of(vm)
             kvm = await self._kvm_usable(artifacts, progress)
-            plan = self._plan(artifacts, kvm, wanted, progress)
-            await self.network.ensure()
-            if vm.nat:
-                await self.network.ensure_nat()
+            # A VM keeps the networking it was created with (its row says which).
+            rootless = vm.ssh_port is not None
+            plan = self._plan(artifacts, kvm, wanted, progress, rootless=rootless)
+            if rootless:
+                vm = await self._refresh_port(vm)
+            else:
+                await self.network.ensure()
+                if vm.nat:
+                    await self.network.ensure_nat()
             vm = await self._boot(vm, plan, progress, timeout_s=timeout_s)
             return record_dict(vm)
 
@@ -432,7 +466,9 @@ class VmService:
 
     def ssh_argv_of(self, vm: VmRecord) -> list[str]:
         paths = self.paths(vm)
-        return vm_boot.ssh_argv(self.ctx.config.ssh_key_file(), paths.known_hosts, vm.ip or "")
+        target = vm_addresses.ssh_target(vm)
+        assert target is not None  # every VM row has an address or a port
+        return vm_boot.ssh_argv(self.ctx.config.ssh_key_file(), paths.known_hosts, target)
 
     async def remove_pool_vm(self, vm: VmRecord) -> None:
         """Kill a pool VM and remove it; the caller holds its lock (or owns it otherwise)."""
