@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -68,7 +69,11 @@ def main() -> int:
     cold_runs = 1 if args.quick else 3
     with vm_env(CONFIG) as env:  # [[pool]] replaces pool_size (0 in test homes)
         env.ok("kernel", "import", "cloud", "--from", str(guests.cloud_kernel().import_dir))
-        rootfs = guests.debian_agent_rootfs()
+        # A copy of its own: the shared test cache may be rebuilt by another run meanwhile.
+        rootfs = env.home.root / "debagent.ext4"
+        subprocess.run(
+            ["cp", "--sparse=always", str(guests.debian_agent_rootfs()), str(rootfs)], check=True
+        )
         env.ok("image", "register", "debagent", "--rootfs", str(rootfs), "--kernel-ref", "cloud")
         env.ok("pool", "drain")
         cold: list[tuple[float, str]] = []
