@@ -38,6 +38,7 @@ from banger.model.addressing import (
     validate_tap_name,
     validate_uid,
 )
+from banger.model.records import VmRecord
 from banger.net.privilege_mode import PrivilegeMode
 from banger.services.vmm_factory import VmmPick
 from banger.vmm import spawn
@@ -231,6 +232,21 @@ class FakeVmms:
             raise InvalidState(f"{backend.value} is no longer installed")
         vmm: Vmm = self.vmm
         return vmm
+
+
+class FakeGuestNamer:
+    """Stands in for renaming a claimed pool VM's guest (``services.pool_claim.GuestNamer``):
+    records each rename; ``fail`` makes the next ones fail as an unreachable guest would."""
+
+    def __init__(self) -> None:
+        self.renamed: list[tuple[str, str]] = []
+        self.fail = False
+
+    async def rename(self, vm: VmRecord, paths: object, ssh_argv: list[str], name: str) -> str:
+        if self.fail:
+            raise CommandFailed("fake: the guest did not answer")
+        self.renamed.append((vm.name, name))
+        return "fake rename"
 
 
 @dataclass

@@ -59,6 +59,7 @@ class UserEnv:
             "XDG_CACHE_HOME": self.base / "cache",
             "XDG_RUNTIME_DIR": self.base / "run",
             "BANGER_DNS_PORT": "0",
+            "BANGER_POOL_SIZE": "0",
             "BANGER_HELPER_SOCKET": self.helper_socket,
             "PATH": f"{BIN}:/usr/sbin:/usr/bin:/sbin:/bin",
             **self.extra_env,

@@ -33,6 +33,7 @@ from banger.state import repo
 from banger.state.db import AsyncDatabase, Database
 from tests.fakes import (
     FakeDns,
+    FakeGuestNamer,
     FakeMode,
     FakePrivilegedOps,
     FakeRunner,
@@ -97,6 +98,7 @@ class World:
     runner: FakeRunner
     dns: FakeDns
     mode: FakeMode
+    namer: FakeGuestNamer
 
     @property
     def vms(self) -> VmService:
@@ -118,7 +120,9 @@ class World:
 
     def restarted(self) -> World:
         """The services a new daemon would build over the same state (same fakes)."""
-        return _world(self.root, self.ctx, self.vmm, self.ops, self.runner, self.dns, self.mode)
+        return _world(
+            self.root, self.ctx, self.vmm, self.ops, self.runner, self.dns, self.mode, self.namer
+        )
 
 
 def _world(
@@ -129,6 +133,7 @@ def _world(
     runner: FakeRunner,
     dns: FakeDns,
     mode: FakeMode,
+    namer: FakeGuestNamer,
 ) -> World:
     vmms = FakeVmms(vmm)
     services = compose(
@@ -138,8 +143,9 @@ def _world(
         mode=mode,
         guest_ports=vmm.port_open,
         forwarded_ports=vmm.port_open,
+        guest_namer=namer,
     )
-    return World(root, ctx, services, vmm, vmms, ops, runner, dns, mode)
+    return World(root, ctx, services, vmm, vmms, ops, runner, dns, mode, namer)
 
 
 @pytest.fixture
@@ -154,7 +160,7 @@ def world(rootfs: Path) -> Iterator[World]:
     ensure_private_dir(layout.runtime_dir)
     ensure_private_dir(layout.state_dir)
     config_file = root / "config.toml"
-    config_file.write_text(f'default_image_name = "{IMAGE}"\ntap_pool_size = 0\n')
+    config_file.write_text(f'default_image_name = "{IMAGE}"\ntap_pool_size = 0\npool_size = 0\n')
     config_file.chmod(0o600)
     runner = FakeRunner(answers={"ssh": answered(0)})
     dns = FakeDns()
@@ -180,7 +186,7 @@ def world(rootfs: Path) -> Iterator[World]:
         ),
     )
     vmm = FakeVmm(runner)
-    w = _world(root, ctx, vmm, FakePrivilegedOps(), runner, dns, FakeMode())
+    w = _world(root, ctx, vmm, FakePrivilegedOps(), runner, dns, FakeMode(), FakeGuestNamer())
     try:
         yield w
     finally:

@@ -17,6 +17,7 @@ from banger.api import (
     routes_images,
     routes_inventory,
     routes_kernels,
+    routes_pool,
     routes_vms,
 )
 from banger.api.error_replies import install_error_handlers
@@ -58,6 +59,7 @@ def build_app(version: str) -> FastAPI:
     app.include_router(routes_files.router, prefix=API_PREFIX)
     app.include_router(routes_kernels.router, prefix=API_PREFIX)
     app.include_router(routes_images.router, prefix=API_PREFIX)
+    app.include_router(routes_pool.router, prefix=API_PREFIX)
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:

@@ -102,6 +102,32 @@ class DbInfo(Strict):
     counts: dict[str, int]
 
 
+class PoolImageStatus(Strict):
+    """One pooled image: how many ready VMs are wanted, ready and booting, and why not."""
+
+    image: str
+    wanted: int
+    ready: int
+    booting: int
+    vcpu: int
+    memory_mib: int
+    disk_size_bytes: int
+    why: str
+    vms: list[str]
+    waiting: str | None = None
+    last_error: str | None = None
+
+
+class PoolStatus(Strict):
+    images: list[PoolImageStatus]
+    paused: bool
+    summary: str
+
+
+class PoolDrained(Strict):
+    removed: list[str]
+
+
 class DaemonStatus(Strict):
     build: Build
     pid: int

@@ -43,6 +43,8 @@ from banger.model.api_types import (
     KillRequest,
     LogChunk,
     Ping,
+    PoolDrained,
+    PoolStatus,
     PortsReply,
     SetVmRequest,
     ShutdownReply,
@@ -335,8 +337,19 @@ class Daemon(_Section):
         return Progress(self._http.stream("GET", "/doctor"), DoctorResult)
 
 
+class Pool(_Section):
+    def status(self) -> PoolStatus:
+        return from_json(PoolStatus, self._http.get("/pool"))
+
+    def drain(self) -> PoolDrained:
+        return from_json(PoolDrained, self._http.post("/pool/drain"))
+
+    def fill(self) -> PoolStatus:
+        return from_json(PoolStatus, self._http.post("/pool/fill"))
+
+
 class BangerClient:
-    """The daemon's API by subject: ``vms``, ``images``, ``kernels`` and ``daemon``."""
+    """The daemon's API by subject: ``vms``, ``images``, ``kernels``, ``pool``, ``daemon``."""
 
     def __init__(self, http: Client) -> None:
         self.http = http
@@ -344,6 +357,7 @@ class BangerClient:
         self.images = Images(http)
         self.kernels = Kernels(http)
         self.daemon = Daemon(http)
+        self.pool = Pool(http)
 
 
 class _PieceReader(io.RawIOBase):

@@ -25,6 +25,7 @@ import uvicorn
 from banger.api.app import create_app
 from banger.api.transport import PeerCheckedH11Protocol, bind_unix_socket
 from banger.cli.render import format_error
+from banger.config.pool_policy import resolve_pools
 from banger.config.settings import load_config
 from banger.config.vm_defaults import HostFacts
 from banger.daemon.lock import DaemonLock
@@ -50,6 +51,8 @@ from banger.services.image_pulls import ImagePullService
 from banger.services.images import ImageService
 from banger.services.kernel_pull import KernelPullService
 from banger.services.kernels import KernelService
+from banger.services.pool import PoolService
+from banger.services.pool_claim import GuestNamer
 from banger.services.readiness import PortProbe
 from banger.services.reconcile import reconcile
 from banger.services.vm_exec import ExecService
@@ -197,6 +200,7 @@ def compose(
     vmms: VmmFactory,
     mode: Callable[[], PrivilegeMode],
     guest_ports: PortProbe = readiness.port_open,
+    guest_namer: GuestNamer | None = None,
     forwarded_ports: PortProbe = readiness.ssh_banner,
 ) -> DaemonServices:
     """Every service, built once, each given its collaborators (tests pass fakes here)."""
@@ -213,11 +217,22 @@ def compose(
         mode=mode,
         guest_ports=guest_ports,
         forwarded_ports=forwarded_ports,
+        guest_namer=guest_namer,
     )
     execs = ExecService(vms)
     files = VmFileService(vms, links=_SharedExecLinks(execs))
+    pool = PoolService(vms, resolve_pools(ctx.config, ctx.host))
     return DaemonServices(
-        ctx, vms, images, image_pulls, kernels, kernel_pulls, catalog, execs=execs, files=files
+        ctx,
+        vms,
+        images,
+        image_pulls,
+        kernels,
+        kernel_pulls,
+        catalog,
+        pool,
+        execs=execs,
+        files=files,
     )
 
 
@@ -258,6 +273,8 @@ async def _serve(
         warming = asyncio.create_task(warm_up(vms.network, vms.taps, vms.addresses.mode_now))
         monitor = VmMonitor(services.vms)
         monitor.start()
+        # After reconcile: living pool VMs were re-adopted, dead ones are pruned and refilled.
+        services.pool.start()
         watcher = asyncio.create_task(_watch(server, ctx, ready_fd, watch))
         try:
             await server.serve(sockets=[sock])  # type: ignore[list-item]
@@ -265,6 +282,7 @@ async def _serve(
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
+            await services.pool.stop()
             await monitor.stop()
             await services.execs.aclose()
             await services.files.links.close_all()

@@ -68,6 +68,32 @@ class DbInfo(Record):
     counts: dict[str, int]
 
 
+class PoolImageStatus(Record):
+    """One pooled image: how many ready VMs are wanted, ready and booting, and why not."""
+
+    image: str
+    wanted: int
+    ready: int
+    booting: int
+    vcpu: int
+    memory_mib: int
+    disk_size_bytes: int
+    why: str
+    vms: list[str]
+    waiting: str | None = None
+    last_error: str | None = None
+
+
+class PoolStatus(Record):
+    images: list[PoolImageStatus]
+    paused: bool
+    summary: str
+
+
+class PoolDrained(Record):
+    removed: list[str]
+
+
 class DaemonStatus(Record):
     build: Build
     pid: int

@@ -27,6 +27,9 @@ DISK_SIZE_MAX_BYTES: Final = 16 << 40
 IMAGE_SIZE_MIN_BYTES: Final = 64 * MIB
 IMAGE_SIZE_MAX_BYTES: Final = 2 << 40
 
+#: Ready VMs one warm pool keeps (per image).
+POOL_SIZE_MAX: Final = 16
+
 BOOT_TIMEOUT_S_MIN: Final = 1
 BOOT_TIMEOUT_S_MAX: Final = 3600
 BOOT_TIMEOUT_S_DEFAULT: Final = 300

@@ -55,6 +55,8 @@ class CreateRequest:
     nat: bool = False
     vmm: Backend | None = None
     boot_timeout_s: float = 300.0
+    #: Booted by the warm pool ahead of a create (``banger.services.pool``).
+    pool: bool = False
 
 
 @dataclass(frozen=True)
@@ -159,6 +161,7 @@ def new_vm_record(
         tap=net.tap,
         ssh_port=net.ssh_port,
         vm_dir=str(vm_dir),
+        pool=req.pool,
     )
 
 

@@ -33,11 +33,12 @@ from banger.model.wire import StageState
 from banger.net.privilege_mode import PrivilegeMode
 from banger.net.privileged import PrivilegedOps
 from banger.net.taps import TapPool
-from banger.services import readiness, vm_addresses, vm_boot, vm_disks, vm_stop
+from banger.services import pool_claim, readiness, vm_addresses, vm_boot, vm_disks, vm_stop
 from banger.services.catalog_fetch import CatalogService
 from banger.services.context import DaemonContext
 from banger.services.inventory import record_dict
 from banger.services.operations import Progress, run_streamed
+from banger.services.pool_claim import AgentGuestNamer, GuestNamer
 from banger.services.readiness import PortProbe
 from banger.services.vm_addresses import VmAddresses
 from banger.services.vm_create import (
@@ -75,6 +76,7 @@ class VmService:
         mode: Callable[[], PrivilegeMode],
         guest_ports: PortProbe = readiness.port_open,
         forwarded_ports: PortProbe = readiness.ssh_banner,
+        guest_namer: GuestNamer | None = None,
     ) -> None:
         self.ctx = ctx
         self.ops = ops
@@ -85,7 +87,7 @@ class VmService:
         cfg = ctx.config
         self.taps = TapPool(ops, cfg.bridge_name, cfg.tap_pool_size, os.getuid())
         self.addresses = VmAddresses(cfg, self.taps, mode)
-        self._reserve_lock = asyncio.Lock()
+        self.reserve_lock = asyncio.Lock()
         self.network = VmNetwork(ctx.config, ops, ctx.dns)
         self._locks: dict[str, asyncio.Lock] = {}
         self._stopping: set[str] = set()
@@ -95,6 +97,12 @@ class VmService:
         #: How each running VMM's guest first answered (``vm exec`` waits less for an
         #: agent that was not the one to answer).
         self.ready_via: dict[ProcessIdentity, readiness.Via] = {}
+        #: Renames a claimed warm-pool VM's guest (``banger.services.pool_claim``).
+        self.guest_namer = guest_namer or AgentGuestNamer(ctx.runner)
+        #: Set after each claim, so that the pool refills at once.
+        self.pool_claimed = asyncio.Event()
+        #: User creates in flight: the pool waits for none before it boots (CPU is shared).
+        self.creating = 0
 
     # -- queries -----------------------------------------------------------------------
 
@@ -129,11 +137,24 @@ class VmService:
         return run_streamed(lambda progress: self._create(req, progress))
 
     async def _create(self, req: CreateRequest, progress: Progress) -> dict[str, Any]:
+        if req.pool:
+            return await self._create_cold(req, progress)
+        self.creating += 1
+        try:
+            return await self._create_cold(req, progress)
+        finally:
+            self.creating -= 1
+
+    async def _create_cold(self, req: CreateRequest, progress: Progress) -> dict[str, Any]:
         artifacts = await self._resolve_image(req.image, progress)
+        if not req.pool:
+            claimed = await pool_claim.claim(self, req, artifacts.image.id, progress)
+            if claimed is not None:
+                return record_dict(claimed)
         kvm = await self._kvm_usable(artifacts, progress)
         with progress.stage("reserve"):
             rootless = (await self.addresses.mode_now()) is PrivilegeMode.ROOTLESS
-            plan = self._plan(artifacts, kvm, req.vmm, progress, rootless=rootless)
+            plan = self._plan(artifacts, kvm, req.vmm, progress, rootless=rootless, quiet=req.pool)
             if not rootless:
                 await self.network.ensure()
             vm = await self._reserve(req, plan, rootless=rootless)
@@ -188,16 +209,17 @@ class VmService:
         progress: Progress,
         *,
         rootless: bool,
+        quiet: bool = False,
     ) -> BootPlan:
         pick = self.vmms.choose(kvm_usable=kvm, wanted=wanted, rootless=rootless)
         plan = plan_boot(artifacts, pick.vmm, pick.accel)
-        if not self._said_backend:
+        if not self._said_backend and not quiet:
             self._said_backend = True
             progress.note("vmm", _state_of(pick.accel), pick.reason)
         return plan
 
     async def _reserve(self, req: CreateRequest, plan: BootPlan, *, rootless: bool) -> VmRecord:
-        async with self._reserve_lock:
+        async with self.reserve_lock:
             existing: list[VmRecord] = await self.ctx.db.run(repo.list_vms)
             names = {v.name for v in existing}
             name = req.name or generate_name(names)
@@ -215,7 +237,7 @@ class VmService:
 
     async def _refresh_port(self, vm: VmRecord) -> VmRecord:
         """A rootless VM starting again keeps its SSH port unless someone took it."""
-        async with self._reserve_lock:
+        async with self.reserve_lock:
             existing: list[VmRecord] = await self.ctx.db.run(repo.list_vms)
             port = await self.addresses.refresh_port(vm, existing)
             if port is None:
@@ -438,6 +460,31 @@ class VmService:
                 if v is not None
             }
             return await self._update(name, **changes) if changes else vm
+
+    # -- for the warm pool (banger.services.pool, pool_claim) -------------------------------
+
+    async def create_silently(self, req: CreateRequest, progress: Progress) -> dict[str, Any]:
+        """A create run in the caller's task (the pool's), with the caller's progress."""
+        return await self._create(req, progress)
+
+    async def fresh_name(self) -> str:
+        """A generated name no row has now (the claim checks again under the lock)."""
+        existing: list[VmRecord] = await self.ctx.db.run(repo.list_vms)
+        return generate_name({v.name for v in existing})
+
+    def ssh_argv_of(self, vm: VmRecord) -> list[str]:
+        paths = self.paths(vm)
+        target = vm_addresses.ssh_target(vm)
+        assert target is not None  # every VM row has an address or a port
+        return vm_boot.ssh_argv(self.ctx.config.ssh_key_file(), paths.known_hosts, target)
+
+    async def remove_pool_vm(self, vm: VmRecord) -> None:
+        """Kill a pool VM and remove it; the caller holds its lock (or owns it otherwise)."""
+        handle = vm_boot.handle_of(vm, self.paths(vm))
+        if handle is not None and procinfo.is_running(handle.process):
+            spawn.signal_if_ours(handle.process, signals.SIGKILL)
+            await spawn.wait_exit(handle.process, timeout_s=10)
+        await self.discard(vm)
 
     # -- state helpers -------------------------------------------------------------------
 

@@ -114,6 +114,13 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE UNIQUE INDEX vms_ssh_port ON vms(ssh_port)",
         ),
     ),
+    Migration(
+        version=4,
+        description="vms: warm-pool VMs (ready, not yet handed to the user) are marked",
+        statements=(
+            "ALTER TABLE vms ADD COLUMN pool INTEGER NOT NULL DEFAULT 0 CHECK (pool IN (0, 1))",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version
