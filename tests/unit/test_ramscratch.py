@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from banger.host import ramscratch
@@ -79,3 +80,19 @@ def test_sweep_removes_only_our_uid_dead_owner_dirs(tmp_path: Path) -> None:
 
 def test_sweep_of_a_missing_base_is_nothing(tmp_path: Path) -> None:
     assert ramscratch.sweep_dead(tmp_path / "absent") == []
+
+
+def test_sweep_takes_a_zombie_owner_for_dead(tmp_path: Path) -> None:
+    # A daemon killed with -9 stays a zombie until its parent reaps it (on hosts whose
+    # PID 1 reaps late, for as long as the next daemon's start-up): its tree must go.
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        stat = Path(f"/proc/{child.pid}/stat")
+        while stat.read_text().rsplit(")", 1)[-1].split()[0] != "Z":
+            time.sleep(0.01)
+        tree = tmp_path / f"{ramscratch.PREFIX}.{os.getuid()}.{child.pid}.{'ab' * 8}"
+        (tree / "etc").mkdir(parents=True)
+        assert ramscratch.sweep_dead(tmp_path) == [tree]
+        assert not tree.exists()
+    finally:
+        child.wait()

@@ -35,6 +35,15 @@ def _stat_fields(pid: int) -> list[str] | None:
     return raw.rsplit(")", 1)[-1].split()
 
 
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` runs; a zombie (exited, not yet reaped: a PID 1 that reaps late
+    keeps a killed daemon one for a while) counts as gone. Another uid's process counts."""
+    fields = _stat_fields(pid)
+    if fields is None:
+        return Path(f"/proc/{pid}").exists()  # unreadable stat: there, but not ours to read
+    return bool(fields) and fields[0] not in ("Z", "X")
+
+
 def group_alive(pgid: int) -> bool:
     """True if a process that is not a zombie is in process group ``pgid``."""
     for entry in os.scandir("/proc"):

@@ -19,8 +19,10 @@ import os
 import re
 import secrets
 import stat
+import time
 from pathlib import Path
 
+from banger.host.procinfo import pid_alive
 from banger.host.publish import remove_tree
 
 log = logging.getLogger(__name__)
@@ -32,6 +34,9 @@ PREFIX = "banger-scratch"
 FREE_MARGIN = 2
 #: ...and it takes at most this share of the memory the kernel says is available.
 MEMORY_MARGIN = 4
+#: A tree that a dying worker still writes to is retried this many times, this far apart.
+REMOVE_ATTEMPTS = 10
+REMOVE_PAUSE_S = 0.2
 _NAME = re.compile(rf"{PREFIX}\.(\d+)\.(\d+)\.[0-9a-f]{{16}}", re.ASCII)
 
 
@@ -78,26 +83,33 @@ def sweep_dead(base: Path = DEFAULT_BASE) -> list[Path]:
     uid = os.getuid()
     for name in names:
         found = _NAME.fullmatch(name)
-        if found is None or int(found.group(1)) != uid or _alive(int(found.group(2))):
+        if found is None or int(found.group(1)) != uid or pid_alive(int(found.group(2))):
             continue
         path = base / name
         try:
             st = os.lstat(path)
             if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid:
                 continue
-            remove_tree(path)  # fd-based rmtree: never follows a link
-        except OSError as exc:
-            log.warning("cannot remove %s: %s", path, exc.strerror)
+        except OSError:
             continue
-        removed.append(path)
+        if _remove(path):
+            removed.append(path)
     return removed
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def _remove(path: Path, attempts: int = REMOVE_ATTEMPTS) -> bool:
+    """Remove a dead owner's tree; retried, because the owner's build worker (killed with
+    it through PDEATHSIG) may still be adding entries for a moment (ENOTEMPTY)."""
+    for attempt in range(attempts):
+        try:
+            remove_tree(path)  # fd-based rmtree: never follows a link
+        except FileNotFoundError:
+            return True
+        except OSError as exc:
+            if attempt == attempts - 1:
+                log.warning("cannot remove %s: %s", path, exc.strerror)
+                return False
+            time.sleep(REMOVE_PAUSE_S)
+        else:
+            return True
+    return False
