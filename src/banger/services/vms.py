@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from banger.dns.server import records_from_vms
-from banger.errors import BangerError, InvalidArgument, InvalidState
+from banger.errors import BangerError, InvalidArgument, InvalidState, NotFound
 from banger.host import procinfo
 from banger.host.publish import remove_published
 from banger.model.addressing import allocate_ip
@@ -35,7 +35,7 @@ from banger.services import readiness, vm_boot, vm_disks, vm_stop
 from banger.services.catalog_fetch import CatalogService
 from banger.services.context import DaemonContext
 from banger.services.inventory import record_dict
-from banger.services.operations import Progress, run_streamed
+from banger.services.operations import Progress, run_streamed, stop_if_set, unless_set
 from banger.services.readiness import PortProbe
 from banger.services.vm_create import (
     Artifacts,
@@ -117,13 +117,36 @@ class VmService:
         return run_streamed(lambda progress: self._create(req, progress))
 
     async def _create(self, req: CreateRequest, progress: Progress) -> dict[str, Any]:
+        # A client that goes away leaves the create running (docs/explanation/
+        # interruption.md), unless it asked for delete_on_disconnect: then nothing new is
+        # started once it is gone, a boot waiting for the guest stops, and the VM goes.
+        stop = progress.abandoned if req.delete_on_disconnect else None
         artifacts = await self._resolve_image(req.image, progress)
         kvm = await self._kvm_usable(artifacts, progress)
+        stop_if_set(stop, None)
         with progress.stage("reserve"):
             plan = self._plan(artifacts, kvm, req.vmm, progress)
             await self.network.ensure()
             vm = await self._reserve(req, plan)
             progress.detail = f"{vm.name}: {vm.ip} on {vm.tap}"
+        try:
+            vm = await self._build_and_boot(vm, req, plan, progress, stop)
+            stop_if_set(stop, vm.name)
+        except BaseException:
+            if stop is not None and stop.is_set():
+                with contextlib.suppress(NotFound):
+                    await self.delete(vm.name, force=True)
+            raise
+        return record_dict(vm)
+
+    async def _build_and_boot(
+        self,
+        vm: VmRecord,
+        req: CreateRequest,
+        plan: BootPlan,
+        progress: Progress,
+        stop: asyncio.Event | None,
+    ) -> VmRecord:
         try:
             with progress.stage("disks"):
                 progress.detail = await asyncio.to_thread(
@@ -132,12 +155,12 @@ class VmService:
         except BaseException:
             await self.discard(vm)
             raise
+        stop_if_set(stop, vm.name)
         if req.nat:
             with progress.stage("nat"):
                 await self.network.ensure_nat()
         async with self.locked(vm.name):
-            vm = await self._boot(vm, plan, progress, timeout_s=req.boot_timeout_s)
-        return record_dict(vm)
+            return await self._boot(vm, plan, progress, timeout_s=req.boot_timeout_s, stop=stop)
 
     async def _resolve_image(self, name: str, progress: Progress) -> Artifacts:
         """A catalog image (the default one included) is obtained on first use, with its
@@ -198,7 +221,13 @@ class VmService:
     # -- boot, start -------------------------------------------------------------------
 
     async def _boot(
-        self, vm: VmRecord, plan: BootPlan, progress: Progress, *, timeout_s: float
+        self,
+        vm: VmRecord,
+        plan: BootPlan,
+        progress: Progress,
+        *,
+        timeout_s: float,
+        stop: asyncio.Event | None = None,
     ) -> VmRecord:
         paths = self.paths(vm)
         spec = boot_spec(vm, paths, plan, self.ctx.config)
@@ -211,7 +240,9 @@ class VmService:
                 vm = await self._record_launch(vm, handle)
                 progress.detail = f"{handle.backend.value} ({plan.accel.value}), pid {vm.pid}"
             with progress.stage("wait-ready"):
-                progress.detail = await self._wait_ready(vm, paths, handle, argv, timeout_s)
+                progress.detail = await unless_set(
+                    stop, self._wait_ready(vm, paths, handle, argv, timeout_s), vm.name
+                )
         except BaseException as exc:
             await self._boot_failed(vm, exc)
             if isinstance(exc, BangerError):
