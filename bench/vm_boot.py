@@ -23,6 +23,7 @@ from typing import Any
 from tests import guests
 from tests.vmenv import VmEnv, events, vm_env
 
+from banger.net.user_net import SshTarget
 from banger.services.vm_boot import ssh_argv
 from banger.vmm.base import Accel, DriveSpec, MachineSpec, NetSpec
 from banger.vmm.qemu import build_argv
@@ -76,7 +77,7 @@ def _bare_boot(env: VmEnv, vm: dict[str, Any], key: Path) -> float:
         accel=Accel.TCG,
     )
     argv = build_argv(Path("/usr/bin/qemu-system-x86_64"), spec)
-    poll = ssh_argv(key, vm_dir / "known_hosts", vm["ip"])
+    poll = ssh_argv(key, vm_dir / "known_hosts", SshTarget(vm["ip"]))
     started = time.perf_counter()
     qemu = env.ns.popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -4,16 +4,24 @@
 # Safe to run again: it installs only what is missing and rebuilds banger's build stamp.
 #
 #   scripts/setup.sh          # what a user needs
-#   scripts/setup.sh --dev    # plus test, lint and type-check tools
+#   scripts/setup.sh --dev    # plus test, lint and type-check tools (and --mcp)
+#   scripts/setup.sh --mcp    # plus the MCP library `banger mcp` needs (docs/mcp.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 dev=0
-[ "${1:-}" = "--dev" ] && dev=1
+mcp=0
+for arg in "$@"; do
+    case "$arg" in
+        --dev) dev=1; mcp=1;;
+        --mcp) mcp=1;;
+        *) echo "setup: unknown option $arg (known: --dev, --mcp)" >&2; exit 2;;
+    esac
+done
 
 # Host tools banger drives (docs/explanation/host-packages.md says why each one).
 packages=(python3 python3-venv git e2fsprogs fakeroot iproute2 nftables openssh-client zstd
-          lz4 busybox-static qemu-system-x86 mmdebstrap debootstrap kmod)
+          lz4 busybox-static qemu-system-x86 mmdebstrap debootstrap kmod uidmap)
 
 missing=()
 for pkg in "${packages[@]}"; do
@@ -41,6 +49,8 @@ if [ ! -x .venv/bin/uv ]; then
 fi
 sync_args=(--frozen --reinstall-package banger)
 [ "$dev" = 1 ] || sync_args+=(--no-dev)
+# `banger mcp` needs the optional `mcp` extra; the dev setup (and so CI) tests it.
+[ "$mcp" = 1 ] && sync_args+=(--extra mcp)
 UV_PROJECT_ENVIRONMENT=.venv .venv/bin/uv sync -q "${sync_args[@]}"
 
 mkdir -p "$HOME/.local/bin"

@@ -80,6 +80,9 @@ def make_home(root: Path) -> BangerHome:
     env["PATH"] = f"{BIN}:{env.get('PATH', '/usr/bin:/bin')}"
     # Any free port: 42069 may belong to the developer's own daemon (or another test's).
     env["BANGER_DNS_PORT"] = "0"
+    # No warm pool unless a test asks for one: a background boot would change what the
+    # other tests time and see (the pool's own tests set BANGER_POOL_SIZE).
+    env["BANGER_POOL_SIZE"] = "0"
     return BangerHome(root=root, env=env)
 
 

@@ -38,6 +38,8 @@ from banger.model.addressing import (
     validate_tap_name,
     validate_uid,
 )
+from banger.model.records import VmRecord
+from banger.net.privilege_mode import PrivilegeMode
 from banger.services.vmm_factory import VmmPick
 from banger.vmm import spawn
 from banger.vmm.base import Accel, Backend, MachineSpec, Vmm, VmmHandle
@@ -79,6 +81,7 @@ class FakeVmm:
     kernel_files: ClassVar[tuple[str, ...]] = QemuVmm.kernel_files
     binary_setting: ClassVar[str] = "qemu_bin"
     binary_name: ClassVar[str] = "fake-vmm"
+    takes_tap_fd: ClassVar[bool] = True
 
     @classmethod
     def agent_channel(cls, run_dir: Path) -> AgentChannel:
@@ -127,11 +130,12 @@ class FakeVmm:
         handle = VmmHandle(self.backend, identity, spec.run_dir / self.control_socket_name)
         self.handles.append(handle)
         if spec.net is not None:
-            self._guests[spec.net.ip] = handle
+            where = _reached_at(spec)
+            self._guests[where] = handle
             if script.ready:
-                self._answering.add(spec.net.ip)
+                self._answering.add(where)
             else:
-                self._answering.discard(spec.net.ip)
+                self._answering.discard(where)
         if script.die_after_s is not None:
             loop = asyncio.get_running_loop()
             self._timers.append(
@@ -154,9 +158,13 @@ class FakeVmm:
     # -- what tests use -----------------------------------------------------------------
 
     async def port_open(self, ip: str, port: int) -> bool:
-        """The guest's port accepts: it was told to answer and its VMM still runs."""
-        handle = self._guests.get(ip)
-        return handle is not None and ip in self._answering and procinfo.is_running(handle.process)
+        """The guest's port accepts: it was told to answer and its VMM still runs. A
+        rootless guest is asked at ``127.0.0.1`` and its forwarded port."""
+        where = ip if ip in self._guests else f"{ip}:{port}"
+        handle = self._guests.get(where)
+        return (
+            handle is not None and where in self._answering and procinfo.is_running(handle.process)
+        )
 
     def kill_all(self) -> None:
         """End every fake VM still running (test clean-up)."""
@@ -165,6 +173,24 @@ class FakeVmm:
         for handle in self.handles:
             spawn.signal_if_ours(handle.process, signal.SIGKILL)
         spawn.reap()
+
+
+def _reached_at(spec: MachineSpec) -> str:
+    """Where the host reaches a fake guest: its address, or (rootless) the forward."""
+    assert spec.net is not None
+    if spec.net.user is not None:
+        return f"127.0.0.1:{spec.net.user.ssh_port}"
+    return spec.net.ip
+
+
+class FakeMode:
+    """The privilege mode each create sees (``banger.net.privilege_mode.ModeProbe``)."""
+
+    def __init__(self, mode: PrivilegeMode = PrivilegeMode.ROOT) -> None:
+        self.mode = mode
+
+    def __call__(self) -> PrivilegeMode:
+        return self.mode
 
 
 def _read(path: Path) -> bytes:
@@ -182,6 +208,7 @@ class FakeVmms:
         self.vmm = vmm
         self.probed: list[Path] = []
         self.wanted: list[Backend | None] = []
+        self.rootless: list[bool] = []
         #: The VMM binary was uninstalled after the VM started.
         self.uninstalled = False
         self.kvm_unknown = False
@@ -194,8 +221,9 @@ class FakeVmms:
         self.kvm_unknown = False
         return Verdict(False, "fake probe: the guest printed nothing")
 
-    def choose(self, *, kvm_usable: bool, wanted: Backend | None) -> VmmPick:
+    def choose(self, *, kvm_usable: bool, wanted: Backend | None, rootless: bool) -> VmmPick:
         self.wanted.append(wanted)
+        self.rootless.append(rootless)
         vmm: Vmm = self.vmm
         return VmmPick(vmm, Accel.TCG, "fake VMM (tests)")
 
@@ -204,6 +232,21 @@ class FakeVmms:
             raise InvalidState(f"{backend.value} is no longer installed")
         vmm: Vmm = self.vmm
         return vmm
+
+
+class FakeGuestNamer:
+    """Stands in for renaming a claimed pool VM's guest (``services.pool_claim.GuestNamer``):
+    records each rename; ``fail`` makes the next ones fail as an unreachable guest would."""
+
+    def __init__(self) -> None:
+        self.renamed: list[tuple[str, str]] = []
+        self.fail = False
+
+    async def rename(self, vm: VmRecord, paths: object, ssh_argv: list[str], name: str) -> str:
+        if self.fail:
+            raise CommandFailed("fake: the guest did not answer")
+        self.renamed.append((vm.name, name))
+        return "fake rename"
 
 
 @dataclass
@@ -242,6 +285,14 @@ class FakePrivilegedOps:
             for n, (_, uid) in self.taps.items()
             if is_our_tap(n) and (owner_uid is None or uid == owner_uid)
         )
+
+    def open_tap(self, name: str, *, owner_uid: int) -> int:
+        """A real descriptor (of /dev/null) standing in for the TAP's queue."""
+        self.calls.append("open_tap")
+        name = validate_tap_name(name)
+        if name not in self.list_taps(owner_uid=owner_uid):
+            raise InvalidState(f"no TAP {name} of uid {owner_uid}")
+        return os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
 
     def ensure_nat(self, bridge: str, cidr: str) -> None:
         self.calls.append("ensure_nat")

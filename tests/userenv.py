@@ -6,11 +6,9 @@ under a fresh directory, a network namespace, and â€” unless ``helper=False`` â€
 rootless"). ``UserEnv.banger()`` runs the CLI as the user through ``setpriv``, which execs,
 so no root parent process stays behind.
 
-One host difference is papered over here only: Debian's ``/dev/net/tun`` is 0666, this CI
-host's is 0600, and QEMU (now unprivileged) must open it to attach to its TAP. The daemon
-therefore runs in a private mount namespace (``unshare -m --propagation private``) where a
-0666 node for the same device is bind-mounted over ``/dev/net/tun``; the host's node is
-never changed.
+This CI host's ``/dev/net/tun`` is 0600 (Debian's is 0666) and nothing here works around
+it: in helper mode the helper opens each TAP and passes the descriptor to the daemon
+(``open-tap``), which hands it to QEMU; rootless VMs open no TAP at all.
 """
 
 from __future__ import annotations
@@ -25,14 +23,14 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests import guests
 from tests.conftest import BIN
 from tests.netns import Netns, netns
 
-TOOLS = ("ip", "nft", "useradd", "userdel", "setpriv", "unshare", "mknod", "qemu-system-x86_64")
+TOOLS = ("ip", "nft", "useradd", "userdel", "setpriv", "qemu-system-x86_64")
 
 
 @dataclass
@@ -43,6 +41,10 @@ class UserEnv:
     base: Path
     helper: subprocess.Popen[bytes] | None
     daemon: subprocess.Popen[bytes] | None = None
+    #: ``privilege_mode`` for the user's daemon and CLI (unset: the default, auto).
+    privilege_mode: str | None = None
+    #: More environment for the user's commands (``http_proxy`` for an archive build).
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def helper_socket(self) -> Path:
@@ -57,9 +59,13 @@ class UserEnv:
             "XDG_CACHE_HOME": self.base / "cache",
             "XDG_RUNTIME_DIR": self.base / "run",
             "BANGER_DNS_PORT": "0",
+            "BANGER_POOL_SIZE": "0",
             "BANGER_HELPER_SOCKET": self.helper_socket,
             "PATH": f"{BIN}:/usr/sbin:/usr/bin:/sbin:/bin",
+            **self.extra_env,
         }
+        if self.privilege_mode is not None:
+            env["BANGER_PRIVILEGE_MODE"] = self.privilege_mode
         return [
             *("setpriv", f"--reuid={self.uid}", f"--regid={self.uid}", "--init-groups"),
             *("env", "-i", *(f"{k}={v}" for k, v in env.items()), *argv),
@@ -99,19 +105,9 @@ class UserEnv:
         self.helper = None
 
     def start_daemon(self) -> None:
-        tun = self.base / "dev" / "tun"
-        script = (
-            f"{{ [ -e {tun} ] || mknod -m 666 {tun} c 10 200; }} && "
-            f'mount --bind {tun} /dev/net/tun && exec "$@"'
-        )
         log = (self.base / "bangerd.out").open("ab")
         self.daemon = self.ns.popen(
-            [
-                *("unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh"),
-                *self.as_user([str(BIN / "bangerd")]),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
+            self.as_user([str(BIN / "bangerd")]), stdout=log, stderr=subprocess.STDOUT
         )
         deadline = time.monotonic() + 60
         while True:
@@ -124,7 +120,11 @@ class UserEnv:
 
 
 @contextlib.contextmanager
-def user_env(*, helper: bool = True) -> Iterator[UserEnv]:
+def user_env(
+    *, helper: bool = True, privilege_mode: str | None = None, subids: bool = False
+) -> Iterator[UserEnv]:
+    """A user of the test's own; ``subids`` gives it a subordinate uid/gid range of 65536
+    (what mmdebstrap's unshare mode needs; ``userdel`` removes the range with the user)."""
     user = f"bgrh{secrets.token_hex(3)}"
     base = Path(tempfile.mkdtemp(prefix="bgr-u-"))
     base.chmod(0o755)
@@ -133,14 +133,19 @@ def user_env(*, helper: bool = True) -> Iterator[UserEnv]:
         check=True,
     )
     try:
+        if subids:
+            first = 1_000_000_000 + secrets.randbelow(1000) * 65536
+            ids = f"{first}-{first + 65535}"
+            subprocess.run(
+                ["usermod", "--add-subuids", ids, "--add-subgids", ids, user], check=True
+            )
         uid = pwd.getpwnam(user).pw_uid
         for sub in ("home", "config", "state", "cache", "run"):
             (base / sub).mkdir(mode=0o700)
             os.chown(base / sub, uid, uid)
         (base / "helper").mkdir(mode=0o755)
-        (base / "dev").mkdir(mode=0o755)
         with netns() as ns:
-            env = UserEnv(ns, user, uid, base, None)
+            env = UserEnv(ns, user, uid, base, None, privilege_mode=privilege_mode)
             if helper:
                 env.start_helper()
             try:

@@ -29,6 +29,12 @@ from tests.netproxy import PORT as PROXY_PORT
 from tests.netproxy import HostProxy
 
 REPO = Path(__file__).resolve().parents[1]
+_DNS_QUERY = """
+import sys, dns.message, dns.query, dns.rcode
+reply = dns.query.udp(dns.message.make_query(sys.argv[1], "A"), "127.0.0.1",
+                      port=int(sys.argv[2]), timeout=3)
+print(reply.answer[0][0].address if reply.answer else dns.rcode.to_text(reply.rcode()))
+"""
 
 
 @dataclass
@@ -59,6 +65,19 @@ class VmEnv:
 
     def json(self, *args: str) -> Any:
         return json.loads(self.ok(*args, "--json"))
+
+    def resolve(self, name: str) -> str:
+        """Ask the daemon's DNS server for ``name`` from inside the namespace where it
+        listens: the address, or the rcode (``NXDOMAIN``)."""
+        port = self.json("daemon", "status")["dns"].rsplit(":", 1)[1]
+        out = self.ns.run(
+            [sys.executable, "-c", _DNS_QUERY, name, port],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+        return out.stdout.strip()
 
     def add_test_guests(self, *, tiny: bool = True) -> None:
         """Import the cached cloud kernel as `cloud` and register the tiny guest as `tiny`."""
@@ -126,15 +145,18 @@ class VmEnv:
 
 
 @contextlib.contextmanager
-def vm_env(config: str = "", *, apt_proxy: bool = False) -> Iterator[VmEnv]:
+def vm_env(
+    config: str = "", *, apt_proxy: bool = False, env_vars: dict[str, str] | None = None
+) -> Iterator[VmEnv]:
     """A daemon in a fresh netns; ``apt_proxy`` gives it a way to Debian's archive only
-    (tests/netproxy.py), for tests that build the default image."""
+    (tests/netproxy.py), for tests that build the default image; ``env_vars`` are set for
+    the daemon and the CLI (``BANGER_POOL_SIZE`` for the pool's tests)."""
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="bgr-vm-"))
         ns = stack.enter_context(netns())
         home = make_home(Path(tmp))
         home.write_config(config)
-        env = VmEnv(home=home, ns=ns)
+        env = VmEnv(home=home, ns=ns, extra_env=dict(env_vars or {}))
         if apt_proxy:
             sock = Path(tmp) / "proxy.sock"
             stack.enter_context(HostProxy(sock))

@@ -244,6 +244,25 @@ class NoSpace(CommandFailed):
     status = 507
 
 
+class AgentUnavailable(BangerError):
+    """The guest agent does not answer on its exec channel (an image without the agent,
+    a guest still booting or wedged): ``vm ssh`` still works."""
+
+    code = "agent_unavailable"
+    status = 503
+    default_hint = (
+        "images without banger's agent have no exec or file operations: use `banger vm ssh`"
+    )
+
+
+class CommandNotStarted(BangerError):
+    """The guest agent could not start a command; ``details`` says why (``not_found``,
+    ``permission``, ``no_cwd``, ``bad_request``, ``too_many``, ``other``)."""
+
+    code = "command_not_started"
+    status = 422
+
+
 class StateError(BangerError):
     code = "state_error"
     status = 500
@@ -253,3 +272,42 @@ class StateError(BangerError):
 class Interrupted(BangerError):
     code = "interrupted"
     status = 499
+
+
+# -- callers of the SDK and the MCP server -------------------------------------------------
+
+
+class CommandExitError(BangerError):
+    """A command run in a guest ended badly: ``CommandResult.check()`` in the SDK raises it
+    (never the daemon, which reports a command's exit as data)."""
+
+    code = "command_exit"
+    status = 500
+
+
+class MissingExtra(BangerError):
+    """An optional part of banger whose dependencies are not installed (``banger[mcp]``)."""
+
+    code = "missing_extra"
+    status = 501
+
+
+# -- files in a guest (docs/explanation/guest-files.md) -----------------------------------
+
+
+class GuestPathNotFound(NotFound):
+    code = "guest_path_not_found"
+
+
+class IsADirectory(Conflict):
+    code = "is_a_directory"
+
+
+class NotADirectory(Conflict):
+    code = "not_a_directory"
+
+
+class GuestPathRefused(Conflict):
+    """A symlink where banger will not follow one, a non-empty directory, a device."""
+
+    code = "guest_path_refused"

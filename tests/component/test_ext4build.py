@@ -1,4 +1,4 @@
-"""The rootfs build on real fakeroot + mkfs.ext4, read back with debugfs (SPEC §5).
+"""The rootfs build on fakeroot (or real root) + mkfs.ext4, read back with debugfs (SPEC §5).
 
 TESTING.md "Ownership without root": the build runs as root *and* as ``nobody`` (a work
 dir it owns, a separate process), and the image must carry what the layers say either
@@ -72,8 +72,10 @@ def runner() -> Runner:
 def build_as(user: str, layers: list[Layer], out: Path, work: Path, **kw: object) -> BuildResult:
     """build_rootfs_image in this process, or in a child process running as ``nobody``."""
     work.mkdir()
-    if user == "self":
-        return build_rootfs_image(layers, out, runner=runner(), work_dir=work, **kw)  # type: ignore[arg-type]
+    if user in ("self", "self-fakeroot"):
+        # As root, "self" is the real-root build and "self-fakeroot" the faked one.
+        fake = True if user == "self-fakeroot" else None
+        return build_rootfs_image(layers, out, runner=runner(), work_dir=work, fakeroot=fake, **kw)  # type: ignore[arg-type]
     for path in (work, out.parent, *(layer.path for layer in layers)):
         os.chown(path, NOBODY.pw_uid, NOBODY.pw_gid)
     script = textwrap.dedent(
@@ -188,7 +190,7 @@ def sample_layers(where: Path) -> list[Layer]:
     ]
 
 
-@pytest.mark.parametrize("user", ["self", "nobody"])
+@pytest.mark.parametrize("user", ["self", "self-fakeroot", "nobody"])
 def test_image_keeps_owners_modes_devices_links_and_xattrs(workspace: Path, user: str) -> None:
     if user == "nobody" and not IS_ROOT:
         pytest.skip("switching to nobody needs root")

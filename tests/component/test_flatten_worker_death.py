@@ -54,6 +54,7 @@ build_rootfs_image(
     runner=Runner(extra_env={"PYTHONPATH": args["repo"]}),
     work_dir=Path(args["work"]),
     inject=args["hook"],
+    fakeroot=True,
 )
 """
 

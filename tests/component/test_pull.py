@@ -317,11 +317,16 @@ def test_kill_9_at_each_pull_stage_then_pull_again_e85(
         assert list(blobs.glob("*.partial")), "no partial blob: the failpoint missed"
     if point in {"build", "built"}:
         assert list(staging.glob("crash.*.partial")), "no staging dir: the failpoint missed"
+    # The tree is flattened in RAM (banger.host.ramscratch), out of the staging dir's reach.
+    scratch = list(Path("/dev/shm").glob(f"banger-scratch.{os.getuid()}.{pid}.*"))
+    if point == "build":
+        assert scratch, "no RAM scratch: the failpoint missed it"
     if point == "renamed":
         assert (home.state_dir / "images" / "crash" / "rootfs.ext4").is_file()
 
     # Restarted (without the failpoint): no half image is ever listed ...
     assert _images(home) == []
+    assert not [p for p in scratch if p.exists()], "the daemon's start left a dead tree in RAM"
     # ... and pulling again works with no manual cleanup.
     image = _result(
         home.banger("image", "pull", ref, "--name", "crash", "--json", timeout=PULL_TIMEOUT_S)

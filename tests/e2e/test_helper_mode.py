@@ -2,10 +2,10 @@
 
 In a network namespace the test made: a user the test creates (``useradd``, removed at
 the end) runs ``bangerd`` and the CLI; ``banger-helper --owner USER`` runs as root in the
-same namespace (tests/userenv.py, which also explains the private ``/dev/net/tun``).
-``vm run --rm -- true`` on the tiny guest exits 0, the QEMU process is the user's, its TAP
-is owned by the user, and no process in the namespace but the helper runs as root
-(ADVERSARIAL 127: the root part is only the helper).
+same namespace (tests/userenv.py). ``vm run --rm -- true`` on the tiny guest exits 0, the
+QEMU process is the user's, its TAP is owned by the user, and no process in the namespace
+but the helper runs as root (ADVERSARIAL 127: the root part is only the helper). This
+host's ``/dev/net/tun`` is 0600: QEMU gets its TAP as a descriptor the helper opened.
 """
 
 from __future__ import annotations
@@ -61,6 +61,9 @@ def test_the_vmm_is_the_users_and_only_the_helper_is_root(env: UserEnv) -> None:
     assert _uid_of(vm["pid"]) == env.uid
     tap = json.loads(env.ns.ip("-d", "-j", "link", "show", "dev", vm["tap"]).stdout)[0]
     assert tap["linkinfo"]["info_data"]["user"] in (env.user, str(env.uid), env.uid)
+    assert any(
+        "tap,id=n0,fd=" in arg for arg in Path(f"/proc/{vm['pid']}/cmdline").read_text().split("\0")
+    ), "QEMU was handed its TAP open"
     root = [pid for pid in env.ns.pids() if _uid_of(pid) == 0]
     assert root == [env.helper.pid], [Path(f"/proc/{p}/cmdline").read_bytes()[:100] for p in root]
     assert env.ok("vm", "ssh", "mine", "--", "hostname").strip() == "mine"
@@ -68,7 +71,10 @@ def test_the_vmm_is_the_users_and_only_the_helper_is_root(env: UserEnv) -> None:
 
 
 def test_without_a_helper_vm_creation_names_mode_none_and_the_fix() -> None:
-    with user_env(helper=False) as e:
+    """``privilege_mode = "helper"`` (what an installed system wants: no silent fallback
+    to rootless while the helper is down); the default ``auto`` is tests/e2e/
+    test_rootless_mode.py."""
+    with user_env(helper=False, privilege_mode="helper") as e:
         e.start_daemon()
         add_tiny_guest(e)
         doctor = e.banger("doctor")
@@ -79,14 +85,14 @@ def test_without_a_helper_vm_creation_names_mode_none_and_the_fix() -> None:
         assert out.returncode != 0
         assert "privilege mode: none" in out.stderr, out.stderr
         assert f"banger-helper --owner {e.user}`" in out.stderr
-        assert "rootless mode" in out.stderr and "not built yet" in out.stderr
+        assert "rootless mode" in out.stderr and 'privilege_mode = "auto"' in out.stderr
         assert json.loads(e.ok("vm", "list", "--json")) == []
 
 
 def test_the_daemon_starts_without_its_helper_and_finds_it_when_it_is_back() -> None:
     """Warm TAPs outlive a stopped daemon; with the helper down they cannot be swept, and
     that must not keep the daemon from starting. The helper is asked again at each call."""
-    with user_env() as e:
+    with user_env(privilege_mode="helper") as e:
         e.start_daemon()
         add_tiny_guest(e)
         e.ok("vm", "run", "--rm", *TINY, "--", "true")

@@ -31,7 +31,16 @@ from banger.services.vm_create import CreateOrder
 from banger.services.vms import VmService
 from banger.state import repo
 from banger.state.db import AsyncDatabase, Database
-from tests.fakes import FakeDns, FakePrivilegedOps, FakeRunner, FakeVmm, FakeVmms, answered
+from tests.fakes import (
+    FakeDns,
+    FakeGuestNamer,
+    FakeMode,
+    FakePrivilegedOps,
+    FakeRunner,
+    FakeVmm,
+    FakeVmms,
+    answered,
+)
 
 IMAGE = "tiny"
 MIB = 1024 * 1024
@@ -88,6 +97,8 @@ class World:
     ops: FakePrivilegedOps
     runner: FakeRunner
     dns: FakeDns
+    mode: FakeMode
+    namer: FakeGuestNamer
 
     @property
     def vms(self) -> VmService:
@@ -109,7 +120,9 @@ class World:
 
     def restarted(self) -> World:
         """The services a new daemon would build over the same state (same fakes)."""
-        return _world(self.root, self.ctx, self.vmm, self.ops, self.runner, self.dns)
+        return _world(
+            self.root, self.ctx, self.vmm, self.ops, self.runner, self.dns, self.mode, self.namer
+        )
 
 
 def _world(
@@ -119,10 +132,20 @@ def _world(
     ops: FakePrivilegedOps,
     runner: FakeRunner,
     dns: FakeDns,
+    mode: FakeMode,
+    namer: FakeGuestNamer,
 ) -> World:
     vmms = FakeVmms(vmm)
-    services = compose(ctx, ops=ops, vmms=vmms, guest_ports=vmm.port_open)
-    return World(root, ctx, services, vmm, vmms, ops, runner, dns)
+    services = compose(
+        ctx,
+        ops=ops,
+        vmms=vmms,
+        mode=mode,
+        guest_ports=vmm.port_open,
+        forwarded_ports=vmm.port_open,
+        guest_namer=namer,
+    )
+    return World(root, ctx, services, vmm, vmms, ops, runner, dns, mode, namer)
 
 
 @pytest.fixture
@@ -137,7 +160,7 @@ def world(rootfs: Path) -> Iterator[World]:
     ensure_private_dir(layout.runtime_dir)
     ensure_private_dir(layout.state_dir)
     config_file = root / "config.toml"
-    config_file.write_text(f'default_image_name = "{IMAGE}"\ntap_pool_size = 0\n')
+    config_file.write_text(f'default_image_name = "{IMAGE}"\ntap_pool_size = 0\npool_size = 0\n')
     config_file.chmod(0o600)
     runner = FakeRunner(answers={"ssh": answered(0)})
     dns = FakeDns()
@@ -163,7 +186,7 @@ def world(rootfs: Path) -> Iterator[World]:
         ),
     )
     vmm = FakeVmm(runner)
-    w = _world(root, ctx, vmm, FakePrivilegedOps(), runner, dns)
+    w = _world(root, ctx, vmm, FakePrivilegedOps(), runner, dns, FakeMode(), FakeGuestNamer())
     try:
         yield w
     finally:

@@ -75,9 +75,9 @@ def test_a_create_cut_between_disks_and_boot_is_rolled_back_e84(world: World) ->
         request = await vms.validate(CreateOrder(name="half", image="tiny"))
         # The create's own stages, up to the crash.
         artifacts = await vms._resolve_image(request.image, Progress(lambda _: None))
-        plan = vms._plan(artifacts, False, None, Progress(lambda _: None))
+        plan = vms._plan(artifacts, False, None, Progress(lambda _: None), rootless=False)
         await vms.network.ensure()
-        vm = await vms._reserve(request, plan)
+        vm = await vms._reserve(request, plan, rootless=False)
         await asyncio.to_thread(vm_disks.build, world.ctx, vm, vms.paths(vm), plan.image)
         vm_dir, tap = vms.paths(vm).vm_dir, vm.tap
         assert vm_dir.is_dir() and tap in world.ops.taps

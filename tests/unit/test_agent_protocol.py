@@ -300,6 +300,7 @@ def test_find_port_reads_sysfs_names(tmp_path: Path) -> None:
 MINIMAL_MODULES = {
     "__future__", "argparse", "contextlib", "errno", "math", "os", "re", "select", "socket",
     "sys", "threading", "time", "typing", "collections.abc", "collections", "signal", "struct",
+    "stat",
 }  # fmt: skip
 #: Imported under try/except ImportError. subprocess (exec) is in python3.11-minimal
 #: (the Debian test rootfs has it); without it the agent still serves /healthz and /ports.

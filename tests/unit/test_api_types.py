@@ -26,6 +26,9 @@ PAIRS: dict[type[Record], type[BaseModel]] = {
     api_types.VmDefaults: models.VmDefaultsReply,
     api_types.DbInfo: models.DbInfo,
     api_types.DaemonStatus: models.DaemonStatus,
+    api_types.PoolImageStatus: models.PoolImageStatus,
+    api_types.PoolStatus: models.PoolStatus,
+    api_types.PoolDrained: models.PoolDrained,
     api_types.ShutdownReply: models.ShutdownReply,
     api_types.ConfigReply: models.ConfigReply,
     api_types.StageEvent: models.StageEvent,
@@ -44,9 +47,14 @@ PAIRS: dict[type[Record], type[BaseModel]] = {
     api_types.HealthReply: models.HealthReply,
     api_types.PortsReply: models.PortsReply,
     api_types.SshInfo: models.SshInfo,
+    api_types.GuestFile: models.GuestFile,
+    api_types.GuestFileList: models.GuestFileList,
+    api_types.GuestFileRemoved: models.GuestFileRemoved,
+    api_types.GuestFileWritten: models.GuestFileWritten,
     api_types.CreateVmRequest: models.CreateBody,
     api_types.SetVmRequest: models.SetBody,
     api_types.KillRequest: models.KillBody,
+    api_types.ExecRequest: models.ExecBody,
     api_types.ImageRegisterRequest: models.ImageRegisterBody,
     api_types.ImagePullRequest: models.ImagePullBody,
     api_types.KernelImportRequest: models.KernelImportBody,
@@ -54,7 +62,7 @@ PAIRS: dict[type[Record], type[BaseModel]] = {
 }
 NAMES = {dc: model.__name__ for dc, model in PAIRS.items()}
 #: Result data of a stream, not a pydantic model of its own.
-UNPAIRED = {api_types.DoctorResult}
+UNPAIRED = {api_types.DoctorResult, api_types.ExecResult}
 
 
 def shape(tp: Any) -> str:

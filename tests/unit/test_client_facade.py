@@ -62,6 +62,7 @@ VM = {
     "boot_id": None,
     "last_error": None,
     "stopped_at": None,
+    "ssh_port": None,
 }
 
 

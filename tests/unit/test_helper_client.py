@@ -7,6 +7,9 @@ wrong is seen by the client exactly once.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import socket
 import threading
 import time
@@ -148,3 +151,90 @@ def test_no_helper_names_mode_none_and_the_fix(tmp_path: Path) -> None:
     assert "privilege mode: none" in info.value.brief
     assert info.value.hint is not None and "banger-helper --owner" in info.value.hint
     assert "rootless mode" in info.value.hint
+
+
+def _with_fds(reply: object, count: int, *, split: bool = False) -> Answer:
+    """Send ``reply`` with ``count`` descriptors (of /dev/null) on its first bytes; with
+    ``split``, the frame's rest arrives in a second write."""
+
+    def answer(conn: socket.socket) -> None:
+        frame = encode_frame(reply)  # type: ignore[arg-type]
+        fds = [os.open(os.devnull, os.O_RDONLY) for _ in range(count)]
+        head = frame[:3] if split else frame
+        try:
+            socket.send_fds(conn, [head], fds)
+        finally:  # before the client can have read the whole reply: not its leak to count
+            for fd in fds:
+                os.close(fd)
+        if split:
+            time.sleep(0.05)
+            conn.sendall(frame[3:])
+
+    return answer
+
+
+def _settled_fds(expected: Callable[[set[int]], bool]) -> set[int]:
+    """``_open_fds()`` once ``expected`` holds or 2 s passed: the fake helper's thread
+    closes its own copies a moment after the client may have read the reply."""
+    deadline = time.monotonic() + 2
+    while not expected(found := _open_fds()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return found
+
+
+def _open_fds() -> set[int]:
+    """This process's descriptors of /dev/null (the fake helper's stand-in for a TAP)."""
+    found = set()
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/self/fd/{name}") == os.devnull:
+                found.add(int(name))
+    return found
+
+
+@pytest.mark.parametrize(("count", "split"), [(1, False), (1, True), (3, False)])
+def test_open_tap_returns_the_first_descriptor_close_on_exec_and_closes_extras(
+    fake: Callable[[list[Answer]], Path], count: int, *, split: bool
+) -> None:
+    before = _open_fds()
+    ops = HelperPrivilegedOps(
+        fake([_frame(HELLO), _with_fds({"ok": True, "result": None}, count, split=split)])
+    )
+    fd = ops.open_tap("bgtap0", owner_uid=os.getuid())
+    try:
+        assert fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC
+        after = _settled_fds(lambda now: now - before == {fd})
+        assert after - before == {fd}, "extra descriptors were closed"
+    finally:
+        os.close(fd)
+
+
+def _truncated_with_fd(conn: socket.socket) -> None:
+    fd = os.open(os.devnull, os.O_RDONLY)
+    try:
+        socket.send_fds(conn, [b"\x00\x00\x01\x00{"], [fd])  # then closes: bytes missing
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        (
+            _with_fds({"ok": False, "error": {"code": "permission_denied", "message": "no"}}, 1),
+            PermissionDenied,
+        ),
+        (_frame({"ok": True, "result": None}), BadResponse),  # no descriptor came
+        (_with_fds({"ok": True, "result": 3}, 1), BadResponse),
+        (_with_fds({"ok": True, "result": "fd"}, 1, split=True), BadResponse),
+        (_truncated_with_fd, BadResponse),
+    ],
+)
+def test_open_tap_failures_leave_no_descriptor_behind(
+    fake: Callable[[list[Answer]], Path], answer: Answer, error: type[Exception]
+) -> None:
+    before = _open_fds()
+    ops = HelperPrivilegedOps(fake([_frame(HELLO), answer]))
+    with pytest.raises(error):
+        ops.open_tap("bgtap0", owner_uid=os.getuid())
+    assert _settled_fds(lambda now: now <= before) <= before

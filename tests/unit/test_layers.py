@@ -43,6 +43,11 @@ RANKS: dict[str, int] = {
     "cli": 6,
     # ``python -m banger.sshconfig`` shim for installed ssh configs: calls the CLI's code.
     "sshconfig": 6,
+    # The Python SDK (``Sandbox``) and the MCP server built on it: clients like the CLI.
+    "sdk": 6,
+    "mcp_server": 6,
+    # The package root's own ``__init__``: its lazy ``from banger import Sandbox``.
+    "": 7,
 }
 
 #: (importer package, imported package) pairs tolerated for now. Must be empty.

@@ -65,7 +65,9 @@ def test_the_daemon_runs_as_the_owner_with_no_capabilities_and_its_own_dirs_writ
     # systemd) and the daemon must still start, in the state directory's run/.
     assert unit["Wants"] == ["user-runtime-dir@1234.service banger-helper.service"]
     assert "Requires" not in unit
-    assert "Environment" not in unit
+    # No XDG_RUNTIME_DIR forced (see above); only the mode: with a helper installed, no
+    # quiet fallback to rootless VMs while it restarts.
+    assert unit["Environment"] == ["BANGER_PRIVILEGE_MODE=helper"]
     assert unit["SupplementaryGroups"] == ["kvm banger"]
     assert unit["DevicePolicy"] == ["closed"]
     assert unit["DeviceAllow"] == ["/dev/kvm rw", "/dev/net/tun rw", "/dev/vhost-vsock rw"]

@@ -12,9 +12,12 @@ from fastapi import FastAPI
 
 from banger.api import (
     routes_daemon,
+    routes_exec,
+    routes_files,
     routes_images,
     routes_inventory,
     routes_kernels,
+    routes_pool,
     routes_vms,
 )
 from banger.api.error_replies import install_error_handlers
@@ -52,8 +55,11 @@ def build_app(version: str) -> FastAPI:
     app.include_router(routes_daemon.router, prefix=API_PREFIX)
     app.include_router(routes_inventory.router, prefix=API_PREFIX)
     app.include_router(routes_vms.router, prefix=API_PREFIX)
+    app.include_router(routes_exec.router, prefix=API_PREFIX)
+    app.include_router(routes_files.router, prefix=API_PREFIX)
     app.include_router(routes_kernels.router, prefix=API_PREFIX)
     app.include_router(routes_images.router, prefix=API_PREFIX)
+    app.include_router(routes_pool.router, prefix=API_PREFIX)
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:

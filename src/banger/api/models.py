@@ -10,10 +10,26 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+)
 
 from banger.model import limits
-from banger.model.api_types import LogSource, SignalName, StageStateName, VmmName, VmStateName
+from banger.model.api_types import (
+    GuestFileKind,
+    LogSource,
+    SignalName,
+    StageStateName,
+    VmmName,
+    VmStateName,
+)
 from banger.model.artifact_names import NAME_PATTERN
 from banger.oci.reference import MAX_REFERENCE_CHARS
 
@@ -84,6 +100,32 @@ class DbInfo(Strict):
     path: str
     schema_version: int
     counts: dict[str, int]
+
+
+class PoolImageStatus(Strict):
+    """One pooled image: how many ready VMs are wanted, ready and booting, and why not."""
+
+    image: str
+    wanted: int
+    ready: int
+    booting: int
+    vcpu: int
+    memory_mib: int
+    disk_size_bytes: int
+    why: str
+    vms: list[str]
+    waiting: str | None = None
+    last_error: str | None = None
+
+
+class PoolStatus(Strict):
+    images: list[PoolImageStatus]
+    paused: bool
+    summary: str
+
+
+class PoolDrained(Strict):
+    removed: list[str]
 
 
 class DaemonStatus(Strict):
@@ -175,6 +217,7 @@ class VmInfo(Strict):
     boot_id: str | None = None
     last_error: str | None = None
     stopped_at: str | None = None
+    ssh_port: int | None = None
 
 
 class KernelDetail(KernelInfo):
@@ -263,6 +306,33 @@ class PortsReply(Strict):
     ports: list[dict[str, Any]]
 
 
+class GuestFile(Strict):
+    name: str
+    path: str
+    kind: GuestFileKind
+    size: int
+    mode: int
+    mtime: float
+
+
+class GuestFileList(Strict):
+    vm: str
+    path: str
+    files: list[GuestFile]
+    truncated: bool
+
+
+class GuestFileWritten(Strict):
+    vm: str
+    path: str
+    size: int
+
+
+class GuestFileRemoved(Strict):
+    vm: str
+    path: str
+
+
 class SshInfo(Strict):
     name: str
     state: str
@@ -270,6 +340,11 @@ class SshInfo(Strict):
     user: str
     key: str
     known_hosts: str
+    #: Where ssh connects (the VM's address, or 127.0.0.1 for a rootless VM) and on which
+    #: port; ``host_key_alias`` is the name its known_hosts files the key under, if not host.
+    host: str | None = None
+    port: int = 22
+    host_key_alias: str | None = None
 
 
 # -- requests -----------------------------------------------------------------------------
@@ -305,6 +380,19 @@ class SetBody(Strict):
 
 class KillBody(Strict):
     signal: SignalName = "KILL"
+
+
+ExecField = Annotated[StrictStr, Field(max_length=limits.EXEC_FIELD_MAX)]
+
+
+class ExecBody(Strict):
+    """A command for the guest agent: exact argv (no shell), its directory (default the
+    guest user's home), extra environment, and a timeout after which the guest kills it."""
+
+    argv: Annotated[list[ExecField], Field(min_length=1, max_length=limits.EXEC_ARGV_MAX)]
+    cwd: ExecField | None = None
+    env: Annotated[dict[ExecField, ExecField], Field(max_length=limits.EXEC_ENV_MAX)] | None = None
+    timeout_s: Annotated[StrictFloat, Field(gt=0, le=limits.EXEC_TIMEOUT_S_MAX)] | None = None
 
 
 class ImageRegisterBody(Strict):

@@ -5,7 +5,10 @@ first instant (umask, then chmod), and refusing connections whose peer uid (SO_P
 is not the daemon's own (SPEC §1, ADVERSARIAL 121-123), and closing a connection whose
 request has not fully arrived within ``REQUEST_READ_TIMEOUT_S`` — silent, or a head or
 body sent in part (issue 14 item 7, ADVERSARIAL 49, 50); idle keep-alive connections are
-closed by uvicorn's own keep-alive timeout.
+closed by uvicorn's own keep-alive timeout; and handing a route the raw connection after
+``101 Switching Protocols`` when the request asked for one of ``UPGRADE_PROTOCOLS``
+(``vm exec``'s full-duplex stream, docs/explanation/guest-exec.md): the route finds a
+``RawUpgrade`` in ``scope["extensions"][UPGRADE_EXTENSION]``.
 Must not: know about routes or services.
 """
 
@@ -17,10 +20,12 @@ import logging
 import os
 import socket
 import struct
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import h11
+from h11._state import MIGHT_SWITCH_PROTOCOL, SWITCHED_PROTOCOL
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from banger.errors import PermissionDenied
@@ -33,6 +38,11 @@ REFUSAL_LINGER_S = 1.0
 #: A client gets this long to send a whole request (head and body: bodies are <= 1 MiB).
 #: Once it has, a long streamed reply is not limited.
 REQUEST_READ_TIMEOUT_S = 10.0
+#: ``Upgrade:`` tokens a route may accept; anything else goes to uvicorn (and is refused).
+UPGRADE_PROTOCOLS = frozenset({b"banger-exec/1"})
+UPGRADE_EXTENSION = "banger.upgrade"
+#: How much an upgraded connection's reader buffers before it stops reading the socket.
+UPGRADED_READ_LIMIT = 64 * 1024
 
 
 def bind_unix_socket(path: Path) -> socket.socket:
@@ -71,6 +81,65 @@ def _refusal(uid: int) -> bytes:
     return head.encode() + body
 
 
+class RawUpgrade:
+    """A request that asked to switch protocols: ``accept`` answers 101 and returns the
+    connection as an asyncio stream pair; a route that raises instead gets its ordinary
+    (JSON error) reply, which h11 sends as a refusal of the switch."""
+
+    def __init__(self, protocol: PeerCheckedH11Protocol, token: bytes) -> None:
+        self._protocol = protocol
+        self.token = token
+        self.accepted = False
+        self._on_shutdown: Callable[[], None] | None = None
+
+    def accept(
+        self, headers: list[tuple[bytes, bytes]]
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        proto = self._protocol
+        if proto.conn.their_state is not MIGHT_SWITCH_PROTOCOL or proto.cycle is None:
+            raise RuntimeError("the request cannot switch protocols (yet)")
+        reply = h11.InformationalResponse(
+            status_code=101,
+            headers=[(b"connection", b"Upgrade"), (b"upgrade", self.token), *headers],
+            reason=b"Switching Protocols",
+        )
+        head = proto.conn.send(reply)
+        rest, closed = proto.conn.trailing_data
+        # uvicorn's cycle must not write a reply of its own when the route returns.
+        proto.cycle.disconnected = True
+        proto._disarm_read_deadline()
+        proto._unset_keepalive_if_required()
+        proto.upgraded = self
+        transport = proto.transport
+        assert head is not None
+        transport.write(head)
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=UPGRADED_READ_LIMIT, loop=loop)
+        stream = asyncio.StreamReaderProtocol(reader, loop=loop)
+        transport.set_protocol(stream)
+        stream.connection_made(transport)
+        if rest:
+            reader.feed_data(bytes(rest))
+        if closed:
+            reader.feed_eof()
+        transport.resume_reading()  # h11 paused it at the end of the upgrade request
+        self.accepted = True
+        return reader, asyncio.StreamWriter(transport, stream, reader, loop)
+
+    def on_shutdown(self, callback: Callable[[], None]) -> None:
+        """Called once when the daemon shuts down while the connection is upgraded."""
+        self._on_shutdown = callback
+
+    def finished(self) -> None:
+        """The route is done with the connection (it closed it): uvicorn forgets it."""
+        self._protocol.connections.discard(self._protocol)
+
+    def shutdown(self) -> None:
+        callback, self._on_shutdown = self._on_shutdown, None
+        if callback is not None:
+            callback()
+
+
 class PeerCheckedH11Protocol(H11Protocol):
     """uvicorn's h11 protocol, but a connection from another uid gets a 403 and is closed."""
 
@@ -78,6 +147,7 @@ class PeerCheckedH11Protocol(H11Protocol):
     _refused_transport: asyncio.Transport
     _read_deadline: asyncio.TimerHandle | None = None
     read_timeout_s = REQUEST_READ_TIMEOUT_S
+    upgraded: RawUpgrade | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         sock = transport.get_extra_info("socket")
@@ -114,8 +184,29 @@ class PeerCheckedH11Protocol(H11Protocol):
         if not self.transport.is_closing() and not self._request_read():
             self._arm_read_deadline()
 
+    def _should_upgrade(self) -> bool:
+        upgrade = self._get_upgrade()
+        if upgrade in UPGRADE_PROTOCOLS:
+            assert upgrade is not None
+            extensions: dict[str, Any] = self.scope.setdefault("extensions", {})
+            extensions[UPGRADE_EXTENSION] = RawUpgrade(self, upgrade)
+            return False  # an ordinary request until the route accepts
+        return super()._should_upgrade()
+
+    def shutdown(self) -> None:
+        if self.upgraded is not None:
+            self.upgraded.shutdown()
+            return
+        super().shutdown()
+
     def _request_read(self) -> bool:
-        return self.conn.their_state in {h11.DONE, h11.MUST_CLOSE, h11.CLOSED}
+        return self.conn.their_state in {
+            h11.DONE,
+            h11.MUST_CLOSE,
+            h11.CLOSED,
+            MIGHT_SWITCH_PROTOCOL,
+            SWITCHED_PROTOCOL,
+        }
 
     def _arm_read_deadline(self) -> None:
         self._disarm_read_deadline()

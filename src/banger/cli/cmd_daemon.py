@@ -15,6 +15,7 @@ from banger.cli.output import emit_json, emit_kv
 from banger.cli.session import Session
 from banger.client.http import Client
 from banger.client.launcher import daemon_ping, stop_daemon
+from banger.model.api_types import to_json
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
@@ -29,9 +30,11 @@ def daemon() -> None:
 @click.pass_obj
 def status(session: Session, as_json: bool) -> None:
     """Show the daemon's build, pid, socket and state (starts it if needed)."""
-    reply = session.client().daemon.status()
+    client = session.client()
+    reply = client.daemon.status()
+    pool = client.pool.status()
     if as_json:
-        emit_json(reply)
+        emit_json({**to_json(reply), "pool": to_json(pool)})
         return
     build = reply.build
     emit_kv(
@@ -44,6 +47,7 @@ def status(session: Session, as_json: bool) -> None:
             ("log", reply.log_file),
             ("inventory", ", ".join(f"{n} {k}" for k, n in reply.db.counts.items())),
             ("vm defaults", reply.vm_defaults.spec_line.removeprefix("spec: ")),
+            ("pool", pool.summary),
         ]
     )
 

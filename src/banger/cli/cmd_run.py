@@ -1,9 +1,10 @@
 """``banger vm run``: a fresh VM and a shell or a command in it, in one step (SPEC §7).
 
-Owns: the run flow — create (spec line, live stages), then an interactive shell or the
-command after ``--`` with its exit status, then ``--rm`` cleanup (any exit status; Ctrl-C
-and a closed terminal too: ``banger.cli.interrupt``; a VM that never became reachable is
-kept for `vm logs` and the error says so).
+Owns: the run flow — create (spec line, live stages), then an interactive shell (SSH) or
+the command after ``--`` with its exit status (through the guest agent, ``vm exec``'s
+path; over SSH when the guest has no agent, said once on stderr), then ``--rm`` cleanup
+(any exit status; Ctrl-C and a closed terminal too: ``banger.cli.interrupt``; a VM that
+never became reachable is kept for `vm logs` and the error says so).
 Must not: duplicate create/ssh logic (``vm_common`` has it).
 """
 
@@ -63,6 +64,10 @@ def run(
         name = create_vm(session, request, as_json=False).name
         try:
             cwd = prepare_for_run(session, name, plan) if plan is not None else None
+            if command:
+                code = _run_command(session, name, command, cwd)
+                if code is not None:
+                    return code
             argv = ssh_command(session, name, command, cwd=cwd)
             return run_ssh(session, name, argv)
         finally:
@@ -70,3 +75,17 @@ def run(
                 remove_vm(session.client(), name)
             else:
                 say(f"{name} is still running (banger vm delete --force {name})")
+
+
+def _run_command(
+    session: Session, name: str, command: tuple[str, ...], cwd: str | None
+) -> int | None:
+    """The command through the guest agent; None when the guest has none (use SSH)."""
+    from banger.cli.cmd_exec import command_argv, exec_command
+    from banger.errors import AgentUnavailable
+
+    try:
+        return exec_command(session, name, command_argv(command), cwd=cwd)
+    except AgentUnavailable:
+        say(f"the guest agent of {name} does not answer; using ssh")
+        return None

@@ -1,5 +1,6 @@
 """``banger vm …``: create, start, stop, restart, kill, delete, set, show, list, logs,
-stats and ssh. Commands that take several names run them concurrently."""
+stats, ssh and exec (and cp, from ``cmd_cp``). Commands that take several names run them
+concurrently."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 import click
 
+from banger.cli.cmd_cp import cp
+from banger.cli.cmd_exec import exec_
 from banger.cli.cmd_run import run
 from banger.cli.cmd_workspace import workspace
 from banger.cli.completion import complete_vm_names
@@ -46,7 +49,14 @@ def create(session: Session, /, as_json: bool, **options: Any) -> None:
     with hangup_is_interrupt():
         result = create_vm(session, create_request(**options), as_json=as_json)
     if not as_json:
-        click.echo(f"{result.name} is running at {result.ip} (banger vm ssh {result.name})")
+        click.echo(f"{result.name} is running at {_address(result)} (banger vm ssh {result.name})")
+
+
+def _address(vm: VmInfo) -> str:
+    """The bridge address, or (rootless) where its SSH is forwarded from."""
+    if vm.ip:
+        return vm.ip
+    return f"127.0.0.1:{vm.ssh_port} (ssh, rootless)" if vm.ssh_port else "-"
 
 
 def _each(names: tuple[str, ...], action: Callable[[str], str]) -> int:
@@ -182,7 +192,7 @@ def list_(session: Session, as_json: bool) -> None:
             v.vcpu,
             f"{v.memory_mib} MiB",
             format_size(v.disk_size_bytes),
-            v.ip or "-",
+            v.ip or (f"127.0.0.1:{v.ssh_port}" if v.ssh_port else "-"),
             v.vmm or "-",
         )
         for v in vms
@@ -306,4 +316,6 @@ def ports(session: Session, name: str, as_json: bool) -> None:
 
 
 vm.add_command(run)
+vm.add_command(exec_)
+vm.add_command(cp)
 vm.add_command(workspace)

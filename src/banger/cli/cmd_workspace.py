@@ -16,8 +16,7 @@ from pathlib import Path
 import click
 
 from banger.cli.session import Session
-from banger.cli.workspace_options import DEFAULT_GUEST_PATH
-from banger.model.workspace_modes import Mode
+from banger.model.workspace_modes import DEFAULT_GUEST_PATH, Mode
 
 
 @click.group()

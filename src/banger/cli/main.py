@@ -24,9 +24,11 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
     "vm": ("banger.cli.cmd_vm", "vm", "Create and manage VMs."),
     "image": ("banger.cli.cmd_image", "image", "Register, list and delete images."),
     "kernel": ("banger.cli.cmd_kernel", "kernel", "Import, list and remove kernels."),
+    "pool": ("banger.cli.cmd_pool", "pool", "Show, drain or refill the warm pool of ready VMs."),
     "ssh-config": ("banger.cli.cmd_sshconfig", "ssh_config", "Set up `ssh <name>.vm`."),
     "completion": ("banger.cli.cmd_completion", "completion", "Print a shell completion script."),
     "system": ("banger.cli.cmd_system", "system", "Install the root helper and daemon units."),
+    "mcp": ("banger.cli.cmd_mcp", "mcp", "Serve sandboxes to coding agents over MCP (stdio)."),
 }
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import IO
 
 from banger.cli.session import Session
-from banger.cli.workspace_options import DEFAULT_GUEST_PATH
-from banger.workspace import GuestShell
+from banger.model.workspace_modes import DEFAULT_GUEST_PATH
+from banger.workspace import GuestShell, ssh_shell
 from banger.workspace.archive import Kind, display
 from banger.workspace.plan import Plan, make_plan
 from banger.workspace.send import send_plan
@@ -55,11 +55,7 @@ def _untracked_note(plan: Plan) -> str:
 
 def guest_shell(session: Session, vm_name: str) -> GuestShell:
     """banger's ssh to the VM, non-interactive (no tty: the archive is binary)."""
-    from banger.cli.vm_common import ssh_command
-
-    argv = ssh_command(session, vm_name, ("true",))
-    assert argv[-2:] == ["--", "true"], argv
-    return GuestShell(("ssh", "-T", "-o", "BatchMode=yes", *argv[1:-2]))
+    return ssh_shell(session.client().vms.ssh_info(vm_name))
 
 
 def report(warnings: list[str], plan: Plan) -> None:

@@ -113,18 +113,25 @@ def ssh_command(
     session: Session, name: str, command: tuple[str, ...], *, cwd: str | None = None
 ) -> list[str]:
     info = session.client().vms.ssh_info(name)
-    if info.state != "running" or not info.ip:
+    host = info.host or info.ip
+    if info.state != "running" or not host:
         raise InvalidState(
             f"VM {name!r} is {info.state}, not running", hint=f"`banger vm start {name}`"
         )
-    argv = ssh_prefix(info.key, info.known_hosts, user=info.user)
+    argv = ssh_prefix(
+        info.key,
+        info.known_hosts,
+        user=info.user,
+        port=info.port,
+        host_key_alias=info.host_key_alias,
+    )
     interactive = not command and sys.stdin.isatty()
     argv += ["-t"] if interactive else []
     if command:
-        return [*argv, info.ip, "--", remote_command(command, cwd=cwd)]
+        return [*argv, host, "--", remote_command(command, cwd=cwd)]
     if cwd:
-        return [*argv, info.ip, "--", f'cd {shlex.quote(cwd)} && exec "${{SHELL:-/bin/sh}}" -l']
-    return [*argv, info.ip]
+        return [*argv, host, "--", f'cd {shlex.quote(cwd)} && exec "${{SHELL:-/bin/sh}}" -l']
+    return [*argv, host]
 
 
 def run_ssh(session: Session, name: str, argv: list[str]) -> int:

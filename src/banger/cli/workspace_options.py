@@ -1,5 +1,5 @@
 """What ``vm run PATH`` and ``vm workspace prepare`` declare when ``banger vm`` loads:
-the default guest path, ``vm run``'s workspace flags and its ``--`` split (the copy modes are
+``vm run``'s workspace flags and its ``--`` split (the copy modes are
 ``banger.model.workspace_modes``, which imports nothing).
 
 Owns: only what click needs to build those commands. Must not: import the workspace
@@ -14,7 +14,6 @@ from typing import Any, TypeVar
 
 import click
 
-DEFAULT_GUEST_PATH = "/root/repo"
 RUN_ARGV = "banger.run_argv"
 #: The keyword arguments ``run_workspace_options`` adds, besides ``dry_run``.
 WORKSPACE_KEYS = ("include_untracked", "branch", "from_ref")

@@ -10,8 +10,11 @@ rich or pydantic.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Iterator
-from typing import Any, Generic, TypeVar
+import contextlib
+import io
+import typing
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, BinaryIO, Generic, TypeVar
 from urllib.parse import quote, urlencode
 
 from banger.client.http import Client
@@ -23,6 +26,10 @@ from banger.model.api_types import (
     CreateVmRequest,
     DaemonStatus,
     DoctorResult,
+    ExecResult,
+    GuestFile,
+    GuestFileList,
+    GuestFileRemoved,
     HealthReply,
     ImageDeleted,
     ImageInfo,
@@ -36,6 +43,8 @@ from banger.model.api_types import (
     KillRequest,
     LogChunk,
     Ping,
+    PoolDrained,
+    PoolStatus,
     PortsReply,
     SetVmRequest,
     ShutdownReply,
@@ -49,6 +58,10 @@ from banger.model.api_types import (
     list_from_json,
     to_body,
 )
+from banger.model.guest_paths import READ_MAX_BYTES_DEFAULT
+
+if TYPE_CHECKING:
+    from banger.client.exec_session import ExecSession, Sink, Stdin
 
 T = TypeVar("T")
 
@@ -153,6 +166,122 @@ class Vms(_Section):
     def ports(self, name: str) -> PortsReply:
         return from_json(PortsReply, self._http.get(_vm(name, "/ports")))
 
+    def exec(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout_s: float | None = None,
+        stdin: Stdin = None,
+        on_stdout: Sink | None = None,
+        on_stderr: Sink | None = None,
+    ) -> ExecResult:
+        """Run ``argv`` (exact words, no shell) in VM ``name`` through its guest agent:
+        ``stdin`` fed then closed, output to the callbacks as it comes."""
+        from banger.client.exec_session import run_exec
+
+        session = self.exec_start(name, argv, cwd=cwd, env=env, timeout_s=timeout_s)
+        return run_exec(session, stdin=stdin, on_stdout=on_stdout, on_stderr=on_stderr)
+
+    def exec_start(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout_s: float | None = None,
+    ) -> ExecSession:
+        """Start ``argv`` in VM ``name``; the session streams stdin, signals and output."""
+        from banger.client.exec_session import start_session
+
+        return start_session(
+            self._http.upgrade, _vm(name, "/exec"), argv, cwd=cwd, env=env, timeout_s=timeout_s
+        )
+
+    # -- files in the guest (docs/explanation/guest-files.md) ---------------------------
+
+    def read_file(self, name: str, path: str, *, max_bytes: int | None = None) -> bytes:
+        """A regular guest file, whole; larger than ``max_bytes`` (default 1 GiB): 413."""
+        buffer = io.BytesIO()
+        self.read_file_to(name, path, buffer, max_bytes=max_bytes)
+        return buffer.getvalue()
+
+    def read_file_to(
+        self, name: str, path: str, dest: BinaryIO, *, max_bytes: int | None = None
+    ) -> int:
+        """Stream a regular guest file into ``dest``; the number of bytes written."""
+        query = _files_query(path, max_bytes=_max_bytes(max_bytes))
+        return self._download(_vm(name, "/files?" + query), dest)
+
+    def write_file(
+        self,
+        name: str,
+        path: str,
+        data: bytes | BinaryIO,
+        *,
+        mode: int = 0o644,
+        parents: bool = True,
+    ) -> None:
+        """Replace a guest file atomically with ``data`` (bytes, or a file object read
+        from its position to its end)."""
+        if not 0 <= mode <= 0o7777:
+            raise ValueError(f"mode {mode:o} is not a file mode")
+        query = _files_query(path, mode=f"{mode:o}", parents=_flag(parents))
+        self._http.upload("PUT", _vm(name, "/files?" + query), data, _size_of(data))
+
+    def list_files(self, name: str, path: str) -> builtins.list[GuestFile]:
+        """A guest directory's entries, sorted by name (at most 10,000: ``list_dir``
+        says whether it was cut)."""
+        return self.list_dir(name, path).files
+
+    def list_dir(self, name: str, path: str, *, limit: int | None = None) -> GuestFileList:
+        query = _files_query(path, limit=limit)
+        return from_json(GuestFileList, self._http.get(_vm(name, "/files/list?" + query)))
+
+    def stat_file(self, name: str, path: str) -> GuestFile:
+        """One guest path, not following a symlink; GuestPathNotFound when absent."""
+        return from_json(GuestFile, self._http.get(_vm(name, "/files/stat?" + _files_query(path))))
+
+    def remove_file(self, name: str, path: str, *, recursive: bool = False) -> None:
+        query = _files_query(path, recursive=_flag(recursive))
+        from_json(GuestFileRemoved, self._http.request("DELETE", _vm(name, "/files?" + query)))
+
+    def read_archive_to(
+        self, name: str, path: str, dest: BinaryIO, *, max_bytes: int | None = None
+    ) -> int:
+        """The tree under a guest directory, in the agent's archive format, into ``dest``
+        (``banger.guest.file_archive`` reads it)."""
+        query = _files_query(path, max_bytes=_max_bytes(max_bytes))
+        return self._download(_vm(name, "/files/archive?" + query), dest)
+
+    @contextlib.contextmanager
+    def read_archive(
+        self, name: str, path: str, *, max_bytes: int | None = None
+    ) -> Iterator[BinaryIO]:
+        """The archive as a file object to read (``banger.guest.file_archive.extract_archive``
+        reads it as it arrives)."""
+        query = _files_query(path, max_bytes=_max_bytes(max_bytes))
+        with self._http.download(_vm(name, "/files/archive?" + query)) as (_, pieces):
+            yield typing.cast(BinaryIO, io.BufferedReader(_PieceReader(pieces), 1 << 20))
+
+    def write_archive(
+        self, name: str, path: str, data: bytes | BinaryIO, *, parents: bool = True
+    ) -> None:
+        """Create an archive (``banger.guest.file_archive`` writes one) under a guest dir."""
+        query = _files_query(path, parents=_flag(parents))
+        self._http.upload("PUT", _vm(name, "/files/archive?" + query), data, _size_of(data))
+
+    def _download(self, target: str, dest: BinaryIO) -> int:
+        written = 0
+        with self._http.download(target) as (_, pieces):
+            for piece in pieces:
+                dest.write(piece)
+                written += len(piece)
+        return written
+
 
 class Images(_Section):
     def list(self) -> builtins.list[ImageInfo]:
@@ -214,8 +343,19 @@ class Daemon(_Section):
         return Progress(self._http.stream("GET", "/doctor"), DoctorResult)
 
 
+class Pool(_Section):
+    def status(self) -> PoolStatus:
+        return from_json(PoolStatus, self._http.get("/pool"))
+
+    def drain(self) -> PoolDrained:
+        return from_json(PoolDrained, self._http.post("/pool/drain"))
+
+    def fill(self) -> PoolStatus:
+        return from_json(PoolStatus, self._http.post("/pool/fill"))
+
+
 class BangerClient:
-    """The daemon's API by subject: ``vms``, ``images``, ``kernels`` and ``daemon``."""
+    """The daemon's API by subject: ``vms``, ``images``, ``kernels``, ``pool``, ``daemon``."""
 
     def __init__(self, http: Client) -> None:
         self.http = http
@@ -223,6 +363,53 @@ class BangerClient:
         self.images = Images(http)
         self.kernels = Kernels(http)
         self.daemon = Daemon(http)
+        self.pool = Pool(http)
+
+
+class _PieceReader(io.RawIOBase):
+    """The pieces of a download as a raw stream."""
+
+    def __init__(self, pieces: Iterator[bytes]) -> None:
+        self._pieces = pieces
+        self._rest = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if not self._rest:
+            self._rest = next(self._pieces, b"")
+        size = min(len(buffer), len(self._rest))
+        buffer[:size] = self._rest[:size]
+        self._rest = self._rest[size:]
+        return size
+
+
+def _files_query(path: str, **params: str | int | None) -> str:
+    query: dict[str, str | int] = {"path": path}
+    query.update({k: v for k, v in params.items() if v is not None})
+    return urlencode(query, quote_via=quote)
+
+
+def _flag(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def _max_bytes(value: int | None) -> int:
+    return READ_MAX_BYTES_DEFAULT if value is None else value
+
+
+def _size_of(data: bytes | BinaryIO) -> int:
+    """What is left of ``data``: its length, or a seekable file's size past its position."""
+    if isinstance(data, bytes):
+        return len(data)
+    try:
+        here = data.tell()
+        end = data.seek(0, io.SEEK_END)
+        data.seek(here)
+    except (OSError, ValueError) as exc:
+        raise ValueError("write_file takes bytes or a seekable file object") from exc
+    return end - here
 
 
 def _vm(name: str, suffix: str = "") -> str:

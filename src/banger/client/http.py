@@ -1,7 +1,9 @@
 """The daemon's HTTP/1.1 client over its Unix socket, stdlib only (CLI, SDK, MCP server).
 
 Owns: requests, reading replies (framed by Content-Length, chunked coding or the end of
-the connection), NDJSON stream reading, and rebuilding typed errors from replies.
+the connection), NDJSON stream reading, raw uploads and downloads (guest files),
+rebuilding typed errors from replies, and switching a connection to another protocol
+(``upgrade``: ``vm exec``).
 Must not: start or stop the daemon (``banger.client.launcher`` does) or print anything.
 
 Its own small HTTP/1.1 rather than ``http.client``: importing that pulls in ``email``
@@ -20,7 +22,7 @@ import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from banger.errors import (
     BadResponse,
@@ -30,7 +32,7 @@ from banger.errors import (
     Timeout,
     error_from_payload,
 )
-from banger.model.wire import API_PREFIX, JSON
+from banger.model.wire import API_PREFIX, JSON, OCTET_STREAM
 
 DEFAULT_TIMEOUT_S = 30.0
 #: A progress stream may go quiet between events, but the daemon sends a heartbeat at
@@ -55,6 +57,7 @@ _HEADER_LINE = re.compile(
 )
 _CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,15})[ \t]*(?:;[^\r\n]*)?\r\n")
 _READ_BYTES = 64 << 10
+_UPLOAD_PIECE = 1 << 20
 
 
 class _Closed(ConnectionError):
@@ -101,6 +104,56 @@ class Client:
                 if event.get("type") == "result":
                     return
 
+    def upload(self, method: str, path: str, body: bytes | BinaryIO, size: int) -> Any:
+        """Send ``size`` raw bytes (``application/octet-stream``) and read a JSON reply.
+
+        A file object is streamed in pieces; one that ends before ``size`` bytes is a
+        ValueError (the daemon would see a cut body and refuse it anyway).
+        """
+        head = _head(method, API_PREFIX + path, [f"Content-Type: {OCTET_STREAM}"], size)
+        idle_s = max(self.timeout_s, STREAM_IDLE_TIMEOUT_S)
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(self.timeout_s)
+                sock.connect(str(self.socket_path))
+                sock.settimeout(idle_s)
+                with sock.makefile("rb") as fp:
+                    # The daemon may refuse before it reads the body (a VM that is not
+                    # running): its reply is still there to read.
+                    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                        sock.sendall(head)
+                        _send_body(sock, body, size)
+                    reply = _Reply(fp)
+                    raw = reply.read(MAX_REPLY_BYTES)
+        except OSError as exc:
+            raise self._transport_error(exc) from exc
+        payload = _decode(raw)
+        if reply.status >= 400:
+            raise error_from_payload(payload, status=reply.status)
+        return payload
+
+    @contextlib.contextmanager
+    def download(self, path: str) -> Iterator[tuple[dict[str, str], Iterator[bytes]]]:
+        """A raw reply: its headers and its body in pieces. A body that ends early (the
+        daemon cut it: the transfer failed mid-way) is a BadResponse."""
+        idle_s = max(self.timeout_s, STREAM_IDLE_TIMEOUT_S)
+        with self._exchange("GET", path, None, idle_timeout_s=idle_s) as reply:
+            if reply.status >= 400:
+                raise error_from_payload(_decode(reply.read(MAX_REPLY_BYTES)), status=reply.status)
+
+            def pieces() -> Iterator[bytes]:
+                try:
+                    while data := reply._next():
+                        yield data
+                except _Closed as exc:
+                    raise BadResponse(
+                        "the transfer was cut short",
+                        details=str(exc),
+                        hint="`banger daemon logs` says why",
+                    ) from exc
+
+            yield reply.headers, pieces()
+
     @contextlib.contextmanager
     def _exchange(
         self, method: str, path: str, body: Any, *, idle_timeout_s: float | None = None
@@ -128,6 +181,43 @@ class Client:
         except OSError as exc:
             raise self._transport_error(exc) from exc
 
+    def upgrade(
+        self, path: str, body: Any, protocol: str
+    ) -> tuple[socket.socket, io.BufferedReader, dict[str, str]]:
+        """POST with ``Connection: Upgrade``; on ``101`` the connected socket, a buffered
+        reader of it (it may already hold bytes after the head) and the 101's headers.
+        Any other reply is raised as its typed error. The socket has no timeout left."""
+        data = json.dumps(body).encode()
+        request = _request_bytes("POST", API_PREFIX + path, data, upgrade=protocol)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout_s)
+            sock.connect(str(self.socket_path))
+            fp = sock.makefile("rb")
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                sock.sendall(request)
+            status, headers = _read_head(fp, switching=True)
+            if status != 101:
+                reply = _Reply(fp, status, headers)
+                payload = _decode(reply.read(MAX_REPLY_BYTES))
+                raise (
+                    error_from_payload(payload, status=status)
+                    if status >= 400
+                    else BadResponse(
+                        f"the daemon answered HTTP {status} instead of switching to {protocol}"
+                    )
+                )
+            if headers.get("upgrade", "").lower() != protocol.lower():
+                raise BadResponse(f"the daemon switched to {headers.get('upgrade')!r}")
+            sock.settimeout(None)
+            return sock, fp, headers
+        except OSError as exc:
+            sock.close()
+            raise self._transport_error(exc) from exc
+        except BaseException:
+            sock.close()
+            raise
+
     def _transport_error(self, exc: BaseException) -> BangerError:
         where = str(self.socket_path)
         if isinstance(exc, (FileNotFoundError, ConnectionRefusedError)):
@@ -142,7 +232,9 @@ class Client:
         return DaemonUnavailable(f"lost the connection to the daemon on {where}: {exc}")
 
 
-def _request_bytes(method: str, target: str, body: bytes | None) -> bytes:
+def _request_bytes(
+    method: str, target: str, body: bytes | None, *, upgrade: str | None = None
+) -> bytes:
     """One HTTP/1.1 request; ``target`` must already be percent-encoded."""
     if not _METHOD.fullmatch(method) or not _TARGET.fullmatch(target):
         raise ValueError(f"cannot send {method!r} {target!r}: not a method and an encoded path")
@@ -151,8 +243,11 @@ def _request_bytes(method: str, target: str, body: bytes | None) -> bytes:
         "Host: bangerd",
         "Accept-Encoding: identity",
         f"Accept: {JSON}",
-        "Connection: close",
     ]
+    if upgrade is None:
+        head.append("Connection: close")
+    else:
+        head += ["Connection: Upgrade", f"Upgrade: {upgrade}"]
     if body is not None:
         head += [f"Content-Type: {JSON}", f"Content-Length: {len(body)}"]
     elif method in _METHODS_WITH_BODY:
@@ -160,14 +255,44 @@ def _request_bytes(method: str, target: str, body: bytes | None) -> bytes:
     return "\r\n".join([*head, "", ""]).encode("ascii") + (body or b"")
 
 
+def _head(method: str, target: str, extra: list[str], size: int) -> bytes:
+    if not _METHOD.fullmatch(method) or not _TARGET.fullmatch(target):
+        raise ValueError(f"cannot send {method!r} {target!r}: not a method and an encoded path")
+    head = [f"{method} {target} HTTP/1.1", "Host: bangerd", "Accept-Encoding: identity"]
+    head += [f"Accept: {JSON}", "Connection: close", *extra, f"Content-Length: {size}"]
+    return "\r\n".join([*head, "", ""]).encode("ascii")
+
+
+def _send_body(sock: socket.socket, body: bytes | BinaryIO, size: int) -> None:
+    if isinstance(body, bytes):
+        if len(body) != size:
+            raise ValueError(f"the body has {len(body)} bytes, not {size}")
+        sock.sendall(body)
+        return
+    left = size
+    while left > 0:
+        piece = body.read(min(left, _UPLOAD_PIECE))
+        if not piece:
+            raise ValueError(f"the data ended {left} bytes before its size ({size})")
+        sock.sendall(piece)
+        left -= len(piece)
+
+
 class _Reply:
     """One reply read from a buffered stream: status and headers at once, then the body,
     whole (``read``) or line by line (``readline``)."""
 
-    def __init__(self, fp: io.BufferedReader) -> None:
+    def __init__(
+        self,
+        fp: io.BufferedReader,
+        status: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         self._fp = fp
         self._buf = bytearray()
-        self.status, self.headers = _read_head(fp)
+        if status is None or headers is None:
+            status, headers = _read_head(fp)
+        self.status, self.headers = status, headers
         self._left, self._chunked = _framing(self.status, self.headers)
         self._chunk_left = 0
         self._done = self._left == 0
@@ -241,7 +366,8 @@ class _Reply:
         return data
 
 
-def _read_head(fp: io.BufferedReader) -> tuple[int, dict[str, str]]:
+def _read_head(fp: io.BufferedReader, *, switching: bool = False) -> tuple[int, dict[str, str]]:
+    """Status and headers of the final reply (or of a 101 when ``switching``)."""
     budget = MAX_HEAD_BYTES
     while True:
         line = _read_line(fp, "status line", first=True)
@@ -251,7 +377,7 @@ def _read_head(fp: io.BufferedReader) -> tuple[int, dict[str, str]]:
         budget -= len(line)
         headers, budget = _read_fields(fp, budget)
         status = int(match[1])
-        if status >= 200:
+        if status >= 200 or (switching and status == 101):
             return status, headers
         # An interim 1xx reply: the final one follows (RFC 9110 §15.2).
 

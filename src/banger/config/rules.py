@@ -15,7 +15,7 @@ from ipaddress import IPv4Address, IPv4Network
 from pydantic import BeforeValidator
 
 from banger.errors import InvalidArgument
-from banger.model import units
+from banger.model import limits, units
 
 _IMAGE_NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}", re.ASCII)
 # IFNAMSIZ is 16 with the NUL; the kernel expands "%" in a name as an allocation pattern.
@@ -119,6 +119,20 @@ def cidr(value: object) -> str:
     if not any(network.subnet_of(private) for private in _RFC1918):
         raise fail("must be a private range (10/8, 172.16/12 or 192.168/16)", text)
     return str(network)
+
+
+def pool_size(value: object) -> int | str:
+    """``"auto"`` or a whole number of ready VMs (an env override arrives as text)."""
+    rule = f'must be "auto" or a whole number from 0 to {limits.POOL_SIZE_MAX}'
+    if value == "auto":
+        return "auto"
+    if isinstance(value, str) and re.fullmatch(r"[0-9]{1,3}", value, re.ASCII):
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise fail(rule, value)
+    if not 0 <= value <= limits.POOL_SIZE_MAX:
+        raise fail(rule, value)
+    return value
 
 
 def as_written(parse: Callable[..., int], **limits: int) -> BeforeValidator:

@@ -63,6 +63,17 @@ class VmmChoice(StrEnum):
     QEMU = "qemu"
 
 
+class PrivilegeModeChoice(StrEnum):
+    """``privilege_mode``: how a daemon that is not root gets its network (SPEC §9)."""
+
+    #: root when root; else the helper when it answers; else rootless.
+    AUTO = "auto"
+    #: Never rootless: without root or an answering helper, creating a VM fails (mode none).
+    HELPER = "helper"
+    #: Always user-mode networking, even as root or with a helper.
+    ROOTLESS = "rootless"
+
+
 class Source(StrEnum):
     """Where a resolved config value came from, for ``banger config show``."""
 
@@ -100,6 +111,14 @@ class VmDefaultsConfig(_Table):
         return None if self.disk_size is None else units.parse_size(self.disk_size)
 
 
+class PoolEntry(VmDefaultsConfig):
+    """One ``[[pool]]`` entry: ready VMs of one image, and their size (unset: the VM
+    defaults). Any entry replaces the ``pool_size`` rule for the default image."""
+
+    image: Annotated[str, _rule(rules.image_name)] | None = None
+    size: Annotated[StrictInt, Field(ge=0, le=limits.POOL_SIZE_MAX)] = 1
+
+
 class FileSyncEntry(_Table):
     """One ``[[file_sync]]`` entry: a host file or directory copied into the guest."""
 
@@ -119,6 +138,7 @@ class Config(_Table):
     firecracker_bin: UserPath | None = None
     qemu_bin: UserPath | None = None
     vmm: VmmChoice = VmmChoice.AUTO
+    privilege_mode: PrivilegeModeChoice = PrivilegeModeChoice.AUTO
     ssh_key_path: UserPath | None = None
     default_image_name: Annotated[str, _rule(rules.image_name)] = "debian-bookworm"
     auto_stop_stale_after: Annotated[str, rules.as_written(units.parse_duration)] = "0"
@@ -131,7 +151,10 @@ class Config(_Table):
     default_dns: Annotated[list[Annotated[str, _rule(rules.dns_server)]], Field(max_length=3)] = (
         Field(default_factory=lambda: ["1.1.1.1", "9.9.9.9"])
     )
+    #: Ready VMs of the default image: "auto" (banger.config.pool_policy) or a number.
+    pool_size: Annotated[int | str, _rule(rules.pool_size)] = "auto"
     vm_defaults: VmDefaultsConfig = Field(default_factory=VmDefaultsConfig)
+    pool: list[PoolEntry] = Field(default_factory=list)
     file_sync: list[FileSyncEntry] = Field(default_factory=list)
 
     _sources: Mapping[str, Source] = PrivateAttr(default_factory=dict)
@@ -152,6 +175,18 @@ class Config(_Table):
             )
         if address in (network.network_address, network.broadcast_address):
             raise rules.fail(f"must not be the network or broadcast address of {cidr}", value)
+        return value
+
+    @field_validator("pool")
+    @classmethod
+    def _one_entry_per_image(cls, value: list[PoolEntry], info: ValidationInfo) -> list[PoolEntry]:
+        default = info.data.get("default_image_name")
+        seen: set[str | None] = set()
+        for entry in value:
+            image = entry.image or default
+            if image in seen:
+                raise ValueError(f"image {image!r} has two [[pool]] entries; keep one")
+            seen.add(image)
         return value
 
     @property

@@ -18,12 +18,14 @@ import logging
 import os
 import resource
 import sys
+from collections.abc import Callable
 
 import uvicorn
 
 from banger.api.app import create_app
 from banger.api.transport import PeerCheckedH11Protocol, bind_unix_socket
 from banger.cli.render import format_error
+from banger.config.pool_policy import resolve_pools
 from banger.config.settings import load_config
 from banger.config.vm_defaults import HostFacts
 from banger.daemon.lock import DaemonLock
@@ -31,11 +33,13 @@ from banger.daemon.logs import setup_logging
 from banger.daemon.startup import SocketWatch, clear_stale_socket, state_evidence
 from banger.dns.server import DnsServer, dns_port_from_env, records_from_vms
 from banger.errors import BangerError, DaemonAlreadyRunning, UnsupportedHost
-from banger.host import buildinfo
+from banger.guest.exec_client import ExecConnection
+from banger.host import buildinfo, ramscratch
 from banger.host.paths import Layout, ensure_private_dir
 from banger.host.publish import cleanup_leftovers
+from banger.model.records import VmRecord
 from banger.model.wire import EXIT_ALREADY_RUNNING, READY_LINE, error_body
-from banger.net.privilege_mode import privileged_ops
+from banger.net.privilege_mode import ModeProbe, PrivilegeMode, privileged_ops
 from banger.net.privileged import PrivilegedOps
 from banger.services import readiness
 from banger.services.artifact_rows import find_orphans, reconcile_kernel_rows
@@ -47,9 +51,14 @@ from banger.services.image_pulls import ImagePullService
 from banger.services.images import ImageService
 from banger.services.kernel_pull import KernelPullService
 from banger.services.kernels import KernelService
+from banger.services.pool import PoolService
+from banger.services.pool_claim import GuestNamer
 from banger.services.readiness import PortProbe
 from banger.services.reconcile import reconcile
+from banger.services.vm_exec import ExecService
+from banger.services.vm_files import ExecLinks, VmFileService
 from banger.services.vm_monitor import VmMonitor
+from banger.services.vm_network import warm_up
 from banger.services.vmm_factory import HostVmms, VmmFactory
 from banger.services.vms import VmService
 from banger.state import repo
@@ -115,6 +124,7 @@ def run(*, ready_fd: int | None = None) -> None:
         db = Database.open(layout.db_path, evidence=state_evidence(layout))
         try:
             removed = cleanup_leftovers(layout.artifact_roots())
+            removed += ramscratch.sweep_dead()  # trees of image builds a crash interrupted
             clear_stale_socket(layout.socket_path)
             sock = bind_unix_socket(layout.socket_path)
             watch = SocketWatch(layout.socket_path)
@@ -168,12 +178,30 @@ def ensure_open_files_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
+class _SharedExecLinks(ExecLinks):
+    """File operations ride the exec service's connection to each VM: the guest's exec
+    channel (a virtio-serial port) takes one host connection at a time, so a second one
+    of their own could not open while `vm exec` holds it."""
+
+    def __init__(self, execs: ExecService) -> None:
+        self._execs = execs
+
+    async def connection(self, vm: VmRecord) -> ExecConnection:
+        return await self._execs.connection(vm.name)
+
+    async def close_all(self) -> None:
+        """Nothing of its own to close: the exec service closes its connections."""
+
+
 def compose(
     ctx: DaemonContext,
     *,
     ops: PrivilegedOps,
     vmms: VmmFactory,
+    mode: Callable[[], PrivilegeMode],
     guest_ports: PortProbe = readiness.port_open,
+    guest_namer: GuestNamer | None = None,
+    forwarded_ports: PortProbe = readiness.ssh_banner,
 ) -> DaemonServices:
     """Every service, built once, each given its collaborators (tests pass fakes here)."""
     images = ImageService(ctx)
@@ -181,15 +209,40 @@ def compose(
     kernel_pulls = KernelPullService(ctx, kernels)
     image_pulls = ImagePullService(ctx, images)
     catalog = CatalogService(ctx, images, kernel_pulls, image_pulls)
-    vms = VmService(ctx, ops=ops, vmms=vmms, catalog=catalog, guest_ports=guest_ports)
-    return DaemonServices(ctx, vms, images, image_pulls, kernels, kernel_pulls, catalog)
+    vms = VmService(
+        ctx,
+        ops=ops,
+        vmms=vmms,
+        catalog=catalog,
+        mode=mode,
+        guest_ports=guest_ports,
+        forwarded_ports=forwarded_ports,
+        guest_namer=guest_namer,
+    )
+    execs = ExecService(vms)
+    files = VmFileService(vms, links=_SharedExecLinks(execs))
+    pool = PoolService(vms, resolve_pools(ctx.config, ctx.host))
+    return DaemonServices(
+        ctx,
+        vms,
+        images,
+        image_pulls,
+        kernels,
+        kernel_pulls,
+        catalog,
+        pool,
+        execs=execs,
+        files=files,
+    )
 
 
 def compose_for_host(ctx: DaemonContext) -> DaemonServices:
     """The services with this host's collaborators: the privileged ops of this daemon's
-    privilege mode (root in-process, or banger-helper), the installed VMMs."""
+    privilege mode (root in-process, or banger-helper; rootless VMs need none), the
+    installed VMMs, and the mode probe each create asks."""
     ops = privileged_ops(ctx.runner, bridge_name=ctx.config.bridge_name)
-    return compose(ctx, ops=ops, vmms=HostVmms(ctx.config, ctx.runner, ctx.kvm_probe))
+    vmms = HostVmms(ctx.config, ctx.runner, ctx.kvm_probe)
+    return compose(ctx, ops=ops, vmms=vmms, mode=ModeProbe(ctx.config.privilege_mode))
 
 
 async def _serve(
@@ -216,8 +269,12 @@ async def _serve(
             )
         await services.vms.publish_dns()
         await start_kvm_probe(ctx)
+        vms = services.vms
+        warming = asyncio.create_task(warm_up(vms.network, vms.taps, vms.addresses.mode_now))
         monitor = VmMonitor(services.vms)
         monitor.start()
+        # After reconcile: living pool VMs were re-adopted, dead ones are pruned and refilled.
+        services.pool.start()
         watcher = asyncio.create_task(_watch(server, ctx, ready_fd, watch))
         try:
             await server.serve(sockets=[sock])  # type: ignore[list-item]
@@ -225,7 +282,12 @@ async def _serve(
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
+            await services.pool.stop()
             await monitor.stop()
+            await services.execs.aclose()
+            await services.files.links.close_all()
+            with contextlib.suppress(asyncio.CancelledError):
+                await warming  # no thread of it left mid-way
     finally:
         dns.close()
 

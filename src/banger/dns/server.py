@@ -64,8 +64,9 @@ def dns_port_from_env(env: Mapping[str, str] | None = None) -> int:
 
 
 def records_from_vms(vms: Iterable[VmRecord]) -> dict[str, str]:
-    """The DNS table for these rows: each running VM with an address."""
-    return {vm.name: vm.ip for vm in vms if vm.state is VmState.RUNNING and vm.ip}
+    """The DNS table for these rows: each running VM with an address (not the warm pool's:
+    a pool VM gets a record under the name it is claimed with)."""
+    return {vm.name: vm.ip for vm in vms if vm.state is VmState.RUNNING and vm.ip and not vm.pool}
 
 
 @dataclass

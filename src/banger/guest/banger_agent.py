@@ -33,15 +33,19 @@ runs it in its own session and streams stdout and stderr under per-channel credi
 stdin under its own window, forwards signals to the process group, and reports the exit.
 A host's HELLO ends the commands of the host before it (the serial stream cannot tell).
 
+File operations (docs/explanation/guest-files.md): ``--file OP ARG…`` runs one operation
+(read, write, list, stat, remove, pack, unpack) as its own process; the host starts it
+through the exec channel and streams the data as the command's stdin and stdout.
+
 Owns: the wire protocols on the guest side, reading ``/proc/uptime``,
-``/proc/net/{tcp,tcp6,udp,udp6}`` and ``/proc/<pid>/{fd,comm,cmdline}``, and running the
-commands the exec channel's host asks for.
+``/proc/net/{tcp,tcp6,udp,udp6}`` and ``/proc/<pid>/{fd,comm,cmdline}``, running the
+commands the exec channel's host asks for, and the file operations of ``--file``.
 Must not: read or write any path an HTTP request names, run anything but what the exec
 channel's host asks for, or need a network.
 """
 
 # os.* rather than pathlib on /proc: this runs under TCG emulation, every call counts.
-# ruff: noqa: PTH110, PTH112, PTH115, PTH123, PTH208
+# ruff: noqa: PTH103, PTH110, PTH112, PTH115, PTH116, PTH123, PTH208
 
 from __future__ import annotations
 
@@ -55,6 +59,7 @@ import re
 import select
 import signal
 import socket
+import stat
 import struct
 import sys
 import threading
@@ -1403,6 +1408,494 @@ def serve_exec_connection(conn: socket.socket, slots: threading.BoundedSemaphore
         slots.release()
 
 
+# -- file operations (docs/explanation/guest-files.md) -------------------------------------
+#
+# Run as ``python3 -I -S banger-agent --file OP ARG…`` through the exec channel: the
+# command's stdout carries the data, its stdin what is written, its exit code the outcome
+# and its stderr (one line) the reason. Each operation is a short-lived process, so it
+# shares nothing with the agent's serving threads and a host that goes away kills it.
+
+FILE_EXIT = {
+    "ok": 0,
+    "other": 1,
+    "bad-request": 2,
+    "not-found": 3,
+    "is-a-directory": 4,
+    "not-a-directory": 5,
+    "symlink": 6,
+    "permission": 7,
+    "not-empty": 8,
+    "size-mismatch": 9,
+    "not-regular": 10,
+    "exists": 11,
+}
+FILE_MAX_PATH = 4096
+FILE_MAX_NAME = 255
+FILE_CHUNK = 64 * 1024
+#: The archive of a directory tree: a record per entry, then ``FA_END``.
+#: ``[type u8][mode u32][size u64][mtime_ns i64][name_len u16][link_len u16]`` name link data
+FA_HEADER = struct.Struct(">BIQqHH")
+FA_END, FA_DIR, FA_FILE, FA_SYMLINK = 0, 1, 2, 3
+FA_MAX_DEPTH = 64
+_FILE_ERRNO = {
+    errno.ENOENT: "not-found",
+    errno.EISDIR: "is-a-directory",
+    errno.ENOTDIR: "not-a-directory",
+    errno.ELOOP: "symlink",
+    errno.EACCES: "permission",
+    errno.EPERM: "permission",
+    errno.EROFS: "permission",
+    errno.ENOTEMPTY: "not-empty",
+    errno.EEXIST: "exists",
+}
+
+
+class FileOpError(Exception):
+    def __init__(self, outcome: str, message: str) -> None:
+        super().__init__(message)
+        self.outcome = outcome
+        self.message = message
+
+
+def check_guest_path(path: str) -> str:
+    """An absolute, normalised path: no empty, ``.`` or ``..`` component, no NUL."""
+    if not path.startswith("/") or "\0" in path or len(path.encode()) > FILE_MAX_PATH:
+        raise FileOpError("bad-request", "the path must be absolute: " + path[:200])
+    if path == "/":
+        return path
+    parts = path[1:].split("/")
+    for part in parts:
+        if part in ("", ".", "..") or len(part.encode()) > FILE_MAX_NAME:
+            raise FileOpError("bad-request", "the path is not normalised: " + path[:200])
+    return path
+
+
+def check_relative_name(name: bytes) -> bytes:
+    """An archive member's name: relative, no empty, ``.`` or ``..`` component."""
+    if not name or name.startswith(b"/") or b"\0" in name or len(name) > FILE_MAX_PATH:
+        raise FileOpError("bad-request", "bad name in the archive: " + repr(name[:200]))
+    for part in name.split(b"/"):
+        if part in (b"", b".", b"..") or len(part) > FILE_MAX_NAME:
+            raise FileOpError("bad-request", "bad name in the archive: " + repr(name[:200]))
+    return name
+
+
+def _split(path: str) -> tuple[str, str]:
+    parent, _, name = path.rpartition("/")
+    return parent or "/", name
+
+
+def _os_error(exc: OSError, path: str) -> FileOpError:
+    outcome = _FILE_ERRNO.get(exc.errno or 0, "other")
+    return FileOpError(outcome, (exc.strerror or str(exc)) + ": " + path[:200])
+
+
+def _kind_of(mode: int) -> str:
+    if stat.S_ISREG(mode):
+        return "f"
+    if stat.S_ISDIR(mode):
+        return "d"
+    if stat.S_ISLNK(mode):
+        return "l"
+    return "o"
+
+
+def _stat_record(st: os.stat_result, name: bytes) -> bytes:
+    """``kind size mode mtime name`` then NUL: a name holds anything but NUL and '/'."""
+    secs, nanos = divmod(st.st_mtime_ns, 10**9)
+    mtime = f"{secs}.{nanos:09d}"
+    head = f"{_kind_of(st.st_mode)} {st.st_size} {stat.S_IMODE(st.st_mode):o} {mtime} "
+    return head.encode() + name + b"\0"
+
+
+def _write_out(data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(1, view) :]
+
+
+def file_read(path: str, offset: int, limit: int) -> None:
+    """A regular file (symlinks followed: reading changes nothing): a ``stat`` record,
+    then at most ``limit`` bytes from ``offset``."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as exc:
+        raise _os_error(exc, path) from exc
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise FileOpError("is-a-directory", "is a directory: " + path[:200])
+        if not stat.S_ISREG(st.st_mode):
+            raise FileOpError("not-regular", "not a regular file: " + path[:200])
+        _write_out(_stat_record(st, os.fsencode(_split(path)[1])))
+        left = limit
+        while left > 0:
+            data = os.pread(fd, min(FILE_CHUNK, left), offset)
+            if not data:
+                break
+            _write_out(data)
+            offset += len(data)
+            left -= len(data)
+    finally:
+        os.close(fd)
+
+
+def _open_parent(path: str, *, parents: bool) -> tuple[int, str]:
+    parent, name = _split(path)
+    if not name:
+        raise FileOpError("is-a-directory", "is a directory: /")
+    if parents:
+        try:
+            os.makedirs(parent, mode=0o755, exist_ok=True)
+        except OSError as exc:
+            raise _os_error(exc, parent) from exc
+    try:
+        return os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), name
+    except OSError as exc:
+        raise _os_error(exc, parent) from exc
+
+
+def _refuse_existing(dir_fd: int, name: str, path: str) -> None:
+    """The final component may be absent or a non-directory; a symlink is never followed."""
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(st.st_mode):
+        raise FileOpError("symlink", "refusing to write through a symlink: " + path[:200])
+    if stat.S_ISDIR(st.st_mode):
+        raise FileOpError("is-a-directory", "is a directory: " + path[:200])
+
+
+def _copy_stdin(fd: int, size: int) -> None:
+    """Exactly ``size`` bytes of stdin into ``fd``; fewer or more is refused."""
+    left = size
+    while True:
+        data = os.read(0, FILE_CHUNK)
+        if not data:
+            break
+        if len(data) > left:
+            raise FileOpError("size-mismatch", f"more data than announced ({size} bytes)")
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        left -= len(data)
+    if left:
+        raise FileOpError("size-mismatch", f"the data ended {left} bytes short")
+
+
+def file_write(path: str, mode: int, *, parents: bool, size: int) -> None:
+    """Replace ``path`` atomically: a temporary file in the same directory, renamed over
+    it once all ``size`` bytes arrived (a cut or killed copy leaves the old file)."""
+    dir_fd, name = _open_parent(path, parents=parents)
+    try:
+        _refuse_existing(dir_fd, name, path)
+        temp = f".{name[:200]}.banger-{os.urandom(6).hex()}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(temp, flags, 0o600, dir_fd=dir_fd)
+        except OSError as exc:
+            raise _os_error(exc, path) from exc
+        try:
+            try:
+                _copy_stdin(fd, size)
+                os.fchmod(fd, mode)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            _refuse_existing(dir_fd, name, path)
+            os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temp, dir_fd=dir_fd)
+            raise
+    except OSError as exc:
+        raise _os_error(exc, path) from exc
+    finally:
+        os.close(dir_fd)
+
+
+def file_list(path: str, limit: int) -> None:
+    """A ``stat`` record (lstat: links are not followed) per entry, at most ``limit``."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise _os_error(exc, path) from exc
+    try:
+        out = bytearray()
+        with os.scandir(fd) as entries:
+            for count, entry in enumerate(entries):
+                if count >= limit:
+                    break
+                try:
+                    st = os.stat(entry.name, dir_fd=fd, follow_symlinks=False)
+                except OSError:
+                    continue  # gone meanwhile
+                out += _stat_record(st, os.fsencode(entry.name))
+                if len(out) >= FILE_CHUNK:
+                    _write_out(bytes(out))
+                    out.clear()
+        _write_out(bytes(out))
+    finally:
+        os.close(fd)
+
+
+def file_stat(path: str) -> None:
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except OSError as exc:
+        raise _os_error(exc, path) from exc
+    _write_out(_stat_record(st, os.fsencode(_split(path)[1] or "/")))
+
+
+def _remove_tree(dir_fd: int, depth: int) -> None:
+    """Empty the directory open as ``dir_fd``, never leaving it through a symlink."""
+    if depth > FA_MAX_DEPTH * 4:
+        raise FileOpError("other", "the tree is too deep")
+    with os.scandir(dir_fd) as entries:
+        names = [entry.name for entry in entries]
+    for name in names:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        if stat.S_ISDIR(st.st_mode):
+            flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+            sub = os.open(name, flags, dir_fd=dir_fd)
+            try:
+                _remove_tree(sub, depth + 1)
+            finally:
+                os.close(sub)
+            os.rmdir(name, dir_fd=dir_fd)
+        else:
+            os.unlink(name, dir_fd=dir_fd)
+
+
+def file_remove(path: str, *, recursive: bool) -> None:
+    """A file, a symlink (the link itself, never its target) or a directory (empty, or
+    its whole tree when ``recursive``)."""
+    if path == "/":
+        raise FileOpError("bad-request", "refusing to remove /")
+    dir_fd, name = _open_parent(path, parents=False)
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        if not stat.S_ISDIR(st.st_mode):
+            os.unlink(name, dir_fd=dir_fd)
+            return
+        if recursive:
+            flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+            sub = os.open(name, flags, dir_fd=dir_fd)
+            try:
+                _remove_tree(sub, 0)
+            finally:
+                os.close(sub)
+        os.rmdir(name, dir_fd=dir_fd)
+    except OSError as exc:
+        raise _os_error(exc, path) from exc
+    finally:
+        os.close(dir_fd)
+
+
+def fa_record(
+    kind: int, name: bytes, *, mode: int = 0, size: int = 0, mtime_ns: int = 0, link: bytes = b""
+) -> bytes:
+    return FA_HEADER.pack(kind, mode, size, mtime_ns, len(name), len(link)) + name + link
+
+
+def _pack_file(dir_fd: int, name: str, rel: bytes, st: os.stat_result) -> None:
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    fd = os.open(name, flags, dir_fd=dir_fd)
+    try:
+        size = st.st_size
+        mode = stat.S_IMODE(st.st_mode)
+        _write_out(fa_record(FA_FILE, rel, mode=mode, size=size, mtime_ns=st.st_mtime_ns))
+        left = size
+        while left > 0:  # exactly the announced size: a file that shrank is padded
+            data = os.read(fd, min(FILE_CHUNK, left)) or bytes(min(FILE_CHUNK, left))
+            _write_out(data)
+            left -= len(data)
+    finally:
+        os.close(fd)
+
+
+def _pack_dir(dir_fd: int, prefix: bytes, depth: int) -> None:
+    if depth > FA_MAX_DEPTH:
+        raise FileOpError("other", f"the tree is deeper than {FA_MAX_DEPTH} levels")
+    with os.scandir(dir_fd) as entries:
+        names = sorted(entry.name for entry in entries)
+    for name in names:
+        rel = prefix + os.fsencode(name)
+        try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            if stat.S_ISREG(st.st_mode):
+                _pack_file(dir_fd, name, rel, st)
+            elif stat.S_ISLNK(st.st_mode):
+                link = os.fsencode(os.readlink(name, dir_fd=dir_fd))
+                _write_out(
+                    fa_record(FA_SYMLINK, rel, mode=0o777, mtime_ns=st.st_mtime_ns, link=link)
+                )
+            elif stat.S_ISDIR(st.st_mode):
+                flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+                sub = os.open(name, flags, dir_fd=dir_fd)
+                try:
+                    mode = stat.S_IMODE(st.st_mode)
+                    _write_out(fa_record(FA_DIR, rel, mode=mode, mtime_ns=st.st_mtime_ns))
+                    _pack_dir(sub, rel + b"/", depth + 1)
+                finally:
+                    os.close(sub)
+            # devices, fifos and sockets are not copied
+        except FileNotFoundError:
+            continue  # gone meanwhile
+
+
+def file_pack(path: str) -> None:
+    """The tree under the directory ``path`` as an archive on stdout (links not followed)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise _os_error(exc, path) from exc
+    try:
+        _pack_dir(fd, b"", 0)
+        _write_out(fa_record(FA_END, b""))
+    finally:
+        os.close(fd)
+
+
+def _read_exact(size: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < size:
+        data = os.read(0, min(FILE_CHUNK, size - len(buf)))
+        if not data:
+            raise FileOpError("size-mismatch", "the archive ends early")
+        buf += data
+    return bytes(buf)
+
+
+def _walk_to_parent(root_fd: int, name: bytes) -> tuple[int, bytes]:
+    """Open the parent of ``name`` under ``root_fd``, one component at a time, never
+    through a symlink (an earlier member may have planted one)."""
+    parts = name.split(b"/")
+    fd = os.dup(root_fd)
+    try:
+        for part in parts[:-1]:
+            flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+            new = os.open(part, flags, dir_fd=fd)
+            os.close(fd)
+            fd = new
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, parts[-1]
+
+
+def _unpack_member(root_fd: int, head: tuple[int, int, int], name: bytes, link: bytes) -> None:
+    kind, mode, size = head
+    fd, leaf = _walk_to_parent(root_fd, name)
+    try:
+        try:
+            st = os.stat(leaf, dir_fd=fd, follow_symlinks=False)
+        except FileNotFoundError:
+            st = None
+        if kind == FA_DIR:
+            if st is None:
+                os.mkdir(leaf, 0o700, dir_fd=fd)
+            elif not stat.S_ISDIR(st.st_mode):
+                raise FileOpError("not-a-directory", "not a directory: " + os.fsdecode(name))
+            os.chmod(leaf, mode, dir_fd=fd, follow_symlinks=False)
+            return
+        if st is not None:
+            if stat.S_ISDIR(st.st_mode):
+                raise FileOpError("is-a-directory", "is a directory: " + os.fsdecode(name))
+            os.unlink(leaf, dir_fd=fd)
+        if kind == FA_SYMLINK:
+            os.symlink(link, leaf, dir_fd=fd)
+            return
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        out = os.open(leaf, flags, 0o600, dir_fd=fd)
+        try:
+            left = size
+            while left > 0:
+                data = os.read(0, min(FILE_CHUNK, left))
+                if not data:
+                    raise FileOpError("size-mismatch", "the archive ends inside a file")
+                _write_out_fd(out, data)
+                left -= len(data)
+            os.fchmod(out, mode)
+        finally:
+            os.close(out)
+    finally:
+        os.close(fd)
+
+
+def _write_out_fd(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def file_unpack(path: str, *, parents: bool) -> None:
+    """Create the archive on stdin under the directory ``path`` (made if missing)."""
+    if parents:
+        try:
+            os.makedirs(path, mode=0o755, exist_ok=True)
+        except OSError as exc:
+            raise _os_error(exc, path) from exc
+    try:
+        root = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise _os_error(exc, path) from exc
+    try:
+        while True:
+            kind, mode, size, _, name_len, link_len = FA_HEADER.unpack(_read_exact(FA_HEADER.size))
+            if kind == FA_END:
+                return
+            if kind not in (FA_DIR, FA_FILE, FA_SYMLINK) or mode > 0o7777:
+                raise FileOpError("bad-request", f"bad archive record (type {kind})")
+            name = check_relative_name(_read_exact(name_len))
+            link = _read_exact(link_len)
+            try:
+                _unpack_member(root, (kind, mode, size), name, link)
+            except OSError as exc:
+                raise _os_error(exc, os.fsdecode(name)) from exc
+    finally:
+        os.close(root)
+
+
+def _file_op(op: str, args: list[str]) -> None:
+    if op == "read" and len(args) == 3:
+        file_read(check_guest_path(args[0]), int(args[1]), int(args[2]))
+    elif op == "write" and len(args) == 4:
+        path, mode, parents, size = check_guest_path(args[0]), int(args[1], 8), args[2], args[3]
+        file_write(path, mode & 0o7777, parents=parents == "1", size=int(size))
+    elif op == "list" and len(args) == 2:
+        file_list(check_guest_path(args[0]), int(args[1]))
+    elif op == "stat" and len(args) == 1:
+        file_stat(check_guest_path(args[0]))
+    elif op == "remove" and len(args) == 2:
+        file_remove(check_guest_path(args[0]), recursive=args[1] == "1")
+    elif op == "pack" and len(args) == 1:
+        file_pack(check_guest_path(args[0]))
+    elif op == "unpack" and len(args) == 2:
+        file_unpack(check_guest_path(args[0]), parents=args[1] == "1")
+    else:
+        raise FileOpError("bad-request", "unknown file operation: " + op[:40])
+
+
+def file_main(argv: list[str]) -> int:
+    """``--file OP ARG…``: one operation; its outcome is the exit code (``FILE_EXIT``)."""
+    try:
+        if not argv:
+            raise FileOpError("bad-request", "no file operation")
+        _file_op(argv[0], argv[1:])
+    except FileOpError as exc:
+        os.write(2, exc.message.encode("utf-8", "replace")[:1000] + b"\n")
+        return FILE_EXIT[exc.outcome]
+    except ValueError as exc:
+        os.write(2, f"bad request: {exc}\n".encode("utf-8", "replace")[:1000])
+        return FILE_EXIT["bad-request"]
+    except OSError as exc:
+        os.write(2, f"{exc}\n".encode("utf-8", "replace")[:1000])
+        return FILE_EXIT[_FILE_ERRNO.get(exc.errno or 0, "other")]
+    return 0
+
+
 # -- main -----------------------------------------------------------------------------------
 
 
@@ -1450,6 +1943,9 @@ def exec_jobs(
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--file"]:
+        return file_main(argv[1:])
     args = parse_args(argv)
     # A test transport means "only what I asked for": never grab the host's vsock port.
     test_args = [args.listen_unix, args.connect_unix, args.stream_fd]

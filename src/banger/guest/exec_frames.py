@@ -30,6 +30,11 @@ MAX_CHANNELS = 64
 MAX_ARGS = 4096
 MAX_ENV = 1024
 MAX_MESSAGE = 1024
+#: ``vm exec``'s link between the daemon and a client (after HTTP 101) reuses these
+#: frames and credits on this one channel: STDIN, STDIN_EOF, SIGNAL and CREDIT from the
+#: client; STDOUT, STDERR, STDIN_CREDIT and EXIT from the daemon, and FAILED carrying a
+#: banger error as JSON (``{"error": {...}}``) instead of a reason byte.
+LINK_CHANNEL = 1
 #: Signals the host may forward to a command's process group.
 SIGNALS = frozenset({1, 2, 3, 9, 15})  # HUP INT QUIT KILL TERM
 

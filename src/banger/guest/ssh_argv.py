@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+DEFAULT_PORT = 22
+
 
 def ssh_prefix(
     key: Path | str,
@@ -18,10 +20,15 @@ def ssh_prefix(
     user: str = "root",
     batch: bool = False,
     connect_timeout_s: int | None = None,
+    port: int | None = None,
+    host_key_alias: str | None = None,
 ) -> list[str]:
     """``ssh`` and its options up to the login user; the caller appends the host (and
-    ``--`` and a command)."""
+    ``--`` and a command). ``port`` and ``host_key_alias`` are for a guest reached through
+    a forwarded port (rootless VMs): its key is filed under the alias, not the port."""
     argv = ["ssh", "-i", str(key)]
+    argv += ["-p", str(port)] if port is not None and port != DEFAULT_PORT else []
+    argv += ["-o", f"HostKeyAlias={host_key_alias}"] if host_key_alias else []
     argv += ["-o", "BatchMode=yes"] if batch else []
     argv += [
         "-o",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import socket
 import struct
 import threading
@@ -23,6 +24,7 @@ from banger.errors import BangerError, InUse, PermissionDenied
 from banger.helper.verbs import Verbs
 from banger.net.helper_wire import (
     MAX_REQUEST_BYTES,
+    PassFd,
     decode_object,
     encode_frame,
     error_reply,
@@ -83,7 +85,15 @@ class HelperServer:
 
     def _serve_one(self, conn: socket.socket) -> None:
         try:
-            self._reply_and_close(conn, self._answer(conn))
+            reply = self._answer(conn)
+            passed = reply.get("result")
+            if isinstance(passed, PassFd):
+                try:
+                    self._reply_and_close(conn, ok_reply(None), fd=passed.fd)
+                finally:
+                    os.close(passed.fd)
+            else:
+                self._reply_and_close(conn, reply)
         except Exception:  # nothing may end the helper; the log says what happened
             log.exception("connection handling failed")
             conn.close()
@@ -125,11 +135,17 @@ class HelperServer:
         log.info("uid %d %s: ok", uid, verb)
         return ok_reply(result)
 
-    def _reply_and_close(self, conn: socket.socket, reply: dict[str, object]) -> None:
+    def _reply_and_close(
+        self, conn: socket.socket, reply: dict[str, object], *, fd: int = -1
+    ) -> None:
         with conn:
             try:
                 conn.settimeout(WRITE_TIMEOUT_S)
-                conn.sendall(encode_frame(reply))
+                frame = encode_frame(reply)
+                if fd != -1:  # the descriptor rides on the frame's first bytes
+                    sent = socket.send_fds(conn, [frame], [fd])
+                    frame = frame[sent:]
+                conn.sendall(frame)
                 # Half-close, so a caller still writing gets our reply rather than a reset.
                 conn.shutdown(socket.SHUT_WR)
             except OSError as exc:

@@ -26,7 +26,7 @@ from banger.model.addressing import (
     validate_tap_name,
     validate_uid,
 )
-from banger.net.helper_wire import PROTOCOL_VERSION, Verb
+from banger.net.helper_wire import PROTOCOL_VERSION, PassFd, Verb
 from banger.net.privileged import PrivilegedOps
 
 #: The DNS server is the unprivileged daemon's: it can only listen on these ports.
@@ -54,6 +54,7 @@ class Verbs:
             Verb.NAT_OFF: self._nat_off,
             Verb.IP_FORWARD: self._ip_forward,
             Verb.ROUTE_VM_DOMAIN: self._route_vm_domain,
+            Verb.OPEN_TAP: self._open_tap,
         }
 
     def run(self, uid: int, verb: Verb, args: dict[str, Any]) -> object:
@@ -104,6 +105,14 @@ class Verbs:
         raw = args["owner_uid"]
         owner = None if raw is None else self._own_uid(uid, raw)
         return self._ops.list_taps(owner_uid=owner)
+
+    def _open_tap(self, uid: int, args: dict[str, Any]) -> object:
+        name = validate_tap_name(_text(args, "name"))
+        # Only the caller's own TAP: another owner's (or root's) would hand it their VM's
+        # traffic. The in-process check below repeats this with the same uid.
+        if name in self._ops.list_taps() and name not in self._ops.list_taps(owner_uid=uid):
+            raise PermissionDenied(f"TAP {name} does not belong to uid {uid}")
+        return PassFd(self._ops.open_tap(name, owner_uid=uid))
 
     def _nat_on(self, _: int, args: dict[str, Any]) -> object:
         bridge = self._bridge(args["bridge"])

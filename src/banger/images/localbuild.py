@@ -6,7 +6,11 @@ entries of a Debian suite from them, so that no mirror host name is ever written
 banger; building a Debian root filesystem as a **tar** with ``mmdebstrap`` (or, as root,
 ``debootstrap`` plus ``tar``); and fetching a kernel package with apt into a private apt
 state (its own lists under banger's cache, the host's apt configuration otherwise), then
-unpacking it with ``dpkg-deb -x`` into a directory the kernel import reads.
+unpacking it with ``dpkg-deb -x`` into a directory the kernel import reads. As a normal
+user, mmdebstrap runs in its unshare mode, whose needs (``newuidmap``/``newgidmap``, a
+range of 65536 ids for the user in ``/etc/subuid`` and ``/etc/subgid``, user namespaces
+the kernel lets an ordinary user create) are checked first (``unshare_lacks``), so the
+build says what the host lacks instead of failing minutes in.
 Must not: install anything on the host (no ``apt-get install``, nothing in ``/boot``),
 run ``apt-get update`` on the host's own lists, or touch the state database. Blocking:
 call from a worker thread.
@@ -19,7 +23,7 @@ import pwd
 import re
 import shlex
 import shutil
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +33,9 @@ from banger.host.runner import Runner
 
 APT_ETC = Path("/etc/apt")
 OS_RELEASE = Path("/etc/os-release")
+ETC = Path("/etc")
+#: What mmdebstrap's unshare mode maps: the user's own id plus this many subordinate ids.
+SUBID_RANGE = 65536
 BUILD_TIMEOUT_S = 1800.0
 APT_TIMEOUT_S = 600.0
 #: Reset what mmdebstrap copies from the host, and drop host keys every VM would share
@@ -205,7 +212,8 @@ def build_rootfs_tar(
     source_file = work_dir / "sources.list"
     source_file.write_text("\n".join(sources) + "\n")
     if shutil.which("mmdebstrap"):
-        _mmdebstrap(recipe, source_file, out, runner, marker=work_dir / ESSENTIAL_DONE)
+        mode = None if os.geteuid() == 0 else require_unshare_mode(runner)
+        _mmdebstrap(recipe, source_file, out, runner, marker=work_dir / ESSENTIAL_DONE, mode=mode)
         return "mmdebstrap"
     if shutil.which("debootstrap") and os.geteuid() == 0:
         _debootstrap(recipe, sources, out, runner, work_dir)
@@ -216,13 +224,87 @@ def build_rootfs_tar(
     )
 
 
+def check_user_build(runner: Runner) -> None:
+    """Before any download: a normal user's build would fail for want of what this names."""
+    if os.geteuid() != 0 and shutil.which("mmdebstrap"):
+        require_unshare_mode(runner)
+
+
+def require_unshare_mode(runner: Runner) -> str:
+    """``"unshare"`` if this user can build with it; else ``UnsupportedHost`` naming what
+    is missing and how to add it."""
+    user = pwd.getpwuid(os.geteuid())
+    lacks = unshare_lacks(user.pw_name, user.pw_uid, runner=runner)
+    if not lacks:
+        return "unshare"
+    raise UnsupportedHost(
+        "building the Debian image as a normal user needs mmdebstrap's unshare mode, "
+        "and this host lacks " + "; ".join(lacks),
+        hint=(
+            "as root: `apt-get install uidmap` (newuidmap, newgidmap) and `usermod "
+            f"--add-subuids 100000-165535 --add-subgids 100000-165535 {user.pw_name}` "
+            "(a range no other user has); or run the daemon as root once to build it. "
+            "A daemon of `banger system install` (NoNewPrivileges, RestrictNamespaces) "
+            "cannot use this mode: pull an image there instead"
+        ),
+    )
+
+
+def unshare_lacks(
+    user: str,
+    uid: int,
+    *,
+    runner: Runner,
+    etc: Path = ETC,
+    which: Callable[[str], str | None] = shutil.which,
+) -> list[str]:
+    """What mmdebstrap's unshare mode needs and this host does not give ``user``."""
+    lacks = [f"{tool} (package uidmap)" for tool in ("newuidmap", "newgidmap") if not which(tool)]
+    for name in ("subuid", "subgid"):
+        if not _has_subid_range(etc / name, user, uid):
+            lacks.append(f"a range of {SUBID_RANGE} ids for {user} in {etc / name}")
+    try:
+        runner.run(["unshare", "--user", "--map-root-user", "true"], timeout_s=30)
+    except CommandFailed as exc:
+        said = (exc.details or exc.brief).strip().splitlines()
+        lacks.append(
+            "user namespaces for ordinary users (unshare --user: "
+            f"{said[-1] if said else 'refused'}; see kernel.unprivileged_userns_clone, "
+            "user.max_user_namespaces, kernel.apparmor_restrict_unprivileged_userns)"
+        )
+    return lacks
+
+
+def _has_subid_range(path: Path, user: str, uid: int) -> bool:
+    """``user:start:count`` (or ``uid:start:count``) with count >= SUBID_RANGE."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return False
+    for line in text.splitlines():
+        fields = line.strip().split(":")
+        if len(fields) != 3 or fields[0] not in (user, str(uid)):
+            continue
+        if fields[1].isdigit() and fields[2].isdigit() and int(fields[2]) >= SUBID_RANGE:
+            return True
+    return False
+
+
 def _mmdebstrap(
-    recipe: DebianRecipe, source_file: Path, out: Path, runner: Runner, *, marker: Path
+    recipe: DebianRecipe,
+    source_file: Path,
+    out: Path,
+    runner: Runner,
+    *,
+    marker: Path,
+    mode: str | None = None,
 ) -> None:
     argv: list[str | Path] = [
         "mmdebstrap", "--quiet", f"--variant={recipe.variant}", f"--architectures={recipe.arch}",
         "--format=tar", "--aptopt=Acquire::Languages \"none\";",
     ]  # fmt: skip
+    if mode is not None:
+        argv.append(f"--mode={mode}")
     if recipe.include:
         argv.append(f"--include={','.join(recipe.include)}")
     # Only a progress marker: its failure must not fail the build.
@@ -234,8 +316,8 @@ def _mmdebstrap(
     except CommandFailed as exc:
         if os.geteuid() != 0:
             exc.hint = (
-                "as a normal user mmdebstrap needs user namespaces and a range in "
-                "/etc/subuid and /etc/subgid (its unshare mode), or fakechroot installed"
+                "mmdebstrap's unshare mode failed although its needs were checked; its "
+                "output is in `banger daemon logs`"
             )
         raise
 

@@ -12,13 +12,15 @@ or run on the event loop: every function here blocks and is run in a thread.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from banger.errors import BadResponse, StateError
+from banger.errors import BadResponse, NoSpace, StateError
+from banger.host import ramscratch
 from banger.host.publish import remove_tree
 from banger.host.runner import Runner
 from banger.model.records import ImageRecord, utc_now
@@ -186,13 +188,49 @@ def build_rootfs(
     size_bytes: int | None,
     runner: Runner,
     on_work_dir: Callable[[Path], None] | None = None,
+    ram_base: Path | None = None,
 ) -> BuildResult:
     """Flatten the layers and build ``stage_dir/rootfs.ext4`` with banger's init in it.
 
-    ``on_work_dir`` is told the scratch directory the flattener fills (crash tests).
+    The tree is flattened in RAM (a ``banger.host.ramscratch`` directory under
+    ``ram_base``) when it fits there with room to spare, else in ``stage_dir/work``; a
+    RAM tree that fills its tmpfs after all is built again on disk. ``on_work_dir`` is
+    told the scratch directory the flattener fills (crash tests).
     """
+    build = functools.partial(
+        _build_in,
+        resolved,
+        layer_paths,
+        stage_dir,
+        size_bytes=size_bytes,
+        runner=runner,
+        on_work_dir=on_work_dir,
+    )
+    if ram_base is not None:
+        expected = staging_estimate(resolved, None)  # tree + image: twice the tree
+        scratch = ramscratch.make_scratch(expected, ram_base)
+        if scratch is not None:
+            try:
+                return build(scratch)
+            except NoSpace as exc:
+                if str(scratch) not in exc.brief:  # the disk is full, not the tmpfs
+                    raise
+                log.info("the tree did not fit in %s, building on disk", ram_base)
     work = stage_dir / WORK_DIR
     work.mkdir(mode=0o700)
+    return build(work)
+
+
+def _build_in(
+    resolved: Resolved,
+    layer_paths: Sequence[Path],
+    stage_dir: Path,
+    work: Path,
+    *,
+    size_bytes: int | None,
+    runner: Runner,
+    on_work_dir: Callable[[Path], None] | None,
+) -> BuildResult:
     if on_work_dir is not None:
         on_work_dir(work)
     try:

@@ -68,6 +68,32 @@ class DbInfo(Record):
     counts: dict[str, int]
 
 
+class PoolImageStatus(Record):
+    """One pooled image: how many ready VMs are wanted, ready and booting, and why not."""
+
+    image: str
+    wanted: int
+    ready: int
+    booting: int
+    vcpu: int
+    memory_mib: int
+    disk_size_bytes: int
+    why: str
+    vms: list[str]
+    waiting: str | None = None
+    last_error: str | None = None
+
+
+class PoolStatus(Record):
+    images: list[PoolImageStatus]
+    paused: bool
+    summary: str
+
+
+class PoolDrained(Record):
+    removed: list[str]
+
+
 class DaemonStatus(Record):
     build: Build
     pid: int
@@ -208,6 +234,7 @@ class VmInfo(Record):
     boot_id: str | None = None
     last_error: str | None = None
     stopped_at: str | None = None
+    ssh_port: int | None = None
 
 
 class VmDeleted(Record):
@@ -249,6 +276,38 @@ class PortsReply(Record):
     ports: list[dict[str, Any]]
 
 
+GuestFileKind = Literal["file", "dir", "symlink", "other"]
+
+
+class GuestFile(Record):
+    """One entry of a guest directory, or a guest path's ``stat`` (links not followed)."""
+
+    name: str
+    path: str
+    kind: GuestFileKind
+    size: int
+    mode: int
+    mtime: float
+
+
+class GuestFileList(Record):
+    vm: str
+    path: str
+    files: list[GuestFile]
+    truncated: bool
+
+
+class GuestFileWritten(Record):
+    vm: str
+    path: str
+    size: int
+
+
+class GuestFileRemoved(Record):
+    vm: str
+    path: str
+
+
 class SshInfo(Record):
     name: str
     state: str
@@ -256,6 +315,11 @@ class SshInfo(Record):
     user: str
     key: str
     known_hosts: str
+    #: Where ssh connects (the VM's address, or 127.0.0.1 for a rootless VM) and on which
+    #: port; ``host_key_alias`` is the name its known_hosts files the key under, if not host.
+    host: str | None = None
+    port: int = 22
+    host_key_alias: str | None = None
 
 
 class DoctorResult(Record):
@@ -290,6 +354,24 @@ class SetVmRequest(Record):
 
 class KillRequest(Record):
     signal: SignalName = "KILL"
+
+
+class ExecRequest(Record):
+    """``POST /vms/{name}/exec``: a command to run through the guest agent."""
+
+    argv: list[str]
+    cwd: str | None = None
+    env: dict[str, str] | None = None
+    timeout_s: float | None = None
+
+
+class ExecResult(Record):
+    """How a command run with ``vms.exec`` ended: its exit code, or the signal that
+    ended it; ``timed_out`` when the guest killed it at ``timeout_s``."""
+
+    exit_code: int | None
+    signal: int | None
+    timed_out: bool = False
 
 
 class ImageRegisterRequest(Record):

@@ -27,6 +27,9 @@ DISK_SIZE_MAX_BYTES: Final = 16 << 40
 IMAGE_SIZE_MIN_BYTES: Final = 64 * MIB
 IMAGE_SIZE_MAX_BYTES: Final = 2 << 40
 
+#: Ready VMs one warm pool keeps (per image).
+POOL_SIZE_MAX: Final = 16
+
 BOOT_TIMEOUT_S_MIN: Final = 1
 BOOT_TIMEOUT_S_MAX: Final = 3600
 BOOT_TIMEOUT_S_DEFAULT: Final = 300
@@ -46,3 +49,11 @@ VM_NAME_MAX: Final = 255
 IMAGE_REF_NAME_MAX: Final = 128
 URL_NAME_MAX: Final = 128
 HOST_PATH_MAX: Final = 8192
+
+#: ``vm exec``: what one OPEN frame can carry (``banger.guest.exec_frames`` has the same
+#: bounds; the whole command, directory and environment must also fit in 64 KiB).
+EXEC_ARGV_MAX: Final = 4096
+EXEC_ENV_MAX: Final = 1024
+EXEC_FIELD_MAX: Final = 64 * 1024
+#: The guest's timer is milliseconds in a u32: about 49 days.
+EXEC_TIMEOUT_S_MAX: Final = 4_000_000

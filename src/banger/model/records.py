@@ -8,7 +8,7 @@ Must not: touch SQLite or the filesystem; conversion to and from rows lives in
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 
@@ -99,3 +99,9 @@ class VmRecord:
     boot_id: str | None = None
     last_error: str | None = None
     stopped_at: datetime | None = None
+    #: Rootless VMs (user-mode networking, no ``ip``/``tap``): the 127.0.0.1 port
+    #: forwarded to the guest's port 22.
+    ssh_port: int | None = None
+    #: A warm-pool VM: booted ahead of a create, not the user's until it is claimed.
+    #: Daemon-internal: not part of the API's VM record (``services.inventory``).
+    pool: bool = field(default=False, metadata={"internal": True})

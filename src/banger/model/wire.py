@@ -21,6 +21,8 @@ from typing import Any
 from banger.errors import BangerError
 
 NDJSON = "application/x-ndjson"
+#: Raw file bytes (guest files, docs/explanation/guest-files.md).
+OCTET_STREAM = "application/octet-stream"
 JSON = "application/json"
 API_PREFIX = "/v1"
 #: Largest request body the daemon reads (ADVERSARIAL 49).

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+#: Where ``vm run PATH`` (and the SDK's and MCP server's ``repo=``) put a repository.
+DEFAULT_GUEST_PATH = "/root/repo"
+
 
 class Mode(StrEnum):
     TRACKED = "tracked"  # history + tracked files (+ untracked on request), never ignored

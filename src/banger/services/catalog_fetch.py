@@ -200,6 +200,10 @@ class CatalogService:
 
         assert source.suite is not None
         suite = source.suite
+        # A normal user's build needs mmdebstrap's unshare mode: say so before downloading.
+        await in_thread(
+            lambda: localbuild.check_user_build(self.ctx.runner), "checking the local build"
+        )
         kernel = await self.kernel_pulls.ensure_kernel(source.kernels, progress)
         recipe = localbuild.DebianRecipe(suite, source.variant, source.packages)
         with staging(self.ctx.layout.images_dir, entry.name) as stage:

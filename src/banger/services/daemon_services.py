@@ -14,6 +14,9 @@ from banger.services.image_pulls import ImagePullService
 from banger.services.images import ImageService
 from banger.services.kernel_pull import KernelPullService
 from banger.services.kernels import KernelService
+from banger.services.pool import PoolService
+from banger.services.vm_exec import ExecService
+from banger.services.vm_files import VmFileService
 from banger.services.vms import VmService
 
 
@@ -26,3 +29,6 @@ class DaemonServices:
     kernels: KernelService
     kernel_pulls: KernelPullService
     catalog: CatalogService
+    pool: PoolService
+    execs: ExecService
+    files: VmFileService

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from banger.config.settings import Config
+from banger.config.settings import Config, PrivilegeModeChoice
 from banger.config.vm_defaults import VmDefaults
 from banger.errors import BangerError
 from banger.host import buildinfo
@@ -27,6 +27,7 @@ from banger.model.units import format_size
 from banger.model.wire import StageState
 from banger.net import privilege_mode
 from banger.vmm import table
+from banger.vmm.base import Backend
 from banger.vmm.kvm_probe import Verdict as KvmVerdict
 
 KVM_GET_API_VERSION = 0xAE00
@@ -211,14 +212,11 @@ def check_ssh_config(_: DoctorInputs) -> CheckResult:
 
 def check_network(inputs: DoctorInputs) -> CheckResult:
     """The privilege mode (SPEC §9) first: a bridge is only ✓ if this daemon can make it."""
-    report = privilege_mode.probe(inputs.helper_socket)
+    report = privilege_mode.probe(inputs.helper_socket, setting=inputs.config.privilege_mode)
+    if report.mode is privilege_mode.PrivilegeMode.ROOTLESS:
+        return _rootless(report)
     if report.mode is privilege_mode.PrivilegeMode.NONE:
-        error = report.error
-        return CheckResult(
-            StageState.FAIL,
-            f"mode none: {error.brief if error else 'no root and no helper'}",
-            hint=error.hint if error else None,
-        )
+        return _mode_none(report)
     cfg = inputs.config
     bridge = cfg.bridge_name
     present = Path(f"/sys/class/net/{bridge}").exists()
@@ -227,10 +225,15 @@ def check_network(inputs: DoctorInputs) -> CheckResult:
         if present
         else f"bridge {bridge} not created yet (made at first VM)"
     )
-    hello = report.hello
-    if hello is None:
+    if report.hello is None:
         return CheckResult(StageState.OK, f"mode root (privileged steps in-process); {state}")
-    ours = (bridge, f"{cfg.bridge_ip}/{prefix_len(cfg.cidr)}")
+    return _helper_mode(cfg, report, state)
+
+
+def _helper_mode(cfg: Config, report: privilege_mode.PrivilegeReport, state: str) -> CheckResult:
+    hello = report.hello
+    assert hello is not None
+    ours = (cfg.bridge_name, f"{cfg.bridge_ip}/{prefix_len(cfg.cidr)}")
     if (hello.bridge_name, hello.bridge_address) != ours:
         return CheckResult(
             StageState.FAIL,
@@ -239,12 +242,13 @@ def check_network(inputs: DoctorInputs) -> CheckResult:
             hint="make bridge_name, bridge_ip and cidr in config.toml and the helper's "
             "/etc/banger/helper.toml agree",
         )
-    if not os.access(TUN_DEVICE, os.R_OK | os.W_OK):
+    if not os.access(TUN_DEVICE, os.R_OK | os.W_OK) and table.binary_for(Backend.FIRECRACKER, cfg):
+        # QEMU is handed its TAP open by the helper; Firecracker opens it by name itself.
         return CheckResult(
-            StageState.FAIL,
-            f"mode helper, but you cannot open {TUN_DEVICE}: the VMM, running as you, "
-            "could not attach to its TAP",
-            hint=f"sudo chmod 0666 {TUN_DEVICE} (Debian's default mode)",
+            StageState.WARN,
+            f"mode helper; {state}; but you cannot open {TUN_DEVICE}: QEMU gets its TAP "
+            "from the helper, Firecracker (which opens it itself) cannot attach to one",
+            hint=f'sudo chmod 0666 {TUN_DEVICE} (Debian\'s default mode), or vmm = "qemu"',
         )
     if hello.build != buildinfo.current().as_dict():
         return CheckResult(
@@ -253,6 +257,34 @@ def check_network(inputs: DoctorInputs) -> CheckResult:
             hint="restart banger-helper from the same installation as the daemon",
         )
     return CheckResult(StageState.OK, f"mode helper ({report.socket_path}); {state}")
+
+
+def _mode_none(report: privilege_mode.PrivilegeReport) -> CheckResult:
+    error = report.error
+    return CheckResult(
+        StageState.FAIL,
+        f"mode none: {error.brief if error else 'no root and no helper'}",
+        hint=error.hint if error else None,
+    )
+
+
+def _rootless(report: privilege_mode.PrivilegeReport) -> CheckResult:
+    """Rootless works; what it costs is said, and how to get the bridge instead."""
+    why = (
+        'privilege_mode = "rootless"'
+        if report.setting is PrivilegeModeChoice.ROOTLESS
+        else "not root, and no banger-helper answers"
+    )
+    return CheckResult(
+        StageState.OK,
+        f"mode rootless ({why}): user-mode networking (QEMU's slirp), SSH through a "
+        "127.0.0.1 port per VM; loses: no <vm>.vm address, no bridge (the host reaches a "
+        "guest only over SSH; `vm ports` cannot probe web ports), no Firecracker, and "
+        "--nat is slirp's outbound access (which also reaches the host's 127.0.0.1 "
+        "through 10.0.2.2) rather than banger's NAT rules",
+        hint="for bridged VMs: `sudo banger system install --owner $USER` (banger-helper), "
+        "or run the daemon as root",
+    )
 
 
 def check_vmm(inputs: DoctorInputs) -> CheckResult:

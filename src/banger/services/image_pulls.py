@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from banger.errors import AlreadyExists, ImageNotFound, InvalidArgument
+from banger.host import ramscratch
 from banger.host.publish import Staging, Step, remove_published, staging
 from banger.images import pull_steps
 from banger.model import limits
@@ -306,6 +307,7 @@ class ImagePullService:
                 size_bytes=plan.size_bytes,
                 runner=self.ctx.runner,
                 on_work_dir=_watch_build,
+                ram_base=ramscratch.DEFAULT_BASE,
             )
         )
 

@@ -18,6 +18,8 @@ from banger.state import repo
 def record_dict(record: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for f in dataclasses.fields(record):
+        if f.metadata.get("internal"):
+            continue
         value = getattr(record, f.name)
         if isinstance(value, datetime):
             value = value.isoformat()
@@ -28,7 +30,8 @@ def record_dict(record: Any) -> dict[str, Any]:
 
 
 async def list_vms(ctx: DaemonContext) -> list[dict[str, Any]]:
-    return [record_dict(r) for r in await ctx.db.run(repo.list_vms)]
+    """The user's VMs: warm-pool VMs are not theirs until claimed (``pool status``)."""
+    return [record_dict(r) for r in await ctx.db.run(repo.list_vms, pool=False)]
 
 
 async def get_vm(ctx: DaemonContext, name: str) -> dict[str, Any]:

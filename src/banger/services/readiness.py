@@ -70,6 +70,27 @@ async def port_open(ip: str, port: int = SSH_PORT) -> bool:
     return True
 
 
+async def ssh_banner(host: str, port: int = SSH_PORT) -> bool:
+    """An SSH server answers on ``host:port`` with its banner. For a forwarded port
+    (rootless VMs): slirp accepts the host side before the guest has a listener, so a
+    connection alone proves nothing; the first bytes must come from sshd itself."""
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, port), PORT_PROBE_TIMEOUT_S
+        )
+    except (OSError, TimeoutError):
+        return False
+    try:
+        first = await asyncio.wait_for(reader.read(4), PORT_PROBE_TIMEOUT_S)
+    except (OSError, TimeoutError):
+        first = b""
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+    return first == b"SSH-"
+
+
 #: Whether a guest's TCP port accepts a connection: ``port_open`` over the bridge, or a
 #: test's stand-in (tests may not send traffic to guest addresses outside their netns).
 PortProbe = Callable[[str, int], Awaitable[bool]]

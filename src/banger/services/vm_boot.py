@@ -18,9 +18,11 @@ from banger.host.procinfo import ProcessIdentity
 from banger.model.addressing import netmask, prefix_len
 from banger.model.cmdline import BootArgs, kernel_cmdline
 from banger.model.records import ImageRecord, KernelRecord, VmRecord
+from banger.net import user_net
+from banger.net.user_net import SshTarget
 from banger.services.vm_paths import VmPaths
 from banger.vmm import table
-from banger.vmm.base import Accel, Backend, DriveSpec, MachineSpec, NetSpec, VmmHandle
+from banger.vmm.base import Accel, Backend, DriveSpec, MachineSpec, NetSpec, UserNet, VmmHandle
 
 
 @dataclass(frozen=True)
@@ -64,13 +66,37 @@ class NetFacts:
     dns: tuple[str, ...]
 
 
+#: A rootless VM's network: QEMU's slirp (banger.net.user_net).
+USER_NET_FACTS = NetFacts(gateway=user_net.GATEWAY, cidr=user_net.CIDR, dns=(user_net.DNS,))
+
+
+def _net_spec(vm: VmRecord, net: NetFacts) -> tuple[str, NetSpec]:
+    """The guest's own address, and its NIC: a TAP on the bridge, or slirp."""
+    if vm.ssh_port is not None:
+        user = UserNet(ssh_port=vm.ssh_port, outbound=vm.nat)
+        ip, mac, tap = user_net.GUEST_IP, user_net.GUEST_MAC, None
+    else:
+        assert vm.ip and vm.mac and vm.tap
+        user, ip, mac, tap = None, vm.ip, vm.mac, vm.tap
+    spec = NetSpec(
+        tap=tap,
+        mac=mac,
+        ip=ip,
+        gateway=net.gateway,
+        prefix_len=prefix_len(net.cidr),
+        dns=net.dns,
+        user=user,
+    )
+    return ip, spec
+
+
 def machine_spec(
     vm: VmRecord, paths: VmPaths, files: BootFiles, net: NetFacts, accel: Accel
 ) -> MachineSpec:
-    assert vm.ip and vm.mac and vm.tap
+    ip, net_spec = _net_spec(vm, net)
     args = BootArgs(
         hostname=vm.name,
-        ip=vm.ip,
+        ip=ip,
         gateway=net.gateway,
         netmask=netmask(net.cidr),
         dns=net.dns,
@@ -86,14 +112,7 @@ def machine_spec(
         initrd=files.initrd,
         cmdline=kernel_cmdline(args),
         drives=(DriveSpec("rootfs", paths.rootfs), DriveSpec("work", paths.work_disk)),
-        net=NetSpec(
-            tap=vm.tap,
-            mac=vm.mac,
-            ip=vm.ip,
-            gateway=net.gateway,
-            prefix_len=prefix_len(net.cidr),
-            dns=net.dns,
-        ),
+        net=net_spec,
         vm_dir=paths.vm_dir,
         run_dir=paths.run_dir,
         accel=accel,
@@ -108,5 +127,15 @@ def handle_of(vm: VmRecord, paths: VmPaths) -> VmmHandle | None:
     return VmmHandle(backend, identity, table.control_socket(backend, paths.run_dir))
 
 
-def ssh_argv(key: Path, known_hosts: Path, ip: str, *, connect_timeout_s: int = 2) -> list[str]:
-    return [*ssh_prefix(key, known_hosts, batch=True, connect_timeout_s=connect_timeout_s), ip]
+def ssh_argv(
+    key: Path, known_hosts: Path, target: SshTarget, *, connect_timeout_s: int = 2
+) -> list[str]:
+    prefix = ssh_prefix(
+        key,
+        known_hosts,
+        batch=True,
+        connect_timeout_s=connect_timeout_s,
+        port=target.port,
+        host_key_alias=target.host_key_alias,
+    )
+    return [*prefix, target.host]

@@ -58,6 +58,18 @@ class CreateRequest:
     boot_timeout_s: float = 300.0
     #: The client (``vm run --rm``) wants no VM if it goes away before the result.
     delete_on_disconnect: bool = False
+    #: Booted by the warm pool ahead of a create (``banger.services.pool``).
+    pool: bool = False
+
+
+@dataclass(frozen=True)
+class NetAssignment:
+    """What the reservation gave a VM: an address and a TAP on the bridge, or (rootless,
+    user-mode networking) only the loopback port its SSH is forwarded from."""
+
+    ip: str | None = None
+    tap: str | None = None
+    ssh_port: int | None = None
 
 
 @dataclass(frozen=True)
@@ -134,7 +146,7 @@ def plan_boot(artifacts: Artifacts, vmm: Vmm, accel: Accel) -> BootPlan:
 
 
 def new_vm_record(
-    req: CreateRequest, name: str, plan: BootPlan, *, ip: str, tap: str, vm_dir: Path
+    req: CreateRequest, name: str, plan: BootPlan, *, net: NetAssignment, vm_dir: Path
 ) -> VmRecord:
     now = utc_now()
     return VmRecord(
@@ -148,16 +160,21 @@ def new_vm_record(
         updated_at=now,
         vmm=plan.vmm.backend.value,
         nat=req.nat,
-        ip=ip,
-        mac=mac_for_ip(ip),
-        tap=tap,
+        ip=net.ip,
+        mac=mac_for_ip(net.ip) if net.ip else None,
+        tap=net.tap,
+        ssh_port=net.ssh_port,
         vm_dir=str(vm_dir),
+        pool=req.pool,
     )
 
 
 def boot_spec(vm: VmRecord, paths: VmPaths, plan: BootPlan, config: Config) -> MachineSpec:
-    net = vm_boot.NetFacts(
-        gateway=config.bridge_ip, cidr=config.cidr, dns=tuple(config.default_dns)
-    )
+    if vm.ssh_port is not None:
+        net = vm_boot.USER_NET_FACTS  # rootless: slirp's addresses, whatever config says
+    else:
+        net = vm_boot.NetFacts(
+            gateway=config.bridge_ip, cidr=config.cidr, dns=tuple(config.default_dns)
+        )
     files = vm_boot.boot_files(plan.image, plan.kernel, plan.vmm.backend)
     return vm_boot.machine_spec(vm, paths, files, net, plan.accel)

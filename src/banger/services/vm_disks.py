@@ -21,6 +21,7 @@ from banger.host.publish import staging
 from banger.host.runner import Runner
 from banger.model.records import ImageRecord, KernelRecord, VmRecord
 from banger.services.context import DaemonContext
+from banger.services.vm_addresses import ssh_target
 from banger.services.vm_paths import VmPaths
 
 
@@ -49,7 +50,9 @@ def build(
         modules = _install_modules(rootfs, image, kernel, runner)
         inject_workdisk(stage.path / paths.work_disk.name, identity, runner)
         host_key = identity.host_key_public.decode().split()
-        line = f"{vm.ip} {host_key[0]} {host_key[1]}\n"
+        target = ssh_target(vm)
+        assert target is not None  # every VM row has an address or a port
+        line = f"{target.known_hosts_name} {host_key[0]} {host_key[1]}\n"
         (stage.path / paths.known_hosts.name).write_text(line)
         stage.commit(paths.vm_dir)
     done = f"rootfs {method.value} clone, work disk {vm.disk_size_bytes // 1024**2} MiB"

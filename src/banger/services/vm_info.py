@@ -19,6 +19,8 @@ from banger.guest.webprobe import probe_web
 from banger.host import procinfo
 from banger.model.records import VmRecord
 from banger.services import console_logs, vm_boot
+from banger.services.readiness import SSH_PORT
+from banger.services.vm_addresses import ssh_target
 from banger.services.vms import VmService
 from banger.vmm.table import agent_channel_at
 
@@ -79,6 +81,7 @@ def _proc_stats(pid: int, start_ticks: int) -> tuple[float | None, int | None, f
 async def ssh_info(service: VmService, name: str) -> dict[str, Any]:
     vm = await service.get(name)
     paths = service.paths(vm)
+    target = ssh_target(vm)
     return {
         "name": vm.name,
         "state": vm.state.value,
@@ -86,6 +89,9 @@ async def ssh_info(service: VmService, name: str) -> dict[str, Any]:
         "user": "root",
         "key": str(service.ctx.config.ssh_key_file()),
         "known_hosts": str(paths.known_hosts),
+        "host": target.host if target else None,
+        "port": target.port if target else SSH_PORT,
+        "host_key_alias": target.host_key_alias if target else None,
     }
 
 
@@ -108,6 +114,7 @@ async def listening_ports(service: VmService, name: str) -> dict[str, Any]:
     vm = await service.get(name)
     reply = await asyncio.to_thread(_agent(service, vm).ports)
     entries = ports.merge(reply.listeners)
+    # A rootless VM's ports are not reachable from the host (only SSH is forwarded).
     if vm.ip:
         schemes = await probe_web(vm.ip, ports.probe_targets(entries))
         entries = ports.with_schemes(entries, schemes)

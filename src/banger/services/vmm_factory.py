@@ -37,8 +37,8 @@ class VmmFactory(Protocol):
     async def kvm_probe(self, kernel: Path) -> Verdict:
         """Boot ``kernel`` under KVM once (or wait for the probe already running)."""
 
-    def choose(self, *, kvm_usable: bool, wanted: Backend | None) -> VmmPick:
-        """The VMM a new boot uses."""
+    def choose(self, *, kvm_usable: bool, wanted: Backend | None, rootless: bool) -> VmmPick:
+        """The VMM a new boot uses (QEMU for a rootless VM: user-mode networking)."""
 
     def installed(self, backend: Backend) -> Vmm:
         """A ``Vmm`` for a VM recorded with ``backend``; fails if its binary is gone."""
@@ -60,8 +60,10 @@ class HostVmms:
         assert verdict is not None  # a kernel was given
         return verdict
 
-    def choose(self, *, kvm_usable: bool, wanted: Backend | None) -> VmmPick:
-        choice = select.choose(self._config, kvm_usable=kvm_usable, override=wanted)
+    def choose(self, *, kvm_usable: bool, wanted: Backend | None, rootless: bool) -> VmmPick:
+        choice = select.choose(
+            self._config, kvm_usable=kvm_usable, override=wanted, rootless=rootless
+        )
         vmm = table.make_vmm(choice.backend, self._runner, choice.binary)
         return VmmPick(vmm, choice.accel, choice.reason)
 

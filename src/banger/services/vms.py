@@ -6,7 +6,8 @@ reservation window (name, IP, TAP), and running the stages of a create
 constructor: the VMM factory, the privileged network operations, the image catalog, the
 probe of guest ports; the runner, database and DNS publisher come with the context.
 Noticing VMMs that die on their own is ``vm_monitor``; the bridge, NAT and ``~vm``
-routing are ``vm_network``.
+routing are ``vm_network``; which networking a VM gets (bridged, or rootless: SPEC §9)
+and its address, TAP or SSH port are ``vm_addresses``.
 Must not: build disks or talk netlink itself (``vm_disks``, ``banger.net``), or speak HTTP.
 """
 
@@ -18,25 +19,28 @@ import logging
 import os
 import shutil
 import signal as signals
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from banger.dns.server import records_from_vms
 from banger.errors import BangerError, InvalidArgument, InvalidState, NotFound
 from banger.host import procinfo
+from banger.host.procinfo import ProcessIdentity
 from banger.host.publish import remove_published
-from banger.model.addressing import allocate_ip
 from banger.model.naming import generate_name
 from banger.model.records import ImageRecord, KernelRecord, VmRecord, VmState, utc_now
 from banger.model.wire import StageState
+from banger.net.privilege_mode import PrivilegeMode
 from banger.net.privileged import PrivilegedOps
 from banger.net.taps import TapPool
-from banger.services import readiness, vm_boot, vm_disks, vm_stop
+from banger.services import pool_claim, readiness, vm_addresses, vm_boot, vm_disks, vm_stop
 from banger.services.catalog_fetch import CatalogService
 from banger.services.context import DaemonContext
 from banger.services.inventory import record_dict
 from banger.services.operations import Progress, run_streamed, stop_if_set, unless_set
+from banger.services.pool_claim import AgentGuestNamer, GuestNamer
 from banger.services.readiness import PortProbe
+from banger.services.vm_addresses import VmAddresses
 from banger.services.vm_create import (
     Artifacts,
     BootPlan,
@@ -69,20 +73,36 @@ class VmService:
         ops: PrivilegedOps,
         vmms: VmmFactory,
         catalog: CatalogService,
+        mode: Callable[[], PrivilegeMode],
         guest_ports: PortProbe = readiness.port_open,
+        forwarded_ports: PortProbe = readiness.ssh_banner,
+        guest_namer: GuestNamer | None = None,
     ) -> None:
         self.ctx = ctx
         self.ops = ops
         self.vmms = vmms
         self.catalog = catalog
         self.guest_ports = guest_ports
+        self.forwarded_ports = forwarded_ports
         cfg = ctx.config
         self.taps = TapPool(ops, cfg.bridge_name, cfg.tap_pool_size, os.getuid())
-        self._reserve_lock = asyncio.Lock()
+        self.addresses = VmAddresses(cfg, self.taps, mode)
+        self.reserve_lock = asyncio.Lock()
         self.network = VmNetwork(ctx.config, ops, ctx.dns)
         self._locks: dict[str, asyncio.Lock] = {}
         self._stopping: set[str] = set()
         self._said_backend = False
+        #: Called with a VM's name when it stopped or was deleted (its exec connection).
+        self.on_gone: list[Callable[[str], None]] = []
+        #: How each running VMM's guest first answered (``vm exec`` waits less for an
+        #: agent that was not the one to answer).
+        self.ready_via: dict[ProcessIdentity, readiness.Via] = {}
+        #: Renames a claimed warm-pool VM's guest (``banger.services.pool_claim``).
+        self.guest_namer = guest_namer or AgentGuestNamer(ctx.runner)
+        #: Set after each claim, so that the pool refills at once.
+        self.pool_claimed = asyncio.Event()
+        #: User creates in flight: the pool waits for none before it boots (CPU is shared).
+        self.creating = 0
 
     # -- queries -----------------------------------------------------------------------
 
@@ -117,27 +137,49 @@ class VmService:
         return run_streamed(lambda progress: self._create(req, progress))
 
     async def _create(self, req: CreateRequest, progress: Progress) -> dict[str, Any]:
+        if req.pool:
+            return await self._create_cold(req, progress)
+        self.creating += 1
+        try:
+            return await self._create_cold(req, progress)
+        finally:
+            self.creating -= 1
+
+    async def _create_cold(self, req: CreateRequest, progress: Progress) -> dict[str, Any]:
         # A client that goes away leaves the create running (docs/explanation/
         # interruption.md), unless it asked for delete_on_disconnect: then nothing new is
         # started once it is gone, a boot waiting for the guest stops, and the VM goes.
         stop = progress.abandoned if req.delete_on_disconnect else None
         artifacts = await self._resolve_image(req.image, progress)
+        if not req.pool:
+            claimed = await pool_claim.claim(self, req, artifacts.image.id, progress)
+            if claimed is not None:
+                await self._delete_if_abandoned(stop, claimed.name)
+                return record_dict(claimed)
         kvm = await self._kvm_usable(artifacts, progress)
         stop_if_set(stop, None)
         with progress.stage("reserve"):
-            plan = self._plan(artifacts, kvm, req.vmm, progress)
-            await self.network.ensure()
-            vm = await self._reserve(req, plan)
-            progress.detail = f"{vm.name}: {vm.ip} on {vm.tap}"
+            rootless = (await self.addresses.mode_now()) is PrivilegeMode.ROOTLESS
+            plan = self._plan(artifacts, kvm, req.vmm, progress, rootless=rootless, quiet=req.pool)
+            if not rootless:
+                await self.network.ensure()
+            vm = await self._reserve(req, plan, rootless=rootless)
+            progress.detail = vm_addresses.describe(vm)
         try:
-            vm = await self._build_and_boot(vm, req, plan, progress, stop)
-            stop_if_set(stop, vm.name)
+            vm = await self._build_and_boot(vm, req, plan, progress, stop, rootless=rootless)
         except BaseException:
-            if stop is not None and stop.is_set():
-                with contextlib.suppress(NotFound):
-                    await self.delete(vm.name, force=True)
+            await self._delete_if_abandoned(stop, vm.name)
             raise
+        await self._delete_if_abandoned(stop, vm.name)
         return record_dict(vm)
+
+    async def _delete_if_abandoned(self, stop: asyncio.Event | None, name: str) -> None:
+        """The client went away and wants no VM: delete it, then raise ``Interrupted``."""
+        if stop is None or not stop.is_set():
+            return
+        with contextlib.suppress(NotFound):
+            await self.delete(name, force=True)
+        stop_if_set(stop, name)
 
     async def _build_and_boot(
         self,
@@ -146,6 +188,8 @@ class VmService:
         plan: BootPlan,
         progress: Progress,
         stop: asyncio.Event | None,
+        *,
+        rootless: bool,
     ) -> VmRecord:
         try:
             with progress.stage("disks"):
@@ -156,7 +200,7 @@ class VmService:
             await self.discard(vm)
             raise
         stop_if_set(stop, vm.name)
-        if req.nat:
+        if req.nat and not rootless:  # a rootless VM's outbound access is slirp's own
             with progress.stage("nat"):
                 await self.network.ensure_nat()
         async with self.locked(vm.name):
@@ -190,33 +234,48 @@ class VmService:
         return verdict.runs_guests
 
     def _plan(
-        self, artifacts: Artifacts, kvm: bool, wanted: Backend | None, progress: Progress
+        self,
+        artifacts: Artifacts,
+        kvm: bool,
+        wanted: Backend | None,
+        progress: Progress,
+        *,
+        rootless: bool,
+        quiet: bool = False,
     ) -> BootPlan:
-        pick = self.vmms.choose(kvm_usable=kvm, wanted=wanted)
+        pick = self.vmms.choose(kvm_usable=kvm, wanted=wanted, rootless=rootless)
         plan = plan_boot(artifacts, pick.vmm, pick.accel)
-        if not self._said_backend:
+        if not self._said_backend and not quiet:
             self._said_backend = True
             progress.note("vmm", _state_of(pick.accel), pick.reason)
         return plan
 
-    async def _reserve(self, req: CreateRequest, plan: BootPlan) -> VmRecord:
-        cfg = self.ctx.config
-        async with self._reserve_lock:
+    async def _reserve(self, req: CreateRequest, plan: BootPlan, *, rootless: bool) -> VmRecord:
+        async with self.reserve_lock:
             existing: list[VmRecord] = await self.ctx.db.run(repo.list_vms)
             names = {v.name for v in existing}
             name = req.name or generate_name(names)
             if name in names:
                 raise name_taken(name)
-            ip = allocate_ip(cfg.cidr, cfg.bridge_ip, {v.ip for v in existing if v.ip})
-            tap = await asyncio.to_thread(self.taps.acquire, {v.tap for v in existing if v.tap})
+            net = await self.addresses.assign(existing, rootless=rootless)
             vm_dir = self.ctx.layout.vms_dir / name
-            record = new_vm_record(req, name, plan, ip=ip, tap=tap, vm_dir=vm_dir)
+            record = new_vm_record(req, name, plan, net=net, vm_dir=vm_dir)
             try:
                 inserted: VmRecord = await self.ctx.db.run(repo.insert_vm, record)
             except BaseException:
-                await asyncio.to_thread(self.taps.release, tap)
+                await self.addresses.release(net)
                 raise
             return inserted
+
+    async def _refresh_port(self, vm: VmRecord) -> VmRecord:
+        """A rootless VM starting again keeps its SSH port unless someone took it."""
+        async with self.reserve_lock:
+            existing: list[VmRecord] = await self.ctx.db.run(repo.list_vms)
+            port = await self.addresses.refresh_port(vm, existing)
+            if port is None:
+                return vm
+            log.info("SSH port of %s taken meanwhile: %s -> %s", vm.name, vm.ssh_port, port)
+            return await self._update(vm.name, ssh_port=port)
 
     # -- boot, start -------------------------------------------------------------------
 
@@ -233,15 +292,17 @@ class VmService:
         spec = boot_spec(vm, paths, plan, self.ctx.config)
         vm_disks.prepare_run_dir(paths)
         vm = await self._update(vm.name, state=VmState.STARTING, last_error=None)
-        argv = vm_boot.ssh_argv(self.ctx.config.ssh_key_file(), paths.known_hosts, vm.ip or "")
+        target = vm_addresses.ssh_target(vm)
+        assert target is not None  # every VM row has an address or a port
+        argv = vm_boot.ssh_argv(self.ctx.config.ssh_key_file(), paths.known_hosts, target)
         try:
             with progress.stage("boot"):
-                handle = await plan.vmm.launch(spec)
+                handle = await vm_addresses.launch(plan.vmm, spec, self.ops)
                 vm = await self._record_launch(vm, handle)
                 progress.detail = f"{handle.backend.value} ({plan.accel.value}), pid {vm.pid}"
             with progress.stage("wait-ready"):
                 progress.detail = await unless_set(
-                    stop, self._wait_ready(vm, paths, handle, argv, timeout_s), vm.name
+                    stop, self._wait_ready(vm, handle, argv, timeout_s), vm.name
                 )
         except BaseException as exc:
             await self._boot_failed(vm, exc)
@@ -268,15 +329,26 @@ class VmService:
         )
 
     async def _wait_ready(
-        self, vm: VmRecord, paths: VmPaths, handle: VmmHandle, argv: list[str], timeout_s: float
+        self,
+        vm: VmRecord,
+        handle: VmmHandle,
+        argv: list[str],
+        timeout_s: float,
     ) -> str:
+        paths = self.paths(vm)
         agent = table.agent_channel_at(paths.run_dir, handle.backend).client()
+        target = vm_addresses.ssh_target(vm)
+        assert target is not None  # every VM row has an address or a port
+        # slirp accepts a forwarded connection before the guest does: there, only sshd's
+        # banner says that sshd is up.
+        probe = self.guest_ports if vm.ssh_port is None else self.forwarded_ports
         guest = readiness.Guest(
-            vm.ip or "", handle.process, paths.console_log, port_probe=self.guest_ports
+            target.host, handle.process, paths.console_log, ssh_port=target.port, port_probe=probe
         )
         ready = await readiness.wait_until_ready(
             self.ctx.runner, argv, agent, guest, timeout_s=timeout_s
         )
+        self.ready_via[handle.process] = ready.via
         return ready.describe()
 
     async def _file_sync(self, ssh_argv: list[str], progress: Progress) -> None:
@@ -320,10 +392,15 @@ class VmService:
             wanted = Backend(vm.vmm) if vm.vmm else None
             artifacts = await self._image_of(vm)
             kvm = await self._kvm_usable(artifacts, progress)
-            plan = self._plan(artifacts, kvm, wanted, progress)
-            await self.network.ensure()
-            if vm.nat:
-                await self.network.ensure_nat()
+            # A VM keeps the networking it was created with (its row says which).
+            rootless = vm.ssh_port is not None
+            plan = self._plan(artifacts, kvm, wanted, progress, rootless=rootless)
+            if rootless:
+                vm = await self._refresh_port(vm)
+            else:
+                await self.network.ensure()
+                if vm.nat:
+                    await self.network.ensure_nat()
             vm = await self._boot(vm, plan, progress, timeout_s=timeout_s)
             return record_dict(vm)
 
@@ -386,6 +463,7 @@ class VmService:
     async def discard(self, vm: VmRecord) -> None:
         """Remove a VM's row, files and TAP (row first: leftovers are swept at start-up)."""
         await self.ctx.db.run(repo.delete_vm, vm.name)
+        self._gone(vm.name)
         await self.publish_dns()
         paths = self.paths(vm)
         await asyncio.to_thread(remove_published, paths.vm_dir)
@@ -423,6 +501,31 @@ class VmService:
             }
             return await self._update(name, **changes) if changes else vm
 
+    # -- for the warm pool (banger.services.pool, pool_claim) -------------------------------
+
+    async def create_silently(self, req: CreateRequest, progress: Progress) -> dict[str, Any]:
+        """A create run in the caller's task (the pool's), with the caller's progress."""
+        return await self._create(req, progress)
+
+    async def fresh_name(self) -> str:
+        """A generated name no row has now (the claim checks again under the lock)."""
+        existing: list[VmRecord] = await self.ctx.db.run(repo.list_vms)
+        return generate_name({v.name for v in existing})
+
+    def ssh_argv_of(self, vm: VmRecord) -> list[str]:
+        paths = self.paths(vm)
+        target = vm_addresses.ssh_target(vm)
+        assert target is not None  # every VM row has an address or a port
+        return vm_boot.ssh_argv(self.ctx.config.ssh_key_file(), paths.known_hosts, target)
+
+    async def remove_pool_vm(self, vm: VmRecord) -> None:
+        """Kill a pool VM and remove it; the caller holds its lock (or owns it otherwise)."""
+        handle = vm_boot.handle_of(vm, self.paths(vm))
+        if handle is not None and procinfo.is_running(handle.process):
+            spawn.signal_if_ours(handle.process, signals.SIGKILL)
+            await spawn.wait_exit(handle.process, timeout_s=10)
+        await self.discard(vm)
+
     # -- state helpers -------------------------------------------------------------------
 
     def _alive(self, vm: VmRecord) -> bool:
@@ -443,6 +546,7 @@ class VmService:
 
     async def _mark_stopped(self, vm: VmRecord, *, reason: str | None) -> VmRecord:
         state = VmState.ERROR if vm.state is VmState.ERROR and reason is None else VmState.STOPPED
+        self._gone(vm.name)
         return await self._update(
             vm.name,
             state=state,
@@ -451,6 +555,12 @@ class VmService:
             stopped_at=utc_now(),
             last_error=reason if reason else vm.last_error,
         )
+
+    def _gone(self, name: str) -> None:
+        for callback in self.on_gone:
+            callback(name)
+        for ident in [i for i in self.ready_via if not procinfo.is_running(i)]:
+            del self.ready_via[ident]
 
     # -- for the monitor -------------------------------------------------------------------
 

@@ -104,6 +104,23 @@ MIGRATIONS: tuple[Migration, ...] = (
         description="images: the init a pulled image boots with (init= on the command line)",
         statements=("ALTER TABLE images ADD COLUMN init_path TEXT",),
     ),
+    Migration(
+        version=3,
+        description="vms: the loopback port a rootless VM's SSH is forwarded from",
+        statements=(
+            "ALTER TABLE vms ADD COLUMN ssh_port INTEGER "
+            "CHECK (ssh_port IS NULL OR (ssh_port BETWEEN 1 AND 65535))",
+            # SQLite cannot add a UNIQUE column; NULLs (bridged VMs) never collide here.
+            "CREATE UNIQUE INDEX vms_ssh_port ON vms(ssh_port)",
+        ),
+    ),
+    Migration(
+        version=4,
+        description="vms: warm-pool VMs (ready, not yet handed to the user) are marked",
+        statements=(
+            "ALTER TABLE vms ADD COLUMN pool INTEGER NOT NULL DEFAULT 0 CHECK (pool IN (0, 1))",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

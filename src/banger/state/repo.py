@@ -41,7 +41,7 @@ Target = Database | sqlite3.Connection
 
 _UNIQUE = re.compile(r"UNIQUE constraint failed: \w+\.(\w+)")
 _CHECK = re.compile(r"CHECK constraint failed: (.+)")
-_BOOL_COLUMNS = frozenset({"has_initrd", "has_modules", "managed", "nat"})
+_BOOL_COLUMNS = frozenset({"has_initrd", "has_modules", "managed", "nat", "pool"})
 _TIME_COLUMNS = frozenset({"imported_at", "created_at", "updated_at", "stopped_at"})
 
 
@@ -85,7 +85,8 @@ _VMS = _Table(
     "VM",
     VmRecord,
     VmNotFound,
-    _columns(VmRecord, "id", "name", "created_at", "updated_at"),
+    # A pool VM becomes the user's only through claim_vm (name and mark change together).
+    _columns(VmRecord, "id", "name", "created_at", "updated_at", "pool"),
     reference=_Reference("image_id", ImageNotFound, "image with id"),
     stamps_updated_at=True,
 )
@@ -288,11 +289,41 @@ def get_vm(target: Target, name: str) -> VmRecord:
     return _read(target, lambda conn: _get(_VMS, conn, name))
 
 
-def list_vms(target: Target, *, state: VmState | None = None) -> list[VmRecord]:
-    if state is None:
-        return _read(target, lambda conn: _select(_VMS, conn, "ORDER BY name", ()))
-    where = "WHERE state = ? ORDER BY name"
-    return _read(target, lambda conn: _select(_VMS, conn, where, (state.value,)))
+def list_vms(
+    target: Target, *, state: VmState | None = None, pool: bool | None = None
+) -> list[VmRecord]:
+    """VM rows by name; ``pool`` False gives the user's VMs, True the warm pool's, None all."""
+    conditions: list[str] = []
+    params: list[object] = []
+    if state is not None:
+        conditions.append("state = ?")
+        params.append(state.value)
+    if pool is not None:
+        conditions.append("pool = ?")
+        params.append(int(pool))
+    where = f"WHERE {' AND '.join(conditions)} " if conditions else ""
+    return _read(target, lambda conn: _select(_VMS, conn, where + "ORDER BY name", tuple(params)))
+
+
+def claim_vm(target: Target, pool_name: str, name: str, *, vm_dir: str) -> VmRecord:
+    """Pool VM ``pool_name`` becomes the user's VM ``name`` in one statement; NotFound
+    when no pool VM has that name any more, AlreadyExists when ``name`` is taken."""
+
+    def claim(conn: sqlite3.Connection) -> VmRecord:
+        values = {"name": name, "vm_dir": vm_dir, "updated_at": _to_sql(utc_now())}
+        sql = (
+            "UPDATE vms SET name = :name, vm_dir = :vm_dir, pool = 0, updated_at = :updated_at "
+            "WHERE name = :old AND pool = 1"
+        )
+        try:
+            changed = conn.execute(sql, {**values, "old": pool_name}).rowcount
+        except sqlite3.IntegrityError as exc:
+            raise _constraint_error(exc, _VMS, values) from exc
+        if changed != 1:
+            raise VmNotFound(f"pool VM {pool_name!r} not found")
+        return _get(_VMS, conn, name)
+
+    return _write(target, claim)
 
 
 def update_vm(target: Target, name: str, /, **changes: object) -> VmRecord:

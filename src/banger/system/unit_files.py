@@ -164,6 +164,9 @@ User={owner.name}
 Group={owner.gid}
 {groups}
 ExecStart={inputs.daemon_bin}
+# This host has a helper: while it restarts, creating a VM fails naming it (mode none)
+# rather than quietly making rootless VMs (privilege_mode = "auto" would).
+Environment=BANGER_PRIVILEGE_MODE=helper
 Restart=on-failure
 RestartSec=2
 # VMMs outlive a daemon restart (as with a daemon the CLI started): the new daemon

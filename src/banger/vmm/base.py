@@ -49,13 +49,30 @@ class DriveSpec:
 
 
 @dataclass(frozen=True)
+class UserNet:
+    """User-mode networking (QEMU's slirp) instead of a TAP: rootless VMs (SPEC §9)."""
+
+    #: The 127.0.0.1 port forwarded to the guest's port 22.
+    ssh_port: int
+    #: Whether the guest may open connections beyond itself (``--nat``); without it slirp
+    #: is ``restrict=on``, as a bridged VM without NAT reaches nothing but the bridge.
+    outbound: bool = False
+
+
+@dataclass(frozen=True)
 class NetSpec:
-    tap: str
+    #: The TAP a bridged VM attaches to; ``None`` with ``user`` set.
+    tap: str | None
     mac: str
     ip: str
     gateway: str
     prefix_len: int
     dns: tuple[str, ...] = ()
+    user: UserNet | None = None
+    #: A descriptor already attached to ``tap`` (opened by banger-helper for a daemon that
+    #: cannot open ``/dev/net/tun``), inherited by the VMM; the caller closes it after
+    #: ``launch``. Only for backends with ``takes_tap_fd``.
+    tap_fd: int | None = None
 
 
 @dataclass(frozen=True)
@@ -103,6 +120,9 @@ class Vmm(Protocol):
     #: The ``config.toml`` key naming the binary, and the name looked up on PATH.
     binary_setting: ClassVar[str]
     binary_name: ClassVar[str]
+    #: Whether the backend can be handed its TAP as an open descriptor (QEMU can;
+    #: Firecracker opens the TAP by name itself).
+    takes_tap_fd: ClassVar[bool]
 
     @classmethod
     def agent_channel(cls, run_dir: Path) -> AgentChannel:

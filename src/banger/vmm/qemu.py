@@ -19,7 +19,7 @@ from banger.host import procinfo
 from banger.host.runner import Runner
 from banger.kernels.vmlinux import KernelFormat, kernel_format
 from banger.vmm import spawn
-from banger.vmm.base import Accel, Backend, MachineSpec, VmmHandle
+from banger.vmm.base import Accel, Backend, MachineSpec, NetSpec, VmmHandle
 from banger.vmm.channels import AgentChannel, qemu_option_value, serial_channel, vhost_vsock_channel
 from banger.vmm.qmp import QmpClient
 
@@ -100,7 +100,7 @@ def build_argv(binary: Path, spec: MachineSpec, *, machine: str = "microvm") -> 
     if spec.net is not None:
         argv += [
             "-netdev",
-            f"tap,id=n0,ifname={spec.net.tap},script=no,downscript=no",
+            _netdev(spec.net),
             "-device",
             f"{net},netdev=n0,mac={spec.net.mac}",
         ]
@@ -112,6 +112,22 @@ def build_argv(binary: Path, spec: MachineSpec, *, machine: str = "microvm") -> 
         # guests ignore the ACPI power button (its driver is a module, nothing listens).
         argv += ["-device", "i8042"]
     return argv
+
+
+def _netdev(net: NetSpec) -> str:
+    if net.user is None and net.tap_fd is not None:
+        return f"tap,id=n0,fd={net.tap_fd}"
+    if net.user is None:
+        return f"tap,id=n0,ifname={net.tap},script=no,downscript=no"
+    # slirp's own addresses, spelled out: the guest's static ip= on the command line must
+    # match them (banger.net.user_net). The forward listens on loopback only.
+    forward = f"tcp:127.0.0.1:{net.user.ssh_port}-{net.ip}:22"
+    restrict = "off" if net.user.outbound else "on"
+    return (
+        f"user,id=n0,net={net.gateway}/{net.prefix_len},host={net.gateway},"
+        f"dhcpstart={net.ip},dns={net.dns[0] if net.dns else net.gateway},"
+        f"restrict={restrict},hostfwd={forward}"
+    )
 
 
 async def _status_when_listening(path: Path, handle: VmmHandle, spec: MachineSpec) -> Any:
@@ -140,6 +156,7 @@ class QemuVmm:
     kernel_files: ClassVar[tuple[str, ...]] = ("vmlinuz", "vmlinux")
     binary_setting: ClassVar[str] = "qemu_bin"
     binary_name: ClassVar[str] = "qemu-system-x86_64"
+    takes_tap_fd: ClassVar[bool] = True
 
     def __init__(self, runner: Runner, binary: Path, *, machine: str = "microvm") -> None:
         self.runner = runner
@@ -180,7 +197,10 @@ class QemuVmm:
         qmp_path = spec.run_dir / QMP_SOCKET_NAME
         qmp_path.unlink(missing_ok=True)
         argv = build_argv(self.binary, spec, machine=self.machine)
-        identity = spawn.spawn_detached(argv, log_path=spec.vmm_log, runner=self.runner)
+        fds = () if spec.net is None or spec.net.tap_fd is None else (spec.net.tap_fd,)
+        identity = spawn.spawn_detached(
+            argv, log_path=spec.vmm_log, runner=self.runner, pass_fds=fds
+        )
         handle = VmmHandle(Backend.QEMU, identity, qmp_path)
         try:
             await spawn.wait_for_socket(

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from banger.config.settings import Config, VmmChoice
-from banger.errors import UnsupportedHost
+from banger.errors import InvalidArgument, UnsupportedHost
 from banger.vmm.base import Accel, Backend
 from banger.vmm.table import binary_for
 
@@ -25,10 +25,21 @@ class Choice:
     reason: str
 
 
-def choose(config: Config, *, kvm_usable: bool, override: Backend | None = None) -> Choice:
+def choose(
+    config: Config, *, kvm_usable: bool, override: Backend | None = None, rootless: bool = False
+) -> Choice:
+    """``rootless``: the VM uses user-mode networking, which only QEMU has."""
     wanted = override or (None if config.vmm is VmmChoice.AUTO else Backend(config.vmm.value))
     firecracker = binary_for(Backend.FIRECRACKER, config)
     qemu = binary_for(Backend.QEMU, config)
+    if rootless and wanted is Backend.FIRECRACKER:
+        raise InvalidArgument(
+            "Firecracker has no user-mode networking, so it cannot run a rootless VM",
+            hint='use QEMU (--vmm qemu, or vmm = "auto"), or set up banger-helper '
+            "(docs/explanation/privilege.md) so that VMs join the bridge",
+        )
+    if rootless:
+        firecracker = None
     if wanted is Backend.FIRECRACKER or (wanted is None and firecracker and kvm_usable):
         if firecracker is None:
             raise UnsupportedHost(

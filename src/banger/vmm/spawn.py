@@ -1,9 +1,9 @@
 """Starting a VMM process so that it outlives the daemon, and stopping it safely.
 
 Owns: the detached spawn (new session, stdin closed, output to a log, minimal env, no
-inherited fds: ADVERSARIAL 104), waiting for a control socket to appear, reaping our own
-children (and remembering how they ended), and signalling a process only while it is
-provably the one we started.
+inherited fds but a TAP opened for it: ADVERSARIAL 104), waiting for a control socket to
+appear, reaping our own children (and remembering how they ended), and signalling a
+process only while it is provably the one we started.
 Must not: know which VMM it runs.
 """
 
@@ -33,8 +33,15 @@ _ended: dict[ProcessIdentity, int] = {}
 
 
 def spawn_detached(
-    argv: Sequence[str], *, log_path: Path, runner: Runner, stdout_path: Path | None = None
+    argv: Sequence[str],
+    *,
+    log_path: Path,
+    runner: Runner,
+    stdout_path: Path | None = None,
+    pass_fds: Sequence[int] = (),
 ) -> ProcessIdentity:
+    """``pass_fds``: the only descriptors the VMM inherits, at the same numbers (a TAP
+    opened for it); everything else is closed."""
     # O_APPEND: console_logs cuts these logs in place while we write (ADVERSARIAL 102); an
     # appending writer then goes on at offset 0 instead of behind a hole.
     log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
@@ -49,6 +56,7 @@ def spawn_detached(
             stderr=log_fd,
             env=runner.env(),
             close_fds=True,
+            pass_fds=tuple(pass_fds),
             start_new_session=True,
         )
     except OSError as exc:

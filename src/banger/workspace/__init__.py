@@ -3,7 +3,8 @@
 
 Owns: the one seam through which this package reaches a guest, ``GuestShell`` — a shell
 script run in the guest over banger's SSH (or, in tests, run locally), with an archive on
-its stdin or read from its stdout — and the check of a guest path given by the user.
+its stdin or read from its stdout — the ssh ``GuestShell`` of a running VM (``ssh_shell``,
+from the daemon's ssh info) and the check of a guest path given by the user.
 Modules: ``plan`` (what a copy takes), ``send`` (the copy into the guest), ``gitrepo``
 (host-side git queries), ``archive`` (the tar stream and the safe host-side reads behind
 it), ``export`` (guest changes back as a patch), ``filesync``.
@@ -24,8 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import IO, TypeVar
 
-from banger.errors import CommandFailed, InvalidArgument, Timeout
+from banger.errors import CommandFailed, InvalidArgument, InvalidState, Timeout
+from banger.guest.ssh_argv import ssh_prefix
 from banger.host.runner import STDERR_TAIL_CHARS, Process, Result, Runner, wait_for_exit
+from banger.model.api_types import SshInfo
 
 log = logging.getLogger("banger.workspace")
 
@@ -117,6 +120,25 @@ class GuestShell:
             finally:
                 watchdog.cancel()
             return value, _finish(proc, err, timeout_s)
+
+
+def ssh_shell(info: SshInfo) -> GuestShell:
+    """banger's ssh to a running VM, non-interactive (no tty: archives are binary): the
+    shell the CLI, the SDK and the MCP server copy workspaces and export patches through."""
+    host = info.host or info.ip  # a rootless VM: 127.0.0.1 and a forwarded port
+    if info.state != "running" or not host:
+        raise InvalidState(
+            f"VM {info.name!r} is {info.state}, not running", hint=f"`banger vm start {info.name}`"
+        )
+    prefix = ssh_prefix(
+        info.key,
+        info.known_hosts,
+        user=info.user,
+        batch=True,
+        port=info.port,
+        host_key_alias=info.host_key_alias,
+    )
+    return GuestShell((*prefix, "-T", host))
 
 
 @contextlib.contextmanager

@@ -1,0 +1,172 @@
+"""Handing a ready warm-pool VM to a create instead of booting one (issue 12).
+
+Owns: which pool VM matches a create request (``matches``: what cannot change after
+boot must be equal), the claim itself (the guest's hostname, the VM dir, the row and the
+``<name>.vm`` record take the requested name) and the ``GuestNamer`` seam that renames a
+running guest (the agent's exec channel, SSH when the guest has no exec channel).
+Must not: boot or refill (``banger.services.pool``), or drain the pool for a request no
+pool VM matches (no match simply means a cold create).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Protocol
+
+from banger.errors import BangerError, CommandFailed, NotFound
+from banger.host.publish import rename_noreplace
+from banger.host.runner import Runner
+from banger.model.records import VmRecord, VmState
+from banger.model.wire import StageState
+from banger.services.operations import Progress
+from banger.services.vm_create import CreateRequest, name_taken
+from banger.services.vm_paths import VmPaths
+from banger.state import repo
+from banger.vmm import table
+from banger.vmm.base import Backend
+
+if TYPE_CHECKING:
+    from banger.services.vms import VmService
+
+log = logging.getLogger("banger.pool")
+
+#: Pool VMs are named ``pool-<hex>``; the row's ``pool`` column is what marks them.
+POOL_PREFIX = "pool-"
+RENAME_TIMEOUT_S = 10.0
+
+#: Sets the running guest's hostname and makes /etc/hostname and the ``127.0.1.1`` line
+#: of /etc/hosts agree (the name is a checked DNS label: safe inside the sed pattern).
+RENAME_SCRIPT = (
+    'set -e; n="$1"; hostname "$n"; printf "%s\\n" "$n" > /etc/hostname; '
+    "if grep -q '^127[.]0[.]1[.]1[[:space:]]' /etc/hosts; then "
+    'sed -i "s/^127[.]0[.]1[.]1[[:space:]].*/127.0.1.1 $n/" /etc/hosts; '
+    'else echo "127.0.1.1 $n" >> /etc/hosts; fi'
+)
+
+
+def rename_argv(name: str) -> list[str]:
+    return ["sh", "-c", RENAME_SCRIPT, "sh", name]
+
+
+class GuestNamer(Protocol):
+    """Gives a running guest a new hostname; raises ``BangerError`` when it cannot."""
+
+    async def rename(self, vm: VmRecord, paths: VmPaths, ssh_argv: list[str], name: str) -> str:
+        """Returns how it was done (for the ``claim`` stage's detail)."""
+        ...
+
+
+class AgentGuestNamer:
+    """Through the guest agent's exec channel; over SSH when the guest has none."""
+
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
+
+    async def rename(self, vm: VmRecord, paths: VmPaths, ssh_argv: list[str], name: str) -> str:
+        channel = table.agent_channel_at(paths.run_dir, Backend(vm.vmm or "qemu"))
+        try:
+            conn = await channel.exec_connect(timeout_s=2.0)
+        except (BangerError, OSError, NotImplementedError) as exc:
+            log.info("no exec channel: renaming over ssh", extra={"fields": {"why": str(exc)}})
+            await self.runner.run_async(
+                [*ssh_argv, "--", *(_quoted(a) for a in rename_argv(name))],
+                timeout_s=RENAME_TIMEOUT_S,
+            )
+            return "hostname set over ssh"
+        async with conn:
+            status = await conn.run(rename_argv(name), timeout_s=RENAME_TIMEOUT_S)
+        if status.code != 0:
+            raise CommandFailed(f"setting the guest's hostname failed ({status})")
+        return "hostname set through the agent"
+
+
+def _quoted(arg: str) -> str:
+    """ssh joins its arguments with spaces for the remote shell: quote each one."""
+    return "'" + arg.replace("'", "'\"'\"'") + "'"
+
+
+def matches(vm: VmRecord, req: CreateRequest, image_id: int | None) -> bool:
+    """A ready pool VM can serve ``req``: same image and size, a work disk at least as big
+    (a running guest's disk is not grown: a bigger ask boots cold), a VMM it allows.
+    NAT is the bridge's, not the VM's: a claim turns it on."""
+    return (
+        vm.pool
+        and vm.state is VmState.RUNNING
+        and vm.image_id == image_id
+        and vm.vcpu == req.vcpu
+        and vm.memory_mib == req.memory_mib
+        and vm.disk_size_bytes >= req.disk_size_bytes
+        and (req.vmm is None or vm.vmm == req.vmm.value)
+    )
+
+
+async def claim(
+    service: VmService, req: CreateRequest, image_id: int | None, progress: Progress
+) -> VmRecord | None:
+    """A matching ready pool VM, renamed to the request's name; None when there is none
+    (the caller then boots one). A pool VM that cannot be renamed is thrown away."""
+    ready: list[VmRecord] = await service.ctx.db.run(repo.list_vms, pool=True)
+    for candidate in ready:
+        if not matches(candidate, req, image_id) or service.busy(candidate.name):
+            continue
+        async with service.locked(candidate.name):
+            got = await _claim_one(service, candidate.name, req, image_id, progress)
+        if got is not None:
+            return got
+    return None
+
+
+async def _claim_one(
+    service: VmService, pool_name: str, req: CreateRequest, image_id: int | None, progress: Progress
+) -> VmRecord | None:
+    try:
+        vm = await service.get(pool_name)
+    except NotFound:
+        return None  # another claim or a drain took it while we waited for its lock
+    if not matches(vm, req, image_id) or not service.alive(vm):
+        return None
+    name = req.name or await service.fresh_name()
+    paths = service.paths(vm)
+    try:
+        how = await service.guest_namer.rename(vm, paths, service.ssh_argv_of(vm), name)
+    except (BangerError, OSError) as exc:
+        reason = exc.brief if isinstance(exc, BangerError) else str(exc)
+        log.warning("pool VM not renamed: discarded", extra={"fields": {"vm": pool_name}})
+        progress.note("claim", StageState.WARN, f"{pool_name} not usable ({reason}): booting")
+        await service.remove_pool_vm(vm)
+        return None
+    # The stage starts once the guest answers to its new name: a claim that fails
+    # before shows as a warning, then the cold create's own stages.
+    with progress.stage("claim"):
+        try:
+            claimed = await _take_name(service, vm, paths, name)
+        except BaseException:
+            # Its guest already answers to the new name: it cannot go back to the pool.
+            await service.remove_pool_vm(vm)
+            raise
+        await service.publish_dns()
+        if req.nat and not claimed.nat:
+            await service.network.ensure_nat()
+            claimed = await service.ctx.db.run(repo.update_vm, name, nat=True)
+        progress.detail = f"{name}: ready VM {pool_name} ({claimed.ip}), {how}"
+    service.pool_claimed.set()
+    return claimed
+
+
+async def _take_name(service: VmService, vm: VmRecord, paths: VmPaths, name: str) -> VmRecord:
+    """Row and VM dir take ``name``, under the lock cold creates reserve names with."""
+    async with service.reserve_lock:
+        taken: list[VmRecord] = await service.ctx.db.run(repo.list_vms)
+        if name in {v.name for v in taken}:
+            raise name_taken(name)
+        new_dir = paths.vm_dir.with_name(name)
+        await asyncio.to_thread(rename_noreplace, paths.vm_dir, new_dir)
+        try:
+            claimed: VmRecord = await service.ctx.db.run(
+                repo.claim_vm, vm.name, name, vm_dir=str(new_dir)
+            )
+        except BaseException:
+            await asyncio.to_thread(rename_noreplace, new_dir, paths.vm_dir)
+            raise
+        return claimed
