@@ -363,6 +363,13 @@ class CreateBody(Strict):
         ge=limits.BOOT_TIMEOUT_S_MIN,
         le=limits.BOOT_TIMEOUT_S_MAX,
     )
+    delete_on_disconnect: StrictBool | None = Field(
+        default=None,
+        description=(
+            "Delete the VM if the client disconnects before the result event (`vm run "
+            "--rm`). Without it a create whose client went away runs to its end."
+        ),
+    )
 
 
 class SetBody(Strict):

@@ -59,6 +59,7 @@ async def create_vm(services: Services, body: CreateBody) -> StreamingResponse:
         nat=body.nat,
         vmm=Backend(body.vmm) if body.vmm else None,
         boot_timeout_s=float(body.boot_timeout_s),
+        delete_on_disconnect=body.delete_on_disconnect is True,
     )
     request = await services.vms.validate(order)
     return ndjson_response(services.vms.create(request))

@@ -3,18 +3,18 @@
 Owns: the run flow — create (spec line, live stages), then an interactive shell (SSH) or
 the command after ``--`` with its exit status (through the guest agent, ``vm exec``'s
 path; over SSH when the guest has no agent, said once on stderr), then ``--rm`` cleanup
-(any exit status; a VM that never became reachable is kept for `vm logs` and the error
-says so).
+(any exit status; Ctrl-C and a closed terminal too: ``banger.cli.interrupt``; a VM that
+never became reachable is kept for `vm logs` and the error says so).
 Must not: duplicate create/ssh logic (``vm_common`` has it).
 """
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import click
 
+from banger.cli.interrupt import hangup_is_interrupt, remove_vm, say
 from banger.cli.session import Session
 from banger.cli.vm_common import create_options, create_request, create_vm, run_ssh, ssh_command
 from banger.cli.workspace_options import (
@@ -59,21 +59,22 @@ def run(
     if plan is not None and dry_run:
         print_run_plan(plan)
         return 0
-    name = create_vm(session, create_request(**options), as_json=False).name
-    try:
-        cwd = prepare_for_run(session, name, plan) if plan is not None else None
-        if command:
-            code = _run_command(session, name, command, cwd)
-            if code is not None:
-                return code
-        argv = ssh_command(session, name, command, cwd=cwd)
-        return run_ssh(session, name, argv)
-    finally:
-        if remove:
-            session.client().vms.delete(name, force=True)
-            sys.stderr.write(f"banger: deleted {name}\n")
-        else:
-            sys.stderr.write(f"banger: {name} is still running (banger vm delete {name})\n")
+    with hangup_is_interrupt():  # a closed terminal cleans up as Ctrl-C does
+        request = create_request(**options, delete_on_disconnect=remove)
+        name = create_vm(session, request, as_json=False).name
+        try:
+            cwd = prepare_for_run(session, name, plan) if plan is not None else None
+            if command:
+                code = _run_command(session, name, command, cwd)
+                if code is not None:
+                    return code
+            argv = ssh_command(session, name, command, cwd=cwd)
+            return run_ssh(session, name, argv)
+        finally:
+            if remove:
+                remove_vm(session.client(), name)
+            else:
+                say(f"{name} is still running (banger vm delete --force {name})")
 
 
 def _run_command(
@@ -86,5 +87,5 @@ def _run_command(
     try:
         return exec_command(session, name, command_argv(command), cwd=cwd)
     except AgentUnavailable:
-        sys.stderr.write(f"banger: the guest agent of {name} does not answer; using ssh\n")
+        say(f"the guest agent of {name} does not answer; using ssh")
         return None

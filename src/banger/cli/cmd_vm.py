@@ -41,8 +41,13 @@ def vm() -> None:
 @json_option
 @click.pass_obj
 def create(session: Session, /, as_json: bool, **options: Any) -> None:
-    """Create a VM and boot it; prints a spec line, then each stage as it happens."""
-    result = create_vm(session, create_request(**options), as_json=as_json)
+    """Create a VM and boot it; prints a spec line, then each stage as it happens.
+
+    Interrupted (Ctrl-C, a closed terminal), the daemon finishes the VM and keeps it."""
+    from banger.cli.interrupt import hangup_is_interrupt
+
+    with hangup_is_interrupt():
+        result = create_vm(session, create_request(**options), as_json=as_json)
     if not as_json:
         click.echo(f"{result.name} is running at {_address(result)} (banger vm ssh {result.name})")
 

@@ -8,16 +8,24 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, Protocol, TypeVar
 
 from banger.model.api_types import StageEvent, to_json
 from banger.model.wire import StageState
 
-if TYPE_CHECKING:
-    from banger.client.facade import Progress
-
 T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+
+
+class Streamed(Protocol[T_co]):
+    """A progress stream (``banger.client.facade.Progress``, or a wrapper of one)."""
+
+    def __iter__(self) -> Iterator[StageEvent]: ...
+
+    @property
+    def result(self) -> T_co: ...
+
 
 MARKS = {
     StageState.OK: ("✓", "green"),
@@ -51,7 +59,7 @@ def emit_table(columns: Sequence[str], rows: Iterable[Sequence[Any]], *, empty: 
         )
 
 
-def follow_stream(progress: Progress[T], *, as_json: bool) -> T:
+def follow_stream(progress: Streamed[T], *, as_json: bool) -> T:
     """Show a progress stream and return its typed result.
 
     ``--json`` passes the events through as NDJSON; a terminal gets a live spinner per

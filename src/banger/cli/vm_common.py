@@ -15,7 +15,7 @@ from typing import Any, TypeVar, cast
 
 import click
 
-from banger.cli.output import follow_stream
+from banger.cli.interrupt import follow_create
 from banger.cli.session import Session
 from banger.cli.vm_options import ResolvedDefault, memory_mib, size_bytes, vcpu_count
 from banger.errors import BangerError, InvalidState, NotFound
@@ -70,6 +70,7 @@ def create_request(
     nat: bool,
     vmm: str | None,
     boot_timeout: int,
+    delete_on_disconnect: bool = False,
 ) -> CreateVmRequest:
     return CreateVmRequest(
         name=name,
@@ -80,6 +81,7 @@ def create_request(
         nat=nat,
         vmm=cast("VmmName | None", vmm),  # click.Choice(limits.VMMS) admitted it
         boot_timeout_s=boot_timeout,
+        delete_on_disconnect=delete_on_disconnect or None,  # left out unless asked
     )
 
 
@@ -93,11 +95,12 @@ def spec_line(request: CreateVmRequest, defaults: VmDefaults) -> str:
 
 
 def create_vm(session: Session, request: CreateVmRequest, *, as_json: bool) -> VmInfo:
-    """Print the spec line (not with --json), follow the create stream, return the VM."""
+    """Print the spec line (not with --json), follow the create stream, return the VM.
+    Interrupted, it says what becomes of the VM (``banger.cli.interrupt``)."""
     client = session.client()
     if not as_json:
         click.echo(spec_line(request, client.vms.defaults()))
-    return follow_stream(client.vms.create(request), as_json=as_json)
+    return follow_create(client, request, as_json=as_json)
 
 
 def remote_command(words: tuple[str, ...], *, cwd: str | None = None) -> str:

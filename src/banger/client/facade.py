@@ -97,6 +97,12 @@ class Progress(Generic[T]):
             raise BadResponse("the progress stream ended without a result")
         return self._result
 
+    def close(self) -> None:
+        """Stop following: the connection closes, and the daemon sees the client go."""
+        close = getattr(self._events, "close", None)
+        if close is not None:
+            close()
+
     def wait(self) -> T:
         """Follow the stream silently to its end; its result."""
         for _ in self:

@@ -342,6 +342,8 @@ class CreateVmRequest(Record):
     nat: bool = False
     vmm: VmmName | None = None
     boot_timeout_s: int = limits.BOOT_TIMEOUT_S_DEFAULT
+    #: True: no VM is kept if the client goes away before the result (`vm run --rm`).
+    delete_on_disconnect: bool | None = None
 
 
 class SetVmRequest(Record):

@@ -40,6 +40,7 @@ class CreateOrder:
     nat: bool = False
     vmm: Backend | None = None
     boot_timeout_s: float = 300.0
+    delete_on_disconnect: bool = False
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,8 @@ class CreateRequest:
     nat: bool = False
     vmm: Backend | None = None
     boot_timeout_s: float = 300.0
+    #: The client (``vm run --rm``) wants no VM if it goes away before the result.
+    delete_on_disconnect: bool = False
     #: Booted by the warm pool ahead of a create (``banger.services.pool``).
     pool: bool = False
 
@@ -110,6 +113,7 @@ def validate_request(
         nat=order.nat,
         vmm=order.vmm,
         boot_timeout_s=order.boot_timeout_s,
+        delete_on_disconnect=order.delete_on_disconnect,
     )
 
 

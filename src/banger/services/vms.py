@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from banger.dns.server import records_from_vms
-from banger.errors import BangerError, InvalidArgument, InvalidState
+from banger.errors import BangerError, InvalidArgument, InvalidState, NotFound
 from banger.host import procinfo
 from banger.host.procinfo import ProcessIdentity
 from banger.host.publish import remove_published
@@ -37,7 +37,7 @@ from banger.services import pool_claim, readiness, vm_addresses, vm_boot, vm_dis
 from banger.services.catalog_fetch import CatalogService
 from banger.services.context import DaemonContext
 from banger.services.inventory import record_dict
-from banger.services.operations import Progress, run_streamed
+from banger.services.operations import Progress, run_streamed, stop_if_set, unless_set
 from banger.services.pool_claim import AgentGuestNamer, GuestNamer
 from banger.services.readiness import PortProbe
 from banger.services.vm_addresses import VmAddresses
@@ -146,12 +146,18 @@ class VmService:
             self.creating -= 1
 
     async def _create_cold(self, req: CreateRequest, progress: Progress) -> dict[str, Any]:
+        # A client that goes away leaves the create running (docs/explanation/
+        # interruption.md), unless it asked for delete_on_disconnect: then nothing new is
+        # started once it is gone, a boot waiting for the guest stops, and the VM goes.
+        stop = progress.abandoned if req.delete_on_disconnect else None
         artifacts = await self._resolve_image(req.image, progress)
         if not req.pool:
             claimed = await pool_claim.claim(self, req, artifacts.image.id, progress)
             if claimed is not None:
+                await self._delete_if_abandoned(stop, claimed.name)
                 return record_dict(claimed)
         kvm = await self._kvm_usable(artifacts, progress)
+        stop_if_set(stop, None)
         with progress.stage("reserve"):
             rootless = (await self.addresses.mode_now()) is PrivilegeMode.ROOTLESS
             plan = self._plan(artifacts, kvm, req.vmm, progress, rootless=rootless, quiet=req.pool)
@@ -160,6 +166,32 @@ class VmService:
             vm = await self._reserve(req, plan, rootless=rootless)
             progress.detail = vm_addresses.describe(vm)
         try:
+            vm = await self._build_and_boot(vm, req, plan, progress, stop, rootless=rootless)
+        except BaseException:
+            await self._delete_if_abandoned(stop, vm.name)
+            raise
+        await self._delete_if_abandoned(stop, vm.name)
+        return record_dict(vm)
+
+    async def _delete_if_abandoned(self, stop: asyncio.Event | None, name: str) -> None:
+        """The client went away and wants no VM: delete it, then raise ``Interrupted``."""
+        if stop is None or not stop.is_set():
+            return
+        with contextlib.suppress(NotFound):
+            await self.delete(name, force=True)
+        stop_if_set(stop, name)
+
+    async def _build_and_boot(
+        self,
+        vm: VmRecord,
+        req: CreateRequest,
+        plan: BootPlan,
+        progress: Progress,
+        stop: asyncio.Event | None,
+        *,
+        rootless: bool,
+    ) -> VmRecord:
+        try:
             with progress.stage("disks"):
                 progress.detail = await asyncio.to_thread(
                     vm_disks.build, self.ctx, vm, self.paths(vm), plan.image, plan.kernel
@@ -167,12 +199,12 @@ class VmService:
         except BaseException:
             await self.discard(vm)
             raise
+        stop_if_set(stop, vm.name)
         if req.nat and not rootless:  # a rootless VM's outbound access is slirp's own
             with progress.stage("nat"):
                 await self.network.ensure_nat()
         async with self.locked(vm.name):
-            vm = await self._boot(vm, plan, progress, timeout_s=req.boot_timeout_s)
-        return record_dict(vm)
+            return await self._boot(vm, plan, progress, timeout_s=req.boot_timeout_s, stop=stop)
 
     async def _resolve_image(self, name: str, progress: Progress) -> Artifacts:
         """A catalog image (the default one included) is obtained on first use, with its
@@ -248,7 +280,13 @@ class VmService:
     # -- boot, start -------------------------------------------------------------------
 
     async def _boot(
-        self, vm: VmRecord, plan: BootPlan, progress: Progress, *, timeout_s: float
+        self,
+        vm: VmRecord,
+        plan: BootPlan,
+        progress: Progress,
+        *,
+        timeout_s: float,
+        stop: asyncio.Event | None = None,
     ) -> VmRecord:
         paths = self.paths(vm)
         spec = boot_spec(vm, paths, plan, self.ctx.config)
@@ -263,7 +301,9 @@ class VmService:
                 vm = await self._record_launch(vm, handle)
                 progress.detail = f"{handle.backend.value} ({plan.accel.value}), pid {vm.pid}"
             with progress.stage("wait-ready"):
-                progress.detail = await self._wait_ready(vm, handle, argv, timeout_s)
+                progress.detail = await unless_set(
+                    stop, self._wait_ready(vm, handle, argv, timeout_s), vm.name
+                )
         except BaseException as exc:
             await self._boot_failed(vm, exc)
             if isinstance(exc, BangerError):
