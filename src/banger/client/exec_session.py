@@ -8,7 +8,9 @@ streams stdin from bytes, a file or an iterable and output to callbacks.
 One reader thread per session reads the socket; output it reads waits in the session
 until ``events()`` takes it, and the daemon may send only as much as the client granted
 (one window), so a session holds at most a window of output whatever the command
-prints, and stdin credit is never stuck behind unread output. Writes (stdin, signals,
+prints, and stdin credit is never stuck behind unread output. The reader keeps reading
+whether or not the caller takes output, so a daemon that breaks the protocol is caught
+and hung up on even while nobody calls ``events()``. Writes (stdin, signals,
 credit) are serialised by a lock, so ``write`` may run in another thread than
 ``events``.
 
@@ -202,6 +204,13 @@ class ExecSession:
         finally:
             with contextlib.suppress(OSError):
                 self._fp.close()
+            if self._result is None:
+                # Hang up now, not when the caller next looks: a caller that stopped
+                # taking output may never call close(), and the daemon (which broke the
+                # protocol, or failed) must see the link end so the command is killed.
+                # shutdown, not close: another thread may be sending on this socket.
+                with contextlib.suppress(OSError):
+                    self._sock.shutdown(socket.SHUT_RDWR)
 
     def _on_frame(self, frame: exec_frames.Frame) -> bool:
         """Take one frame from the daemon; True once the session has ended."""
