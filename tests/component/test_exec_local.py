@@ -337,3 +337,65 @@ def test_cancelling_a_run_kills_the_command_and_the_host_deadline_holds(short_di
             await conn.aclose()
 
     asyncio.run(silent_guest())
+
+
+def _threads(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    raise AssertionError("no Threads line")
+
+
+def _zombie_children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if fields[0] == "Z" and int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def _has_pidfd() -> bool:
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except (AttributeError, OSError):
+        return False
+    return True
+
+
+def test_exits_are_seen_without_a_thread_per_command_and_none_is_left_a_zombie() -> None:
+    """With pidfds (Python >= 3.9, Linux >= 5.3) the agent watches a command's exit in
+    its epoll instead of starting a reaper thread for it; commands it forgets (a new
+    host's HELLO ends them) are still reaped."""
+
+    async def main(sock: socket.socket, agent: int) -> None:
+        async with over_stream(sock) as first:
+            status, _, _ = await collect(first, ["true"])  # the loop thread is up
+            assert status.code == 0
+            before = _threads(agent)
+            procs = [await first.start(["sleep", "1"]) for _ in range(8)]
+            during = _threads(agent)
+            assert [(await p.wait()).code for p in procs] == [0] * 8
+            if _has_pidfd():
+                assert during == before, f"{during - before} threads started for 8 commands"
+            forgotten = await first.start(["sleep", "300"])
+            assert forgotten.pid is not None
+            first._task.cancel()  # type: ignore[union-attr]
+        async with over_stream(sock) as second:  # its HELLO ends the first host's command
+            status, out, _ = await collect(second, ["echo", "fresh"])
+            assert (status.code, out) == (0, b"fresh\n")
+        deadline = time.monotonic() + 10
+        while zombies := _zombie_children(agent):
+            assert time.monotonic() < deadline, f"zombies left: {zombies}"
+            time.sleep(0.05)
+
+    host, guest = socket.socketpair()
+    fd = guest.fileno()
+    python = PYTHONS[0].values[0]
+    with host, run_agent(python, "--exec-stream-fd", str(fd), pass_fds=(fd,)) as proc:  # type: ignore[arg-type]
+        guest.close()
+        asyncio.run(main(host, proc.pid))
+        assert proc.poll() is None, "the agent died"
