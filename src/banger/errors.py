@@ -120,6 +120,17 @@ class PayloadTooLarge(BangerError):
     default_hint = "the daemon's API takes small JSON bodies only (at most 1 MiB); send less"
 
 
+class MalformedHttp(InvalidRequest):
+    """Bytes on the daemon's socket that are not an HTTP/1.1 request h11 can parse."""
+
+    code = "malformed_http"
+    status = 400
+    default_hint = (
+        "the daemon speaks HTTP/1.1 on its socket: use the banger CLI or SDK, or "
+        "`curl --unix-socket`; docs/reference/api.json describes the API"
+    )
+
+
 class ConfigError(BangerError):
     code = "config_invalid"
     status = 400
