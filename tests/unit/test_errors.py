@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from pathlib import Path
 
 import pytest
 
@@ -116,3 +117,27 @@ def test_the_fallback_errors_have_hints() -> None:
     assert error_from_payload("<html>oops</html>", status=502).hint
     unknown = {"error": {"code": "from_the_future", "message": "m"}}
     assert error_from_payload(unknown, status=500).hint
+
+
+def test_registry_connection_errors_say_what_to_check() -> None:
+    import socket
+
+    from banger.oci.http_transport import _connect_error
+
+    url = "https://registry.invalid/v2/"
+    for exc in (
+        TimeoutError(),
+        socket.gaierror(-2, "Name or service not known"),
+        OSError(111, "refused"),
+    ):
+        err = _connect_error(exc, url)
+        assert err.hint is not None and "registry" in err.hint
+        assert err.hint != type(err).default_hint
+
+
+def test_a_daemon_that_does_not_answer_in_time_points_at_its_logs(tmp_path: Path) -> None:
+    from banger.client.http import Client
+
+    err = Client(tmp_path / "sock", timeout_s=1)._transport_error(TimeoutError())
+    assert isinstance(err, errors.Timeout)
+    assert err.hint is not None and "banger daemon logs" in err.hint
