@@ -142,7 +142,7 @@ def test_set_refuses_zero_and_running_and_grows_a_stopped_vm(env: VmEnv) -> None
     assert running.returncode == 1 and "not supported after start" in running.stderr
     env.ok("vm", "stop", "sized")
     zero = env.banger("vm", "set", "sized", "--vcpu", "0")
-    assert zero.returncode == 1 and "--vcpu" in zero.stderr
+    assert zero.returncode == 2 and "--vcpu" in zero.stderr  # a usage error (issue 14/15)
     env.ok("vm", "set", "sized", "--memory", "384", "--disk-size", "2G")
     vm = _vm(env, "sized")
     assert (vm["memory_mib"], vm["disk_size_bytes"]) == (384, 2 * 1024**3)

@@ -185,7 +185,7 @@ def test_click_options_use_the_same_limits() -> None:
 
     from banger.cli.cmd_vm import kill
     from banger.cli.vm_common import create_options
-    from banger.cli.vm_options import vcpu_count
+    from banger.cli.vm_options import Limited, vcpu_count
     from banger.errors import InvalidArgument
 
     assert vcpu_count(str(limits.VCPU_MAX)) == limits.VCPU_MAX
@@ -200,12 +200,23 @@ def test_click_options_use_the_same_limits() -> None:
     def probe(**_: object) -> None: ...
 
     timeout = next(p for p in probe.params if p.name == "boot_timeout")
-    assert isinstance(timeout.type, click.IntRange)
-    assert (timeout.type.min, timeout.type.max) == (
+    assert isinstance(timeout.type, Limited)
+    assert timeout.type.bound == limits.BOOT_TIMEOUT_S
+    assert (timeout.type.bound.low, timeout.type.bound.high) == (
         limits.BOOT_TIMEOUT_S_MIN,
         limits.BOOT_TIMEOUT_S_MAX,
     )
+    assert timeout.type.convert(str(limits.BOOT_TIMEOUT_S_MAX), None, None) == 3600
+    with pytest.raises(click.BadParameter, match="at most 3600 seconds"):
+        timeout.type.convert(str(limits.BOOT_TIMEOUT_S_MAX + 1), None, None)
     assert timeout.default == limits.BOOT_TIMEOUT_S_DEFAULT
+    sized = {p.name: p.type for p in probe.params if isinstance(p.type, Limited)}
+    assert {name: t.bound for name, t in sized.items()} == {
+        "vcpu": limits.VCPU,
+        "memory": limits.MEMORY_MIB,
+        "disk_size": limits.DISK_SIZE,
+        "boot_timeout": limits.BOOT_TIMEOUT_S,
+    }
     vmm = next(p for p in probe.params if p.name == "vmm")
     assert isinstance(vmm.type, click.Choice)
     assert tuple(vmm.type.choices) == limits.VMMS

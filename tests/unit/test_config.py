@@ -207,7 +207,7 @@ def test_unknown_key_without_close_match_has_no_suggestion_e54(
             "vm_defaults.vcpu: must be an integer written with the digits 0-9, unquoted",
         ),
         ('vcpu = "1_024"', "vm_defaults.vcpu: must be an integer"),
-        ('disk_size = "100M"', 'vm_defaults.disk_size: must be at least 256M (got "100M")'),
+        ('disk_size = "100M"', 'vm_defaults.disk_size: must be at least 256 MiB (got "100M")'),
         ('disk_size = "1.5G"', "vm_defaults.disk_size: must be a whole number"),
         ('disk_size = "1_024M"', "vm_defaults.disk_size: must be a whole number"),
         ('disk_size = "\u0661\u0662\u0663G"', "vm_defaults.disk_size: must be a whole number"),

@@ -19,7 +19,7 @@ from banger.cli.completion import complete_vm_names
 from banger.cli.output import emit_json, emit_kv, emit_table, follow_stream
 from banger.cli.session import Session
 from banger.cli.vm_common import create_options, create_request, create_vm, run_ssh, ssh_command
-from banger.cli.vm_options import memory_mib, size_bytes, vcpu_count
+from banger.cli.vm_options import DISK_SIZE, MEMORY, VCPU
 from banger.errors import BangerError
 from banger.model import limits
 from banger.model.api_types import KillRequest, SetVmRequest, SignalName, VmInfo, to_json
@@ -144,25 +144,27 @@ def delete(session: Session, names: tuple[str, ...], force: bool) -> int:
 
 @vm.command("set")
 @click.argument("name", shell_complete=complete_vm_names)
-@click.option("--vcpu", help="Virtual CPUs.")
-@click.option("--memory", help="Memory: MiB, or a size like 2G.")
-@click.option("--disk-size", help="Grow the /root work disk to this size, like 16G.")
+@click.option("--vcpu", type=VCPU, help="Virtual CPUs.")
+@click.option("--memory", type=MEMORY, help="Memory: MiB, or a size like 2G.")
+@click.option(
+    "--disk-size", type=DISK_SIZE, help="Grow the /root work disk to this size, like 16G."
+)
 @json_option
 @click.pass_obj
 def set_(
     session: Session,
     *,
     name: str,
-    vcpu: str | None,
-    memory: str | None,
-    disk_size: str | None,
+    vcpu: int | None,
+    memory: int | None,
+    disk_size: int | None,
     as_json: bool,
 ) -> None:
     """Change a stopped VM's vCPUs, memory or work-disk size (zero or negative is an error)."""
     request = SetVmRequest(
-        vcpu=None if vcpu is None else vcpu_count(vcpu),
-        memory_mib=None if memory is None else memory_mib(memory),
-        disk_size_bytes=None if disk_size is None else size_bytes(disk_size, what="--disk-size"),
+        vcpu=vcpu,
+        memory_mib=memory,
+        disk_size_bytes=disk_size,  # checked by their types
     )
     if request == SetVmRequest():
         raise click.UsageError("nothing to change: give --vcpu, --memory or --disk-size")
