@@ -195,13 +195,13 @@ def test_unknown_key_without_close_match_has_no_suggestion_e54(
 @pytest.mark.parametrize(
     ("toml", "brief"),
     [
-        ("memory_mib = -1", "vm_defaults.memory_mib: must be at least 128 (got -1)"),
-        ("memory_mib = 2000000", "vm_defaults.memory_mib: must be at most 1048576 (got 2000000)"),
+        ("memory_mib = -1", "vm_defaults.memory_mib: must be at least 128 MiB (got -1)"),
+        ("memory_mib = 2000000", "vm_defaults.memory_mib: must be at most 1 TiB (got 2000000)"),
         ("vcpu = true", "vm_defaults.vcpu: must be an integer, not a boolean (got true)"),
         ("vcpu = 1.5", "vm_defaults.vcpu: must be an integer, not a decimal number (got 1.5)"),
         ("vcpu = 2.0", "vm_defaults.vcpu: must be an integer, not a decimal number (got 2.0)"),
-        ("vcpu = 0", "vm_defaults.vcpu: must be at least 1 (got 0)"),
-        ("vcpu = 65", "vm_defaults.vcpu: must be at most 64 (got 65)"),
+        ("vcpu = 0", "vm_defaults.vcpu: must be at least 1 vCPU (got 0)"),
+        ("vcpu = 65", "vm_defaults.vcpu: must be at most 64 vCPUs (got 65)"),
         (
             'vcpu = "4"',
             "vm_defaults.vcpu: must be an integer written with the digits 0-9, unquoted",
@@ -221,6 +221,18 @@ def test_bad_vm_defaults_e55(tmp_path: Path, env: dict[str, str], toml: str, bri
     assert err.hint is not None and str(tmp_path / "config.toml") in err.hint
 
 
+def test_pool_sizes_say_key_file_and_unit_like_the_flags(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    """The same bound as `--memory`/`--vcpu` (issue 14 item 15), worded the same way."""
+    err = load_error(write(tmp_path, "[[pool]]\nmemory_mib = 100\nvcpu = 65\n"), env)
+    assert err.details == (
+        "pool[0].vcpu: must be at most 64 vCPUs (got 65)\n"
+        "pool[0].memory_mib: must be at least 128 MiB (got 100)"
+    )
+    assert err.hint is not None and str(tmp_path / "config.toml") in err.hint
+
+
 def test_several_problems_one_line_each_e55(tmp_path: Path, env: dict[str, str]) -> None:
     err = load_error(write(tmp_path, "[vm_defaults]\nvcpu = true\nmemory_mib = -1\n"), env)
     assert (
@@ -228,7 +240,7 @@ def test_several_problems_one_line_each_e55(tmp_path: Path, env: dict[str, str])
     )
     assert err.details == (
         "vm_defaults.vcpu: must be an integer, not a boolean (got true)\n"
-        "vm_defaults.memory_mib: must be at least 128 (got -1)"
+        "vm_defaults.memory_mib: must be at least 128 MiB (got -1)"
     )
 
 

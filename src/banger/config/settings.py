@@ -97,10 +97,8 @@ class _Table(BaseModel):
 class VmDefaultsConfig(_Table):
     """``[vm_defaults]``: each key unset means "let banger choose" (banger.config.vm_defaults)."""
 
-    vcpu: Annotated[StrictInt, Field(ge=limits.VCPU_MIN, le=limits.VCPU_MAX)] | None = None
-    memory_mib: (
-        Annotated[StrictInt, Field(ge=limits.MEMORY_MIB_MIN, le=limits.MEMORY_MIB_MAX)] | None
-    ) = None
+    vcpu: Annotated[StrictInt, rules.bounded(limits.VCPU)] | None = None
+    memory_mib: Annotated[StrictInt, rules.bounded(limits.MEMORY_MIB)] | None = None
     disk_size: (
         Annotated[str, rules.as_written(units.parse_size, minimum_bytes=limits.DISK_SIZE_MIN_BYTES)]
         | None
