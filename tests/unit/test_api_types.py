@@ -256,3 +256,35 @@ def test_pydantic_refuses_one_past_each_limit() -> None:
     with pytest.raises(ValidationError):
         models.KillBody(signal="SEGV")  # type: ignore[arg-type]
     assert models.CreateBody(vcpu=limits.VCPU_MAX).vcpu == limits.VCPU_MAX
+
+
+@pytest.mark.parametrize(
+    ("model", "bad", "good", "line"),
+    [
+        (models.CreateBody, {"memory_mib": 100}, 128, "memory_mib: must be at least 128 MiB"),
+        (models.CreateBody, {"memory_mib": 2 << 20}, 1 << 20, "memory_mib: must be at most 1 TiB"),
+        (models.CreateBody, {"vcpu": 65}, 64, "vcpu: must be at most 64 vCPUs (got 65)"),
+        (models.CreateBody, {"disk_size_bytes": 1}, 256 << 20, "disk_size_bytes: must be at least"),
+        (models.CreateBody, {"boot_timeout_s": 0}, 1, "boot_timeout_s: must be at least 1 second"),
+        (models.SetBody, {"vcpu": 0}, 1, "vcpu: must be at least 1 vCPU (got 0)"),
+        (models.ImagePullBody, {"size_bytes": 1}, 64 << 20, "size_bytes: must be at least 64 MiB"),
+    ],
+)  # fmt: skip
+def test_the_api_says_bounds_in_units_like_the_cli(
+    model: type[BaseModel], bad: dict[str, int], good: int, line: str
+) -> None:
+    """Issue 14 item 15: the daemon's 422 line for a bound, as error_replies builds it;
+    the bound itself is accepted."""
+    from pydantic import ValidationError
+
+    from banger.api.error_replies import describe_validation
+
+    extra = {"ref": "debian"} if model is models.ImagePullBody else {}
+    with pytest.raises(ValidationError) as caught:
+        model.model_validate({**extra, **bad})
+    errors = caught.value.errors()
+    assert errors[0]["type"] in {"greater_than_equal", "less_than_equal"}
+    (text,) = describe_validation(errors)
+    assert text.startswith(line)
+    (key,) = bad
+    assert getattr(model.model_validate({**extra, key: good}), key) == good
