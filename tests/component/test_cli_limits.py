@@ -39,9 +39,14 @@ def test_sizes_out_of_range_are_usage_errors_before_any_work(
         (["vm", "create", "--boot-timeout", "1_0"], "--boot-timeout", "from 1 second to 3600"),
         (["image", "pull", "debian", "--size", "1M"], "--size", "at least 64 MiB"),
         (["image", "pull", "debian", "--size", "3T"], "--size", "at most 2 TiB"),
+        (["vm", "exec", "box", "--timeout", "0", "--", "true"], "--timeout", "more than 0 seconds"),
+        (["vm", "exec", "b", "--timeout", "5000000", "--", "true"], "--timeout", "at most 4000000"),
+        (["vm", "exec", "box", "--timeout", "nan", "--", "true"], "--timeout", "number of seconds"),
+        (["vm", "cp", "--max-size", "0", "box:/a", "b"], "--max-size", "greater than zero"),
+        (["vm", "cp", "--max-size", "17T", "box:/a", "b"], "--max-size", "at most 16 TiB"),
     ],
-)
-def test_timeouts_and_image_sizes_are_usage_errors_too(
+)  # fmt: skip
+def test_timeouts_and_other_sizes_are_usage_errors_too(
     home: BangerHome, args: list[str], flag: str, bound: str
 ) -> None:
     _assert_usage_error(home, args, flag, bound)
@@ -60,7 +65,8 @@ def _assert_usage_error(home: BangerHome, args: list[str], flag: str, bound: str
     assert out.returncode == 2, out.stderr
     assert out.stdout == ""  # no spec line, no progress
     assert flag in out.stderr and bound in out.stderr, out.stderr
-    assert f'(got "{args[-1]}")' in out.stderr
+    value = args[args.index(flag) + 1]
+    assert f'(got "{value}")' in out.stderr
     for work in ("spec:", "✗", "banger: started", "memory_mib", "disk_size_bytes"):
         assert work not in out.stderr, out.stderr
     assert not home.socket.exists()  # the daemon was neither started nor asked

@@ -11,6 +11,7 @@ commands do not pay for loading the config.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -26,10 +27,6 @@ def vcpu_count(text: str, *, what: str = "--vcpu") -> int:
 
 def memory_mib(text: str, *, what: str = "--memory") -> int:
     return units.parse_memory_mib(text, what=what)
-
-
-def size_bytes(text: str, *, what: str) -> int:
-    return units.parse_size(text, what=what)
 
 
 def _sized(bound: limits.Bound) -> Callable[[str], int]:
@@ -66,6 +63,41 @@ MEMORY = Limited("size", limits.MEMORY_MIB, lambda text: memory_mib(text, what="
 DISK_SIZE = Limited("size", limits.DISK_SIZE, _sized(limits.DISK_SIZE))
 IMAGE_SIZE = Limited("size", limits.IMAGE_SIZE, _sized(limits.IMAGE_SIZE))
 BOOT_TIMEOUT = Limited("seconds", limits.BOOT_TIMEOUT_S, _count(limits.BOOT_TIMEOUT_S))
+
+#: ``vm cp --max-size``: any size parse_size takes (up to its 16 TiB).
+_ANY_SIZE = limits.Bound(1, units.MAX_SIZE_BYTES, "bytes")
+ANY_SIZE = Limited("size", _ANY_SIZE, _sized(_ANY_SIZE))
+
+
+class Seconds(click.ParamType[float, Any]):
+    """``vm exec --timeout``: seconds, fractions allowed, more than 0 and at most
+    ``maximum``, said in seconds (click's FloatRange said "not in the range 0<x<=…")."""
+
+    name = "seconds"
+
+    def __init__(self, maximum: int) -> None:
+        self.maximum = maximum
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        if isinstance(value, float):
+            return value
+        got = f"(got {units.describe_input(value)})"
+        text = value if isinstance(value, str) else ""
+        if not re.fullmatch(r"[0-9]+(\.[0-9]*)?|\.[0-9]+", text, re.ASCII):
+            self.fail(f"must be a number of seconds like 30 or 2.5 {got}", param, ctx)
+        seconds = float(text)
+        if seconds <= 0:
+            self.fail(f"must be more than 0 seconds {got}", param, ctx)
+        if seconds > self.maximum:
+            self.fail(
+                f"must be at most {units.format_amount(self.maximum, 'seconds')} {got}", param, ctx
+            )
+        return seconds
+
+
+EXEC_TIMEOUT = Seconds(limits.EXEC_TIMEOUT_S_MAX)
 
 
 class ResolvedDefault(click.Option):
