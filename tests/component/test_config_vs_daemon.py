@@ -77,7 +77,7 @@ def test_config_show_never_starts_the_daemon(home: BangerHome) -> None:
 def test_create_help_shows_the_default_in_effect(home: BangerHome) -> None:
     home.write_config(NEW)
     alone = " ".join(home.banger("vm", "create", "--help").stdout.split())
-    assert "Virtual CPUs. [default: 1 (config)]" in alone
+    assert "Virtual CPUs, 1 to 64. [default: 1 (config)]" in alone
     assert not home.socket.exists()
 
     home.write_config(OLD)
@@ -85,6 +85,6 @@ def test_create_help_shows_the_default_in_effect(home: BangerHome) -> None:
     home.write_config(NEW)
     shown = " ".join(home.banger("vm", "create", "--help").stdout.split())
     assert (
-        "Virtual CPUs. [default: 2 (config); 1 from the config file after "
+        "Virtual CPUs, 1 to 64. [default: 2 (config); 1 from the config file after "
         "`banger daemon restart`]" in shown
     ), shown
