@@ -199,6 +199,9 @@ def test_submodules_are_refused_in_tracked_mode_and_copied_in_full_e69(tmp_path:
     with pytest.raises(InvalidArgument, match="submodules") as err:
         make_plan(repo)
     assert err.value.hint and "--mode full" in err.value.hint
+    # Issue 14 item 19: `vm run` has no --mode; the hint names the command that has it.
+    assert f"`banger vm workspace prepare NAME {repo} --mode full`" in err.value.hint
+    assert "`banger vm run` copies tracked files only" in err.value.hint
     _, members = archive_of(repo, mode=Mode.FULL)
     assert {b"lib/lib.c", b"lib/.git", b".git/modules/lib/HEAD", b".gitmodules"} <= set(members)
 
