@@ -526,6 +526,14 @@ def test_export_base_commit_errors_and_override(tmp_path: Path, busybox_path: Pa
     assert export(base_commit="main") == b""
     with pytest.raises(InvalidArgument):
         export(base_commit="--output=/tmp/x")
+    # Issue 14 item 19: outside a repository, say what export needs (not `git init`).
+    outside = tmp_path / "not-a-repo"
+    outside.mkdir()
+    with pytest.raises(InvalidArgument) as err:
+        export(base_commit="main", host_repo=outside)
+    assert err.value.brief.startswith(f"{outside} is not a git repository: "), err.value.brief
+    assert "the repository the workspace was copied from" in err.value.brief
+    assert err.value.hint == "run it in that repository, or name it with --repo DIR"
 
 
 def test_export_on_the_host_runs_no_configured_program_e71(
