@@ -61,6 +61,8 @@ def test_create_ssh_stop_start_delete_tiny_guest(env: VmEnv) -> None:
     assert env.ok("vm", "stop", "life").strip() == "life: stopped"
     assert _vm(env, "life")["state"] == "stopped"
     assert env.ok("vm", "stop", "life").strip() == "life: stopped"  # idempotent (E51)
+    stopped = env.banger("vm", "ssh", "life", "--", "true")
+    assert "error: VM 'life' is in state stopped, not running" in stopped.stderr, stopped.stderr
     # An empty log says so on stderr; stdout stays the log alone (issue 14 item 19).
     vmm_log = os.path.join(_vm(env, "life")["vm_dir"], "vmm.log")
     os.truncate(vmm_log, 0)  # the stopped VM's VMM log, made empty
