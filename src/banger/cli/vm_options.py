@@ -1,8 +1,9 @@
 """Parsing and help for VM size options (``--vcpu``, ``--memory``, ``--disk-size``).
 
 Owns: turning user text into numbers with units in errors (ADVERSARIAL 47) and showing
-the resolved default in ``--help`` with its provenance (config|auto|builtin), computed
-only when help is drawn so ordinary commands do not pay for loading the config.
+the default in effect in ``--help`` with its provenance (config|auto|builtin), computed
+(``banger.cli.config_view``) only when help is drawn so ordinary commands do not pay for
+loading the config.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def size_bytes(text: str, *, what: str) -> int:
 
 
 class ResolvedDefault(click.Option):
-    """An option whose help shows the default the daemon would use, and where it is from."""
+    """An option whose help shows the default a create would get, and where it is from."""
 
     def __init__(self, *args: Any, field: str, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -42,19 +43,6 @@ class ResolvedDefault(click.Option):
         return record[0], f"{record[1]}  [default: {self._resolved()}]"
 
     def _resolved(self) -> str:
-        from banger.config.settings import load_config
-        from banger.config.vm_defaults import HostFacts, resolve_vm_defaults
-        from banger.errors import BangerError
+        from banger.cli.config_view import help_default
 
-        try:
-            defaults = resolve_vm_defaults(load_config(), HostFacts.probe())
-        except BangerError:
-            return "see `banger doctor`"
-        value = getattr(defaults, self.field)
-        if self.field == "disk_size_bytes":
-            shown = units.format_size(value.value)
-        elif self.field == "memory_mib":
-            shown = f"{value.value} MiB"
-        else:
-            shown = str(value.value)
-        return f"{shown} ({value.source})"
+        return help_default(self.field)
