@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -426,14 +427,28 @@ def test_missing_file_sync_host_is_not_a_load_error(tmp_path: Path, env: dict[st
 # -- E58: file others could tamper with -------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", [0o620, 0o602, 0o666, 0o664])
+@pytest.mark.parametrize(
+    ("mode", "who", "fix"),
+    [
+        (0o620, "its group", "g-w"),
+        (0o602, "every user", "o-w"),
+        (0o666, "its group and every user", "go-w"),
+        (0o664, "its group", "g-w"),
+    ],
+)
 def test_group_or_world_writable_file_is_refused_e58(
-    tmp_path: Path, env: dict[str, str], mode: int
+    tmp_path: Path, env: dict[str, str], mode: int, who: str, fix: str
 ) -> None:
+    """Issue 14 item 19: say who can write it and the chmod that takes exactly that away."""
     path = write(tmp_path, "", mode=mode)
     err = load_error(path, env)
-    assert "writable by other users" in err.brief
-    assert err.hint == f"chmod 600 {path}"
+    assert err.brief == f"config file {path} can be written by {who}, not only by you " + (
+        f"(mode {mode:04o})"
+    )
+    assert err.hint == f"chmod {fix} {path}"
+    path.chmod(mode)
+    subprocess.run(["chmod", fix, str(path)], check=True)
+    assert load_config(path, env=env).tap_pool_size == 4  # the hint is the whole fix
 
 
 def test_readable_by_others_is_fine_e58(tmp_path: Path, env: dict[str, str]) -> None:

@@ -347,6 +347,11 @@ def test_ssh_shell_is_banger_s_batch_ssh_to_a_running_vm_only() -> None:
         assert option in joined
     with pytest.raises(InvalidState, match="stopped, not running"):
         ssh_shell(SshInfo(state="stopped", ip=None, **info))
+    # Issue 14 item 19: "is in state error", and where to read the error.
+    with pytest.raises(InvalidState) as failed:
+        ssh_shell(SshInfo(state="error", ip=None, **info))
+    assert failed.value.brief == "VM 'dev' is in state error, not running"
+    assert failed.value.hint is not None and "`banger vm show dev`" in failed.value.hint
     # A rootless VM: ssh goes to a forwarded port on loopback, the key filed under an alias.
     rootless = ssh_shell(
         SshInfo(

@@ -22,6 +22,7 @@ from banger.errors import BangerError, InvalidState, NotFound
 from banger.guest.ssh_argv import ssh_prefix
 from banger.model import limits
 from banger.model.api_types import CreateVmRequest, VmDefaults, VmInfo, VmmName
+from banger.model.records import not_running
 from banger.model.units import format_amount, format_size
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -135,9 +136,8 @@ def ssh_command(
     info = session.client().vms.ssh_info(name)
     host = info.host or info.ip
     if info.state != "running" or not host:
-        raise InvalidState(
-            f"VM {name!r} is {info.state}, not running", hint=f"`banger vm start {name}`"
-        )
+        brief, hint = not_running(name, info.state)
+        raise InvalidState(brief, hint=hint)
     argv = ssh_prefix(
         info.key,
         info.known_hosts,

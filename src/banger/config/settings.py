@@ -390,8 +390,13 @@ def _check_owner_and_mode(path: Path, st: os.stat_result) -> None:
         )
     mode = stat.S_IMODE(st.st_mode)
     if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        # Name who can write it and the one chmod that takes exactly that away.
+        who, bits = {
+            stat.S_IWGRP: ("its group", "g-w"),
+            stat.S_IWOTH: ("every user", "o-w"),
+        }.get(mode & (stat.S_IWGRP | stat.S_IWOTH), ("its group and every user", "go-w"))
         raise ConfigError(
-            f"config file {path} is writable by other users (mode {mode:04o})",
+            f"config file {path} can be written by {who}, not only by you (mode {mode:04o})",
             details="another user could change how banger runs your VMs",
-            hint=f"chmod 600 {path}",
+            hint=f"chmod {bits} {path}",
         )
