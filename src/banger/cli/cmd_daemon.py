@@ -1,4 +1,4 @@
-"""``banger daemon status|start|stop|logs``."""
+"""``banger daemon status|start|stop|restart|logs``."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from banger.cli.output import emit_json, emit_kv
 from banger.cli.session import Session
 from banger.client.http import Client
 from banger.client.launcher import daemon_ping, stop_daemon
+from banger.errors import BadResponse
 from banger.model.api_types import to_json
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -73,6 +74,22 @@ def stop(session: Session, as_json: bool) -> None:
         emit_json({"stopped": pid is not None, "pid": pid})
     else:
         click.echo("daemon not running" if pid is None else f"daemon stopped (pid {pid})")
+
+
+@daemon.command()
+@click.pass_obj
+def restart(session: Session) -> None:
+    """Stop the daemon and start it again, e.g. to apply an edited config file (running
+    VMs keep running and are adopted again). A daemon of `banger system install`:
+    `sudo banger system restart` instead."""
+    try:
+        ping = daemon_ping(session.layout)
+    except BadResponse:  # another build's ping: starting below restarts it all the same
+        ping = None
+    if ping is not None:
+        stop_daemon(Client(session.layout.socket_path), ping.pid)
+    started = session.client().daemon.ping()
+    click.echo(f"daemon running, pid {started.pid}")
 
 
 @daemon.command()
