@@ -54,6 +54,19 @@ def make_repo(root: Path, files: dict[bytes, bytes] | None = None) -> Path:
     return root
 
 
+TEST_SH = b'#!/bin/sh\nset -e\ngrep -q project README.md\necho "tests passed"\n'
+
+
+def project_with_tests(where: Path) -> Path:
+    """``where/project``: a README and an executable ``test.sh`` standing in for
+    ``make test`` (it passes in a copy of the repository), committed."""
+    repo = make_repo(where / "project", {b"README.md": b"# project\n", b"test.sh": TEST_SH})
+    (repo / "test.sh").chmod(0o755)
+    git(repo, "add", "test.sh")
+    git(repo, "commit", "-qm", "test.sh runs")
+    return repo
+
+
 def fsmonitor_trap(repo: Path, tmp_path: Path) -> Path:
     """Point core.fsmonitor at a script that leaves a marker; return the marker path."""
     marker = tmp_path / "fsmonitor-ran"

@@ -104,10 +104,12 @@ class UserEnv:
         self.helper.wait(timeout=30)
         self.helper = None
 
-    def start_daemon(self) -> None:
+    def start_daemon(self, prefix: tuple[str, ...] = ()) -> None:
+        """``prefix`` runs as root in the namespace before the user's ``bangerd`` (it must
+        exec its arguments): a mount namespace of the test's, say."""
         log = (self.base / "bangerd.out").open("ab")
         self.daemon = self.ns.popen(
-            self.as_user([str(BIN / "bangerd")]), stdout=log, stderr=subprocess.STDOUT
+            [*prefix, *self.as_user([str(BIN / "bangerd")])], stdout=log, stderr=subprocess.STDOUT
         )
         deadline = time.monotonic() + 60
         while True:

@@ -172,5 +172,25 @@ def vm_env(
             env.cleanup()
 
 
+@contextlib.contextmanager
+def agent_guest_env(tap_pool_size: int) -> Iterator[VmEnv]:
+    """A daemon whose default image is the Debian test guest carrying banger's agent
+    (``deb-agent``, 2 vCPU, 1 GiB), git's test identity in the env: the SDK's and the MCP
+    server's tests, which create sandboxes without naming an image."""
+    from tests import guests
+    from tests.gitrepos import GIT_ENV
+
+    config = (
+        f'default_image_name = "deb-agent"\ntap_pool_size = {tap_pool_size}\n'
+        '[vm_defaults]\nvcpu = 2\nmemory_mib = 1024\ndisk_size = "1G"\n'
+    )
+    with vm_env(config) as env:
+        env.add_test_guests(tiny=False)
+        rootfs = str(guests.debian_agent_rootfs())
+        env.ok("image", "register", "deb-agent", "--rootfs", rootfs, "--kernel-ref", "cloud")
+        env.extra_env.update(GIT_ENV)
+        yield env
+
+
 def events(stdout: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]

@@ -14,7 +14,9 @@ import asyncio
 import contextlib
 import os
 import secrets
+import signal
 import socket
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -161,6 +163,33 @@ def test_signals_reach_the_process_group_and_timeouts_kill_it(short_dir: Path) -
 
     with listen_agent(PYTHONS[0].values[0], short_dir) as path:  # type: ignore[arg-type]
         asyncio.run(main(path))
+
+
+def test_commands_do_not_inherit_signals_the_agent_was_started_ignoring(short_dir: Path) -> None:
+    """A shell without job control (a background job, ``nohup``) starts the agent with
+    SIGINT, SIGQUIT or SIGHUP ignored, and exec keeps them ignored: a command's ``trap …
+    INT`` then never fires and Ctrl-C cannot reach it (seen: a services test hung when
+    pytest ran as a background job). The agent stays immune; its commands get defaults."""
+    wrapper = short_dir / "ignoring-python"
+    wrapper.write_text(f'#!/bin/sh\ntrap "" INT QUIT HUP\nexec {sys.executable} "$@"\n')
+    wrapper.chmod(0o755)
+    path = short_dir / "exec.sock"
+
+    async def main() -> None:
+        async with await ExecConnection.over_unix(path) as conn:
+            status, out, _ = await collect(conn, ["sh", "-c", "grep SigIgn /proc/$$/status"])
+            assert status.code == 0
+            ignored = int(out.split()[1], 16)
+            assert ignored & 0b111 == 0, f"the command ignores signals: {out!r}"
+
+    with run_agent(str(wrapper), "--exec-listen-unix", str(path)) as proc:
+        wait_for_socket(path, proc)
+        agent_ignores = Path(f"/proc/{proc.pid}/status").read_text().split("SigIgn:")[1]
+        assert int(agent_ignores.split()[0], 16) & 0b111 == 0
+        asyncio.run(main())
+        os.kill(proc.pid, signal.SIGINT)  # still immune, as it was started
+        time.sleep(0.2)
+        assert proc.poll() is None, "the agent died of a signal it was started ignoring"
 
 
 def test_concurrent_commands_and_a_flood_with_a_slow_reader(short_dir: Path) -> None:

@@ -17,34 +17,15 @@ from pathlib import Path
 
 import pytest
 
-from tests import guests
-from tests.gitrepos import GIT_ENV, git, make_repo
+from tests.gitrepos import git, project_with_tests
 from tests.mcpclient import error, mcp_session, ok
-from tests.vmenv import VmEnv, vm_env
-
-CONFIG = (
-    'default_image_name = "deb-agent"\ntap_pool_size = 2\n'
-    '[vm_defaults]\nvcpu = 2\nmemory_mib = 1024\ndisk_size = "1G"\n'
-)
-TEST_SH = b'#!/bin/sh\nset -e\ngrep -q project README.md\necho "tests passed"\n'
+from tests.vmenv import VmEnv, agent_guest_env
 
 
 @pytest.fixture(scope="module")
 def env() -> Iterator[VmEnv]:
-    with vm_env(CONFIG) as env:
-        env.add_test_guests(tiny=False)
-        rootfs = str(guests.debian_agent_rootfs())
-        env.ok("image", "register", "deb-agent", "--rootfs", rootfs, "--kernel-ref", "cloud")
-        env.extra_env.update(GIT_ENV)
+    with agent_guest_env(tap_pool_size=2) as env:
         yield env
-
-
-def _project(where: Path) -> Path:
-    repo = make_repo(where / "project", {b"README.md": b"# project\n", b"test.sh": TEST_SH})
-    (repo / "test.sh").chmod(0o755)
-    git(repo, "add", "test.sh")
-    git(repo, "commit", "-qm", "test.sh runs")
-    return repo
 
 
 def _vm_names(env: VmEnv) -> list[str]:
@@ -53,7 +34,7 @@ def _vm_names(env: VmEnv) -> list[str]:
 
 @pytest.mark.timeout(1800)
 def test_an_agent_session_on_a_real_guest(env: VmEnv, tmp_path: Path) -> None:
-    repo = _project(tmp_path)
+    repo = project_with_tests(tmp_path)
 
     async def session() -> tuple[str, str]:
         async with mcp_session(env.env, wrap=env.ns.argv([])) as s:

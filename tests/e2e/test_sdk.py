@@ -16,34 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from tests import guests
 from tests.docexamples import example
-from tests.gitrepos import GIT_ENV, git, make_repo
-from tests.vmenv import VmEnv, vm_env
-
-CONFIG = (
-    'default_image_name = "deb-agent"\ntap_pool_size = 1\n'
-    '[vm_defaults]\nvcpu = 2\nmemory_mib = 1024\ndisk_size = "1G"\n'
-)
-TEST_SH = b'#!/bin/sh\nset -e\ngrep -q project README.md\necho "tests passed"\n'
+from tests.gitrepos import git, project_with_tests
+from tests.vmenv import VmEnv, agent_guest_env
 
 
 @pytest.fixture(scope="module")
 def env() -> Iterator[VmEnv]:
-    with vm_env(CONFIG) as env:
-        env.add_test_guests(tiny=False)
-        rootfs = str(guests.debian_agent_rootfs())
-        env.ok("image", "register", "deb-agent", "--rootfs", rootfs, "--kernel-ref", "cloud")
-        env.extra_env.update(GIT_ENV)
+    with agent_guest_env(tap_pool_size=1) as env:
         yield env
-
-
-def project(where: Path) -> Path:
-    repo = make_repo(where / "project", {b"README.md": b"# project\n", b"test.sh": TEST_SH})
-    (repo / "test.sh").chmod(0o755)
-    git(repo, "add", "test.sh")
-    git(repo, "commit", "-qm", "test.sh runs")
-    return repo
 
 
 def python(
@@ -63,7 +44,7 @@ def python(
 @pytest.mark.timeout(1200)
 @pytest.mark.parametrize("variant", ["sync", "async"])
 def test_the_documented_example_runs_as_written(env: VmEnv, tmp_path: Path, variant: str) -> None:
-    repo = project(tmp_path)
+    repo = project_with_tests(tmp_path)
     out = python(env, example("sdk.md", variant), repo)
     assert out.returncode == 0, out.stderr
     assert out.stdout == "0 tests passed\n"

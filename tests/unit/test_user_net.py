@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from banger.config.settings import Config, PrivilegeModeChoice
-from banger.errors import Conflict, InvalidArgument
+from banger.errors import Conflict, InvalidArgument, UnsupportedHost
 from banger.net import privilege_mode, user_net
 from banger.net.privilege_mode import PrivilegeMode
 from banger.net.user_net import SshTarget, allocate_ssh_port, ssh_target
@@ -120,6 +120,20 @@ def test_firecracker_asked_for_a_rootless_vm_is_refused_with_the_way_out(tmp_pat
         select.choose(config, kvm_usable=True, override=Backend.FIRECRACKER, rootless=True)
     assert "no user-mode networking" in info.value.brief
     assert info.value.hint is not None and "--vmm qemu" in info.value.hint
+
+
+def test_firecracker_needs_a_tun_node_the_user_may_open(tmp_path: Path) -> None:
+    """Firecracker opens its TAP by name: where /dev/net/tun is 0600 (this CI host) a
+    normal user's VM gets QEMU, which is handed its TAP open; asked for, it is refused
+    before anything is made (issue 11; it used to fail at Firecracker's PUT)."""
+    config = _config_with_both_vmms(tmp_path)
+    choice = select.choose(config, kvm_usable=True, tun_openable=False)
+    assert (choice.backend, choice.accel) == (Backend.QEMU, Accel.KVM)
+    with pytest.raises(UnsupportedHost) as info:
+        select.choose(config, kvm_usable=True, override=Backend.FIRECRACKER, tun_openable=False)
+    assert "/dev/net/tun" in info.value.brief
+    assert info.value.hint is not None and "--vmm qemu" in info.value.hint
+    assert "chmod 0666 /dev/net/tun" in info.value.hint
 
 
 def test_privilege_mode_rootless_is_rootless_whoever_runs_the_daemon(tmp_path: Path) -> None:

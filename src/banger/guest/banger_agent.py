@@ -1942,11 +1942,27 @@ def exec_jobs(
     return jobs
 
 
+def _ignored_signal(signum: int, frame: object) -> None:
+    """What the agent does with a signal it was started ignoring: nothing."""
+
+
+def stop_passing_on_ignored_signals() -> None:
+    """An ignored signal stays ignored across exec, and a shell cannot even trap a signal
+    it was started ignoring. A shell without job control (a background job, ``nohup``)
+    starts us ignoring SIGINT, SIGQUIT or SIGHUP; passed on, they would make a command deaf
+    to ``vm exec``'s Ctrl-C. A handler of our own keeps the agent as immune as it was, and
+    exec resets a handled signal to its default in the command."""
+    for signum in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
+        if signal.getsignal(signum) == signal.SIG_IGN:
+            signal.signal(signum, _ignored_signal)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--file"]:
         return file_main(argv[1:])
     args = parse_args(argv)
+    stop_passing_on_ignored_signals()
     # A test transport means "only what I asked for": never grab the host's vsock port.
     test_args = [args.listen_unix, args.connect_unix, args.stream_fd]
     test_args += [args.exec_listen_unix, args.exec_stream_fd]

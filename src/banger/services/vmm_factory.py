@@ -11,6 +11,7 @@ Must not: change rows, branch on the backend, or be used by anything but the VM 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -61,8 +62,13 @@ class HostVmms:
         return verdict
 
     def choose(self, *, kvm_usable: bool, wanted: Backend | None, rootless: bool) -> VmmPick:
+        tun_openable = os.geteuid() == 0 or os.access(select.TUN, os.R_OK | os.W_OK)
         choice = select.choose(
-            self._config, kvm_usable=kvm_usable, override=wanted, rootless=rootless
+            self._config,
+            kvm_usable=kvm_usable,
+            override=wanted,
+            rootless=rootless,
+            tun_openable=tun_openable,
         )
         vmm = table.make_vmm(choice.backend, self._runner, choice.binary)
         return VmmPick(vmm, choice.accel, choice.reason)

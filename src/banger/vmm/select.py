@@ -25,10 +25,21 @@ class Choice:
     reason: str
 
 
+TUN = Path("/dev/net/tun")
+
+
 def choose(
-    config: Config, *, kvm_usable: bool, override: Backend | None = None, rootless: bool = False
+    config: Config,
+    *,
+    kvm_usable: bool,
+    override: Backend | None = None,
+    rootless: bool = False,
+    tun_openable: bool = True,
 ) -> Choice:
-    """``rootless``: the VM uses user-mode networking, which only QEMU has."""
+    """``rootless``: the VM uses user-mode networking, which only QEMU has.
+    ``tun_openable``: this process may open /dev/net/tun. Firecracker opens its TAP by
+    name, so it needs that; QEMU is handed the TAP open. Debian ships the node 0666; a
+    host that made it 0600 cannot run Firecracker as a normal user."""
     wanted = override or (None if config.vmm is VmmChoice.AUTO else Backend(config.vmm.value))
     firecracker = binary_for(Backend.FIRECRACKER, config)
     qemu = binary_for(Backend.QEMU, config)
@@ -38,7 +49,13 @@ def choose(
             hint='use QEMU (--vmm qemu, or vmm = "auto"), or set up banger-helper '
             "(docs/explanation/privilege.md) so that VMs join the bridge",
         )
-    if rootless:
+    if wanted is Backend.FIRECRACKER and not tun_openable:
+        raise UnsupportedHost(
+            f"Firecracker opens its TAP by name, and this user cannot open {TUN}",
+            hint=f'use QEMU (--vmm qemu, or vmm = "auto"), which is handed its TAP open; '
+            f"or make {TUN} mode 0666 as Debian ships it (sudo chmod 0666 {TUN})",
+        )
+    if rootless or not tun_openable:
         firecracker = None
     if wanted is Backend.FIRECRACKER or (wanted is None and firecracker and kvm_usable):
         if firecracker is None:
