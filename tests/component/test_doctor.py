@@ -32,7 +32,7 @@ def test_doctor_text_marks_each_check(home: BangerHome) -> None:
 
 
 def test_forward_drop_chains_are_found_outside_our_table() -> None:
-    from banger.services.doctor import forward_drop_chains
+    from banger.services.doctor_net import forward_drop_chains
 
     ruleset = """table ip filter {
 \tchain FORWARD {
@@ -60,7 +60,10 @@ def test_doctor_reports_kvm_vsock_and_firewall_checks(home: BangerHome) -> None:
         for e in map(json.loads, out.stdout.splitlines())
         if e["type"] == "stage" and e["state"] != "running"
     }
-    assert {"vhost-vsock", "firewall", "network"} <= finished.keys()
+    assert {"vhost-vsock", "firewall", "network", "nat", "dns"} <= finished.keys()
+    # The daemon's own DNS server is asked, on its port (issue 14 item 18).
+    assert "answers on 127.0.0.1:" in finished["dns"]["detail"], finished["dns"]
+    assert finished["nat"]["detail"].startswith(("mode root", "rootless", "through", "no NAT"))
     if not __import__("os").path.exists("/dev/vhost-vsock"):
         assert finished["vhost-vsock"]["state"] == "warn"
         assert "virtio-serial" in finished["vhost-vsock"]["detail"]

@@ -45,7 +45,8 @@ from banger.net.helper_client import HelperPrivilegedOps
 from banger.net.helper_wire import MAX_REQUEST_BYTES, decode_object, encode_frame, read_frame
 from banger.net.privilege_mode import privileged_ops
 from banger.net.privileged import RESOLVED_SOCKET
-from banger.services.doctor import DoctorInputs, check_network
+from banger.services.doctor_inputs import DoctorInputs
+from banger.services.doctor_net import check_network
 from tests.netns import Netns, netns
 
 pytestmark = [

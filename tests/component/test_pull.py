@@ -176,7 +176,7 @@ def test_name_taken_is_refused_before_any_download(
         (["x@sha256:" + "A" * 64], "lowercase"),
         (["debian", "--name", "-bad"], "invalid image name"),
         (["debian", "--kernel-ref", "nope"], "kernel 'nope' not found"),
-        (["debian", "--size", "1M"], "--size: must be at least 64M"),
+        (["debian", "--size", "1M"], "must be at least 64 MiB"),
     ],
 )
 def test_bad_requests_fail_before_contacting_a_registry(

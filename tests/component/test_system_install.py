@@ -386,6 +386,16 @@ def test_the_other_renderings_rate_the_same(tmp_path: Path) -> None:
     assert _exposure(daemon) <= MAX_DAEMON_EXPOSURE
 
 
+def _owner_config(root: Path, home: Path, uid: int, text: str) -> None:
+    """The owner's config.toml as the installed system sees it (under ``root``)."""
+    path = root / home.relative_to("/") / ".config" / "banger" / "config.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(0o600)
+    for made in (path, path.parent, path.parent.parent, path.parent.parent.parent):
+        os.chown(made, uid, uid)
+
+
 def test_status_asks_the_helper_as_the_owner() -> None:
     from tests.userenv import user_env
 
@@ -409,9 +419,13 @@ def test_status_asks_the_helper_as_the_owner() -> None:
             env.stop_helper()
             out = tree.banger("status", "--root", str(root), "--json", env=socket_env)
             report = json.loads(out.stdout)
-            assert report["mode"] == "none"
+            assert report["mode"] == "rootless"  # what the owner's daemon falls back to
             assert report["helper"]["answers"] is False
             assert "no banger-helper answers" in report["helper"]["error"]
+            # An owner whose config forbids rootless gets no mode at all (issue 11).
+            _owner_config(root, env.base / "home", env.uid, 'privilege_mode = "helper"\n')
+            out = tree.banger("status", "--root", str(root), "--json", env=socket_env)
+            assert json.loads(out.stdout)["mode"] == "none", out.stdout
             tree.ok("uninstall", "--root", str(root))
         finally:
             shutil.rmtree(root, ignore_errors=True)

@@ -50,6 +50,7 @@ def test_doctor_names_helper_mode(env: UserEnv) -> None:
     out = env.banger("doctor")
     network = next(line for line in out.stdout.splitlines() if "network:" in line)
     assert network.startswith("✓ network: mode helper"), out.stdout
+    assert "✓ nat: through banger-helper" in out.stdout, out.stdout
 
 
 def test_vm_run_rm_true_as_a_normal_user(env: UserEnv) -> None:

@@ -57,6 +57,10 @@ def test_doctor_json_names_rootless_mode(env: UserEnv) -> None:
     assert network["state"] == "ok", network
     assert network["detail"].startswith("mode rootless (not root, and no banger-helper"), network
     assert "no <vm>.vm address" in network["detail"]
+    nat = next(e for e in done if e["stage"] == "nat")
+    assert "user-mode networking" in nat["detail"], nat
+    dns = next(e for e in done if e["stage"] == "dns")
+    assert "~vm is not routed: rootless VMs" in dns["detail"], dns
 
 
 def test_vm_run_rm_true_in_rootless_mode(env: UserEnv) -> None:

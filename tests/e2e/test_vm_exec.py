@@ -167,7 +167,7 @@ def test_a_vmm_dying_mid_command_fails_fast_and_a_stopped_vm_is_a_clear_error(
     assert proc.returncode == 1 and err.startswith(b"error:"), err
     out = run(env, "vm", "exec", "ex", "--", "true")
     assert out.returncode == 1
-    assert b"error: VM 'ex' is stopped, not running" in out.stderr
+    assert b"error: VM 'ex' is in state stopped, not running" in out.stderr
     assert b"hint: `banger vm start ex`" in out.stderr
     out = run(env, "vm", "exec", "nope", "--", "true")
     assert out.returncode == 1 and b"error:" in out.stderr

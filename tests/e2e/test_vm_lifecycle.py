@@ -61,8 +61,23 @@ def test_create_ssh_stop_start_delete_tiny_guest(env: VmEnv) -> None:
     assert env.ok("vm", "stop", "life").strip() == "life: stopped"
     assert _vm(env, "life")["state"] == "stopped"
     assert env.ok("vm", "stop", "life").strip() == "life: stopped"  # idempotent (E51)
-    env.ok("vm", "start", "life")
+    stopped = env.banger("vm", "ssh", "life", "--", "true")
+    assert "error: VM 'life' is in state stopped, not running" in stopped.stderr, stopped.stderr
+    # An empty log says so on stderr; stdout stays the log alone (issue 14 item 19).
+    vmm_log = os.path.join(_vm(env, "life")["vm_dir"], "vmm.log")
+    os.truncate(vmm_log, 0)  # the stopped VM's VMM log, made empty
+    empty = env.banger("vm", "logs", "--vmm", "life")
+    assert empty.returncode == 0 and empty.stdout == "", empty.stdout
+    assert f"the VMM log of life is empty ({vmm_log})" in empty.stderr, empty.stderr
+    started = env.ok("vm", "start", "life").splitlines()
+    ip = _vm(env, "life")["ip"]
+    assert started[-1] == f"life is running at {ip} (banger vm ssh life)", started
     assert _vm(env, "life")["state"] == "running"
+    restarted = env.ok("vm", "restart", "life").splitlines()
+    assert restarted[-1] == f"life is running at {ip} (banger vm ssh life)", restarted
+    shown = env.ok("vm", "show", "life")
+    assert any(line.split() == ["image:", "tiny"] for line in shown.splitlines()), shown
+    assert "image_id" not in shown and "1G" in shown and "pid_start_ticks" not in shown, shown
     assert env.ok("vm", "ssh", "life", "--", "hostname").strip() == "life"
     stats = env.json("vm", "stats", "life")
     assert stats["pid"] and stats["rss_bytes"] > 0
@@ -142,7 +157,7 @@ def test_set_refuses_zero_and_running_and_grows_a_stopped_vm(env: VmEnv) -> None
     assert running.returncode == 1 and "not supported after start" in running.stderr
     env.ok("vm", "stop", "sized")
     zero = env.banger("vm", "set", "sized", "--vcpu", "0")
-    assert zero.returncode == 1 and "--vcpu" in zero.stderr
+    assert zero.returncode == 2 and "--vcpu" in zero.stderr  # a usage error (issue 14/15)
     env.ok("vm", "set", "sized", "--memory", "384", "--disk-size", "2G")
     vm = _vm(env, "sized")
     assert (vm["memory_mib"], vm["disk_size_bytes"]) == (384, 2 * 1024**3)

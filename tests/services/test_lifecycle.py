@@ -11,6 +11,7 @@ import pytest
 from banger.errors import InvalidArgument, InvalidState
 from banger.host import procinfo
 from banger.model.records import VmState
+from banger.model.units import format_size
 from banger.services.vm_monitor import VmMonitor
 from tests.services.conftest import World, collect
 
@@ -141,10 +142,15 @@ def test_resize_refuses_a_running_vm_and_a_shrinking_disk(world: World) -> None:
         with pytest.raises(InvalidState, match="not supported after start"):
             await world.vms.set_resources("sized", vcpu=2, memory_mib=None, disk_size_bytes=None)
         await world.vms.stop("sized")
+        vm_before = await world.vms.get("sized")
         with pytest.raises(InvalidArgument, match="vcpu 64 is more than this host's 4 CPUs"):
             await world.vms.set_resources("sized", vcpu=64, memory_mib=None, disk_size_bytes=None)
-        with pytest.raises(InvalidArgument, match="grow but not shrink"):
+        with pytest.raises(InvalidArgument, match="grow but not shrink") as shrink:
             await world.vms.set_resources("sized", vcpu=None, memory_mib=None, disk_size_bytes=1)
+        # Issue 14 item 19: in the user's units, with what to give instead.
+        now = format_size(vm_before.disk_size_bytes)
+        assert shrink.value.brief.endswith(f"and it is {now} now"), shrink.value.brief
+        assert shrink.value.hint == f"give --disk-size {now} or more"
         vm = await world.vms.set_resources(
             "sized", vcpu=2, memory_mib=512, disk_size_bytes=128 * 1024 * 1024
         )

@@ -185,7 +185,7 @@ def test_click_options_use_the_same_limits() -> None:
 
     from banger.cli.cmd_vm import kill
     from banger.cli.vm_common import create_options
-    from banger.cli.vm_options import vcpu_count
+    from banger.cli.vm_options import Limited, vcpu_count
     from banger.errors import InvalidArgument
 
     assert vcpu_count(str(limits.VCPU_MAX)) == limits.VCPU_MAX
@@ -200,12 +200,23 @@ def test_click_options_use_the_same_limits() -> None:
     def probe(**_: object) -> None: ...
 
     timeout = next(p for p in probe.params if p.name == "boot_timeout")
-    assert isinstance(timeout.type, click.IntRange)
-    assert (timeout.type.min, timeout.type.max) == (
+    assert isinstance(timeout.type, Limited)
+    assert timeout.type.bound == limits.BOOT_TIMEOUT_S
+    assert (timeout.type.bound.low, timeout.type.bound.high) == (
         limits.BOOT_TIMEOUT_S_MIN,
         limits.BOOT_TIMEOUT_S_MAX,
     )
+    assert timeout.type.convert(str(limits.BOOT_TIMEOUT_S_MAX), None, None) == 3600
+    with pytest.raises(click.BadParameter, match="at most 3600 seconds"):
+        timeout.type.convert(str(limits.BOOT_TIMEOUT_S_MAX + 1), None, None)
     assert timeout.default == limits.BOOT_TIMEOUT_S_DEFAULT
+    sized = {p.name: p.type for p in probe.params if isinstance(p.type, Limited)}
+    assert {name: t.bound for name, t in sized.items()} == {
+        "vcpu": limits.VCPU,
+        "memory": limits.MEMORY_MIB,
+        "disk_size": limits.DISK_SIZE,
+        "boot_timeout": limits.BOOT_TIMEOUT_S,
+    }
     vmm = next(p for p in probe.params if p.name == "vmm")
     assert isinstance(vmm.type, click.Choice)
     assert tuple(vmm.type.choices) == limits.VMMS
@@ -245,3 +256,35 @@ def test_pydantic_refuses_one_past_each_limit() -> None:
     with pytest.raises(ValidationError):
         models.KillBody(signal="SEGV")  # type: ignore[arg-type]
     assert models.CreateBody(vcpu=limits.VCPU_MAX).vcpu == limits.VCPU_MAX
+
+
+@pytest.mark.parametrize(
+    ("model", "bad", "good", "line"),
+    [
+        (models.CreateBody, {"memory_mib": 100}, 128, "memory_mib: must be at least 128 MiB"),
+        (models.CreateBody, {"memory_mib": 2 << 20}, 1 << 20, "memory_mib: must be at most 1 TiB"),
+        (models.CreateBody, {"vcpu": 65}, 64, "vcpu: must be at most 64 vCPUs (got 65)"),
+        (models.CreateBody, {"disk_size_bytes": 1}, 256 << 20, "disk_size_bytes: must be at least"),
+        (models.CreateBody, {"boot_timeout_s": 0}, 1, "boot_timeout_s: must be at least 1 second"),
+        (models.SetBody, {"vcpu": 0}, 1, "vcpu: must be at least 1 vCPU (got 0)"),
+        (models.ImagePullBody, {"size_bytes": 1}, 64 << 20, "size_bytes: must be at least 64 MiB"),
+    ],
+)  # fmt: skip
+def test_the_api_says_bounds_in_units_like_the_cli(
+    model: type[BaseModel], bad: dict[str, int], good: int, line: str
+) -> None:
+    """Issue 14 item 15: the daemon's 422 line for a bound, as error_replies builds it;
+    the bound itself is accepted."""
+    from pydantic import ValidationError
+
+    from banger.api.error_replies import describe_validation
+
+    extra = {"ref": "debian"} if model is models.ImagePullBody else {}
+    with pytest.raises(ValidationError) as caught:
+        model.model_validate({**extra, **bad})
+    errors = caught.value.errors()
+    assert errors[0]["type"] in {"greater_than_equal", "less_than_equal"}
+    (text,) = describe_validation(errors)
+    assert text.startswith(line)
+    (key,) = bad
+    assert getattr(model.model_validate({**extra, key: good}), key) == good

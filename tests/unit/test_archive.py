@@ -199,6 +199,9 @@ def test_submodules_are_refused_in_tracked_mode_and_copied_in_full_e69(tmp_path:
     with pytest.raises(InvalidArgument, match="submodules") as err:
         make_plan(repo)
     assert err.value.hint and "--mode full" in err.value.hint
+    # Issue 14 item 19: `vm run` has no --mode; the hint names the command that has it.
+    assert f"`banger vm workspace prepare NAME {repo} --mode full`" in err.value.hint
+    assert "`banger vm run` copies tracked files only" in err.value.hint
     _, members = archive_of(repo, mode=Mode.FULL)
     assert {b"lib/lib.c", b"lib/.git", b".git/modules/lib/HEAD", b".gitmodules"} <= set(members)
 
@@ -523,6 +526,14 @@ def test_export_base_commit_errors_and_override(tmp_path: Path, busybox_path: Pa
     assert export(base_commit="main") == b""
     with pytest.raises(InvalidArgument):
         export(base_commit="--output=/tmp/x")
+    # Issue 14 item 19: outside a repository, say what export needs (not `git init`).
+    outside = tmp_path / "not-a-repo"
+    outside.mkdir()
+    with pytest.raises(InvalidArgument) as err:
+        export(base_commit="main", host_repo=outside)
+    assert err.value.brief.startswith(f"{outside} is not a git repository: "), err.value.brief
+    assert "the repository the workspace was copied from" in err.value.brief
+    assert err.value.hint == "run it in that repository, or name it with --repo DIR"
 
 
 def test_export_on_the_host_runs_no_configured_program_e71(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -195,19 +196,19 @@ def test_unknown_key_without_close_match_has_no_suggestion_e54(
 @pytest.mark.parametrize(
     ("toml", "brief"),
     [
-        ("memory_mib = -1", "vm_defaults.memory_mib: must be at least 128 (got -1)"),
-        ("memory_mib = 2000000", "vm_defaults.memory_mib: must be at most 1048576 (got 2000000)"),
+        ("memory_mib = -1", "vm_defaults.memory_mib: must be at least 128 MiB (got -1)"),
+        ("memory_mib = 2000000", "vm_defaults.memory_mib: must be at most 1 TiB (got 2000000)"),
         ("vcpu = true", "vm_defaults.vcpu: must be an integer, not a boolean (got true)"),
         ("vcpu = 1.5", "vm_defaults.vcpu: must be an integer, not a decimal number (got 1.5)"),
         ("vcpu = 2.0", "vm_defaults.vcpu: must be an integer, not a decimal number (got 2.0)"),
-        ("vcpu = 0", "vm_defaults.vcpu: must be at least 1 (got 0)"),
-        ("vcpu = 65", "vm_defaults.vcpu: must be at most 64 (got 65)"),
+        ("vcpu = 0", "vm_defaults.vcpu: must be at least 1 vCPU (got 0)"),
+        ("vcpu = 65", "vm_defaults.vcpu: must be at most 64 vCPUs (got 65)"),
         (
             'vcpu = "4"',
             "vm_defaults.vcpu: must be an integer written with the digits 0-9, unquoted",
         ),
         ('vcpu = "1_024"', "vm_defaults.vcpu: must be an integer"),
-        ('disk_size = "100M"', 'vm_defaults.disk_size: must be at least 256M (got "100M")'),
+        ('disk_size = "100M"', 'vm_defaults.disk_size: must be at least 256 MiB (got "100M")'),
         ('disk_size = "1.5G"', "vm_defaults.disk_size: must be a whole number"),
         ('disk_size = "1_024M"', "vm_defaults.disk_size: must be a whole number"),
         ('disk_size = "\u0661\u0662\u0663G"', "vm_defaults.disk_size: must be a whole number"),
@@ -221,6 +222,18 @@ def test_bad_vm_defaults_e55(tmp_path: Path, env: dict[str, str], toml: str, bri
     assert err.hint is not None and str(tmp_path / "config.toml") in err.hint
 
 
+def test_pool_sizes_say_key_file_and_unit_like_the_flags(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    """The same bound as `--memory`/`--vcpu` (issue 14 item 15), worded the same way."""
+    err = load_error(write(tmp_path, "[[pool]]\nmemory_mib = 100\nvcpu = 65\n"), env)
+    assert err.details == (
+        "pool[0].vcpu: must be at most 64 vCPUs (got 65)\n"
+        "pool[0].memory_mib: must be at least 128 MiB (got 100)"
+    )
+    assert err.hint is not None and str(tmp_path / "config.toml") in err.hint
+
+
 def test_several_problems_one_line_each_e55(tmp_path: Path, env: dict[str, str]) -> None:
     err = load_error(write(tmp_path, "[vm_defaults]\nvcpu = true\nmemory_mib = -1\n"), env)
     assert (
@@ -228,7 +241,7 @@ def test_several_problems_one_line_each_e55(tmp_path: Path, env: dict[str, str])
     )
     assert err.details == (
         "vm_defaults.vcpu: must be an integer, not a boolean (got true)\n"
-        "vm_defaults.memory_mib: must be at least 128 (got -1)"
+        "vm_defaults.memory_mib: must be at least 128 MiB (got -1)"
     )
 
 
@@ -414,14 +427,28 @@ def test_missing_file_sync_host_is_not_a_load_error(tmp_path: Path, env: dict[st
 # -- E58: file others could tamper with -------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", [0o620, 0o602, 0o666, 0o664])
+@pytest.mark.parametrize(
+    ("mode", "who", "fix"),
+    [
+        (0o620, "its group", "g-w"),
+        (0o602, "every user", "o-w"),
+        (0o666, "its group and every user", "go-w"),
+        (0o664, "its group", "g-w"),
+    ],
+)
 def test_group_or_world_writable_file_is_refused_e58(
-    tmp_path: Path, env: dict[str, str], mode: int
+    tmp_path: Path, env: dict[str, str], mode: int, who: str, fix: str
 ) -> None:
+    """Issue 14 item 19: say who can write it and the chmod that takes exactly that away."""
     path = write(tmp_path, "", mode=mode)
     err = load_error(path, env)
-    assert "writable by other users" in err.brief
-    assert err.hint == f"chmod 600 {path}"
+    assert err.brief == f"config file {path} can be written by {who}, not only by you " + (
+        f"(mode {mode:04o})"
+    )
+    assert err.hint == f"chmod {fix} {path}"
+    path.chmod(mode)
+    subprocess.run(["chmod", fix, str(path)], check=True)
+    assert load_config(path, env=env).tap_pool_size == 4  # the hint is the whole fix
 
 
 def test_readable_by_others_is_fine_e58(tmp_path: Path, env: dict[str, str]) -> None:

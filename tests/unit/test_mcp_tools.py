@@ -94,6 +94,20 @@ def test_nat_is_given_only_when_asked() -> None:
     assert (request.nat, request.vcpu, request.memory_mib) == (True, 1, 256)
 
 
+@pytest.mark.parametrize("tool", ["create", "run"])
+def test_a_bad_size_names_the_argument_and_unit_before_any_request(tool: str) -> None:
+    """Issue 14 item 15: refused by the tool, in units, with no VM made or deleted."""
+    fake = FakeClient()
+    box = _box(fake)
+    extra = {"command": "true"} if tool == "run" else {}
+    err = _err(box, tool, memory_mib=100, **extra)
+    assert err["code"] == "invalid_argument"
+    assert err["message"] == f"{tool}: memory_mib: must be at least 128 MiB (got 100)"
+    err = _err(box, tool, vcpu=65, **extra)
+    assert err["message"] == f"{tool}: vcpu: must be at most 64 vCPUs (got 65)"
+    assert fake.vms.created == [] and fake.vms.deleted == []
+
+
 def test_bad_calls_are_structured_errors_and_the_box_keeps_serving() -> None:
     fake = FakeClient()
     box = _box(fake)

@@ -89,6 +89,27 @@ def test_a_capped_collector_keeps_both_ends_and_says_what_it_cut() -> None:
 # -- a sandbox's life ---------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("options", "brief"),
+    [
+        ({"memory_mib": 100}, "memory_mib: must be at least 128 MiB (got 100)"),
+        ({"memory_mib": 2 << 20}, "memory_mib: must be at most 1 TiB (got 2097152)"),
+        ({"vcpu": 0}, "vcpu: must be at least 1 vCPU (got 0)"),
+        ({"disk_size_bytes": 1024}, "disk_size_bytes: must be at least 256 MiB (got 1024)"),
+        ({"boot_timeout_s": 0}, "boot_timeout_s: must be at least 1 second (got 0)"),
+    ],
+)
+def test_a_bad_size_is_refused_in_units_before_any_request(
+    options: dict[str, int], brief: str
+) -> None:
+    """Issue 14 item 15: the parameter and the bound in its unit, and nothing asked."""
+    fake = FakeClient()
+    with pytest.raises(InvalidArgument) as caught:
+        _make(fake, **options)
+    assert caught.value.brief == brief
+    assert fake.vms.created == [] and fake.vms.deleted == []
+
+
 def test_create_names_the_vm_and_asks_for_no_network_by_default() -> None:
     fake = FakeClient()
     with _make(fake, image="deb", vcpu=1, memory_mib=512) as sb:
@@ -326,6 +347,11 @@ def test_ssh_shell_is_banger_s_batch_ssh_to_a_running_vm_only() -> None:
         assert option in joined
     with pytest.raises(InvalidState, match="stopped, not running"):
         ssh_shell(SshInfo(state="stopped", ip=None, **info))
+    # Issue 14 item 19: "is in state error", and where to read the error.
+    with pytest.raises(InvalidState) as failed:
+        ssh_shell(SshInfo(state="error", ip=None, **info))
+    assert failed.value.brief == "VM 'dev' is in state error, not running"
+    assert failed.value.hint is not None and "`banger vm show dev`" in failed.value.hint
     # A rootless VM: ssh goes to a forwarded port on loopback, the key filed under an alias.
     rootless = ssh_shell(
         SshInfo(

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from banger.errors import InvalidArgument
-from banger.model import units
+from banger.model import limits, units
 from banger.model.units import (
     GIB,
     KIB,
@@ -15,10 +15,14 @@ from banger.model.units import (
     MAX_SIZE_BYTES,
     MIB,
     TIB,
+    check_bound,
     describe_input,
+    format_amount,
     format_duration,
     format_size,
+    parse_bounded_int,
     parse_duration,
+    parse_memory_mib,
     parse_positive_int,
     parse_size,
 )
@@ -60,9 +64,9 @@ def test_parse_size_accepts_binary_units(text: str, expected: int) -> None:
         ("", "whole number"),
         (" 8G", "whole number"),
         ("8G\n", "whole number"),
-        ("17T", "at most 16T"),
-        ("16385G", "at most 16T"),
-        ("9" * 5000, "at most 16T"),
+        ("17T", "at most 16 TiB"),
+        ("16385G", "at most 16 TiB"),
+        ("9" * 5000, "at most 16 TiB"),
     ],
 )
 def test_parse_size_rejects_with_rule_e47(text: str, fragment: str) -> None:
@@ -81,7 +85,7 @@ def test_parse_size_rejects_non_strings_e47(value: object) -> None:
 
 def test_parse_size_minimum_names_the_floor() -> None:
     assert parse_size("256M", minimum_bytes=256 * MIB) == 256 * MIB
-    with pytest.raises(InvalidArgument, match=r"at least 256M \(got \"255M\"\)"):
+    with pytest.raises(InvalidArgument, match=r"at least 256 MiB \(got \"255M\"\)"):
         parse_size("255M", minimum_bytes=256 * MIB)
 
 
@@ -218,3 +222,94 @@ def test_negative_sizes_and_durations_cannot_be_formatted() -> None:
         units.format_size(-1)
     with pytest.raises(ValueError, match="negative"):
         units.format_duration(-1)
+
+
+# -- bounds in the user's units (issue 14 item 15) ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "unit", "text"),
+    [
+        (128, "MiB", "128 MiB"),
+        (limits.MEMORY_MIB_MAX, "MiB", "1 TiB"),
+        (256 * MIB, "bytes", "256 MiB"),
+        (1536 * MIB, "bytes", "1.5 GiB"),
+        (16 * 1024**4, "bytes", "16 TiB"),
+        (100, "bytes", "100 bytes"),
+        (1, "bytes", "1 byte"),
+        (1, "vCPU", "1 vCPU"),
+        (64, "vCPU", "64 vCPUs"),
+        (1, "seconds", "1 second"),
+        (3600, "seconds", "3600 seconds"),
+    ],
+)
+def test_format_amount(value: int, unit: limits.Unit, text: str) -> None:
+    assert format_amount(value, unit) == text
+
+
+def test_check_bound_names_what_and_the_bound_in_its_unit() -> None:
+    assert check_bound(128, limits.MEMORY_MIB, what="--memory") == 128
+    with pytest.raises(InvalidArgument) as low:
+        check_bound(100, limits.MEMORY_MIB, what="--memory")
+    assert low.value.brief == "--memory: must be at least 128 MiB (got 100)"
+    with pytest.raises(InvalidArgument) as high:
+        check_bound(17 << 40, limits.DISK_SIZE, what="disk_size_bytes", got="17T")
+    assert high.value.brief == 'disk_size_bytes: must be at most 16 TiB (got "17T")'
+
+
+@pytest.mark.parametrize(("text", "value"), [("1", 1), ("64", 64), ("0064", 64), (7, 7)])
+def test_parse_bounded_int(text: object, value: int) -> None:
+    assert parse_bounded_int(text, limits.VCPU, what="--vcpu") == value
+
+
+@pytest.mark.parametrize(
+    ("value", "brief"),
+    [
+        ("0", '--vcpu: must be at least 1 vCPU (got "0")'),
+        ("-3", '--vcpu: must be at least 1 vCPU (got "-3")'),
+        ("65", '--vcpu: must be at most 64 vCPUs (got "65")'),
+        ("9" * 5000, "--vcpu: must be at most 64 vCPUs"),
+        ("-" + "9" * 5000, "--vcpu: must be at least 1 vCPU"),
+        (True, "--vcpu: must be a whole number, not a boolean"),
+        ("1_024", "--vcpu: must be a whole number from 1 vCPU to 64 vCPUs, written with"),
+        ("\u0661\u0662", "--vcpu: must be a whole number from 1 vCPU"),
+        (" 4", "--vcpu: must be a whole number from 1 vCPU"),
+        (1.5, "--vcpu: must be a whole number from 1 vCPU"),
+    ],
+)
+def test_parse_bounded_int_rejects_in_units_e47(value: object, brief: str) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        parse_bounded_int(value, limits.VCPU, what="--vcpu")
+    assert info.value.brief.startswith(brief)
+
+
+def test_parse_bounded_int_rejects_a_5000_digit_int_e47() -> None:
+    with pytest.raises(InvalidArgument, match="at most 64 vCPUs"):
+        parse_bounded_int(10**5000, limits.VCPU, what="--vcpu")
+
+
+@pytest.mark.parametrize(
+    ("text", "mib"), [("128", 128), ("2048", 2048), ("2G", 2048), ("1536M", 1536), ("1T", 1 << 20)]
+)
+def test_parse_memory_mib(text: str, mib: int) -> None:
+    assert parse_memory_mib(text, what="--memory") == mib
+
+
+@pytest.mark.parametrize(
+    ("text", "brief"),
+    [
+        ("0", '--memory: must be at least 128 MiB (got "0")'),
+        ("100", '--memory: must be at least 128 MiB (got "100")'),
+        ("64M", '--memory: must be at least 128 MiB (got "64M")'),
+        ("-1", '--memory: must be at least 128 MiB (got "-1")'),
+        ("2T", '--memory: must be at most 1 TiB (got "2T")'),
+        ("1048577", '--memory: must be at most 1 TiB (got "1048577")'),
+        ("1500K", "--memory: must be a whole number of MiB"),
+        ("1.5G", "--memory: must be a whole number"),
+        ("1_024", "--memory: must be a whole number"),
+    ],
+)
+def test_parse_memory_mib_rejects_in_mib_e47(text: str, brief: str) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        parse_memory_mib(text, what="--memory")
+    assert info.value.brief.startswith(brief)

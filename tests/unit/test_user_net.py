@@ -144,7 +144,8 @@ def test_privilege_mode_rootless_is_rootless_whoever_runs_the_daemon(tmp_path: P
 
 def test_doctor_names_rootless_mode_its_cause_and_what_it_loses(tmp_path: Path) -> None:
     from banger.model.wire import StageState
-    from banger.services.doctor import DoctorInputs, check_network
+    from banger.services.doctor_inputs import DoctorInputs
+    from banger.services.doctor_net import check_network
 
     config = Config(privilege_mode=PrivilegeModeChoice.ROOTLESS)
     inputs = DoctorInputs(None, config, None, str, helper_socket=tmp_path / "absent.sock")  # type: ignore[arg-type]

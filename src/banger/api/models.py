@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -20,8 +21,10 @@ from pydantic import (
     StrictInt,
     StrictStr,
 )
+from pydantic_core import PydanticCustomError
 
-from banger.model import limits
+from banger.errors import InvalidArgument
+from banger.model import limits, units
 from banger.model.api_types import (
     GuestFileKind,
     LogSource,
@@ -48,12 +51,34 @@ JsonInt = Annotated[StrictInt, BeforeValidator(_whole_number)]
 #: service with a clear message, so the schema only bounds the body.
 HostPath = Annotated[StrictStr, Field(pattern="^/", max_length=limits.HOST_PATH_MAX)]
 ArtifactName = Annotated[StrictStr, Field(pattern=NAME_PATTERN)]
-Vcpu = Annotated[JsonInt, Field(ge=limits.VCPU_MIN, le=limits.VCPU_MAX)]
-MemoryMib = Annotated[JsonInt, Field(ge=limits.MEMORY_MIB_MIN, le=limits.MEMORY_MIB_MAX)]
-DiskSize = Annotated[JsonInt, Field(ge=limits.DISK_SIZE_MIN_BYTES, le=limits.DISK_SIZE_MAX_BYTES)]
-ImageSize = Annotated[
-    JsonInt, Field(ge=limits.IMAGE_SIZE_MIN_BYTES, le=limits.IMAGE_SIZE_MAX_BYTES)
-]
+
+
+def _within(bound: limits.Bound) -> AfterValidator:
+    """``bound`` checked with the message in its unit ("must be at least 128 MiB (got
+    100)", the CLI's and the SDK's words; issue 14 item 15), pydantic's error type kept."""
+
+    def check(value: int) -> int:
+        try:
+            return units.check_bound(value, bound)
+        except InvalidArgument as err:
+            low = value < bound.low
+            kind = "greater_than_equal" if low else "less_than_equal"
+            ctx = {"ge": bound.low} if low else {"le": bound.high}
+            raise PydanticCustomError(kind, err.brief, ctx) from None
+
+    return AfterValidator(check)
+
+
+def _schema(bound: limits.Bound) -> Any:
+    """The same bound in the OpenAPI document (``minimum``/``maximum``)."""
+    return Field(json_schema_extra={"minimum": bound.low, "maximum": bound.high})
+
+
+Vcpu = Annotated[JsonInt, _within(limits.VCPU), _schema(limits.VCPU)]
+MemoryMib = Annotated[JsonInt, _within(limits.MEMORY_MIB), _schema(limits.MEMORY_MIB)]
+DiskSize = Annotated[JsonInt, _within(limits.DISK_SIZE), _schema(limits.DISK_SIZE)]
+ImageSize = Annotated[JsonInt, _within(limits.IMAGE_SIZE), _schema(limits.IMAGE_SIZE)]
+BootTimeout = Annotated[JsonInt, _within(limits.BOOT_TIMEOUT_S), _schema(limits.BOOT_TIMEOUT_S)]
 
 
 class Strict(BaseModel):
@@ -358,11 +383,7 @@ class CreateBody(Strict):
     disk_size_bytes: DiskSize | None = None
     nat: StrictBool = False
     vmm: VmmName | None = None
-    boot_timeout_s: JsonInt = Field(
-        default=limits.BOOT_TIMEOUT_S_DEFAULT,
-        ge=limits.BOOT_TIMEOUT_S_MIN,
-        le=limits.BOOT_TIMEOUT_S_MAX,
-    )
+    boot_timeout_s: BootTimeout = limits.BOOT_TIMEOUT_S_DEFAULT
     delete_on_disconnect: StrictBool | None = Field(
         default=None,
         description=(

@@ -25,7 +25,7 @@ import click
 
 from banger.cli.output import emit_json
 from banger.cli.session import Session
-from banger.cli.vm_options import size_bytes
+from banger.cli.vm_options import ANY_SIZE
 from banger.errors import GuestPathNotFound, InvalidArgument, IsADirectory
 from banger.model.guest_paths import READ_MAX_BYTES_DEFAULT, check_guest_path
 from banger.model.units import format_size
@@ -115,13 +115,14 @@ class _Counting:
     "--max-size",
     "max_size",
     default=None,
+    type=ANY_SIZE,
     metavar="SIZE",
     help="Largest copy taken from a guest (default 1G).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 @click.pass_obj
 def cp(
-    session: Session, source: str, destination: str, max_size: str | None, as_json: bool
+    session: Session, source: str, destination: str, max_size: int | None, as_json: bool
 ) -> None:
     """Copy between the host and a VM: `vm cp ./file NAME:/root/`, `vm cp NAME:/etc ./etc`.
 
@@ -129,7 +130,7 @@ def cp(
     A destination that is an existing directory receives the source under its own name.
     """
     src, dst = parse_pair(source, destination)
-    limit = READ_MAX_BYTES_DEFAULT if max_size is None else size_bytes(max_size, what="--max-size")
+    limit = READ_MAX_BYTES_DEFAULT if max_size is None else max_size
     vms = session.client().vms
     meter = Meter(enabled=sys.stderr.isatty() and not as_json)
     try:

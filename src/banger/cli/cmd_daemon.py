@@ -1,5 +1,5 @@
-"""``banger daemon status|start|stop|logs``; ``stop --all`` stops every VM and removes the
-warm pool's VMs first (through the API, before the daemon is asked to exit)."""
+"""``banger daemon status|start|stop|restart|logs``; ``stop --all`` stops every VM and
+removes the warm pool's VMs first (through the API, before the daemon is asked to exit)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from banger.cli.session import Session
 from banger.client.facade import BangerClient
 from banger.client.http import Client
 from banger.client.launcher import daemon_ping, stop_daemon
+from banger.errors import BadResponse
 from banger.model.api_types import to_json
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -112,6 +113,22 @@ def stop_every_vm(api: BangerClient) -> Swept:
             api.vms.stop(vm.name)
             swept.stopped.append(vm.name)
     return swept
+
+
+@daemon.command()
+@click.pass_obj
+def restart(session: Session) -> None:
+    """Stop the daemon and start it again, e.g. to apply an edited config file (running
+    VMs keep running and are adopted again). A daemon of `banger system install`:
+    `sudo banger system restart` instead."""
+    try:
+        ping = daemon_ping(session.layout)
+    except BadResponse:  # another build's ping: starting below restarts it all the same
+        ping = None
+    if ping is not None:
+        stop_daemon(Client(session.layout.socket_path), ping.pid)
+    started = session.client().daemon.ping()
+    click.echo(f"daemon running, pid {started.pid}")
 
 
 @daemon.command()

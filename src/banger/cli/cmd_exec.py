@@ -25,6 +25,7 @@ import click
 
 from banger.cli.completion import complete_vm_names
 from banger.cli.session import Session
+from banger.cli.vm_options import EXEC_TIMEOUT
 from banger.cli.workspace_options import RUN_ARGV, RunCommand
 
 if TYPE_CHECKING:
@@ -175,7 +176,7 @@ def _isatty(fd: int) -> bool:
 @click.option("--env", "env_pairs", metavar="K=V", multiple=True, help="Set a variable (repeat).")
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0, min_open=True, max=4_000_000),
+    type=EXEC_TIMEOUT,
     metavar="SECONDS",
     help="Kill the command after this long (exit status 124).",
 )

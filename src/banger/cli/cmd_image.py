@@ -8,7 +8,7 @@ from banger.cli.cmd_kernel import absolute, json_option, show_record
 from banger.cli.completion import complete_image_names
 from banger.cli.output import emit_json, emit_table, follow_stream
 from banger.cli.session import Session
-from banger.model import limits
+from banger.cli.vm_options import IMAGE_SIZE
 from banger.model.api_types import ImagePullRequest, ImageRegisterRequest
 from banger.model.artifact_names import validate_name
 from banger.model.units import format_size
@@ -57,7 +57,10 @@ def image_register(
 )
 @click.option("--kernel-ref", metavar="NAME", help="Kernel of the local store the image boots.")
 @click.option(
-    "--size", metavar="SIZE", help="rootfs.ext4 size like 4G (default max(tree * 1.25, 1G))."
+    "--size",
+    type=IMAGE_SIZE,
+    metavar="SIZE",
+    help="rootfs.ext4 size like 4G (default max(tree * 1.25, 1G)).",
 )
 @json_option
 @click.pass_obj
@@ -67,7 +70,7 @@ def image_pull(
     *,
     name: str | None,
     kernel_ref: str | None,
-    size: str | None,
+    size: int | None,
     as_json: bool,
 ) -> None:
     """Pull the OCI image REF (linux/amd64) and make it a bootable image.
@@ -76,7 +79,6 @@ def image_pull(
     registry. Blobs are cached by digest, so pulling again is quick. `--json` prints
     the progress as NDJSON events.
     """
-    from banger.model.units import parse_size
     from banger.oci.reference import default_name, parse_reference
 
     reference = parse_reference(ref)  # here too, so a typo fails before the daemon starts
@@ -87,13 +89,8 @@ def image_pull(
         validate_name(name, kind="image")
     if kernel_ref is not None:
         validate_name(kernel_ref)
-    # The service's floor checked here too, so the message names --size, not the field.
-    size_bytes = (
-        None
-        if size is None
-        else parse_size(size, what="--size", minimum_bytes=limits.IMAGE_SIZE_MIN_BYTES)
-    )
-    request = ImagePullRequest(ref=ref, name=name, kernel_ref=kernel_ref, size_bytes=size_bytes)
+    # --size was checked against the service's bounds as click parsed it (IMAGE_SIZE).
+    request = ImagePullRequest(ref=ref, name=name, kernel_ref=kernel_ref, size_bytes=size)
     result = follow_stream(session.client().images.pull(request), as_json=as_json)
     if as_json:
         return

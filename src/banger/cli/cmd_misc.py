@@ -64,11 +64,11 @@ def config() -> None:
 @json_option
 @click.pass_obj
 def config_show(session: Session, as_json: bool) -> None:
-    """Show every key in effect and where it came from (default, file, env)."""
-    reply = session.client().daemon.config()
-    if as_json:
-        emit_json(reply)
-        return
-    emit_kv([("config file", reply.path)])
-    sources = reply.sources
-    emit_kv([(k, f"{v!r}  [{sources.get(k, 'default')}]") for k, v in reply.values.items()])
+    """Show the config file's keys, each value and where it came from (file, env,
+    default), and whether the running daemon uses them (a restart applies an edit).
+
+    Reads and checks the file itself: an invalid file is an error naming the key.
+    """
+    from banger.cli.config_view import config_show as show
+
+    show(session.layout, as_json=as_json)

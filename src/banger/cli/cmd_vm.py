@@ -19,10 +19,10 @@ from banger.cli.completion import complete_vm_names
 from banger.cli.output import emit_json, emit_kv, emit_table, follow_stream
 from banger.cli.session import Session
 from banger.cli.vm_common import create_options, create_request, create_vm, run_ssh, ssh_command
-from banger.cli.vm_options import memory_mib, size_bytes, vcpu_count
+from banger.cli.vm_options import DISK_SIZE, MEMORY, VCPU
 from banger.errors import BangerError
 from banger.model import limits
-from banger.model.api_types import KillRequest, SetVmRequest, SignalName, VmInfo, to_json
+from banger.model.api_types import KillRequest, SetVmRequest, SignalName, VmInfo
 from banger.model.units import format_size
 
 if TYPE_CHECKING:
@@ -49,7 +49,13 @@ def create(session: Session, /, as_json: bool, **options: Any) -> None:
     with hangup_is_interrupt():
         result = create_vm(session, create_request(**options), as_json=as_json)
     if not as_json:
-        click.echo(f"{result.name} is running at {_address(result)} (banger vm ssh {result.name})")
+        click.echo(_running_line(result))
+
+
+def _running_line(vm: VmInfo) -> str:
+    if vm.state != "running":
+        return f"{vm.name} is {vm.state}"
+    return f"{vm.name} is running at {_address(vm)} (banger vm ssh {vm.name})"
 
 
 def _address(vm: VmInfo) -> str:
@@ -91,7 +97,9 @@ def _streamed_each(
 ) -> int:
     """One VM: show its stages live. Several: run them concurrently, one line each."""
     if len(names) == 1:
-        follow_stream(action(names[0]), as_json=as_json)
+        info = follow_stream(action(names[0]), as_json=as_json)
+        if not as_json:  # the stages say how; this line says where it ended up
+            click.echo(_running_line(info))
         return 0
     return _each(names, lambda name: f"{name}: {action(name).wait().state}")
 
@@ -144,25 +152,27 @@ def delete(session: Session, names: tuple[str, ...], force: bool) -> int:
 
 @vm.command("set")
 @click.argument("name", shell_complete=complete_vm_names)
-@click.option("--vcpu", help="Virtual CPUs.")
-@click.option("--memory", help="Memory: MiB, or a size like 2G.")
-@click.option("--disk-size", help="Grow the /root work disk to this size, like 16G.")
+@click.option("--vcpu", type=VCPU, help="Virtual CPUs.")
+@click.option("--memory", type=MEMORY, help="Memory: MiB, or a size like 2G.")
+@click.option(
+    "--disk-size", type=DISK_SIZE, help="Grow the /root work disk to this size, like 16G."
+)
 @json_option
 @click.pass_obj
 def set_(
     session: Session,
     *,
     name: str,
-    vcpu: str | None,
-    memory: str | None,
-    disk_size: str | None,
+    vcpu: int | None,
+    memory: int | None,
+    disk_size: int | None,
     as_json: bool,
 ) -> None:
     """Change a stopped VM's vCPUs, memory or work-disk size (zero or negative is an error)."""
     request = SetVmRequest(
-        vcpu=None if vcpu is None else vcpu_count(vcpu),
-        memory_mib=None if memory is None else memory_mib(memory),
-        disk_size_bytes=None if disk_size is None else size_bytes(disk_size, what="--disk-size"),
+        vcpu=vcpu,
+        memory_mib=memory,
+        disk_size_bytes=disk_size,  # checked by their types
     )
     if request == SetVmRequest():
         raise click.UsageError("nothing to change: give --vcpu, --memory or --disk-size")
@@ -205,12 +215,38 @@ def list_(session: Session, as_json: bool) -> None:
 @json_option
 @click.pass_obj
 def show(session: Session, name: str, as_json: bool) -> None:
-    """Show everything the daemon records about one VM."""
-    reply = session.client().vms.get(name)
+    """Show a VM: state, image, size, address. --json adds everything the daemon records
+    (ids, process, TAP, MAC, directory)."""
+    client = session.client()
+    reply = client.vms.get(name)
     if as_json:
         emit_json(reply)
-    else:
-        emit_kv([(k, "-" if v is None else v) for k, v in to_json(reply).items()])
+        return
+    images = {i.id: i.name for i in client.images.list()} if reply.image_id is not None else {}
+    emit_kv(show_rows(reply, images.get(reply.image_id)))
+
+
+def show_rows(vm: VmInfo, image_name: str | None) -> list[tuple[str, object]]:
+    """``vm show``'s lines: what a user asks about a VM, in units; ids and internals
+    (pid, boot id, TAP, MAC, paths) are for ``--json``."""
+    rows: list[tuple[str, object]] = [("name", vm.name), ("state", vm.state)]
+    if vm.last_error:
+        rows.append(("last error", vm.last_error))
+    if image_name is None:
+        image_name = "(deleted)" if vm.image_id is not None else "-"
+    rows += [
+        ("image", image_name),
+        ("vmm", vm.vmm or "-"),
+        ("vcpu", vm.vcpu),
+        ("memory", f"{vm.memory_mib} MiB"),
+        ("disk", format_size(vm.disk_size_bytes)),
+        ("address", _address(vm)),
+        ("nat", "yes" if vm.nat else "no"),
+        ("created", vm.created_at),
+    ]
+    if vm.stopped_at:
+        rows.append(("stopped", vm.stopped_at))
+    return rows
 
 
 @vm.command()
@@ -230,6 +266,9 @@ def logs(session: Session, name: str, follow: bool, source: str | bool) -> None:
     which = "vmm" if source == "vmm" else "console"
     chunk = vms.logs(name, source=which)
     sys.stdout.write(chunk.data)
+    if not chunk.data:  # silence would look like a failure; stdout stays the log alone
+        what = "VMM log" if which == "vmm" else "console log"
+        sys.stderr.write(f"banger: the {what} of {name} is empty ({chunk.path})\n")
     while follow:
         sys.stdout.flush()
         time.sleep(0.5)

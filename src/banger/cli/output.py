@@ -6,13 +6,15 @@ live progress is drawn, to keep start-up lean. Must not: talk to the daemon.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Protocol, TypeVar
 
+from banger.errors import BangerError
 from banger.model.api_types import StageEvent, to_json
-from banger.model.wire import StageState
+from banger.model.wire import StageState, error_event
 
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
@@ -75,9 +77,35 @@ def follow_stream(progress: Streamed[T], *, as_json: bool) -> T:
 
 
 def _passthrough(events: Iterable[StageEvent]) -> None:
-    for event in events:
-        sys.stdout.write(json.dumps(event.to_wire()) + "\n")
-        sys.stdout.flush()
+    """NDJSON out; a failure (refused before the stream, or its error event) ends the
+    output with the same error event the API streams, then propagates (issue 14 item 17:
+    a reader of stdout must not have to scrape stderr for the reason)."""
+    try:
+        for event in events:
+            _write_event(event.to_wire())
+    except BangerError as err:
+        _write_error_event(err)
+        raise
+    except Exception as err:
+        # What main() shows as "unexpected …": the stream still ends in an error object.
+        _write_error_event(
+            BangerError(
+                f"unexpected {type(err).__name__}: {err}",
+                hint="run again with --debug for the traceback, and please report it",
+            )
+        )
+        raise
+
+
+def _write_event(event: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(event) + "\n")
+    sys.stdout.flush()
+
+
+def _write_error_event(err: BangerError) -> None:
+    # A reader that went away must not turn the error into main()'s quiet BrokenPipe exit.
+    with contextlib.suppress(OSError):
+        _write_event(error_event(err))
 
 
 def _finished_line(event: StageEvent) -> tuple[str, str, str | None]:

@@ -17,12 +17,13 @@ import click
 
 from banger.cli.interrupt import follow_create
 from banger.cli.session import Session
-from banger.cli.vm_options import ResolvedDefault, memory_mib, size_bytes, vcpu_count
+from banger.cli.vm_options import BOOT_TIMEOUT, DISK_SIZE, MEMORY, VCPU, ResolvedDefault
 from banger.errors import BangerError, InvalidState, NotFound
 from banger.guest.ssh_argv import ssh_prefix
 from banger.model import limits
 from banger.model.api_types import CreateVmRequest, VmDefaults, VmInfo, VmmName
-from banger.model.units import format_size
+from banger.model.records import not_running
+from banger.model.units import format_amount, format_size
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -32,15 +33,32 @@ SSH_FAILED = 255
 _OPTIONS = (
     click.option("--name", help="VM name (default: a generated adjective-noun)."),
     click.option("--image", help="Image to boot (default: default_image_name in config)."),
-    click.option("--vcpu", cls=ResolvedDefault, field="vcpu", help="Virtual CPUs."),
     click.option(
-        "--memory", cls=ResolvedDefault, field="memory_mib", help="Memory: MiB, or a size like 2G."
+        "--vcpu",
+        type=VCPU,
+        cls=ResolvedDefault,
+        field="vcpu",
+        help=f"Virtual CPUs, {limits.VCPU_MIN} to {limits.VCPU_MAX}.",
+    ),
+    click.option(
+        "--memory",
+        type=MEMORY,
+        cls=ResolvedDefault,
+        field="memory_mib",
+        help=(
+            "Memory: MiB, or a size like 2G; at least "
+            f"{format_amount(limits.MEMORY_MIB_MIN, 'MiB')}."
+        ),
     ),
     click.option(
         "--disk-size",
+        type=DISK_SIZE,
         cls=ResolvedDefault,
         field="disk_size_bytes",
-        help="Size of the /root work disk, like 8G.",
+        help=(
+            "Size of the /root work disk, like 8G; at least "
+            f"{format_amount(limits.DISK_SIZE_MIN_BYTES, 'bytes')}."
+        ),
     ),
     click.option("--nat", is_flag=True, help="Give the VM outbound network access (NAT)."),
     click.option("--vmm", type=click.Choice(limits.VMMS), help="Force a VMM."),
@@ -48,8 +66,11 @@ _OPTIONS = (
         "--boot-timeout",
         default=limits.BOOT_TIMEOUT_S_DEFAULT,
         show_default=True,
-        type=click.IntRange(limits.BOOT_TIMEOUT_S_MIN, limits.BOOT_TIMEOUT_S_MAX),
-        help="Seconds to wait for the guest to answer (its agent, or SSH).",
+        type=BOOT_TIMEOUT,
+        help=(
+            "Seconds to wait for the guest to answer (its agent, or SSH), "
+            f"{limits.BOOT_TIMEOUT_S_MIN} to {limits.BOOT_TIMEOUT_S_MAX}."
+        ),
     ),
 )
 
@@ -64,9 +85,9 @@ def create_request(
     *,
     name: str | None,
     image: str | None,
-    vcpu: str | None,
-    memory: str | None,
-    disk_size: str | None,
+    vcpu: int | None,
+    memory: int | None,
+    disk_size: int | None,
     nat: bool,
     vmm: str | None,
     boot_timeout: int,
@@ -75,9 +96,9 @@ def create_request(
     return CreateVmRequest(
         name=name,
         image=image,
-        vcpu=None if vcpu is None else vcpu_count(vcpu),
-        memory_mib=None if memory is None else memory_mib(memory),
-        disk_size_bytes=None if disk_size is None else size_bytes(disk_size, what="--disk-size"),
+        vcpu=vcpu,  # checked while click parsed them (banger.cli.vm_options)
+        memory_mib=memory,
+        disk_size_bytes=disk_size,
         nat=nat,
         vmm=cast("VmmName | None", vmm),  # click.Choice(limits.VMMS) admitted it
         boot_timeout_s=boot_timeout,
@@ -115,9 +136,8 @@ def ssh_command(
     info = session.client().vms.ssh_info(name)
     host = info.host or info.ip
     if info.state != "running" or not host:
-        raise InvalidState(
-            f"VM {name!r} is {info.state}, not running", hint=f"`banger vm start {name}`"
-        )
+        brief, hint = not_running(name, info.state)
+        raise InvalidState(brief, hint=hint)
     argv = ssh_prefix(
         info.key,
         info.known_hosts,

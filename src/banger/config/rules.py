@@ -12,7 +12,7 @@ import typing
 from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Network
 
-from pydantic import BeforeValidator
+from pydantic import AfterValidator, BeforeValidator
 
 from banger.errors import InvalidArgument
 from banger.model import limits, units
@@ -146,3 +146,16 @@ def as_written(parse: Callable[..., int], **limits: int) -> BeforeValidator:
         return typing.cast(str, value)
 
     return BeforeValidator(check)
+
+
+def bounded(bound: limits.Bound) -> AfterValidator:
+    """An integer within ``bound``, the bound said in its unit ("at least 128 MiB"): the
+    same words as the CLI flag's and the SDK's check (``units.check_bound``)."""
+
+    def check(value: int) -> int:
+        try:
+            return units.check_bound(value, bound)
+        except InvalidArgument as exc:
+            raise ValueError(exc.brief) from None
+
+    return AfterValidator(check)

@@ -97,10 +97,8 @@ class _Table(BaseModel):
 class VmDefaultsConfig(_Table):
     """``[vm_defaults]``: each key unset means "let banger choose" (banger.config.vm_defaults)."""
 
-    vcpu: Annotated[StrictInt, Field(ge=limits.VCPU_MIN, le=limits.VCPU_MAX)] | None = None
-    memory_mib: (
-        Annotated[StrictInt, Field(ge=limits.MEMORY_MIB_MIN, le=limits.MEMORY_MIB_MAX)] | None
-    ) = None
+    vcpu: Annotated[StrictInt, rules.bounded(limits.VCPU)] | None = None
+    memory_mib: Annotated[StrictInt, rules.bounded(limits.MEMORY_MIB)] | None = None
     disk_size: (
         Annotated[str, rules.as_written(units.parse_size, minimum_bytes=limits.DISK_SIZE_MIN_BYTES)]
         | None
@@ -392,8 +390,13 @@ def _check_owner_and_mode(path: Path, st: os.stat_result) -> None:
         )
     mode = stat.S_IMODE(st.st_mode)
     if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        # Name who can write it and the one chmod that takes exactly that away.
+        who, bits = {
+            stat.S_IWGRP: ("its group", "g-w"),
+            stat.S_IWOTH: ("every user", "o-w"),
+        }.get(mode & (stat.S_IWGRP | stat.S_IWOTH), ("its group and every user", "go-w"))
         raise ConfigError(
-            f"config file {path} is writable by other users (mode {mode:04o})",
+            f"config file {path} can be written by {who}, not only by you (mode {mode:04o})",
             details="another user could change how banger runs your VMs",
-            hint=f"chmod 600 {path}",
+            hint=f"chmod {bits} {path}",
         )

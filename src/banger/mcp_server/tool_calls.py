@@ -28,6 +28,7 @@ from banger.mcp_server.tool_schemas import (
     TOOLS,
     WRITE_CAP_BYTES,
 )
+from banger.model import limits, units
 from banger.model.record import as_dict
 from banger.sdk.sandbox import Sandbox, discard, new_name
 
@@ -242,8 +243,8 @@ class ToolBox:
     def _machine(args: _Args) -> dict[str, Any]:
         return {
             "image": args.opt_text("image"),
-            "vcpu": args.opt_integer("vcpu"),
-            "memory_mib": args.opt_integer("memory_mib"),
+            "vcpu": args.opt_bounded("vcpu", limits.VCPU),
+            "memory_mib": args.opt_bounded("memory_mib", limits.MEMORY_MIB),
             "nat": args.boolean("nat", default=False),
         }
 
@@ -318,6 +319,16 @@ class _Args:
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise self._bad(key, "a positive integer")
         return value
+
+    def opt_bounded(self, key: str, bound: limits.Bound) -> int | None:
+        """A size within the daemon's bound, refused here (before any request) in the
+        bound's unit: "create: memory_mib: must be at least 128 MiB (got 100)"."""
+        value = self._get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self._bad(key, "an integer")
+        return units.check_bound(value, bound, what=f"{self._tool}: {key}")
 
     def boolean(self, key: str, *, default: bool) -> bool:
         value = self._get(key)

@@ -4,12 +4,29 @@ Owns: the numeric limits and closed choices of the API's requests (VM sizes, boo
 timeout, image size, signals, VMMs). The click options, the pydantic models of
 ``banger.api.models``, the config's schema and the services all read them from here, so
 the CLI's early check and the daemon's check cannot disagree.
+Each ranged quantity a user types is also a ``Bound``: its range and the unit its number
+is in, so every check (CLI flag, config key, SDK argument, API field) words the same limit
+the same way (``banger.model.units.check_bound``).
 Must not: import anything but the standard library; hold behaviour.
 """
 
 from __future__ import annotations
 
-from typing import Final
+from dataclasses import dataclass
+from typing import Final, Literal
+
+#: What a bounded number counts: bytes and MiB are shown as sizes ("256 MiB").
+Unit = Literal["bytes", "MiB", "vCPU", "seconds"]
+
+
+@dataclass(frozen=True)
+class Bound:
+    """An inclusive range of one quantity, in ``unit``."""
+
+    low: int
+    high: int
+    unit: Unit
+
 
 MIB: Final = 1 << 20
 
@@ -33,6 +50,12 @@ POOL_SIZE_MAX: Final = 16
 BOOT_TIMEOUT_S_MIN: Final = 1
 BOOT_TIMEOUT_S_MAX: Final = 3600
 BOOT_TIMEOUT_S_DEFAULT: Final = 300
+
+VCPU: Final = Bound(VCPU_MIN, VCPU_MAX, "vCPU")
+MEMORY_MIB: Final = Bound(MEMORY_MIB_MIN, MEMORY_MIB_MAX, "MiB")
+DISK_SIZE: Final = Bound(DISK_SIZE_MIN_BYTES, DISK_SIZE_MAX_BYTES, "bytes")
+IMAGE_SIZE: Final = Bound(IMAGE_SIZE_MIN_BYTES, IMAGE_SIZE_MAX_BYTES, "bytes")
+BOOT_TIMEOUT_S: Final = Bound(BOOT_TIMEOUT_S_MIN, BOOT_TIMEOUT_S_MAX, "seconds")
 
 #: Signals ``vm kill`` may send to a VMM process (names without ``SIG``).
 SIGNALS: Final = ("KILL", "TERM", "INT", "HUP", "QUIT", "USR1", "USR2", "STOP", "CONT")

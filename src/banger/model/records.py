@@ -24,6 +24,14 @@ class VmState(StrEnum):
     ERROR = "error"
 
 
+def not_running(name: str, state: str) -> tuple[str, str]:
+    """The message and hint for "this needs VM ``name`` running", in every layer alike."""
+    hint = f"`banger vm start {name}`"
+    if state == VmState.ERROR:
+        hint += f" (`banger vm show {name}` shows the error it stopped with)"
+    return f"VM {name!r} is in state {state}, not running", hint
+
+
 def utc_now() -> datetime:
     """The timestamp every record uses: timezone-aware UTC."""
     return datetime.now(UTC)

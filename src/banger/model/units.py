@@ -1,7 +1,9 @@
 """Sizes, durations and counts as people type them (CLI flags and config values).
 
 Owns: parsing "8G"-style sizes, "1h30m"-style durations and plain positive integers,
-formatting sizes and durations back, and quoting a rejected input for an error message.
+formatting sizes and durations back, checking a number against its ``limits.Bound`` with
+the bound in the user's units ("must be at least 128 MiB"), and quoting a rejected input
+for an error message.
 
 Must not: do I/O, or know which flag or config key a value came from. Callers pass
 ``what`` (a flag name such as ``--memory``) so the message names it; with no ``what`` the
@@ -14,6 +16,7 @@ import json
 import re
 
 from banger.errors import InvalidArgument
+from banger.model.limits import MEMORY_MIB, Bound, Unit
 
 KIB = 1024
 MIB = 1024**2
@@ -72,12 +75,12 @@ def parse_size(text: object, *, what: str = "", minimum_bytes: int = 1) -> int:
         raise _reject(what, SIZE_RULE, text)
     digits, unit = match.group(1), (match.group(2) or "").upper()
     if len(digits) > _MAX_DIGITS or int(digits) * _SIZE_UNITS[unit] > MAX_SIZE_BYTES:
-        raise _reject(what, f"must be at most {format_size(MAX_SIZE_BYTES)}", text)
+        raise _reject(what, f"must be at most {format_amount(MAX_SIZE_BYTES, 'bytes')}", text)
     size_bytes = int(digits) * _SIZE_UNITS[unit]
     if size_bytes == 0:
         raise _reject(what, "must be greater than zero", text)
     if size_bytes < minimum_bytes:
-        raise _reject(what, f"must be at least {format_size(minimum_bytes)}", text)
+        raise _reject(what, f"must be at least {format_amount(minimum_bytes, 'bytes')}", text)
     return size_bytes
 
 
@@ -94,6 +97,63 @@ def format_size(size_bytes: int) -> str:
         if "." in shown:
             return f"{shown}{suffix}"
     return str(size_bytes)
+
+
+_SIZE_NAMES = {"T": "TiB", "G": "GiB", "M": "MiB", "K": "KiB"}
+
+
+def format_amount(value: int, unit: Unit) -> str:
+    """A bound as a person reads it: "256 MiB", "1 TiB", "1 vCPU", "3600 seconds"."""
+    if unit in ("bytes", "MiB"):
+        size_bytes = value * MIB if unit == "MiB" else value
+        short = format_size(size_bytes)
+        suffix = short[-1:]
+        if suffix in _SIZE_NAMES:
+            return f"{short[:-1]} {_SIZE_NAMES[suffix]}"
+        return f"{short} byte" + ("" if size_bytes == 1 else "s")
+    singular = {"vCPU": "vCPU", "seconds": "second"}[unit]
+    plural = {"vCPU": "vCPUs", "seconds": "seconds"}[unit]
+    return f"{value} {singular if value == 1 else plural}"
+
+
+def check_bound(value: int, bound: Bound, *, what: str = "", got: object = None) -> int:
+    """``value`` if ``bound`` admits it; else InvalidArgument naming ``what`` and the bound
+    in its unit. ``got`` is the input as the user wrote it (default: ``value``)."""
+    shown = value if got is None else got
+    if value < bound.low:
+        raise _reject(what, f"must be at least {format_amount(bound.low, bound.unit)}", shown)
+    if value > bound.high:
+        raise _reject(what, f"must be at most {format_amount(bound.high, bound.unit)}", shown)
+    return value
+
+
+def parse_bounded_int(text: object, bound: Bound, *, what: str) -> int:
+    """A count such as ``--vcpu 4`` or ``--boot-timeout 600``: ASCII digits only, within
+    ``bound`` (the message gives the bound in its unit: "at least 1 vCPU")."""
+    if isinstance(text, bool):
+        raise _reject(what, "must be a whole number, not a boolean", text)
+    if isinstance(text, int):
+        return check_bound(text, bound, what=what)
+    if isinstance(text, str) and re.fullmatch(r"-?[0-9]+", text, re.ASCII):
+        digits = text.lstrip("-").lstrip("0")
+        if len(digits) > _MAX_DIGITS:  # int() of 5000 digits is slow, and far off anyway
+            far = bound.low - 1 if text.startswith("-") else bound.high + 1
+            return check_bound(far, bound, what=what, got=text)
+        return check_bound(int(text), bound, what=what, got=text)
+    low, high = format_amount(bound.low, bound.unit), format_amount(bound.high, bound.unit)
+    rule = f"must be a whole number from {low} to {high}, written with the digits 0-9"
+    raise _reject(what, rule, text)
+
+
+def parse_memory_mib(text: object, *, what: str) -> int:
+    """MiB in ``text``: a plain number of MiB ("2048") or a size ("2G"), within
+    ``limits.MEMORY_MIB``; sizes must be a whole number of MiB."""
+    if isinstance(text, str) and re.fullmatch(r"-?[0-9]+", text, re.ASCII):
+        return parse_bounded_int(text, MEMORY_MIB, what=what)
+    size_bytes = parse_size(text, what=what)
+    if size_bytes % MIB:
+        raise _reject(what, "must be a whole number of MiB (1536M, not 1500K)", text)
+    return check_bound(size_bytes // MIB, MEMORY_MIB, what=what, got=text)
 
 
 def parse_duration(text: object, *, what: str = "", minimum_s: int = 0) -> int:

@@ -27,7 +27,7 @@ from banger.client.facade import BangerClient
 from banger.client.launcher import ensure_daemon
 from banger.errors import BangerError, NotFound
 from banger.host.paths import Layout
-from banger.model import limits
+from banger.model import limits, units
 from banger.model.api_types import CreateVmRequest, StageEvent, VmInfo, VmmName
 from banger.sdk.commands import (
     Collector,
@@ -59,6 +59,26 @@ def connect(layout: Layout | None = None) -> BangerClient:
 def new_name(prefix: str = NAME_PREFIX) -> str:
     """A fresh VM name, chosen here so that an interrupted create can still be undone."""
     return f"{prefix}{secrets.token_hex(4)}"
+
+
+def check_sizes(
+    *,
+    vcpu: int | None = None,
+    memory_mib: int | None = None,
+    disk_size_bytes: int | None = None,
+    boot_timeout_s: int | None = None,
+) -> None:
+    """InvalidArgument naming the parameter and its bound in units ("memory_mib: must be
+    at least 128 MiB") before any request: the daemon's bounds (``banger.model.limits``).
+    Values that are not integers are left to the daemon, which refuses them by type."""
+    for what, value, bound in (
+        ("vcpu", vcpu, limits.VCPU),
+        ("memory_mib", memory_mib, limits.MEMORY_MIB),
+        ("disk_size_bytes", disk_size_bytes, limits.DISK_SIZE),
+        ("boot_timeout_s", boot_timeout_s, limits.BOOT_TIMEOUT_S),
+    ):
+        if isinstance(value, int) and not isinstance(value, bool):
+            units.check_bound(value, bound, what=what)
 
 
 class Sandbox:
@@ -108,6 +128,12 @@ class Sandbox:
         The guest has no outbound network unless ``nat=True``. Image, vcpu, memory and
         disk default to the daemon's configuration (``banger config show``).
         """
+        check_sizes(
+            vcpu=vcpu,
+            memory_mib=memory_mib,
+            disk_size_bytes=disk_size_bytes,
+            boot_timeout_s=boot_timeout_s,
+        )
         # Planned before the VM exists, as `vm run PATH` does: a repository that cannot
         # be copied (no commits, submodules…) is refused before anything is made.
         plan = (

@@ -13,9 +13,11 @@ from typing import Any
 
 from banger.config.vm_defaults import spec_line
 from banger.model.wire import StageState, result_event, stage_event
+from banger.net import privilege_mode
 from banger.services.artifact_rows import find_orphans
 from banger.services.context import DaemonContext
-from banger.services.doctor import CHECKS, DoctorInputs
+from banger.services.doctor import CHECKS
+from banger.services.doctor_inputs import DoctorInputs
 from banger.state import repo
 from banger.state.db import Database
 from banger.vmm import kvm_probe, table
@@ -109,6 +111,7 @@ async def _kvm_probe(ctx: DaemonContext) -> Verdict | None:
 
 async def doctor_events(ctx: DaemonContext) -> AsyncIterator[dict[str, Any]]:
     summary: str = await ctx.db.run(_db_summary)
+    setting = ctx.config.privilege_mode
     inputs = DoctorInputs(
         ctx.layout,
         ctx.config,
@@ -118,6 +121,9 @@ async def doctor_events(ctx: DaemonContext) -> AsyncIterator[dict[str, Any]]:
         default_image=await _default_image(ctx),
         runner=ctx.runner,
         orphans=tuple((str(o.path), o.size_bytes, o.remedy) for o in await find_orphans(ctx)),
+        dns_port=ctx.dns.port if ctx.dns is not None else None,
+        # Once for the network, NAT and DNS checks (it may ask the helper).
+        privilege=await asyncio.to_thread(privilege_mode.probe, setting=setting),
     )
     checks: list[dict[str, Any]] = []
     for name, check in CHECKS:

@@ -12,29 +12,18 @@ import os
 import platform
 import shutil
 import stat
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from banger.config.settings import Config, PrivilegeModeChoice
-from banger.config.vm_defaults import VmDefaults
-from banger.errors import BangerError
-from banger.host import buildinfo
-from banger.host.paths import Layout
-from banger.host.runner import Runner
-from banger.model.addressing import prefix_len
 from banger.model.units import format_size
 from banger.model.wire import StageState
-from banger.net import privilege_mode
+from banger.services.doctor_inputs import Check, CheckResult, DoctorInputs
+from banger.services.doctor_net import check_dns, check_forward_policy, check_nat, check_network
 from banger.vmm import table
-from banger.vmm.base import Backend
 from banger.vmm.kvm_probe import Verdict as KvmVerdict
 
 KVM_GET_API_VERSION = 0xAE00
 KVM_API_VERSION = 12
 MIN_FREE_BYTES = 5 * 1024**3
-#: An unprivileged VMM opens this to attach to the TAP the helper made for its user.
-TUN_DEVICE = "/dev/net/tun"
 
 #: host tool -> Debian package that provides it
 HOST_TOOLS: dict[str, str] = {
@@ -48,33 +37,6 @@ HOST_TOOLS: dict[str, str] = {
     "git": "git",
     "zstd": "zstd",
 }
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    state: StageState
-    detail: str
-    hint: str | None = None
-
-
-@dataclass(frozen=True)
-class DoctorInputs:
-    layout: Layout
-    config: Config
-    vm_defaults: VmDefaults
-    db_summary: Callable[[], str]
-    #: The KVM probe's verdict (None: not probed, e.g. no kernel to boot yet).
-    kvm_verdict: KvmVerdict | None = None
-    runner: Runner = field(default_factory=Runner)
-    #: "local" | "catalog" | "missing": where the default image would come from.
-    default_image: str = "missing"
-    #: banger-helper's socket (None: $BANGER_HELPER_SOCKET or the default).
-    helper_socket: Path | None = None
-    #: Published image/kernel dirs without a row: (path, size in bytes, command removing it).
-    orphans: tuple[tuple[str, int, str], ...] = ()
-
-
-Check = Callable[[DoctorInputs], CheckResult]
 
 
 def check_arch(_: DoctorInputs) -> CheckResult:
@@ -126,9 +88,14 @@ def _kvm_verdict(verdict: KvmVerdict | None) -> CheckResult:
             "kernels; on bare metal, check the kvm_intel/kvm_amd modules",
         )
     if verdict is None:
+        # Opening is not running guests (nested PVM hosts): unknown is not a pass.
         return CheckResult(
-            StageState.OK,
-            "/dev/kvm opens (API 12); not probed yet: no kernel to boot (import or pull one)",
+            StageState.WARN,
+            "/dev/kvm opens (API 12), but whether it can run a guest is unknown: not "
+            "probed yet, no kernel to boot it with",
+            hint="store a kernel: `banger kernel pull NAME` (names: `banger kernel list "
+            "--available`); the daemon probes /dev/kvm with it once, then `banger doctor` "
+            "shows the result",
         )
     return CheckResult(
         StageState.OK, f"/dev/kvm runs guests (probe boot printed the kernel banner{measured})"
@@ -143,39 +110,6 @@ def check_vhost_vsock(_: DoctorInputs) -> CheckResult:
         "/dev/vhost-vsock absent: QEMU guests reach banger's agent over virtio-serial instead",
         hint="optional: sudo modprobe vhost_vsock",
     )
-
-
-def check_forward_policy(inputs: DoctorInputs) -> CheckResult:
-    try:
-        ruleset = inputs.runner.run(["nft", "list", "ruleset"], timeout_s=10).text
-    except BangerError as exc:
-        return CheckResult(StageState.SKIP, f"cannot read the firewall: {exc.brief}")
-    dropping = forward_drop_chains(ruleset)
-    if dropping:
-        bridge = inputs.config.bridge_name
-        return CheckResult(
-            StageState.WARN,
-            "FORWARD policy drop in "
-            + ", ".join(dropping)
-            + ": traffic of VMs started with --nat would be black-holed",
-            hint=f"allow the bridge: sudo iptables -I FORWARD -i {bridge} -j ACCEPT && "
-            f"sudo iptables -I FORWARD -o {bridge} -j ACCEPT",
-        )
-    return CheckResult(StageState.OK, "no forward chain drops by default")
-
-
-def forward_drop_chains(ruleset: str) -> list[str]:
-    """Chains hooked on forward with policy drop, outside banger's own table."""
-    found, table, chain = [], "", ""
-    for raw in ruleset.splitlines():
-        line = raw.strip()
-        if line.startswith("table "):
-            table = line.removeprefix("table ").removesuffix("{").strip()
-        elif line.startswith("chain "):
-            chain = line.removeprefix("chain ").removesuffix("{").strip()
-        elif "hook forward" in line and "policy drop" in line and table != "inet banger":
-            found.append(f"{table} {chain}")
-    return found
 
 
 def check_default_image(inputs: DoctorInputs) -> CheckResult:
@@ -207,83 +141,6 @@ def check_ssh_config(_: DoctorInputs) -> CheckResult:
         StageState.OK,
         "`ssh <name>.vm` is not set up (optional)",
         hint="`banger ssh-config --install` adds one Include line to ~/.ssh/config",
-    )
-
-
-def check_network(inputs: DoctorInputs) -> CheckResult:
-    """The privilege mode (SPEC §9) first: a bridge is only ✓ if this daemon can make it."""
-    report = privilege_mode.probe(inputs.helper_socket, setting=inputs.config.privilege_mode)
-    if report.mode is privilege_mode.PrivilegeMode.ROOTLESS:
-        return _rootless(report)
-    if report.mode is privilege_mode.PrivilegeMode.NONE:
-        return _mode_none(report)
-    cfg = inputs.config
-    bridge = cfg.bridge_name
-    present = Path(f"/sys/class/net/{bridge}").exists()
-    state = (
-        f"bridge {bridge} present ({cfg.bridge_ip}, {cfg.cidr})"
-        if present
-        else f"bridge {bridge} not created yet (made at first VM)"
-    )
-    if report.hello is None:
-        return CheckResult(StageState.OK, f"mode root (privileged steps in-process); {state}")
-    return _helper_mode(cfg, report, state)
-
-
-def _helper_mode(cfg: Config, report: privilege_mode.PrivilegeReport, state: str) -> CheckResult:
-    hello = report.hello
-    assert hello is not None
-    ours = (cfg.bridge_name, f"{cfg.bridge_ip}/{prefix_len(cfg.cidr)}")
-    if (hello.bridge_name, hello.bridge_address) != ours:
-        return CheckResult(
-            StageState.FAIL,
-            f"mode helper, but the helper manages bridge {hello.bridge_name} "
-            f"{hello.bridge_address} and config.toml says {ours[0]} {ours[1]}",
-            hint="make bridge_name, bridge_ip and cidr in config.toml and the helper's "
-            "/etc/banger/helper.toml agree",
-        )
-    if not os.access(TUN_DEVICE, os.R_OK | os.W_OK) and table.binary_for(Backend.FIRECRACKER, cfg):
-        # QEMU is handed its TAP open by the helper; Firecracker opens it by name itself.
-        return CheckResult(
-            StageState.WARN,
-            f"mode helper; {state}; but you cannot open {TUN_DEVICE}: QEMU gets its TAP "
-            "from the helper, Firecracker (which opens it itself) cannot attach to one",
-            hint=f'sudo chmod 0666 {TUN_DEVICE} (Debian\'s default mode), or vmm = "qemu"',
-        )
-    if hello.build != buildinfo.current().as_dict():
-        return CheckResult(
-            StageState.WARN,
-            f"mode helper; {state}; but the helper is another build: {hello.describe()}",
-            hint="restart banger-helper from the same installation as the daemon",
-        )
-    return CheckResult(StageState.OK, f"mode helper ({report.socket_path}); {state}")
-
-
-def _mode_none(report: privilege_mode.PrivilegeReport) -> CheckResult:
-    error = report.error
-    return CheckResult(
-        StageState.FAIL,
-        f"mode none: {error.brief if error else 'no root and no helper'}",
-        hint=error.hint if error else None,
-    )
-
-
-def _rootless(report: privilege_mode.PrivilegeReport) -> CheckResult:
-    """Rootless works; what it costs is said, and how to get the bridge instead."""
-    why = (
-        'privilege_mode = "rootless"'
-        if report.setting is PrivilegeModeChoice.ROOTLESS
-        else "not root, and no banger-helper answers"
-    )
-    return CheckResult(
-        StageState.OK,
-        f"mode rootless ({why}): user-mode networking (QEMU's slirp), SSH through a "
-        "127.0.0.1 port per VM; loses: no <vm>.vm address, no bridge (the host reaches a "
-        "guest only over SSH; `vm ports` cannot probe web ports), no Firecracker, and "
-        "--nat is slirp's outbound access (which also reaches the host's 127.0.0.1 "
-        "through 10.0.2.2) rather than banger's NAT rules",
-        hint="for bridged VMs: `sudo banger system install --owner $USER` (banger-helper), "
-        "or run the daemon as root",
     )
 
 
@@ -378,6 +235,8 @@ CHECKS: tuple[tuple[str, Check], ...] = (
     ("vmm", check_vmm),
     ("host tools", check_host_tools),
     ("network", check_network),
+    ("nat", check_nat),
+    ("dns", check_dns),
     ("firewall", check_forward_policy),
     ("config", check_config),
     ("vm defaults", check_vm_defaults),

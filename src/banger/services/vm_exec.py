@@ -31,6 +31,7 @@ from banger.guest import exec_frames
 from banger.guest.exec_client import ExecConnection, ExecProcess
 from banger.host import procinfo
 from banger.host.procinfo import ProcessIdentity
+from banger.model.records import not_running
 from banger.services import vm_boot
 from banger.services.readiness import Via
 from banger.services.vms import VmService
@@ -101,9 +102,8 @@ class ExecService:
         paths = self.vms.paths(vm)
         handle = vm_boot.handle_of(vm, paths)
         if handle is None or not procinfo.is_running(handle.process):
-            raise InvalidState(
-                f"VM {name!r} is {vm.state.value}, not running", hint=f"`banger vm start {name}`"
-            )
+            brief, hint = not_running(name, vm.state.value)
+            raise InvalidState(brief, hint=hint)
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:
             current = self._open.get(name)

@@ -29,6 +29,7 @@ from banger.host.procinfo import ProcessIdentity
 from banger.host.publish import remove_published
 from banger.model.naming import generate_name
 from banger.model.records import ImageRecord, KernelRecord, VmRecord, VmState, utc_now
+from banger.model.units import format_size
 from banger.model.wire import StageState
 from banger.net.privilege_mode import PrivilegeMode
 from banger.net.privileged import PrivilegedOps
@@ -487,8 +488,11 @@ class VmService:
                 )
             if disk_size_bytes is not None:
                 if disk_size_bytes < vm.disk_size_bytes:
+                    now = format_size(vm.disk_size_bytes)
                     raise InvalidArgument(
-                        f"the work disk can grow but not shrink (now {vm.disk_size_bytes} bytes)"
+                        f"--disk-size {format_size(disk_size_bytes)}: the work disk can grow "
+                        f"but not shrink, and it is {now} now",
+                        hint=f"give --disk-size {now} or more",
                     )
                 await asyncio.to_thread(
                     vm_disks.grow_work_disk, self.ctx, self.paths(vm), disk_size_bytes

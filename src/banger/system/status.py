@@ -16,8 +16,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from banger.config.settings import PrivilegeModeChoice, load_config
 from banger.errors import BangerError
 from banger.host import buildinfo
+from banger.host.paths import Layout
 from banger.net import privilege_mode
 from banger.net.helper_client import HelperPrivilegedOps
 from banger.system import install_manifest
@@ -56,11 +58,42 @@ def gather(host: HostRoot) -> dict[str, Any]:
         }
     else:
         as_root = os.geteuid() == 0 and manifest is None
-        mode = privilege_mode.PrivilegeMode.ROOT if as_root else privilege_mode.PrivilegeMode.NONE
+        mode = privilege_mode.PrivilegeMode.ROOT if as_root else _without_helper(host, manifest)
         report["mode"] = mode.value
         report["helper"] = {"answers": False, "build": None, "same_build": None, "error": error}
     report["build"] = ours
     return report
+
+
+def _without_helper(
+    host: HostRoot, manifest: install_manifest.Manifest | None
+) -> privilege_mode.PrivilegeMode:
+    """What a daemon that is not root uses when no helper answers: rootless, unless its
+    config says ``privilege_mode = "helper"`` (then none: VM creation fails)."""
+    setting = _daemon_setting(host, manifest)
+    if setting is PrivilegeModeChoice.HELPER:
+        return privilege_mode.PrivilegeMode.NONE
+    return privilege_mode.PrivilegeMode.ROOTLESS
+
+
+def _daemon_setting(
+    host: HostRoot, manifest: install_manifest.Manifest | None
+) -> PrivilegeModeChoice:
+    """``privilege_mode`` from the config of whoever runs the daemon (the owner when
+    installed, else this user); ``auto`` when it cannot be read."""
+
+    def read(env: dict[str, str] | None = None, uid: int | None = None) -> str:
+        layout = None if env is None else Layout.from_env(env, uid=uid)
+        return load_config(env=env, layout=layout).privilege_mode.value
+
+    try:
+        if os.geteuid() != 0 or manifest is None:
+            return PrivilegeModeChoice(read())
+        owner = resolve_owner(manifest.owner)
+        env = {"HOME": str(host.at(owner.home))}
+        return PrivilegeModeChoice(as_owner(owner, lambda: read(env, owner.uid)))
+    except BangerError:
+        return PrivilegeModeChoice.AUTO
 
 
 def _hello(

@@ -29,6 +29,7 @@ from banger.errors import CommandFailed, InvalidArgument, InvalidState, Timeout
 from banger.guest.ssh_argv import ssh_prefix
 from banger.host.runner import STDERR_TAIL_CHARS, Process, Result, Runner, wait_for_exit
 from banger.model.api_types import SshInfo
+from banger.model.records import not_running
 
 log = logging.getLogger("banger.workspace")
 
@@ -127,9 +128,8 @@ def ssh_shell(info: SshInfo) -> GuestShell:
     shell the CLI, the SDK and the MCP server copy workspaces and export patches through."""
     host = info.host or info.ip  # a rootless VM: 127.0.0.1 and a forwarded port
     if info.state != "running" or not host:
-        raise InvalidState(
-            f"VM {info.name!r} is {info.state}, not running", hint=f"`banger vm start {info.name}`"
-        )
+        brief, hint = not_running(info.name, info.state)
+        raise InvalidState(brief, hint=hint)
     prefix = ssh_prefix(
         info.key,
         info.known_hosts,

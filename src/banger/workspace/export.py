@@ -153,7 +153,17 @@ def export_patch(
         if not has_git:
             raise InvalidState("git is not installed in the guest", hint="use --via host")
         return Export(_guest_diff(shell, guest_path, base), base, Via.GUEST)
-    repo = open_repo(host_repo, runner or Runner())
+
+    def not_a_repo(start: Path) -> InvalidArgument:
+        # Not open_repo's `git init`: a new repository would not hold the base commit.
+        return InvalidArgument(
+            f"{start} is not a git repository: export diffs on the host here (--via host, "
+            "or no git in the guest), in the repository the workspace was copied from "
+            f"(it holds base commit {base[:12]})",
+            hint="run it in that repository, or name it with --repo DIR",
+        )
+
+    repo = open_repo(host_repo, runner or Runner(), not_a_repo=not_a_repo)
     base = _host_base(repo, base, given=base_commit is not None)
     patch, warnings = _host_diff(shell, repo, guest_path, base)
     return Export(patch, base, Via.HOST, warnings)

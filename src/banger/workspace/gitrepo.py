@@ -15,7 +15,7 @@ modify the user's repository.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -159,8 +159,11 @@ def _translate(exc: CommandFailed, where: Path, words: list[str]) -> BangerError
     return CommandFailed(f"`git {' '.join(words)}` failed in {where}", details=exc.details)
 
 
-def open_repo(path: Path, runner: Runner) -> Repo:
-    """The repository enclosing ``path``; bare repositories and ``.git`` itself refused."""
+def open_repo(
+    path: Path, runner: Runner, *, not_a_repo: Callable[[Path], BangerError] | None = None
+) -> Repo:
+    """The repository enclosing ``path``; bare repositories and ``.git`` itself refused.
+    ``not_a_repo(start)`` is the error when there is none (the default suits a copy)."""
     if not path.exists():
         raise InvalidArgument(f"{path} does not exist")
     start = path if path.is_dir() else path.parent
@@ -177,7 +180,10 @@ def open_repo(path: Path, runner: Runner) -> Repo:
         ok_codes=(0, 128),
     )
     if out.returncode != 0:
-        raise _not_a_repo(start, out)
+        error = _not_a_repo(start, out)
+        if not_a_repo is not None and isinstance(error, InvalidArgument):
+            raise not_a_repo(start)
+        raise error
     bare, in_tree, git_dir, common_dir, object_format = out.text.split("\n")[:5]
     if bare == "true":
         raise InvalidArgument(

@@ -86,7 +86,7 @@ def make_plan(
         raise InvalidArgument(
             f"{repo.toplevel} has submodules ({display(submodules[0])}"
             f"{' …' if len(submodules) > 1 else ''}); tracked mode does not copy them",
-            hint="`banger vm workspace prepare VM PATH --mode full` copies the whole directory",
+            hint=_full_mode_hint(repo.toplevel),
         )
     if from_ref is not None:
         plan.items = _tree_items(repo, base)
@@ -101,6 +101,15 @@ def make_plan(
         plan.untracked_skipped = len(untracked)
     plan.items = _scan(repo.toplevel, sorted(set(paths)), plan.warnings)
     return plan
+
+
+def _full_mode_hint(top: Path) -> str:
+    # `vm run` has tracked mode only (it has no --mode): full mode is `workspace prepare`'s.
+    return (
+        "full mode copies the whole directory, submodules included, into a VM that exists: "
+        f"`banger vm create --name NAME`, then `banger vm workspace prepare NAME {top} "
+        "--mode full` (`banger vm run` copies tracked files only)"
+    )
 
 
 def _plan_full(repo: Repo, head: str) -> Plan:
@@ -143,7 +152,8 @@ def _tree_items(repo: Repo, commit: str) -> list[Item]:
         mode = int(mode_text, 8)
         if kind == b"commit":
             raise InvalidArgument(
-                f"{commit[:12]} has submodules ({display(rel)}); tracked mode does not copy them"
+                f"{commit[:12]} has submodules ({display(rel)}); tracked mode does not copy them",
+                hint="without --from: " + _full_mode_hint(repo.toplevel),
             )
         is_link = mode == 0o120000
         items.append(
