@@ -13,6 +13,7 @@ The tiny agentless guest's claim over SSH is tests/e2e/test_pool.py.
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -31,12 +32,16 @@ CONFIG = (
 @pytest.fixture(scope="module")
 def env() -> Iterator[VmEnv]:
     try:
-        rootfs = str(guests.debian_agent_rootfs())
+        cached = guests.debian_agent_rootfs()
     except Exception as exc:  # no apt here: the image cannot be built
         pytest.skip(f"the Debian agent test image is not built here: {exc}")
     with vm_env(CONFIG, env_vars={"BANGER_POOL_SIZE": "1"}) as e:
+        # A copy of its own: every refill reads the image, and another run may rebuild
+        # the shared cache (under a new key, the old one removed) meanwhile.
+        rootfs = e.home.root / "deb-agent.ext4"
+        subprocess.run(["cp", "--sparse=always", str(cached), str(rootfs)], check=True)
         e.add_test_guests(tiny=False)
-        e.ok("image", "register", "deb-agent", "--rootfs", rootfs, "--kernel-ref", "cloud")
+        e.ok("image", "register", "deb-agent", "--rootfs", str(rootfs), "--kernel-ref", "cloud")
         yield e
 
 
