@@ -20,7 +20,11 @@ class BangerError(Exception):
 
     code: ClassVar[str] = "internal"
     status: ClassVar[int] = 500
-    default_hint: ClassVar[str | None] = None
+    #: Every class says what to do next when the raiser has nothing more specific to say
+    #: (issue 14 item 16: an error the CLI prints always comes with a ``hint:`` line).
+    default_hint: ClassVar[str] = (
+        "`banger daemon logs` may say more; if nothing explains it, please report it"
+    )
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -35,7 +39,7 @@ class BangerError(Exception):
         super().__init__(brief)
         self.brief = brief
         self.details = details
-        self.hint = hint if hint is not None else self.default_hint
+        self.hint = hint or self.default_hint
 
     def to_payload(self) -> dict[str, Any]:
         return {
@@ -88,6 +92,7 @@ def _opt_str(value: object) -> str | None:
 class InvalidArgument(BangerError):
     code = "invalid_argument"
     status = 400
+    default_hint = "`banger COMMAND --help` says what each argument and option accepts"
 
 
 class InvalidRequest(BangerError):
@@ -95,16 +100,35 @@ class InvalidRequest(BangerError):
 
     code = "invalid_request"
     status = 422
+    default_hint = (
+        "the request does not match the daemon's API: docs/reference/api.json lists each "
+        "endpoint's fields and what they accept"
+    )
 
 
 class MethodNotAllowed(BangerError):
     code = "method_not_allowed"
     status = 405
+    default_hint = (
+        "the reply's Allow header lists the methods this endpoint takes (docs/reference/api.json)"
+    )
 
 
 class PayloadTooLarge(BangerError):
     code = "payload_too_large"
     status = 413
+    default_hint = "the daemon's API takes small JSON bodies only (at most 1 MiB); send less"
+
+
+class MalformedHttp(InvalidRequest):
+    """Bytes on the daemon's socket that are not an HTTP/1.1 request h11 can parse."""
+
+    code = "malformed_http"
+    status = 400
+    default_hint = (
+        "the daemon speaks HTTP/1.1 on its socket: use the banger CLI or SDK, or "
+        "`curl --unix-socket`; docs/reference/api.json describes the API"
+    )
 
 
 class ConfigError(BangerError):
@@ -118,6 +142,10 @@ class InvalidLayer(InvalidArgument):
 
     code = "invalid_layer"
     status = 422
+    default_hint = (
+        "banger refuses this image's layers as malformed or unsafe: use another tag or image, "
+        "or rebuild it"
+    )
 
 
 class ImageTooSmall(InvalidArgument):
@@ -125,6 +153,7 @@ class ImageTooSmall(InvalidArgument):
 
     code = "image_too_small"
     status = 400
+    default_hint = "pull it again with a larger `--size` (`banger image pull --help`)"
 
 
 class UnsupportedHost(BangerError):
@@ -139,6 +168,7 @@ class UnsupportedHost(BangerError):
 class NotFound(BangerError):
     code = "not_found"
     status = 404
+    default_hint = "`banger vm list`, `banger image list` and `banger kernel list` show what exists"
 
 
 class VmNotFound(NotFound):
@@ -162,18 +192,29 @@ class KernelNotFound(NotFound):
 class Conflict(BangerError):
     code = "conflict"
     status = 409
+    default_hint = (
+        "`banger vm list` and `banger image list` show what is in the way; retry once it is not"
+    )
 
 
 class AlreadyExists(Conflict):
     code = "already_exists"
+    default_hint = (
+        "choose another name, or delete the existing one first (`banger vm delete`, "
+        "`banger image delete`, `banger kernel rm`)"
+    )
 
 
 class InUse(Conflict):
     code = "in_use"
+    default_hint = "stop or delete what uses it first: `banger vm list` shows each VM and its image"
 
 
 class InvalidState(Conflict):
     code = "invalid_state"
+    default_hint = (
+        "`banger vm show NAME` shows its state; `banger vm start` / `banger vm stop` change it"
+    )
 
 
 # -- access -------------------------------------------------------------------------------
@@ -182,6 +223,10 @@ class InvalidState(Conflict):
 class PermissionDenied(BangerError):
     code = "permission_denied"
     status = 403
+    default_hint = (
+        "run banger as the user that owns the daemon and its files; `banger doctor` checks "
+        "this host's permissions"
+    )
 
 
 # -- daemon and transport -----------------------------------------------------------------
@@ -216,11 +261,13 @@ class HelperUnavailable(BangerError):
 class BadResponse(BangerError):
     code = "bad_response"
     status = 502
+    default_hint = "`banger daemon logs` has the details; if it keeps happening, please report it"
 
 
 class Timeout(BangerError):
     code = "timeout"
     status = 504
+    default_hint = "run it again; `banger daemon logs` shows what it was waiting for"
 
 
 class ShuttingDown(BangerError):
@@ -235,6 +282,7 @@ class ShuttingDown(BangerError):
 class CommandFailed(BangerError):
     code = "command_failed"
     status = 500
+    default_hint = "`banger daemon logs` shows the command that failed and its output"
 
 
 class NoSpace(CommandFailed):
@@ -242,6 +290,10 @@ class NoSpace(CommandFailed):
 
     code = "no_space"
     status = 507
+    default_hint = (
+        "free space or inodes on that filesystem: `banger vm list` and `banger image list` show "
+        "what can be deleted"
+    )
 
 
 class AgentUnavailable(BangerError):
@@ -261,6 +313,10 @@ class CommandNotStarted(BangerError):
 
     code = "command_not_started"
     status = 422
+    default_hint = (
+        "check that the program exists in the guest and that its directory (`--cwd`) does; "
+        "`banger vm ssh NAME` lets you look"
+    )
 
 
 class StateError(BangerError):
@@ -272,6 +328,7 @@ class StateError(BangerError):
 class Interrupted(BangerError):
     code = "interrupted"
     status = 499
+    default_hint = "run the command again; `banger vm list` shows what was kept"
 
 
 # -- callers of the SDK and the MCP server -------------------------------------------------
@@ -283,6 +340,7 @@ class CommandExitError(BangerError):
 
     code = "command_exit"
     status = 500
+    default_hint = "the exception carries the command's exit status and the tail of its stderr"
 
 
 class MissingExtra(BangerError):
@@ -290,6 +348,7 @@ class MissingExtra(BangerError):
 
     code = "missing_extra"
     status = 501
+    default_hint = "install the extra it names, e.g. `pip install 'banger[mcp]'`"
 
 
 # -- files in a guest (docs/explanation/guest-files.md) -----------------------------------
@@ -297,17 +356,21 @@ class MissingExtra(BangerError):
 
 class GuestPathNotFound(NotFound):
     code = "guest_path_not_found"
+    default_hint = "`banger vm exec NAME -- ls -la DIR` shows what is in the guest's directory"
 
 
 class IsADirectory(Conflict):
     code = "is_a_directory"
+    default_hint = "`banger vm cp` copies a whole directory; `banger vm cp --help` shows how"
 
 
 class NotADirectory(Conflict):
     code = "not_a_directory"
+    default_hint = "a component of the path is a file, not a directory: check the path in the guest"
 
 
 class GuestPathRefused(Conflict):
     """A symlink where banger will not follow one, a non-empty directory, a device."""
 
     code = "guest_path_refused"
+    default_hint = "`banger vm exec NAME -- ls -la PATH` shows what is there"

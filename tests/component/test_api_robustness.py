@@ -43,11 +43,27 @@ def test_oversized_body_is_refused_and_daemon_survives_e49(
     assert client.get("/ping")["pid"]
 
 
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x00\x01\x02 this is not http\r\n\r\n",
+        b"GET /v1/ping HTTP/1.1\r\nHost: x\r\nno colon in this header\r\n\r\n",
+        b"POST /v1/ping HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+        b"GET /v1/ping HTTP/1.1\r\n\r\n",  # HTTP/1.1 without Host
+    ],
+    ids=["garbage", "bad-header-line", "bad-content-length", "no-host"],
+)
 def test_garbage_on_the_socket_gets_400_and_daemon_survives_e49(
-    home: BangerHome, client: Client
+    home: BangerHome, client: Client, data: bytes
 ) -> None:
-    reply = _raw(home, b"\x00\x01\x02 this is not http\r\n\r\n")
-    assert reply.startswith(b"HTTP/1.1 400")
+    """Issue 14 item 16: malformed HTTP got uvicorn's plain text; now banger's JSON body."""
+    reply = _raw(home, data)
+    assert reply.startswith(b"HTTP/1.1 400"), reply[:200]
+    head, body = reply.split(b"\r\n\r\n", 1)
+    assert b"content-type: application/json" in head.lower()
+    error = json.loads(body)["error"]
+    assert error["code"] == "malformed_http"
+    assert error["message"] and error["hint"]
     assert client.get("/ping")["pid"]
 
 

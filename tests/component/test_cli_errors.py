@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.conftest import BangerHome
+from tests.conftest import BIN, BangerHome
 
 
 def test_not_found_prints_error_and_hint_and_exits_1(home: BangerHome) -> None:
@@ -28,10 +28,53 @@ def test_debug_adds_a_traceback(home: BangerHome) -> None:
     assert "Traceback" in out.stderr
 
 
-@pytest.mark.parametrize("args", [["vm", "show"], ["no-such-command"], ["vm", "list", "--bogus"]])
-def test_usage_errors_exit_2(home: BangerHome, args: list[str]) -> None:
+@pytest.mark.parametrize(
+    ("args", "brief", "help_of"),
+    [
+        (["vm", "show"], "error: missing argument 'NAME'", "banger vm show"),
+        (["no-such-command"], "error: no such command 'no-such-command'", "banger"),
+        (["vm", "list", "--bogus"], "error: no such option '--bogus'", "banger vm list"),
+        (["vm", "set", "x"], "error: nothing to change: give --vcpu", "banger vm set"),
+        (["vm", "exec", "x", "--env", "k", "--", "ls"], "error: invalid value", "banger vm exec"),
+    ],
+)
+def test_usage_errors_exit_2_in_bangers_error_form(
+    home: BangerHome, args: list[str], brief: str, help_of: str
+) -> None:
+    """Issue 14 item 16: click's `Usage:`/`Error:` block becomes banger's two lines."""
     out = home.banger(*args)
     assert out.returncode == 2, out.stderr
+    lines = out.stderr.splitlines()
+    assert len(lines) == 2, out.stderr
+    assert lines[0].startswith(brief), out.stderr
+    assert lines[1] == f"hint: see '{help_of} --help'"
+
+
+def test_debug_is_accepted_after_the_subcommand_too(home: BangerHome) -> None:
+    """Issue 14 item 16: `--debug` was a usage error anywhere but before the subcommand."""
+    listed = home.banger("vm", "list", "--debug")
+    assert listed.returncode == 0, listed.stderr
+    shown = home.banger("vm", "show", "ghost", "--debug")
+    assert shown.returncode == 1
+    assert "Traceback" in shown.stderr
+    assert shown.stderr.rstrip().splitlines()[-1].startswith("hint: ")
+    plain = home.banger("vm", "show", "ghost")
+    assert "Traceback" not in plain.stderr
+    assert home.banger("image", "list", "--json", "--debug").returncode == 0
+
+
+def test_banger_debug_in_the_environment_still_adds_a_traceback(home: BangerHome) -> None:
+    env = {**home.env, "BANGER_DEBUG": "1"}
+    out = subprocess.run(
+        [str(BIN / "banger"), "vm", "show", "ghost"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 1
+    assert "Traceback" in out.stderr
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from pathlib import Path
 
 import pytest
 
@@ -89,3 +90,54 @@ def test_unexpected_exception_renders_with_a_hint() -> None:
     text = format_error(ValueError("boom"), debug=False)
     assert text.startswith("error: unexpected ValueError: boom")
     assert "hint:" in text
+
+
+# -- the hint audit (issue 14 item 16): every error the CLI can print says what to do -------
+
+
+@pytest.mark.parametrize("cls", sorted(_all_error_classes(), key=lambda c: c.code))
+def test_every_error_class_has_a_hint_when_the_raiser_gives_none(cls: type[BangerError]) -> None:
+    for err in (cls("brief text"), cls("brief text", hint=""), cls("brief text", hint=None)):
+        assert err.hint and err.hint.strip(), f"{cls.__name__} ({cls.code}) has no default hint"
+        assert err.to_payload()["error"]["hint"] == err.hint
+        assert format_error(err, debug=False).splitlines()[-1] == f"hint: {err.hint}"
+
+
+@pytest.mark.parametrize("cls", sorted(_all_error_classes(), key=lambda c: c.code))
+def test_a_daemon_reply_without_a_hint_is_rendered_with_one(cls: type[BangerError]) -> None:
+    """An older daemon (or another server) may send ``"hint": null``: the CLI still hints."""
+    payload = {"error": {"code": cls.code, "message": "m", "details": None, "hint": None}}
+    rebuilt = error_from_payload(payload, status=cls.status)
+    assert type(rebuilt) is cls
+    assert rebuilt.hint == cls.default_hint and rebuilt.hint
+
+
+def test_the_fallback_errors_have_hints() -> None:
+    assert errors.internal_error().hint
+    assert error_from_payload("<html>oops</html>", status=502).hint
+    unknown = {"error": {"code": "from_the_future", "message": "m"}}
+    assert error_from_payload(unknown, status=500).hint
+
+
+def test_registry_connection_errors_say_what_to_check() -> None:
+    import socket
+
+    from banger.oci.http_transport import _connect_error
+
+    url = "https://registry.invalid/v2/"
+    for exc in (
+        TimeoutError(),
+        socket.gaierror(-2, "Name or service not known"),
+        OSError(111, "refused"),
+    ):
+        err = _connect_error(exc, url)
+        assert err.hint is not None and "registry" in err.hint
+        assert err.hint != type(err).default_hint
+
+
+def test_a_daemon_that_does_not_answer_in_time_points_at_its_logs(tmp_path: Path) -> None:
+    from banger.client.http import Client
+
+    err = Client(tmp_path / "sock", timeout_s=1)._transport_error(TimeoutError())
+    assert isinstance(err, errors.Timeout)
+    assert err.hint is not None and "banger daemon logs" in err.hint

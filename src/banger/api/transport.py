@@ -8,7 +8,9 @@ body sent in part (issue 14 item 7, ADVERSARIAL 49, 50); idle keep-alive connect
 closed by uvicorn's own keep-alive timeout; and handing a route the raw connection after
 ``101 Switching Protocols`` when the request asked for one of ``UPGRADE_PROTOCOLS``
 (``vm exec``'s full-duplex stream, docs/explanation/guest-exec.md): the route finds a
-``RawUpgrade`` in ``scope["extensions"][UPGRADE_EXTENSION]``.
+``RawUpgrade`` in ``scope["extensions"][UPGRADE_EXTENSION]``; and answering bytes h11
+cannot parse with banger's JSON error body instead of uvicorn's plain text (issue 14
+item 16).
 Must not: know about routes or services.
 """
 
@@ -28,8 +30,8 @@ import h11
 from h11._state import MIGHT_SWITCH_PROTOCOL, SWITCHED_PROTOCOL
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from banger.errors import PermissionDenied
-from banger.model.wire import error_body
+from banger.errors import MalformedHttp, PermissionDenied
+from banger.model.wire import JSON, error_body
 
 log = logging.getLogger("banger.api")
 
@@ -198,6 +200,26 @@ class PeerCheckedH11Protocol(H11Protocol):
             self.upgraded.shutdown()
             return
         super().shutdown()
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn answers a request h11 cannot parse in plain text; banger's callers get
+        the same JSON error body as from every other refusal (issue 14 item 16)."""
+        del msg  # uvicorn's one text, "Invalid HTTP request received."
+        body = error_body(MalformedHttp("not an HTTP/1.1 request the daemon can parse"))
+        headers = [
+            (b"content-type", JSON.encode()),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+        ]
+        for event in (
+            h11.Response(status_code=400, headers=headers, reason=b"Bad Request"),
+            h11.Data(data=body),
+            h11.EndOfMessage(),
+        ):
+            output = self.conn.send(event)
+            if output:
+                self.transport.write(output)
+        self.transport.close()
 
     def _request_read(self) -> bool:
         return self.conn.their_state in {

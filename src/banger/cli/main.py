@@ -1,8 +1,9 @@
 """``banger``: the root command, lazy loading of subcommands, and error rendering.
 
 Owns: turning every outcome into an exit status (0 ok, 1 error, 2 usage, 130 Ctrl-C)
-and printing errors as ``error:``/``hint:`` lines: one of the two places errors are
-rendered. Must not: import heavy modules at start-up; subcommands load on demand.
+and printing errors, click's usage errors included, as ``error:``/``hint:`` lines: one of
+the two places errors are rendered; and ``--debug`` accepted after any subcommand too.
+Must not: import heavy modules at start-up; subcommands load on demand.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from collections.abc import Mapping
 
 import click
 
@@ -41,6 +43,7 @@ class LazyGroup(click.Group):
             module, attr, _ = LAZY_COMMANDS[cmd_name]
             command = getattr(importlib.import_module(module), attr)
             assert isinstance(command, click.Command)
+            accept_debug(command)
             return command
         return super().get_command(ctx, cmd_name)
 
@@ -63,17 +66,53 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.obj = Session.from_env(debug=debug)
 
 
+def _turn_on_debug(ctx: click.Context, _: click.Parameter, value: bool) -> None:
+    session = ctx.find_object(Session)
+    if value and session is not None:
+        session.debug = True
+
+
+def accept_debug(command: click.Command) -> None:
+    """Give ``command`` and its subcommands a hidden ``--debug``, so that ``banger vm list
+    --debug`` works as ``banger --debug vm list`` does (issue 14 item 16).
+
+    A command that passes unknown options on (``vm ssh NAME CMD…``) is left alone: there
+    ``--debug`` belongs to the remote command, as it always has.
+    """
+    if command.context_settings.get("ignore_unknown_options"):
+        return
+    if not any(param.name == "debug" for param in command.params):
+        command.params.append(
+            click.Option(
+                ["--debug"],
+                is_flag=True,
+                hidden=True,
+                expose_value=False,
+                callback=_turn_on_debug,
+                help="Show tracebacks with errors.",
+            )
+        )
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            accept_debug(sub)
+
+
+def wants_debug(args: list[str], env: Mapping[str, str]) -> bool:
+    # Words after `--` are a guest command's own (`vm exec NAME -- tool --debug`).
+    ours = args[: args.index("--")] if "--" in args else args
+    return "--debug" in ours or env.get("BANGER_DEBUG") == "1"
+
+
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
-    debug = "--debug" in args or os.environ.get("BANGER_DEBUG") == "1"
-    sys.exit(_run(args, debug=debug))
+    sys.exit(_run(args, debug=wants_debug(args, os.environ)))
 
 
 def _run(args: list[str], *, debug: bool) -> int:
     try:
         result = cli.main(args=args, prog_name="banger", standalone_mode=False)
     except click.ClickException as exc:
-        exc.show()
+        sys.stderr.write(format_click_error(exc))
         return exc.exit_code
     except (KeyboardInterrupt, click.Abort):
         sys.stderr.write("interrupted\n")
@@ -88,6 +127,17 @@ def _run(args: list[str], *, debug: bool) -> int:
         sys.stderr.write(format_error(err, debug=debug))
         return 1
     return result if isinstance(result, int) else 0
+
+
+def format_click_error(exc: click.ClickException) -> str:
+    """click's own errors in banger's form: ``error:`` then where to look (exit status
+    stays click's: 2 for usage errors)."""
+    message = exc.format_message().strip().rstrip(".")
+    if message[:1].isupper() and message[1:2].islower():
+        message = message[0].lower() + message[1:]  # banger's briefs start in lower case
+    ctx = getattr(exc, "ctx", None)
+    path = ctx.command_path if isinstance(ctx, click.Context) else "banger"
+    return f"error: {message}\nhint: see '{path} --help'\n"
 
 
 def _silence_stdout() -> None:

@@ -228,7 +228,11 @@ class Client:
                 hint="each user runs their own banger daemon; check XDG_RUNTIME_DIR",
             )
         if isinstance(exc, TimeoutError):
-            return Timeout(f"the daemon on {where} did not answer within {self.timeout_s:g}s")
+            return Timeout(
+                f"the daemon on {where} did not answer within {self.timeout_s:g}s",
+                hint="`banger daemon logs` shows what it is busy with; `banger daemon stop` "
+                "and the next command start a fresh one",
+            )
         return DaemonUnavailable(f"lost the connection to the daemon on {where}: {exc}")
 
 

@@ -173,7 +173,10 @@ def _wait_for_ping(layout: Layout, timeout_s: float) -> int:
         with contextlib.suppress(DaemonUnavailable):
             return BangerClient(client).daemon.ping().pid
         time.sleep(0.05)
-    raise Timeout(f"no daemon answered on {layout.socket_path} within {timeout_s:g}s")
+    raise Timeout(
+        f"no daemon answered on {layout.socket_path} within {timeout_s:g}s",
+        hint="`banger daemon logs` shows how far its start-up got",
+    )
 
 
 def stop_daemon(client: Client, pid: int, *, timeout_s: float = STOP_TIMEOUT_S) -> None:

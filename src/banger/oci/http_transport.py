@@ -305,8 +305,19 @@ def check_url(url: str) -> SplitResult:
 def _connect_error(exc: BaseException, url: str) -> BangerError:
     host = urlsplit(url).netloc
     if isinstance(exc, TimeoutError):
-        return Timeout(f"{host} did not answer in time", details=redact(url))
+        return Timeout(
+            f"{host} did not answer in time",
+            details=redact(url),
+            hint="check this host's network and the registry, then pull again",
+        )
     if isinstance(exc, socket.gaierror):
-        return BadResponse(f"cannot resolve {urlsplit(url).hostname}: {exc.strerror}")
+        return BadResponse(
+            f"cannot resolve {urlsplit(url).hostname}: {exc.strerror}",
+            hint="check the registry's name and this host's DNS",
+        )
     reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-    return BadResponse(f"cannot reach {host}: {reason}", details=redact(url))
+    return BadResponse(
+        f"cannot reach {host}: {reason}",
+        details=redact(url),
+        hint="check this host's network and the registry, then pull again",
+    )
