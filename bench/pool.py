@@ -10,6 +10,10 @@ ready VMs of it (``[[pool]]``: 1 vCPU, 512 MiB, 1G disk):
 - 4 at once: a full pool of 4, four `vm run --rm -- true` started together: the wall
   time until the last one exits.
 
+Each warm run is also split by the daemon's access log: the create (the claim: exec
+connection, guest rename, row and DNS), the exec of `true`, the delete; the rest of the
+wall time is the CLI's (start, ping, printing) and the client's side of those requests.
+
 Goals (issue 12): warm p50 ≤ 0.5 s and ≤ 0.06 x cold; 4 at once ≤ 1.0 s. How `-- true`
 runs is `vm run`'s business (SSH, or the agent's exec channel once it uses that): this
 bench measures whatever `vm run` does. Run: bench/run [--quick] (or
@@ -19,11 +23,15 @@ bench measures whatever `vm run` does. Run: bench/run [--quick] (or
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
 import subprocess
 import sys
 import threading
 import time
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from tests import guests
@@ -51,13 +59,43 @@ def _wait_full(env: VmEnv, timeout_s: float = 900) -> None:
         time.sleep(0.2)
 
 
-def _run(env: VmEnv, results: list[tuple[float, str]]) -> None:
+def _run(env: VmEnv, results: list[tuple[float, str]], windows: list[Window] | None = None) -> None:
     started = time.perf_counter()
+    since = datetime.now(UTC)
     out = env.banger("vm", "run", "--rm", *SPEC, "--", "true")
     wall = time.perf_counter() - started
     assert out.returncode == 0, f"vm run failed:\n{out.stdout}\n{out.stderr}"
     claimed = any(line.startswith("✓ claim") for line in out.stdout.splitlines())
     results.append((wall, "claim" if claimed else "boot"))
+    if windows is not None:
+        windows.append((since, datetime.now(UTC), wall))
+
+
+#: One `vm run`: when it started and ended (UTC, as the daemon's log stamps), its wall time.
+Window = tuple[datetime, datetime, float]
+PARTS = (("create", "POST", "/v1/vms"), ("exec", "POST", "/exec"), ("delete", "DELETE", ""))
+
+
+def _split(log: Path, windows: list[Window]) -> dict[str, float]:
+    """Median seconds of each part of the runs, from the daemon's access log."""
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    access = [e for e in lines if e.get("logger") == "banger.api.access"]
+    parts: dict[str, list[float]] = {name: [] for name, _, _ in PARTS}
+    parts["CLI and client"] = []
+    for since, until, wall in windows:
+        found = dict.fromkeys(parts, 0.0)
+        for e in access:
+            if not since <= datetime.fromisoformat(e["ts"]) <= until:
+                continue
+            for name, method, path in PARTS:
+                if e["method"] == method and (
+                    e["path"] == path if name == "create" else e["path"].endswith(path)
+                ):
+                    found[name] += e["duration_ms"] / 1000
+        found["CLI and client"] = wall - sum(found[name] for name, _, _ in PARTS)
+        for name, seconds in found.items():
+            parts[name].append(seconds)
+    return {name: statistics.median(v) for name, v in parts.items() if v}
 
 
 def main() -> int:
@@ -81,9 +119,11 @@ def main() -> int:
             _run(env, cold)
         env.ok("pool", "fill")
         warm: list[tuple[float, str]] = []
+        windows: list[Window] = []
         for _ in range(runs):
             _wait_full(env)
-            _run(env, warm)
+            _run(env, warm, windows)
+        split = _split(env.home.root / "state" / "banger" / "bangerd.log", windows)
         _wait_full(env)
         together: list[tuple[float, str]] = []
         threads = [threading.Thread(target=_run, args=(env, together)) for _ in range(POOL)]
@@ -103,10 +143,15 @@ def main() -> int:
         f"{claimed} claimed   = x{warm_p50 / cold_p50:.3f} of cold (goal <= 0.5 s, x0.06)"
     )
     print(
+        "  warm, median of each part: "
+        + ", ".join(f"{name} {seconds:.3f} s" for name, seconds in split.items())
+    )
+    print(
         f"  {POOL} at once (pool {POOL})  wall {concurrent_wall:6.2f} s   "
         f"({sum(1 for _, h in together if h == 'claim')} claimed; goal <= 1.0 s)   "
         f"= x{concurrent_wall / cold_p50:.3f} of one cold run"
     )
+    print(f"  load average at the end: {os.getloadavg()[0]:.1f} (2 = both CPUs busy here)")
     return 0
 
 

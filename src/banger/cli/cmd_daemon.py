@@ -1,4 +1,5 @@
-"""``banger daemon status|start|stop|restart|logs``."""
+"""``banger daemon status|start|stop|restart|logs``; ``stop --all`` stops every VM and
+removes the warm pool's VMs first (through the API, before the daemon is asked to exit)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ import click
 
 from banger.cli.output import emit_json, emit_kv
 from banger.cli.session import Session
+from banger.client.facade import BangerClient
 from banger.client.http import Client
 from banger.client.launcher import daemon_ping, stop_daemon
 from banger.errors import BadResponse
@@ -62,18 +65,54 @@ def start(session: Session) -> None:
 
 
 @daemon.command()
+@click.option(
+    "--all",
+    "everything",
+    is_flag=True,
+    help="Stop every running VM first and remove the warm pool's ready VMs (the next "
+    "daemon refills it). Without it VMs keep running and the next daemon adopts them.",
+)
 @json_option
 @click.pass_obj
-def stop(session: Session, as_json: bool) -> None:
+def stop(session: Session, everything: bool, as_json: bool) -> None:
     """Stop the daemon (waits until it has exited). Not running is not an error."""
     ping = daemon_ping(session.layout)
     pid = None if ping is None else ping.pid
+    swept = Swept()
     if pid is not None:
-        stop_daemon(Client(session.layout.socket_path), pid)
+        http = Client(session.layout.socket_path)
+        if everything:
+            swept = stop_every_vm(BangerClient(http))
+        stop_daemon(http, pid)
     if as_json:
-        emit_json({"stopped": pid is not None, "pid": pid})
-    else:
-        click.echo("daemon not running" if pid is None else f"daemon stopped (pid {pid})")
+        reply: dict[str, Any] = {"stopped": pid is not None, "pid": pid}
+        if everything:
+            reply |= {"vms_stopped": swept.stopped, "pool_removed": swept.pool_removed}
+        emit_json(reply)
+        return
+    if swept.pool_removed:
+        click.echo(f"removed warm-pool VMs: {', '.join(swept.pool_removed)}")
+    if swept.stopped:
+        click.echo(f"stopped VMs: {', '.join(swept.stopped)}")
+    click.echo("daemon not running" if pid is None else f"daemon stopped (pid {pid})")
+
+
+@dataclass
+class Swept:
+    stopped: list[str] = field(default_factory=list)
+    pool_removed: list[str] = field(default_factory=list)
+
+
+def stop_every_vm(api: BangerClient) -> Swept:
+    """The warm pool drained first (it would boot a replacement for each VM stopped, and a
+    stopped pool VM is of no use: the next daemon's pool removes it), then each running
+    VM stopped. A VM that cannot be stopped fails the command: the daemon keeps running."""
+    swept = Swept(pool_removed=api.pool.drain().removed)
+    for vm in api.vms.list():
+        if vm.state in ("running", "starting"):
+            api.vms.stop(vm.name)
+            swept.stopped.append(vm.name)
+    return swept
 
 
 @daemon.command()

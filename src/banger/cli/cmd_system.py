@@ -67,8 +67,50 @@ def install(owner: str | None, root: Path) -> None:
 @system.command(short_help="Remove exactly what install made.")
 @root_option
 def uninstall(root: Path) -> None:
-    """Stop, disable and remove exactly what install made; never your VMs' state or images."""
+    """Stop, disable and remove exactly what install made; never your VMs' state or images.
+
+    The warm pool's ready VMs are banger's, not yours: they are removed first (the
+    daemon's unit stops only the daemon, and VMs outlive it)."""
+    if root.absolute() == Path("/"):
+        for line in _remove_owner_pool():
+            click.echo(line)
     _print(_installer(root).uninstall())
+
+
+def _remove_owner_pool() -> list[str]:
+    """Drain the owner's running daemon's pool, as the owner (its socket takes no other
+    uid); nothing when not root, not installed, or no daemon answers."""
+    import os
+
+    from banger.errors import BangerError
+    from banger.system import install_manifest
+    from banger.system.install import MANIFEST, resolve_owner
+    from banger.system.owner import as_owner
+
+    manifest = install_manifest.load(MANIFEST) if os.geteuid() == 0 else None
+    if manifest is None:
+        return []
+    try:
+        owner = resolve_owner(manifest.owner)
+        removed: list[str] = as_owner(owner, lambda: drain_pool(owner.home, owner.uid))
+    except BangerError as exc:
+        return [f"warm-pool VMs not removed: {exc.brief}"]
+    return [f"removed warm-pool VMs: {', '.join(removed)}"] if removed else []
+
+
+def drain_pool(home: Path, uid: int) -> list[str]:
+    """The pool VMs the daemon of the user with this home and uid removed (XDG defaults:
+    the unit's daemon sees none of the owner's XDG_* variables)."""
+    from banger.client.facade import BangerClient
+    from banger.client.http import Client
+    from banger.errors import DaemonUnavailable
+    from banger.host.paths import Layout
+
+    layout = Layout.from_env({"HOME": str(home)}, uid=uid)
+    try:
+        return BangerClient(Client(layout.socket_path, timeout_s=120)).pool.drain().removed
+    except DaemonUnavailable:
+        return []
 
 
 @system.command(short_help="Restart both services.")

@@ -52,7 +52,7 @@ from banger.services.images import ImageService
 from banger.services.kernel_pull import KernelPullService
 from banger.services.kernels import KernelService
 from banger.services.pool import PoolService
-from banger.services.pool_claim import GuestNamer
+from banger.services.pool_claim import AgentGuestNamer, GuestNamer
 from banger.services.readiness import PortProbe
 from banger.services.reconcile import reconcile
 from banger.services.vm_exec import ExecService
@@ -220,6 +220,9 @@ def compose(
         guest_namer=guest_namer,
     )
     execs = ExecService(vms)
+    if guest_namer is None:
+        # A claim renames the guest on the connection `vm exec` then uses (one per VM).
+        vms.guest_namer = AgentGuestNamer(ctx.runner, execs)
     files = VmFileService(vms, links=_SharedExecLinks(execs))
     pool = PoolService(vms, resolve_pools(ctx.config, ctx.host))
     return DaemonServices(

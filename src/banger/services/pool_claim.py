@@ -2,19 +2,24 @@
 
 Owns: which pool VM matches a create request (``matches``: what cannot change after
 boot must be equal), the claim itself (the guest's hostname, the VM dir, the row and the
-``<name>.vm`` record take the requested name) and the ``GuestNamer`` seam that renames a
-running guest (the agent's exec channel, SSH when the guest has no exec channel).
-Must not: boot or refill (``banger.services.pool``), or drain the pool for a request no
-pool VM matches (no match simply means a cold create).
+``<name>.vm`` record take the requested name), saying why a create that found pool VMs
+of its image still boots, and the ``GuestNamer`` seam that renames a running guest (on
+the daemon's exec connection to the VM, SSH when the guest has no exec channel).
+Must not: boot or refill (``banger.services.pool``), open an exec connection of its own
+(QEMU's exec chardev takes one host at a time: ``ExecService`` holds it), or drain the
+pool for a request no pool VM matches (no match simply means a cold create).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Protocol
 
 from banger.errors import BangerError, CommandFailed, NotFound
+from banger.guest.exec_client import ExecConnection
 from banger.host.publish import rename_noreplace
 from banger.host.runner import Runner
 from banger.model.records import VmRecord, VmState
@@ -23,8 +28,6 @@ from banger.services.operations import Progress
 from banger.services.vm_create import CreateRequest, name_taken
 from banger.services.vm_paths import VmPaths
 from banger.state import repo
-from banger.vmm import table
-from banger.vmm.base import Backend
 
 if TYPE_CHECKING:
     from banger.services.vms import VmService
@@ -35,14 +38,24 @@ log = logging.getLogger("banger.pool")
 POOL_PREFIX = "pool-"
 RENAME_TIMEOUT_S = 10.0
 
-#: Sets the running guest's hostname and makes /etc/hostname and the ``127.0.1.1`` line
-#: of /etc/hosts agree (the name is a checked DNS label: safe inside the sed pattern).
-RENAME_SCRIPT = (
-    'set -e; n="$1"; hostname "$n"; printf "%s\\n" "$n" > /etc/hostname; '
-    "if grep -q '^127[.]0[.]1[.]1[[:space:]]' /etc/hosts; then "
-    'sed -i "s/^127[.]0[.]1[.]1[[:space:]].*/127.0.1.1 $n/" /etc/hosts; '
-    'else echo "127.0.1.1 $n" >> /etc/hosts; fi'
-)
+
+def rename_script(root: str = "") -> str:
+    """Sets the running guest's hostname and makes /etc/hostname and the ``127.0.1.1`` line
+    of /etc/hosts agree, with shell builtins only: under TCG each program a claim starts
+    costs tens of milliseconds (``hostname``, ``grep`` and ``sed`` were three of them).
+    The name is a checked DNS label; ``root`` is for tests (a directory standing for /)."""
+    return (
+        f'set -e; n="$1"; echo "$n" > {root}/proc/sys/kernel/hostname; '
+        f'printf "%s\\n" "$n" > {root}/etc/hostname; out=; found=; nl="\n"; '
+        'while IFS= read -r l || [ -n "$l" ]; do case "$l" in '
+        '"127.0.1.1 "*|"127.0.1.1\t"*) l="127.0.1.1 $n"; found=1;; esac; '
+        f'out="$out$l$nl"; done < {root}/etc/hosts; '
+        '[ -n "$found" ] || out="${out}127.0.1.1 $n$nl"; '
+        f'printf "%s" "$out" > {root}/etc/hosts'
+    )
+
+
+RENAME_SCRIPT = rename_script()
 
 
 def rename_argv(name: str) -> list[str]:
@@ -57,28 +70,39 @@ class GuestNamer(Protocol):
         ...
 
 
-class AgentGuestNamer:
-    """Through the guest agent's exec channel; over SSH when the guest has none."""
+class ExecConnections(Protocol):
+    """The daemon's exec connection of each VM (``banger.services.vm_exec.ExecService``)."""
 
-    def __init__(self, runner: Runner) -> None:
+    async def connection(self, name: str) -> ExecConnection: ...
+
+
+class AgentGuestNamer:
+    """On the daemon's exec connection to the guest agent (the one a later ``vm exec``
+    uses: no second connection, no reconnect); over SSH when the guest has no agent
+    (or no exec service was given)."""
+
+    def __init__(self, runner: Runner, execs: ExecConnections | None = None) -> None:
         self.runner = runner
+        self.execs = execs
 
     async def rename(self, vm: VmRecord, paths: VmPaths, ssh_argv: list[str], name: str) -> str:
-        channel = table.agent_channel_at(paths.run_dir, Backend(vm.vmm or "qemu"))
-        try:
-            conn = await channel.exec_connect(timeout_s=2.0)
-        except (BangerError, OSError, NotImplementedError) as exc:
-            log.info("no exec channel: renaming over ssh", extra={"fields": {"why": str(exc)}})
-            await self.runner.run_async(
-                [*ssh_argv, "--", *(_quoted(a) for a in rename_argv(name))],
-                timeout_s=RENAME_TIMEOUT_S,
-            )
-            return "hostname set over ssh"
-        async with conn:
-            status = await conn.run(rename_argv(name), timeout_s=RENAME_TIMEOUT_S)
-        if status.code != 0:
-            raise CommandFailed(f"setting the guest's hostname failed ({status})")
-        return "hostname set through the agent"
+        why_not = "no exec service"
+        if self.execs is not None:
+            try:
+                conn = await self.execs.connection(vm.name)
+            except BangerError as exc:
+                why_not = exc.brief
+            else:
+                status = await conn.run(rename_argv(name), timeout_s=RENAME_TIMEOUT_S)
+                if status.code != 0:
+                    raise CommandFailed(f"setting the guest's hostname failed ({status})")
+                return "hostname set through the agent"
+        log.info("no exec channel: renaming over ssh", extra={"fields": {"why": why_not}})
+        await self.runner.run_async(
+            [*ssh_argv, "--", *(_quoted(a) for a in rename_argv(name))],
+            timeout_s=RENAME_TIMEOUT_S,
+        )
+        return f"hostname set over ssh ({why_not})"
 
 
 def _quoted(arg: str) -> str:
@@ -107,14 +131,47 @@ async def claim(
     """A matching ready pool VM, renamed to the request's name; None when there is none
     (the caller then boots one). A pool VM that cannot be renamed is thrown away."""
     ready: list[VmRecord] = await service.ctx.db.run(repo.list_vms, pool=True)
+    tried = False
     for candidate in ready:
         if not matches(candidate, req, image_id) or service.busy(candidate.name):
             continue
+        tried = True
         async with service.locked(candidate.name):
             got = await _claim_one(service, candidate.name, req, image_id, progress)
         if got is not None:
             return got
+    # A candidate that failed said why itself; otherwise say why none was tried.
+    why = None if tried else why_none(ready, req, image_id, busy=service.busy)
+    if why is not None:
+        progress.note("claim", StageState.WARN, f"{why}: booting")
     return None
+
+
+def why_none(
+    pool_vms: list[VmRecord],
+    req: CreateRequest,
+    image_id: int | None,
+    *,
+    busy: Callable[[str], bool],
+) -> str | None:
+    """Why a create whose image has pool VMs got none of them (None: the image has no
+    pool VM, the pool is simply not in play)."""
+    mine = [vm for vm in pool_vms if vm.image_id == image_id]
+    if not mine:
+        return None
+    fitting = [vm for vm in mine if matches(replace(vm, state=VmState.RUNNING), req, image_id)]
+    if not fitting:
+        vm = mine[0]
+        return (
+            f"no ready VM of this size (the pool's: {vm.vcpu} vCPU, {vm.memory_mib} MiB, "
+            f"a {vm.disk_size_bytes >> 20} MiB disk)"
+        )
+    running = [vm for vm in fitting if vm.state is VmState.RUNNING]
+    if not running:
+        return f"the pool is still booting ({len(fitting)} VM(s))"
+    if all(busy(vm.name) for vm in running):
+        return f"every ready VM ({len(running)}) is being claimed by another create"
+    return "no ready VM could be claimed"
 
 
 async def _claim_one(
@@ -145,6 +202,8 @@ async def _claim_one(
             # Its guest already answers to the new name: it cannot go back to the pool.
             await service.remove_pool_vm(vm)
             raise
+        for callback in service.on_renamed:
+            callback(pool_name, name)  # the exec connection follows the VM to its name
         await service.publish_dns()
         if req.nat and not claimed.nat:
             await service.network.ensure_nat()

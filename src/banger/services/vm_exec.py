@@ -1,8 +1,9 @@
 """Commands in a running VM through its guest agent: one exec connection per VM.
 
 Owns: the daemon's ``ExecConnection`` of each running VM — opened on the first command,
-reopened when it died or the VM's VMM process changed, closed when the VM stops or is
-deleted (``VmService.on_gone``) and at daemon shutdown — and starting a command on it,
+reopened when it died or the VM's VMM process changed, moved to a claimed pool VM's new
+name (``VmService.on_renamed``), closed when the VM stops or is deleted
+(``VmService.on_gone``) and at daemon shutdown — and starting a command on it,
 with the request checked and every failure turned into an error a caller can act on
 (VM not found / not running, no agent answering → ``vm ssh``, command not started).
 Must not: speak HTTP or stream to a client (``banger.api.exec_relay`` does), or trust
@@ -69,6 +70,7 @@ class ExecService:
         self._locks: dict[str, asyncio.Lock] = {}
         self._closing: set[asyncio.Task[None]] = set()
         vms.on_gone.append(self.forget)
+        vms.on_renamed.append(self.renamed)
 
     async def start(
         self,
@@ -138,6 +140,15 @@ class ExecService:
         self._locks.pop(name, None)
         if entry is not None:
             self._close_later(entry.conn)
+
+    def renamed(self, old: str, new: str) -> None:
+        """A claimed pool VM took a new name: its open connection (same VMM process, still
+        checked on each use) now answers to that name; nothing of the old name is kept."""
+        entry = self._open.pop(old, None)
+        self._locks.pop(old, None)
+        self.forget(new)  # a stale entry of an earlier VM of that name
+        if entry is not None:
+            self._open[new] = entry
 
     async def aclose(self) -> None:
         for name in list(self._open):

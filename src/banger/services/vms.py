@@ -95,10 +95,13 @@ class VmService:
         self._said_backend = False
         #: Called with a VM's name when it stopped or was deleted (its exec connection).
         self.on_gone: list[Callable[[str], None]] = []
+        #: Called with (old, new) when a claimed pool VM took a new name.
+        self.on_renamed: list[Callable[[str, str], None]] = []
         #: How each running VMM's guest first answered (``vm exec`` waits less for an
         #: agent that was not the one to answer).
         self.ready_via: dict[ProcessIdentity, readiness.Via] = {}
-        #: Renames a claimed warm-pool VM's guest (``banger.services.pool_claim``).
+        #: Renames a claimed warm-pool VM's guest (``banger.services.pool_claim``); over SSH
+        #: until ``compose`` gives it the exec service (VmService comes first).
         self.guest_namer = guest_namer or AgentGuestNamer(ctx.runner)
         #: Set after each claim, so that the pool refills at once.
         self.pool_claimed = asyncio.Event()
