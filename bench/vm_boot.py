@@ -12,7 +12,6 @@ busybox/dropbear guest from tests/guests.py. Run: bench/run [--quick] (or
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -126,7 +125,7 @@ def main() -> int:
             "--kernel-ref",
             "cloud",
         )
-        key = Path(json.loads(env.ok("config", "show", "--json"))["values"]["ssh_key_file"])
+        key = env.home.state_dir / "ssh" / "id_ed25519"  # the managed key (no ssh_key_path)
         for i in range(runs):
             took, disk_ms = _create(env, f"b{i}", "1G")
             banger_s.append(took)
