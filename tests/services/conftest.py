@@ -8,6 +8,8 @@ Each test runs its scenario in one ``asyncio.run``.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import shutil
 import subprocess
 import tempfile
@@ -17,7 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import uvicorn
 
+from banger.api.app import create_app
+from banger.api.transport import PeerCheckedH11Protocol, bind_unix_socket
 from banger.config.settings import load_config
 from banger.config.vm_defaults import HostFacts
 from banger.daemon.main import compose
@@ -194,3 +199,27 @@ def world(rootfs: Path) -> Iterator[World]:
         ctx.db.close()
         db.close()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.asynccontextmanager
+async def api_on_socket(services: DaemonServices, path: Path) -> AsyncIterator[None]:
+    """The daemon's app (banger's peer-checked h11) on a Unix socket at ``path``, for the
+    real client; stopped on leaving."""
+    sock = bind_unix_socket(path)
+    config = uvicorn.Config(
+        create_app(services),
+        http=PeerCheckedH11Protocol,
+        lifespan="off",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=2,
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        await asyncio.sleep(0.01)
+    try:
+        yield
+    finally:
+        server.should_exit = True
+        await task

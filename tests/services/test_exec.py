@@ -24,10 +24,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
-import uvicorn
 
-from banger.api.app import create_app
-from banger.api.transport import PeerCheckedH11Protocol, bind_unix_socket
 from banger.client.facade import BangerClient
 from banger.client.http import Client
 from banger.errors import AgentUnavailable, CommandNotStarted, InvalidState, VmNotFound
@@ -37,7 +34,7 @@ from banger.services.readiness import Via
 from banger.services.vm_exec import CONNECT_TIMEOUT_NO_AGENT_S, Connect, ExecService
 from banger.vmm.channels import AgentChannel
 from tests.localagent import run_agent, wait_for_socket
-from tests.services.conftest import World
+from tests.services.conftest import World, api_on_socket
 
 T = TypeVar("T")
 
@@ -62,24 +59,10 @@ async def serving(world: World, connect: Connect) -> AsyncIterator[Path]:
     execs = ExecService(world.vms, connect=connect)
     services = dataclasses.replace(world.services, execs=execs)
     path = world.root / "api.sock"
-    sock = bind_unix_socket(path)
-    config = uvicorn.Config(
-        create_app(services),
-        http=PeerCheckedH11Protocol,
-        lifespan="off",
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=2,
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        await asyncio.sleep(0.01)
     try:
-        yield path
+        async with api_on_socket(services, path):
+            yield path
     finally:
-        server.should_exit = True
-        await task
         await execs.aclose()
 
 

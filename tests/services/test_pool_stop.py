@@ -14,10 +14,6 @@ import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import uvicorn
-
-from banger.api.app import create_app
-from banger.api.transport import PeerCheckedH11Protocol, bind_unix_socket
 from banger.cli.cmd_daemon import stop_every_vm
 from banger.cli.cmd_system import drain_pool
 from banger.client.facade import BangerClient
@@ -30,7 +26,7 @@ from banger.services import vm_boot
 from banger.services.pool import PoolState
 from banger.state import repo
 from banger.vmm import spawn
-from tests.services.conftest import MIB, World
+from tests.services.conftest import MIB, World, api_on_socket
 
 #: A uid with no /run/user/<uid>: the owner's socket falls back under its home.
 NO_RUNTIME_UID = 2**31 - 7
@@ -39,24 +35,8 @@ NO_RUNTIME_UID = 2**31 - 7
 @contextlib.asynccontextmanager
 async def serving(world: World, path: Path) -> AsyncIterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
-    sock = bind_unix_socket(path)
-    config = uvicorn.Config(
-        create_app(world.services),
-        http=PeerCheckedH11Protocol,
-        lifespan="off",
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=2,
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        await asyncio.sleep(0.01)
-    try:
+    async with api_on_socket(world.services, path):
         yield
-    finally:
-        server.should_exit = True
-        await task
 
 
 async def fill_pool(world: World, size: int) -> list[str]:
