@@ -97,8 +97,11 @@ def test_kill_ends_the_vmm_and_records_the_signal(world: World) -> None:
         vm = await world.vms.kill("victim", signal.SIGKILL)
         assert vm.state is VmState.STOPPED
         assert vm.last_error == f"killed with signal {int(signal.SIGKILL)}"
-        with pytest.raises(InvalidState, match="not running"):
+        with pytest.raises(InvalidState) as again:
             await world.vms.kill("victim", signal.SIGKILL)
+        # Issue 14 item 19: the state in words, and the way on (one wording everywhere).
+        assert again.value.brief == "VM 'victim' is in state stopped, not running"
+        assert again.value.hint == "`banger vm start victim`"
 
     asyncio.run(scenario())
 

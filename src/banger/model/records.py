@@ -29,6 +29,8 @@ def not_running(name: str, state: str) -> tuple[str, str]:
     hint = f"`banger vm start {name}`"
     if state == VmState.ERROR:
         hint += f" (`banger vm show {name}` shows the error it stopped with)"
+    if state == VmState.RUNNING:  # the row is behind: its VMM has just gone
+        return f"VM {name!r} is not running: its VMM process has exited", hint
     return f"VM {name!r} is in state {state}, not running", hint
 
 

@@ -20,7 +20,7 @@ from banger.guest.file_ops import DEFAULT_AGENT_ARGV, GuestFiles, GuestStream
 from banger.host import procinfo
 from banger.model.api_types import GuestFile
 from banger.model.guest_paths import TRANSFER_MAX_BYTES, check_guest_path
-from banger.model.records import VmRecord
+from banger.model.records import VmRecord, not_running
 from banger.services import vm_boot
 from banger.services.vms import VmService
 from banger.vmm.table import agent_channel_at
@@ -53,9 +53,8 @@ class ExecLinks:
         paths = self._vms.paths(vm)
         handle = vm_boot.handle_of(vm, paths)
         if handle is None or not procinfo.is_running(handle.process):
-            raise InvalidState(
-                f"VM {vm.name!r} is not running", hint=f"`banger vm start {vm.name}`"
-            )
+            brief, hint = not_running(vm.name, vm.state.value)
+            raise InvalidState(brief, hint=hint)
         channel = agent_channel_at(paths.run_dir, handle.backend)
         try:
             return await channel.exec_connect(timeout_s=CONNECT_TIMEOUT_S)

@@ -17,7 +17,7 @@ from banger.guest import ports
 from banger.guest.agent_client import AgentClient
 from banger.guest.webprobe import probe_web
 from banger.host import procinfo
-from banger.model.records import VmRecord
+from banger.model.records import VmRecord, not_running
 from banger.services import console_logs, vm_boot
 from banger.services.readiness import SSH_PORT
 from banger.services.vm_addresses import ssh_target
@@ -98,7 +98,8 @@ async def ssh_info(service: VmService, name: str) -> dict[str, Any]:
 def _agent(service: VmService, vm: VmRecord) -> AgentClient:
     handle = vm_boot.handle_of(vm, service.paths(vm))
     if handle is None or not procinfo.is_running(handle.process):
-        raise InvalidState(f"VM {vm.name!r} is not running", hint=f"`banger vm start {vm.name}`")
+        brief, hint = not_running(vm.name, vm.state.value)
+        raise InvalidState(brief, hint=hint)
     return agent_channel_at(service.paths(vm).run_dir, handle.backend).client()
 
 
