@@ -58,6 +58,11 @@ def test_help_states_the_bounds(home: BangerHome) -> None:
     text = " ".join(out.stdout.split())  # help text is wrapped
     for fragment in ("at least 128 MiB", "at least 256 MiB", "1 to 64", "1 to 3600"):
         assert fragment in text
+    out = home.banger("vm", "set", "--help")
+    assert out.returncode == 0, out.stderr
+    text = " ".join(out.stdout.split())
+    for fragment in ("at least 128 MiB", "1 to 64", "cannot shrink"):
+        assert fragment in text
 
 
 def _assert_usage_error(home: BangerHome, args: list[str], flag: str, bound: str) -> None:

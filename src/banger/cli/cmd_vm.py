@@ -23,7 +23,7 @@ from banger.cli.vm_options import DISK_SIZE, MEMORY, VCPU
 from banger.errors import BangerError
 from banger.model import limits
 from banger.model.api_types import KillRequest, SetVmRequest, SignalName, VmInfo
-from banger.model.units import format_size
+from banger.model.units import format_amount, format_size
 
 if TYPE_CHECKING:
     from banger.client.facade import Progress
@@ -152,10 +152,16 @@ def delete(session: Session, names: tuple[str, ...], force: bool) -> int:
 
 @vm.command("set")
 @click.argument("name", shell_complete=complete_vm_names)
-@click.option("--vcpu", type=VCPU, help="Virtual CPUs.")
-@click.option("--memory", type=MEMORY, help="Memory: MiB, or a size like 2G.")
+@click.option("--vcpu", type=VCPU, help=f"Virtual CPUs, {limits.VCPU_MIN} to {limits.VCPU_MAX}.")
 @click.option(
-    "--disk-size", type=DISK_SIZE, help="Grow the /root work disk to this size, like 16G."
+    "--memory",
+    type=MEMORY,
+    help=f"Memory: MiB, or a size like 2G; at least {format_amount(limits.MEMORY_MIB_MIN, 'MiB')}.",
+)
+@click.option(
+    "--disk-size",
+    type=DISK_SIZE,
+    help="Grow the /root work disk to this size, like 16G (it cannot shrink).",
 )
 @json_option
 @click.pass_obj
