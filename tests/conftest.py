@@ -104,3 +104,22 @@ def home() -> Iterator[BangerHome]:
             yield h
         finally:
             stop_daemon_of(h)
+
+
+def _hand_children_default_signals() -> None:
+    """A shell without job control (``cmd &`` in a script, ``nohup``) starts us ignoring
+    SIGINT and SIGQUIT (SIGHUP too under nohup); an ignored signal stays ignored across
+    exec, so every CLI and SDK process a test starts would be deaf to the Ctrl-C and
+    hang-up the interruption tests send (they failed so in a backgrounded CI run). A
+    handler of ours is reset to the default in each child; the shell's choice is not
+    ours to keep for the processes the tests start and signal themselves."""
+    for signum, handler in (
+        (signal.SIGINT, signal.default_int_handler),
+        (signal.SIGQUIT, signal.SIG_DFL),
+        (signal.SIGHUP, signal.SIG_DFL),
+    ):
+        if signal.getsignal(signum) == signal.SIG_IGN:
+            signal.signal(signum, handler)
+
+
+_hand_children_default_signals()
