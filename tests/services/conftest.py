@@ -21,11 +21,10 @@ from typing import Any
 import pytest
 import uvicorn
 
-from banger.api.app import create_app
-from banger.api.transport import PeerCheckedH11Protocol, bind_unix_socket
+from banger.api.transport import bind_unix_socket
 from banger.config.settings import load_config
 from banger.config.vm_defaults import HostFacts
-from banger.daemon.main import compose
+from banger.daemon.main import compose, server_config
 from banger.errors import BangerError
 from banger.host import buildinfo
 from banger.host.paths import Layout, ensure_private_dir
@@ -206,15 +205,7 @@ async def api_on_socket(services: DaemonServices, path: Path) -> AsyncIterator[N
     """The daemon's app (banger's peer-checked h11) on a Unix socket at ``path``, for the
     real client; stopped on leaving."""
     sock = bind_unix_socket(path)
-    config = uvicorn.Config(
-        create_app(services),
-        http=PeerCheckedH11Protocol,
-        lifespan="off",
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=2,
-    )
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(server_config(services))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
         await asyncio.sleep(0.01)

@@ -248,11 +248,10 @@ def compose_for_host(ctx: DaemonContext) -> DaemonServices:
     return compose(ctx, ops=ops, vmms=vmms, mode=ModeProbe(ctx.config.privilege_mode))
 
 
-async def _serve(
-    ctx: DaemonContext, dns: DnsServer, sock: object, ready_fd: int | None, watch: SocketWatch
-) -> None:
-    services = compose_for_host(ctx)
-    config = uvicorn.Config(
+def server_config(services: DaemonServices) -> uvicorn.Config:
+    """The API server: the app behind banger's peer-checked h11, no lifespan, banger's
+    own logging (the access log is the app's)."""
+    return uvicorn.Config(
         create_app(services),
         http=PeerCheckedH11Protocol,
         lifespan="off",
@@ -260,7 +259,13 @@ async def _serve(
         access_log=False,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
     )
-    server = uvicorn.Server(config)
+
+
+async def _serve(
+    ctx: DaemonContext, dns: DnsServer, sock: object, ready_fd: int | None, watch: SocketWatch
+) -> None:
+    services = compose_for_host(ctx)
+    server = uvicorn.Server(server_config(services))
     await dns.start()
     try:
         await reconcile(services.vms)
