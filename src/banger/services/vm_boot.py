@@ -12,12 +12,12 @@ import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from banger.errors import InvalidArgument
+from banger.errors import InvalidArgument, InvalidState
 from banger.guest.ssh_argv import ssh_prefix
-from banger.host.procinfo import ProcessIdentity
+from banger.host.procinfo import ProcessIdentity, is_running
 from banger.model.addressing import netmask, prefix_len
 from banger.model.cmdline import BootArgs, kernel_cmdline
-from banger.model.records import ImageRecord, KernelRecord, VmRecord
+from banger.model.records import ImageRecord, KernelRecord, VmRecord, not_running
 from banger.net import user_net
 from banger.net.user_net import SshTarget
 from banger.services.vm_paths import VmPaths
@@ -125,6 +125,16 @@ def handle_of(vm: VmRecord, paths: VmPaths) -> VmmHandle | None:
     backend = Backend(vm.vmm)
     identity = ProcessIdentity(vm.pid, vm.pid_start_ticks, vm.boot_id)
     return VmmHandle(backend, identity, table.control_socket(backend, paths.run_dir))
+
+
+def running_handle(vm: VmRecord, paths: VmPaths) -> VmmHandle:
+    """The handle of ``vm``'s VMM while that very process runs; else the one "not
+    running" error every command that needs a running VM gives."""
+    handle = handle_of(vm, paths)
+    if handle is None or not is_running(handle.process):
+        brief, hint = not_running(vm.name, vm.state.value)
+        raise InvalidState(brief, hint=hint)
+    return handle
 
 
 def ssh_argv(

@@ -24,14 +24,11 @@ from banger.errors import (
     CommandFailed,
     CommandNotStarted,
     InvalidArgument,
-    InvalidState,
     Timeout,
 )
 from banger.guest import exec_frames
 from banger.guest.exec_client import ExecConnection, ExecProcess
-from banger.host import procinfo
 from banger.host.procinfo import ProcessIdentity
-from banger.model.records import not_running
 from banger.services import vm_boot
 from banger.services.readiness import Via
 from banger.services.vms import VmService
@@ -100,10 +97,7 @@ class ExecService:
         """VM ``name``'s exec connection, opened (or reopened) if need be."""
         vm = await self.vms.get(name)
         paths = self.vms.paths(vm)
-        handle = vm_boot.handle_of(vm, paths)
-        if handle is None or not procinfo.is_running(handle.process):
-            brief, hint = not_running(name, vm.state.value)
-            raise InvalidState(brief, hint=hint)
+        handle = vm_boot.running_handle(vm, paths)
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:
             current = self._open.get(name)

@@ -14,13 +14,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterable, Sequence
 
-from banger.errors import AgentUnavailable, CommandFailed, InvalidArgument, InvalidState, Timeout
+from banger.errors import AgentUnavailable, CommandFailed, InvalidArgument, Timeout
 from banger.guest.exec_client import ExecConnection
 from banger.guest.file_ops import DEFAULT_AGENT_ARGV, GuestFiles, GuestStream
-from banger.host import procinfo
 from banger.model.api_types import GuestFile
 from banger.model.guest_paths import TRANSFER_MAX_BYTES, check_guest_path
-from banger.model.records import VmRecord, not_running
+from banger.model.records import VmRecord
 from banger.services import vm_boot
 from banger.services.vms import VmService
 from banger.vmm.table import agent_channel_at
@@ -51,10 +50,7 @@ class ExecLinks:
 
     async def _open(self, vm: VmRecord) -> ExecConnection:
         paths = self._vms.paths(vm)
-        handle = vm_boot.handle_of(vm, paths)
-        if handle is None or not procinfo.is_running(handle.process):
-            brief, hint = not_running(vm.name, vm.state.value)
-            raise InvalidState(brief, hint=hint)
+        handle = vm_boot.running_handle(vm, paths)
         channel = agent_channel_at(paths.run_dir, handle.backend)
         try:
             return await channel.exec_connect(timeout_s=CONNECT_TIMEOUT_S)

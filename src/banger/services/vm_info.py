@@ -12,12 +12,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from banger.errors import InvalidState
 from banger.guest import ports
 from banger.guest.agent_client import AgentClient
 from banger.guest.webprobe import probe_web
 from banger.host import procinfo
-from banger.model.records import VmRecord, not_running
+from banger.model.records import VmRecord
 from banger.services import console_logs, vm_boot
 from banger.services.readiness import SSH_PORT
 from banger.services.vm_addresses import ssh_target
@@ -96,10 +95,7 @@ async def ssh_info(service: VmService, name: str) -> dict[str, Any]:
 
 
 def _agent(service: VmService, vm: VmRecord) -> AgentClient:
-    handle = vm_boot.handle_of(vm, service.paths(vm))
-    if handle is None or not procinfo.is_running(handle.process):
-        brief, hint = not_running(vm.name, vm.state.value)
-        raise InvalidState(brief, hint=hint)
+    handle = vm_boot.running_handle(vm, service.paths(vm))
     return agent_channel_at(service.paths(vm).run_dir, handle.backend).client()
 
 

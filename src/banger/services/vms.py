@@ -28,7 +28,7 @@ from banger.host import procinfo
 from banger.host.procinfo import ProcessIdentity
 from banger.host.publish import remove_published
 from banger.model.naming import generate_name
-from banger.model.records import ImageRecord, KernelRecord, VmRecord, VmState, not_running, utc_now
+from banger.model.records import ImageRecord, KernelRecord, VmRecord, VmState, utc_now
 from banger.model.units import format_size
 from banger.model.wire import StageState
 from banger.net.privilege_mode import PrivilegeMode
@@ -440,10 +440,7 @@ class VmService:
     async def kill(self, name: str, sig: int) -> VmRecord:
         async with self.locked(name):
             vm = await self.get(name)
-            handle = vm_boot.handle_of(vm, self.paths(vm))
-            if handle is None or not procinfo.is_running(handle.process):
-                brief, hint = not_running(name, vm.state.value)
-                raise InvalidState(brief, hint=hint)
+            handle = vm_boot.running_handle(vm, self.paths(vm))
             spawn.signal_if_ours(handle.process, sig)
             if sig in (signals.SIGKILL, signals.SIGTERM):
                 await spawn.wait_exit(handle.process, timeout_s=10)
