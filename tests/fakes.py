@@ -42,7 +42,7 @@ from banger.model.records import VmRecord
 from banger.net.privilege_mode import PrivilegeMode
 from banger.services.vmm_factory import VmmPick
 from banger.vmm import spawn
-from banger.vmm.base import Accel, Backend, MachineSpec, Vmm, VmmHandle
+from banger.vmm.base import Accel, Backend, DriveSpec, MachineSpec, Vmm, VmmHandle
 from banger.vmm.channels import AgentChannel
 from banger.vmm.kvm_probe import Verdict
 from banger.vmm.qemu import QemuVmm
@@ -71,6 +71,8 @@ class GuestScript:
     ignore_shutdown: bool = False
     #: Seconds a graceful stop takes before the VMM exits.
     shutdown_delay_s: float = 0.0
+    #: The VMM refuses to resize a drive of a running guest (``grow_drive``).
+    fail_grow: bool = False
 
 
 class FakeVmm:
@@ -96,6 +98,8 @@ class FakeVmm:
         self.handles: list[VmmHandle] = []
         self.shutdowns: list[VmmHandle] = []
         self.bad_kernels: set[Path] = set()
+        #: (drive id, backing file's size seen, size asked) per ``grow_drive``.
+        self.grown: list[tuple[str, int, int]] = []
         self._answering: set[str] = set()
         self._guests: dict[str, VmmHandle] = {}
         self._timers: list[asyncio.TimerHandle] = []
@@ -154,6 +158,11 @@ class FakeVmm:
 
     async def kill(self, handle: VmmHandle, *, sig: int) -> None:
         spawn.signal_if_ours(handle.process, sig)
+
+    async def grow_drive(self, handle: VmmHandle, drive: DriveSpec, size_bytes: int) -> None:
+        if self.script.fail_grow or not procinfo.is_running(handle.process):
+            raise CommandFailed("fake: the VMM did not resize the drive")
+        self.grown.append((drive.drive_id, drive.path.stat().st_size, size_bytes))
 
     # -- what tests use -----------------------------------------------------------------
 
@@ -235,12 +244,24 @@ class FakeVmms:
 
 
 class FakeGuestNamer:
-    """Stands in for renaming a claimed pool VM's guest (``services.pool_claim.GuestNamer``):
-    records each rename; ``fail`` makes the next ones fail as an unreachable guest would."""
+    """Stands in for running commands in a pool VM's guest (``services.pool_claim.GuestNamer``):
+    records each rename and each other command; ``fail`` makes the next renames fail as an
+    unreachable guest would, ``fail_commands`` the other commands whose argv holds it."""
 
     def __init__(self) -> None:
         self.renamed: list[tuple[str, str]] = []
         self.fail = False
+        #: (VM name, argv) of each ``run``.
+        self.ran: list[tuple[str, list[str]]] = []
+        self.fail_commands: str | None = None
+
+    async def run(
+        self, vm: VmRecord, ssh_argv: list[str], argv: list[str], *, timeout_s: float, what: str
+    ) -> str:
+        self.ran.append((vm.name, argv))
+        if self.fail_commands is not None and any(self.fail_commands in a for a in argv):
+            raise CommandFailed(f"fake: {what} failed")
+        return "fake run"
 
     async def rename(self, vm: VmRecord, paths: object, ssh_argv: list[str], name: str) -> str:
         if self.fail:

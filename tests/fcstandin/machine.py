@@ -118,7 +118,7 @@ class Machine:
         if action.name == "put_actions":
             return self._action(cfg["action_type"])
         if self.guest is not None:
-            return self._post_boot_config(action.name)
+            return self._post_boot_config(action)
         handlers = {
             "put_boot-source": self._boot_source,
             "put_machine-config": self._machine_config,
@@ -133,13 +133,46 @@ class Machine:
         # PATCH of a device and hot-unplug are post-boot operations.
         raise Fault(PRE_BOOT_ONLY)
 
-    def _post_boot_config(self, name: str) -> Response:
+    def _post_boot_config(self, action: Action) -> Response:
+        name = action.name
         if name in ("put_drive", "put_net", "hot_unplug"):
             # v1.16 treats these as PCI hotplug, refused on the (default) MMIO transport.
             raise Fault("PCI is not enabled")
+        if name == "patch_device" and "drive_id" in action.config:
+            self._patch_drive(action.config)
+            return Response(204)
         if name == "patch_device":
-            raise Fault("The Firecracker stand-in does not emulate device updates.")
+            raise Fault("The Firecracker stand-in does not emulate network interface updates.")
         raise Fault(POST_BOOT_ONLY)
+
+    def _patch_drive(self, cfg: dict[str, Any]) -> None:
+        """``Vmm::update_block_device_path``: reopen the backing file and give the guest
+        its size now (Firecracker reads it with ``stat``, in 512-byte sectors, and raises
+        the config-change interrupt). Rate limiters are accepted and ignored."""
+        prefix = "Unable to patch the block device: "
+        suffix = " Please verify the request arguments."
+        index = next(
+            (i for i, d in enumerate(self.res.drives) if d.drive_id == cfg["drive_id"]), None
+        )
+        if index is None:
+            raise Fault(prefix + "Device manager error: Invalid device ID." + suffix)
+        path = cfg["path_on_host"]
+        if path is None:
+            return
+        drive = self.res.drives[index]
+        if path != drive.config["path_on_host"]:
+            raise Fault("The Firecracker stand-in does not emulate moving a drive to another file.")
+        try:
+            devices.check_backing_file(path, read_only=bool(drive.config["is_read_only"]))
+            size = os.stat(path).st_size
+        except (devices.DeviceError, OSError) as exc:
+            raise Fault(prefix + str(exc) + suffix) from exc
+        assert self.guest is not None
+        try:
+            # The guest's drives are QEMU's d0, d1, … in Firecracker's order (guest.py).
+            self.guest.execute("block_resize", {"device": f"d{index}", "size": size // 512 * 512})
+        except (GuestError, OSError) as exc:
+            raise Fault(prefix + f"Internal VMM error: {exc}" + suffix) from exc
 
     # -- pre-boot configuration -----------------------------------------------------------
 

@@ -1,8 +1,10 @@
 """Handing a ready warm-pool VM to a create instead of booting one (issue 12).
 
 Owns: which pool VM matches a create request (``matches``: what cannot change after
-boot must be equal), the claim itself (the guest's hostname, the VM dir, the row and the
-``<name>.vm`` record take the requested name), saying why a create that found pool VMs
+boot must be equal), the claim itself (a bigger work disk if asked, through
+``banger.services.pool_grow``; the guest's hostname, the VM dir, the row and the
+``<name>.vm`` record take the requested name; a VM that fails either is discarded and
+the create boots cold), saying why a create that found pool VMs
 of its image still boots, and the ``GuestNamer`` seam that renames a running guest (on
 the daemon's exec connection to the VM, SSH when the guest has no exec channel).
 Must not: boot or refill (``banger.services.pool``), open an exec connection of its own
@@ -23,7 +25,9 @@ from banger.guest.exec_client import ExecConnection
 from banger.host.publish import rename_noreplace
 from banger.host.runner import Runner
 from banger.model.records import VmRecord, VmState
+from banger.model.units import format_size
 from banger.model.wire import StageState
+from banger.services import pool_grow
 from banger.services.operations import Progress
 from banger.services.vm_create import CreateRequest, name_taken
 from banger.services.vm_paths import VmPaths
@@ -63,10 +67,18 @@ def rename_argv(name: str) -> list[str]:
 
 
 class GuestNamer(Protocol):
-    """Gives a running guest a new hostname; raises ``BangerError`` when it cannot."""
+    """Runs short commands in a running guest: the claim's rename, its disk grow and the
+    pool's settle; raises ``BangerError`` when it cannot or the command fails."""
 
     async def rename(self, vm: VmRecord, paths: VmPaths, ssh_argv: list[str], name: str) -> str:
         """Returns how it was done (for the ``claim`` stage's detail)."""
+        ...
+
+    async def run(
+        self, vm: VmRecord, ssh_argv: list[str], argv: list[str], *, timeout_s: float, what: str
+    ) -> str:
+        """Run ``argv`` to the end; returns how (through the agent, or over SSH and why).
+        ``what`` names it in the error (``setting the guest's hostname``)."""
         ...
 
 
@@ -74,6 +86,10 @@ class ExecConnections(Protocol):
     """The daemon's exec connection of each VM (``banger.services.vm_exec.ExecService``)."""
 
     async def connection(self, name: str) -> ExecConnection: ...
+
+
+#: Kept of a failed guest command's stderr, for the error's details.
+STDERR_KEPT = 4096
 
 
 class AgentGuestNamer:
@@ -86,6 +102,18 @@ class AgentGuestNamer:
         self.execs = execs
 
     async def rename(self, vm: VmRecord, paths: VmPaths, ssh_argv: list[str], name: str) -> str:
+        how = await self.run(
+            vm,
+            ssh_argv,
+            rename_argv(name),
+            timeout_s=RENAME_TIMEOUT_S,
+            what="setting the guest's hostname",
+        )
+        return f"hostname set {how}"
+
+    async def run(
+        self, vm: VmRecord, ssh_argv: list[str], argv: list[str], *, timeout_s: float, what: str
+    ) -> str:
         why_not = "no exec service"
         if self.execs is not None:
             try:
@@ -93,16 +121,23 @@ class AgentGuestNamer:
             except BangerError as exc:
                 why_not = exc.brief
             else:
-                status = await conn.run(rename_argv(name), timeout_s=RENAME_TIMEOUT_S)
+                err = bytearray()
+
+                def keep(data: bytes) -> None:
+                    err.extend(data[: max(0, STDERR_KEPT - len(err))])
+
+                status = await conn.run(argv, timeout_s=timeout_s, on_stderr=keep)
                 if status.code != 0:
-                    raise CommandFailed(f"setting the guest's hostname failed ({status})")
-                return "hostname set through the agent"
-        log.info("no exec channel: renaming over ssh", extra={"fields": {"why": why_not}})
+                    raise CommandFailed(
+                        f"{what} failed ({status})",
+                        details=err.decode(errors="replace").strip() or None,
+                    )
+                return "through the agent"
+        log.info("no exec channel: running over ssh", extra={"fields": {"why": why_not}})
         await self.runner.run_async(
-            [*ssh_argv, "--", *(_quoted(a) for a in rename_argv(name))],
-            timeout_s=RENAME_TIMEOUT_S,
+            [*ssh_argv, "--", *(_quoted(a) for a in argv)], timeout_s=timeout_s
         )
-        return f"hostname set over ssh ({why_not})"
+        return f"over ssh ({why_not})"
 
 
 def _quoted(arg: str) -> str:
@@ -111,16 +146,15 @@ def _quoted(arg: str) -> str:
 
 
 def matches(vm: VmRecord, req: CreateRequest, image_id: int | None) -> bool:
-    """A ready pool VM can serve ``req``: same image and size, a work disk at least as big
-    (a running guest's disk is not grown: a bigger ask boots cold), a VMM it allows.
-    NAT is the bridge's, not the VM's: a claim turns it on."""
+    """A ready pool VM can serve ``req``: same image, vCPUs and memory, a VMM it allows.
+    Its work disk is grown at claim when ``req`` asks for more (``banger.services.
+    pool_grow``). NAT is the bridge's, not the VM's: a claim turns it on."""
     return (
         vm.pool
         and vm.state is VmState.RUNNING
         and vm.image_id == image_id
         and vm.vcpu == req.vcpu
         and vm.memory_mib == req.memory_mib
-        and vm.disk_size_bytes >= req.disk_size_bytes
         and (req.vmm is None or vm.vmm == req.vmm.value)
     )
 
@@ -131,6 +165,8 @@ async def claim(
     """A matching ready pool VM, renamed to the request's name; None when there is none
     (the caller then boots one). A pool VM that cannot be renamed is thrown away."""
     ready: list[VmRecord] = await service.ctx.db.run(repo.list_vms, pool=True)
+    # One whose disk is big enough first: a grow costs the claim time.
+    ready.sort(key=lambda vm: vm.disk_size_bytes < req.disk_size_bytes)
     tried = False
     for candidate in ready:
         if not matches(candidate, req, image_id) or service.busy(candidate.name):
@@ -162,10 +198,7 @@ def why_none(
     fitting = [vm for vm in mine if matches(replace(vm, state=VmState.RUNNING), req, image_id)]
     if not fitting:
         vm = mine[0]
-        return (
-            f"no ready VM of this size (the pool's: {vm.vcpu} vCPU, {vm.memory_mib} MiB, "
-            f"a {vm.disk_size_bytes >> 20} MiB disk)"
-        )
+        return f"no ready VM of this size (the pool's: {vm.vcpu} vCPU, {vm.memory_mib} MiB)"
     running = [vm for vm in fitting if vm.state is VmState.RUNNING]
     if not running:
         return f"the pool is still booting ({len(fitting)} VM(s))"
@@ -185,12 +218,25 @@ async def _claim_one(
         return None
     name = req.name or await service.fresh_name()
     paths = service.paths(vm)
+    grown = ""
+    step = "renamed"
     try:
+        if vm.disk_size_bytes < req.disk_size_bytes:
+            step = f"work disk not grown to {format_size(req.disk_size_bytes)}"
+            vm, via = await pool_grow.grow(service, vm, paths, req.disk_size_bytes)
+            grown = f", work disk grown to {format_size(vm.disk_size_bytes)} ({via})"
+            step = "renamed"
         how = await service.guest_namer.rename(vm, paths, service.ssh_argv_of(vm), name)
     except (BangerError, OSError) as exc:
+        # Half-grown or unnamed, it is handed to nobody: removed, and the create boots.
         reason = exc.brief if isinstance(exc, BangerError) else str(exc)
-        log.warning("pool VM not renamed: discarded", extra={"fields": {"vm": pool_name}})
-        progress.note("claim", StageState.WARN, f"{pool_name} not usable ({reason}): booting")
+        log.warning(
+            "pool VM not claimed: discarded",
+            extra={"fields": {"vm": pool_name, "step": step, "error": reason}},
+        )
+        progress.note(
+            "claim", StageState.WARN, f"{pool_name} not usable ({step}: {reason}): booting"
+        )
         await service.remove_pool_vm(vm)
         return None
     # The stage starts once the guest answers to its new name: a claim that fails
@@ -208,7 +254,7 @@ async def _claim_one(
         if req.nat and not claimed.nat:
             await service.network.ensure_nat()
             claimed = await service.ctx.db.run(repo.update_vm, name, nat=True)
-        progress.detail = f"{name}: ready VM {pool_name} ({claimed.ip}), {how}"
+        progress.detail = f"{name}: ready VM {pool_name} ({claimed.ip}), {how}{grown}"
     service.pool_claimed.set()
     return claimed
 

@@ -66,6 +66,8 @@ class NetFacts:
     dns: tuple[str, ...]
 
 
+#: The work disk's drive id: the second drive, ``/dev/vdb`` (``/root``) in the guest.
+WORK_DRIVE_ID = "work"
 #: A rootless VM's network: QEMU's slirp (banger.net.user_net).
 USER_NET_FACTS = NetFacts(gateway=user_net.GATEWAY, cidr=user_net.CIDR, dns=(user_net.DNS,))
 
@@ -111,7 +113,7 @@ def machine_spec(
         kernel=files.kernel,
         initrd=files.initrd,
         cmdline=kernel_cmdline(args),
-        drives=(DriveSpec("rootfs", paths.rootfs), DriveSpec("work", paths.work_disk)),
+        drives=(DriveSpec("rootfs", paths.rootfs), DriveSpec(WORK_DRIVE_ID, paths.work_disk)),
         net=net_spec,
         vm_dir=paths.vm_dir,
         run_dir=paths.run_dir,

@@ -140,3 +140,8 @@ class Vmm(Protocol):
 
     async def kill(self, handle: VmmHandle, *, sig: int) -> None:
         """Send ``sig`` to the VMM process, only if it is still the one we started."""
+
+    async def grow_drive(self, handle: VmmHandle, drive: DriveSpec, size_bytes: int) -> None:
+        """Tell the running VMM that ``drive``'s backing file is now ``size_bytes`` long,
+        so that the guest sees a bigger disk (the caller grew the file; never a shrink).
+        Raises ``BangerError`` when the VMM does not take it."""

@@ -1,12 +1,12 @@
 """A small typed client of Firecracker's REST API over its Unix socket.
 
-Owns: building the JSON bodies of the pre-boot configuration calls and the two actions
-banger uses, one HTTP/1.1 exchange per call with a connect/read timeout and a bounded
-reply, and turning Firecracker's replies into banger errors: a rejected configuration
-call (HTTP 400 on a PUT other than ``/actions``) is ``InvalidArgument``, a failed action
-or any other status is ``CommandFailed``; both name the call and carry Firecracker's
-``fault_message``. Must not: start or stop processes, or decide what to configure
-(``banger.vmm.firecracker`` does).
+Owns: building the JSON bodies of the pre-boot configuration calls, the drive update
+(``PATCH /drives``) and the two actions banger uses, one HTTP/1.1 exchange per call with
+a connect/read timeout and a bounded reply, and turning Firecracker's replies into banger
+errors: a rejected configuration call (HTTP 400 on a PUT other than ``/actions``) is
+``InvalidArgument``, a failed action, update or any other status is ``CommandFailed``;
+both name the call and carry Firecracker's ``fault_message``. Must not: start or stop
+processes, or decide what to configure (``banger.vmm.firecracker`` does).
 
 Firecracker facts relied on (``src/firecracker/swagger/firecracker.yaml``, v1.x):
 successful PUTs answer 204 with no body; errors carry ``{"fault_message": …}``; a request
@@ -116,6 +116,14 @@ class FirecrackerApi:
 
     def put_vsock(self, guest_cid: int, uds_path: Path) -> None:
         self._put("/vsock", {"guest_cid": guest_cid, "uds_path": str(uds_path)})
+
+    # -- updates (after boot) -----------------------------------------------------------
+
+    def patch_drive(self, drive_id: str, path_on_host: Path) -> None:
+        """``PATCH /drives/{id}``: Firecracker reopens the backing file and tells the
+        guest its size (a path or size change is seen only after this call)."""
+        body = {"drive_id": drive_id, "path_on_host": str(path_on_host)}
+        self._request("PATCH", f"/drives/{drive_id}", body, timeout_s=self.timeout_s)
 
     # -- actions ------------------------------------------------------------------------
 

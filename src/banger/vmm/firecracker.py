@@ -2,8 +2,9 @@
 
 Owns: the Firecracker command line, the order of pre-boot API calls for a
 ``MachineSpec`` (logger, machine, boot source, drives with the first as root, network),
-``InstanceStart``, and stopping (``SendCtrlAltDel``, then SIGKILL: after the timeout, or
-at once when the API does not take the request). Must not: allocate TAPs, disks or
+``InstanceStart``, the drive rescan after a grow (``PATCH /drives``), and stopping
+(``SendCtrlAltDel``, then SIGKILL: after the timeout, or at once when the API does not
+take the request). Must not: allocate TAPs, disks or
 names, or trust a pid alone (``banger.host.procinfo`` decides whether a process is still ours;
 after a daemon restart we are not Firecracker's parent, so ``waitpid`` tells nothing).
 
@@ -40,7 +41,7 @@ from banger.host.procinfo import ProcessIdentity
 from banger.host.runner import Runner
 from banger.kernels.vmlinux import KernelFormat, kernel_format
 from banger.vmm import spawn
-from banger.vmm.base import Backend, MachineSpec, VmmHandle
+from banger.vmm.base import Backend, DriveSpec, MachineSpec, VmmHandle
 from banger.vmm.channels import AgentChannel, firecracker_channel
 from banger.vmm.fc_api import FirecrackerApi, LogLevel
 
@@ -140,6 +141,14 @@ class FirecrackerVmm:
     async def kill(self, handle: VmmHandle, *, sig: int) -> None:
         if spawn.signal_if_ours(handle.process, sig) and sig == signal.SIGKILL:
             await spawn.wait_exit(handle.process, timeout_s=KILL_GRACE_S)
+
+    async def grow_drive(self, handle: VmmHandle, drive: DriveSpec, size_bytes: int) -> None:
+        """``PATCH /drives/{id}`` with the same path: Firecracker reads the file's new
+        size (``size_bytes``, set by the caller) and rescans the device for the guest."""
+        if not procinfo.is_running(handle.process):
+            raise CommandFailed(f"Firecracker (pid {handle.process.pid}) is not running")
+        api = FirecrackerApi(handle.control_socket)
+        await asyncio.to_thread(api.patch_drive, resource_id(drive.drive_id), drive.path)
 
 
 async def _wait_accepting(path: Path, identity: ProcessIdentity, *, timeout_s: float) -> None:

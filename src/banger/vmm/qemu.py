@@ -1,7 +1,8 @@
 """The QEMU backend: microvm (virtio-mmio) with direct kernel boot, controlled over QMP.
 
-Owns: QEMU's command line for a ``MachineSpec``, starting it detached, and stopping it
-(ACPI power-down, then QMP quit, then SIGKILL). Must not: allocate anything.
+Owns: QEMU's command line for a ``MachineSpec``, starting it detached, stopping it
+(ACPI power-down, then QMP quit, then SIGKILL), and telling it a drive's file grew (QMP
+``block_resize``). Must not: allocate anything.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from banger.host import procinfo
 from banger.host.runner import Runner
 from banger.kernels.vmlinux import KernelFormat, kernel_format
 from banger.vmm import spawn
-from banger.vmm.base import Accel, Backend, MachineSpec, NetSpec, VmmHandle
+from banger.vmm.base import Accel, Backend, DriveSpec, MachineSpec, NetSpec, VmmHandle
 from banger.vmm.channels import AgentChannel, qemu_option_value, serial_channel, vhost_vsock_channel
 from banger.vmm.qmp import QmpClient
 
@@ -242,6 +243,15 @@ class QemuVmm:
         spawn.signal_if_ours(handle.process, sig)
         if sig == signal.SIGKILL:
             await spawn.wait_exit(handle.process, timeout_s=QUIT_GRACE_S)
+
+    async def grow_drive(self, handle: VmmHandle, drive: DriveSpec, size_bytes: int) -> None:
+        """QMP ``block_resize`` on the drive's ``-drive id``: QEMU sets the file to that
+        length (already so: the caller grew it) and raises virtio-blk's config-change
+        interrupt, on which the guest kernel reads the new capacity."""
+        if not procinfo.is_running(handle.process):
+            raise CommandFailed(f"QEMU (pid {handle.process.pid}) is not running")
+        async with QmpClient(handle.control_socket) as qmp:
+            await qmp.execute("block_resize", {"device": drive.drive_id, "size": size_bytes})
 
     async def _ask(
         self, handle: VmmHandle, command: str, arguments: dict[str, Any] | None = None

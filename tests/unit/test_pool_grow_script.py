@@ -1,0 +1,127 @@
+"""The claim's online grow in the guest (``pool_grow.grow_script``) in the shells guests
+have, against a directory standing for /sys and a ``resize2fs`` that records its
+arguments; and the host side's ``extend_file`` (sparse, never shrinks, never follows).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from banger.errors import StateError
+from banger.services.pool_grow import extend_file, grow_argv, grow_script
+
+SHELLS = [
+    pytest.param([path], id=name)
+    for name in ("dash", "bash")
+    if (path := shutil.which(name)) is not None
+] + [
+    pytest.param([path, "sh"], id="busybox")
+    for path in [shutil.which("busybox")]
+    if path is not None
+]
+
+
+def _guest(tmp_path: Path, sectors: int, *, resize_status: int = 0) -> dict[str, str]:
+    (tmp_path / "sys/class/block/vdb").mkdir(parents=True)
+    (tmp_path / "sys/class/block/vdb/size").write_text(f"{sectors}\n")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "resize2fs"
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/resized\nexit {resize_status}\n')
+    fake.chmod(0o755)
+    return {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+
+
+def _run(
+    shell: list[str], tmp_path: Path, env: dict[str, str], want: int, wait_s: float = 5.0
+) -> subprocess.CompletedProcess[str]:
+    script = grow_script(str(tmp_path), wait_s=wait_s)
+    return subprocess.run(
+        [*shell, "-c", script, "sh", "/dev/vdb", str(want)],
+        env=env,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_a_device_the_kernel_already_sees_grown_is_resized(
+    tmp_path: Path, shell: list[str]
+) -> None:
+    env = _guest(tmp_path, 2097152)
+    done = _run(shell, tmp_path, env, 2097152)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "resized").read_text() == "/dev/vdb\n"
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_the_resize_waits_for_the_kernel_to_see_the_new_size(
+    tmp_path: Path, shell: list[str]
+) -> None:
+    env = _guest(tmp_path, 524288)
+    size = tmp_path / "sys/class/block/vdb/size"
+
+    def later() -> None:
+        time.sleep(0.3)
+        size.write_text("2097152\n")
+
+    writer = threading.Thread(target=later)
+    writer.start()
+    done = _run(shell, tmp_path, env, 2097152)
+    writer.join()
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "resized").read_text() == "/dev/vdb\n"
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_a_device_that_stays_small_is_not_resized_and_says_so(
+    tmp_path: Path, shell: list[str]
+) -> None:
+    env = _guest(tmp_path, 524288)
+    done = _run(shell, tmp_path, env, 2097152, wait_s=0.2)
+    assert done.returncode != 0
+    assert "sees 524288 sectors on /dev/vdb, not 2097152" in done.stderr
+    assert not (tmp_path / "resized").exists()
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_a_failing_resize2fs_fails_the_script(tmp_path: Path, shell: list[str]) -> None:
+    env = _guest(tmp_path, 2097152, resize_status=1)
+    assert _run(shell, tmp_path, env, 2097152).returncode != 0
+
+
+def test_the_argv_passes_device_and_sectors() -> None:
+    argv = grow_argv(1 << 30)
+    assert argv[:2] == ["sh", "-c"] and argv[3:] == ["sh", "/dev/vdb", str((1 << 30) // 512)]
+
+
+def test_extend_file_grows_sparse_and_never_shrinks(tmp_path: Path) -> None:
+    disk = tmp_path / "work.ext4"
+    disk.write_bytes(b"data" * 1024)
+    assert extend_file(disk, 1 << 30) is True
+    assert disk.stat().st_size == 1 << 30
+    assert disk.stat().st_blocks * 512 < 1 << 20, "sparse: no data written"
+    assert disk.read_bytes()[:8] == b"datadata"
+    assert extend_file(disk, 1 << 20) is False, "asked for less: left alone"
+    assert disk.stat().st_size == 1 << 30
+
+
+def test_extend_file_refuses_a_missing_file_and_a_symlink(tmp_path: Path) -> None:
+    with pytest.raises(StateError):
+        extend_file(tmp_path / "gone", 1 << 20)
+    target = tmp_path / "elsewhere"
+    target.write_bytes(b"")
+    link = tmp_path / "link"
+    os.symlink(target, link)
+    with pytest.raises(StateError):
+        extend_file(link, 1 << 20)
+    assert target.stat().st_size == 0
