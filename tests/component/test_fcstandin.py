@@ -253,6 +253,30 @@ def check_post_boot_rules(api: FirecrackerApi, spec: MachineSpec) -> None:
         api.put_drive("extra", spec.drives[1].path, is_root_device=False, is_read_only=True)
 
 
+def check_drive_grow(ns: Netns, key: Path, handle: VmmHandle, spec: MachineSpec) -> None:
+    """``PATCH /drives`` after the backing file grew: the guest sees the new size."""
+    work = spec.drives[1]
+    with open(work.path, "r+b") as disk:
+        disk.truncate(32 * 1024 * 1024)
+    asyncio.run(FirecrackerVmm(Runner(), STANDIN).grow_drive(handle, work, 32 * 1024 * 1024))
+    argv = [
+        "ssh", "-q", "-i", str(key), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+        "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
+        f"root@{GUEST_IP}", "cat /sys/class/block/vdb/size",
+    ]  # fmt: skip
+    deadline = time.monotonic() + 10
+    seen = ""
+    while time.monotonic() < deadline:
+        seen = ns.run(argv, capture_output=True, text=True, timeout=15, check=False).stdout
+        if seen.strip() == str(32 * 1024 * 1024 // 512):
+            break
+        time.sleep(0.2)
+    assert seen.strip() == str(32 * 1024 * 1024 // 512), seen
+    api = FirecrackerApi(handle.control_socket)
+    with pytest.raises(CommandFailed, match="Unable to patch the block device"):
+        api.patch_drive("nope", work.path)
+
+
 # -- the tests ------------------------------------------------------------------------------
 
 
@@ -273,6 +297,7 @@ def test_firecracker_vmm_boots_a_guest_reachable_over_ssh(
             ssh_s = ssh_until_up(ns, guest_files.key)
             print(f"\nfirecracker stand-in: launch {launch_s:.2f}s, boot to SSH {ssh_s:.2f}s")
             check_post_boot_rules(FirecrackerApi(handle.control_socket), spec)
+            check_drive_grow(ns, guest_files.key, handle, spec)
             stop_s = worker.call(_shutdown, handle, 30.0)
             print(f"firecracker stand-in: SendCtrlAltDel shutdown {stop_s:.2f}s")
         finally:
