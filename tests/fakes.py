@@ -254,11 +254,15 @@ class FakeGuestNamer:
         #: (VM name, argv) of each ``run``.
         self.ran: list[tuple[str, list[str]]] = []
         self.fail_commands: str | None = None
+        #: Commands whose argv holds the text wait for the event before they end.
+        self.gate: tuple[str, asyncio.Event] | None = None
 
     async def run(
         self, vm: VmRecord, ssh_argv: list[str], argv: list[str], *, timeout_s: float, what: str
     ) -> str:
         self.ran.append((vm.name, argv))
+        if self.gate is not None and any(self.gate[0] in a for a in argv):
+            await self.gate[1].wait()
         if self.fail_commands is not None and any(self.fail_commands in a for a in argv):
             raise CommandFailed(f"fake: {what} failed")
         return "fake run"

@@ -18,7 +18,7 @@ from banger.guest import exec_frames as ef
 from banger.guest.exec_client import ExecConnection
 from banger.guest.exec_frames import Kind
 from banger.model.records import VmState
-from banger.services.pool import PoolService
+from banger.services.pool import SETTLE_ARGV, PoolService
 from banger.services.pool_claim import AgentGuestNamer
 from banger.services.readiness import Via
 from banger.services.vm_exec import ExecService
@@ -111,14 +111,15 @@ def test_the_claim_renames_on_the_daemons_connection_which_follows_the_new_name(
         assert got.stages() == ["claim"]
         [claim] = claim_lines(got.events, "ok")
         assert "through the agent" in claim["detail"], claim
-        assert agent.connections == 1
-        assert agent.commands[0][:2] == ["sh", "-c"] and agent.commands[0][-1] == "web"
+        assert agent.connections == 1, "the settle's connection, kept for the claim"
+        assert agent.commands[0] == SETTLE_ARGV
+        assert agent.commands[1][:2] == ["sh", "-c"] and agent.commands[1][-1] == "web"
         assert ssh_calls(world) == ssh_before, "no SSH session for the rename"
         # `vm exec web` right after rides the same connection: no second HELLO.
         proc = await execs.start("web", ["true"])
         assert (await proc.wait()).code == 0
         assert agent.connections == 1
-        assert agent.commands[1] == ["true"]
+        assert agent.commands[2] == ["true"]
         assert pooled not in execs._open and "web" in execs._open
         await execs.aclose()
 
@@ -140,7 +141,7 @@ def test_a_busy_agent_slower_than_the_old_two_seconds_is_still_used(world: World
         got = await world.create(name="slow")
         assert got.error is None, got.error
         assert got.stages() == ["claim"], got.events
-        assert agent.commands and agent.commands[0][-1] == "slow"
+        assert agent.commands and agent.commands[-1][-1] == "slow"
         assert (await world.row("slow")).state is VmState.RUNNING
         assert pooled.name != "slow"
         await execs.aclose()

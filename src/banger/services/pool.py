@@ -2,7 +2,8 @@
 
 Owns: keeping each ``PoolTarget`` (``banger.config.pool_policy``) filled in the background
 — after daemon start, after each claim, one boot at a time, never while a user's create
-is running (they share the CPUs) — removing pool VMs that died or no longer match a
+is running (they share the CPUs), a VM called ready only once its guest has settled
+(systemd's boot over) — removing pool VMs that died or no longer match a
 target, the per-image status (``pool status``, ``daemon status``) and draining.
 Pool VMs are ordinary VM rows marked ``pool``; start-up reconciliation re-adopts living
 ones like any VM. Must not: claim (``banger.services.pool_claim``), block the API, or
@@ -35,6 +36,17 @@ RECHECK_S = 5.0
 #: make the daemon boot in a loop).
 RETRY_AFTER_FAILURE_S = 60.0
 BOOT_TIMEOUT_S = 300.0
+#: How long a booted pool VM may take to settle before it is called ready anyway.
+SETTLE_TIMEOUT_S = 60.0
+#: A guest answers (agent or SSH) well before its boot is over: under TCG the Debian
+#: guest still starts units for seconds, and a claim then competes with them (a rename
+#: one second after boot took 2.5 s). systemd says when it is done, whatever the outcome
+#: (``degraded`` is settled too); a guest without systemd is settled when it answers.
+SETTLE_SCRIPT = (
+    "command -v systemctl >/dev/null 2>&1 || exit 0; "
+    f"timeout {SETTLE_TIMEOUT_S:g} systemctl is-system-running --wait >/dev/null 2>&1; exit 0"
+)
+SETTLE_ARGV = ["sh", "-c", SETTLE_SCRIPT]
 
 
 @dataclass
@@ -183,6 +195,7 @@ class PoolService:
             state.booting = name
             try:
                 await self.vms.create_silently(request, Progress(lambda _event: None))
+                await self._settle(name)
             except BangerError as exc:
                 state.last_error = f"{name}: {exc.brief}"
                 log.warning("pool boot failed", extra={"fields": {"vm": name, "error": exc.brief}})
@@ -195,6 +208,25 @@ class PoolService:
         state.ready.append(name)
         log.info("pool VM ready", extra={"fields": {"vm": name, "image": target.image}})
         return True
+
+    async def _settle(self, name: str) -> None:
+        """Wait until the guest's boot is over; held like a claim, so none takes it
+        before. A guest that cannot be asked is left to the claim (which discards a VM
+        it cannot rename)."""
+        async with self.vms.locked(name):
+            vm = await self.vms.get(name)
+            try:
+                await self.vms.guest_namer.run(
+                    vm,
+                    self.vms.ssh_argv_of(vm),
+                    SETTLE_ARGV,
+                    timeout_s=SETTLE_TIMEOUT_S + 5.0,
+                    what="waiting for the guest's boot to finish",
+                )
+            except BangerError as exc:
+                log.warning(
+                    "pool VM not settled", extra={"fields": {"vm": name, "error": exc.brief}}
+                )
 
     async def _remove_failed(self, name: str) -> None:
         with contextlib.suppress(NotFound):

@@ -203,7 +203,10 @@ def why_none(
     if not running:
         return f"the pool is still booting ({len(fitting)} VM(s))"
     if all(busy(vm.name) for vm in running):
-        return f"every ready VM ({len(running)}) is being claimed by another create"
+        return (
+            f"every ready VM ({len(running)}) is busy: settling after its boot, or being "
+            "claimed by another create"
+        )
     return "no ready VM could be claimed"
 
 

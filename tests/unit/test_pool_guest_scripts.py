@@ -1,6 +1,8 @@
-"""The claim's online grow in the guest (``pool_grow.grow_script``) in the shells guests
-have, against a directory standing for /sys and a ``resize2fs`` that records its
-arguments; and the host side's ``extend_file`` (sparse, never shrinks, never follows).
+"""The pool's scripts in the guest, in the shells guests have: the claim's online grow
+(``pool_grow.grow_script``, against a directory standing for /sys and a ``resize2fs``
+that records its arguments) and the settle before ready (``pool.SETTLE_SCRIPT``, with a
+fake ``systemctl``); and the grow's host side, ``extend_file`` (sparse, never shrinks,
+never follows a symlink).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from banger.errors import StateError
+from banger.services.pool import SETTLE_SCRIPT
 from banger.services.pool_grow import extend_file, grow_argv, grow_script
 
 SHELLS = [
@@ -125,3 +128,34 @@ def test_extend_file_refuses_a_missing_file_and_a_symlink(tmp_path: Path) -> Non
     with pytest.raises(StateError):
         extend_file(link, 1 << 20)
     assert target.stat().st_size == 0
+
+
+def _systemctl(tmp_path: Path, body: str) -> dict[str, str]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    fake = bin_dir / "systemctl"
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/asked\n{body}\n')
+    fake.chmod(0o755)
+    return {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_settle_waits_for_systemd_whatever_state_it_ends_in(
+    tmp_path: Path, shell: list[str]
+) -> None:
+    env = _systemctl(tmp_path, "sleep 0.3; echo degraded; exit 1")
+    started = time.monotonic()
+    done = subprocess.run([*shell, "-c", SETTLE_SCRIPT], env=env, check=False, timeout=30)
+    assert done.returncode == 0, "degraded is settled too"
+    assert time.monotonic() - started >= 0.3
+    assert (tmp_path / "asked").read_text() == "is-system-running --wait\n"
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_settle_skips_a_guest_without_systemd(tmp_path: Path, shell: list[str]) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    done = subprocess.run(
+        [*shell, "-c", SETTLE_SCRIPT], env={"PATH": str(empty)}, check=False, timeout=10
+    )
+    assert done.returncode == 0
