@@ -101,3 +101,25 @@ def test_vm_run_claims_a_debian_pool_vm_through_the_agent_and_the_pool_refills(
     assert env.json("vm", "list") == [], "--rm deleted the claimed VM"
     print(f"vm run --rm -- true, warm pool (Debian, agent): {took:.2f}s")
     assert wait_ready(env) not in (pooled, refilled), "the pool refilled again"
+
+
+@pytest.mark.timeout(1800)
+def test_vm_run_with_a_bigger_disk_claims_and_grows_the_mounted_work_disk(env: VmEnv) -> None:
+    """The pool's disk is 1G; `--disk-size 3G` still claims (no boot stage): the work-disk
+    file, QEMU's drive (block_resize) and the mounted ext4 (resize2fs online, through the
+    agent) are grown at claim, and `df` in the guest sees it."""
+    wait_ready(env)
+    started = time.monotonic()
+    out = env.banger("vm", "run", "--name", "big", "--disk-size", "3G", "--", "df", "-B1", "/root")
+    took = time.monotonic() - started
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = stage_lines(out.stdout)
+    assert list(lines) == ["claim"], out.stdout  # no reserve/disks/boot/wait-ready
+    assert "work disk grown to 3G" in lines["claim"], lines["claim"]
+    [df] = [line for line in out.stdout.splitlines() if line.startswith("/dev/vdb")]
+    size = int(df.split()[1])
+    # ext4's own metadata (journal, inode tables) takes a little of the 3 GiB.
+    assert 2.8 * 2**30 < size <= 3 * 2**30, df
+    assert env.json("vm", "show", "big")["disk_size_bytes"] == 3 * 2**30
+    print(f"\nvm run --disk-size 3G -- df, warm pool grown from 1G (Debian, agent): {took:.2f}s")
+    env.ok("vm", "delete", "--force", "big")
