@@ -11,11 +11,15 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from banger.config.pool_policy import PoolTarget
 from banger.host import procinfo
 from banger.model.records import VmState
-from banger.services import vm_boot
+from banger.services import pool_claim, vm_boot
+from banger.services.operations import Progress
 from banger.services.pool import PoolService
+from banger.services.vm_create import CreateOrder
 from banger.state import repo
 from tests.services.conftest import IMAGE, MIB, World
 
@@ -129,5 +133,28 @@ def test_a_guest_that_cannot_grow_its_filesystem_means_no_half_grown_vm(world: W
         vm = await world.row("big")
         assert vm.pid != pooled.pid and vm.disk_size_bytes == 1024 * MIB
         assert world.namer.renamed == []
+
+    asyncio.run(scenario())
+
+
+def test_a_claim_interrupted_mid_grow_discards_the_vm(world: World) -> None:
+    async def scenario() -> None:
+        await pool_of(world).fill_once()
+        [pooled] = await world.ctx.db.run(repo.list_vms, pool=True)
+        world.namer.gate = ("resize2fs", asyncio.Event())  # never set: the guest is busy
+        req = await world.vms.validate(
+            CreateOrder(name="big", image=IMAGE, disk_size_bytes=1024 * MIB)
+        )
+        claiming = asyncio.create_task(
+            pool_claim.claim(world.vms, req, pooled.image_id, Progress(lambda _event: None))
+        )
+        while not grow_commands(world):
+            await asyncio.sleep(0.01)
+        claiming.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await claiming
+        assert await world.ctx.db.run(repo.list_vms, pool=True) == [], "not pooled again"
+        handle = vm_boot.handle_of(pooled, world.vms.paths(pooled))
+        assert handle is not None and not procinfo.is_running(handle.process)
 
     asyncio.run(scenario())

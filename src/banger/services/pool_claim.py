@@ -242,6 +242,10 @@ async def _claim_one(
         )
         await service.remove_pool_vm(vm)
         return None
+    except BaseException:
+        # Interrupted mid-grow or mid-rename: what state the guest is in is not known.
+        await service.remove_pool_vm(vm)
+        raise
     # The stage starts once the guest answers to its new name: a claim that fails
     # before shows as a warning, then the cold create's own stages.
     with progress.stage("claim"):
