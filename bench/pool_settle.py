@@ -17,6 +17,7 @@ CLI then import banger from DIR/src. Run: `.venv/bin/python -m bench.pool_settle
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -72,11 +73,19 @@ def main() -> int:
             assert any(line.startswith("✓ claim") for line in out.stdout.splitlines()), out.stdout
             walls.append(wall)
             windows.append((since, datetime.now(UTC), wall))
-        split = _split(env.home.root / "state" / "banger" / "bangerd.log", windows)
+        log = env.home.root / "state" / "banger" / "bangerd.log"
+        split = _split(log, windows)
+        entries = [json.loads(line) for line in log.read_text().splitlines() if line[:1] == "{"]
+        settles = [e["settle_s"] for e in entries if "settle_s" in e]
     print(f"bench pool_settle: claim right after ready, {args.src or 'this tree'}")
     print(f"  vm run --rm -- true  p50 {statistics.median(walls):.2f} s of {len(walls)} runs")
     print("  runs: " + ", ".join(f"{w:.2f}" for w in walls))
     print("  median of each part: " + ", ".join(f"{k} {v:.3f} s" for k, v in split.items()))
+    if settles:
+        print(
+            f"  settle (agent answered -> ready) p50 {statistics.median(settles):.2f} s "
+            f"of {len(settles)}: " + ", ".join(f"{x:.2f}" for x in settles)
+        )
     print(f"  load average at the end: {os.getloadavg()[0]:.1f} (2 = both CPUs busy here)")
     return 0
 

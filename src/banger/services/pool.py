@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -195,6 +196,7 @@ class PoolService:
             state.booting = name
             try:
                 await self.vms.create_silently(request, Progress(lambda _event: None))
+                answered = time.monotonic()
                 await self._settle(name)
             except BangerError as exc:
                 state.last_error = f"{name}: {exc.brief}"
@@ -206,7 +208,11 @@ class PoolService:
                 state.booting = None
         state.last_error = None
         state.ready.append(name)
-        log.info("pool VM ready", extra={"fields": {"vm": name, "image": target.image}})
+        settled_s = round(time.monotonic() - answered, 3)
+        log.info(
+            "pool VM ready",
+            extra={"fields": {"vm": name, "image": target.image, "settle_s": settled_s}},
+        )
         return True
 
     async def _settle(self, name: str) -> None:
