@@ -11,6 +11,7 @@ from typing import Any
 
 from banger.config.pool_policy import PoolTarget
 from banger.services.pool import SETTLE_ARGV, PoolService
+from banger.services.pool_claim import BUSY_WAIT_S
 from banger.state import repo
 from tests.services.conftest import IMAGE, MIB, World
 
@@ -47,11 +48,12 @@ def test_a_pool_vm_is_ready_only_after_its_guest_settled(world: World) -> None:
         status = pool.status()[0]
         assert (status["ready"], status["booting"]) == (0, 1), "settling counts as booting"
 
-        # A create meanwhile does not take the unsettled VM: it boots, saying why.
+        # A create meanwhile does not take the unsettled VM: it waits a while, then
+        # boots, saying why.
         got = await world.create(name="early", disk_size_bytes=256 * MIB)
         assert got.stages() == BOOT_STAGES
         [why] = claim_warnings(got.events)
-        assert "settling after its boot" in why, why
+        assert "settling after its boot" in why and f"waited {BUSY_WAIT_S:g} s" in why, why
         assert [n for n, _ in world.namer.renamed] == []
 
         release.set()
@@ -72,5 +74,24 @@ def test_a_guest_that_cannot_be_asked_is_still_called_ready(world: World) -> Non
         [vm] = await world.ctx.db.run(repo.list_vms, pool=True)
         assert pool.status()[0]["ready"] == 1 and pool.status()[0]["last_error"] is None
         assert world.namer.ran == [(vm.name, SETTLE_ARGV)]
+
+    asyncio.run(scenario())
+
+
+def test_a_create_that_finds_the_vm_settling_waits_and_claims_it(world: World) -> None:
+    async def scenario() -> None:
+        release = asyncio.Event()
+        world.namer.gate = ("is-system-running", release)
+        pool = pool_of(world)
+        filling = asyncio.create_task(pool.fill_once())
+        while not world.namer.ran:
+            await asyncio.sleep(0.01)
+        [(name, _argv)] = world.namer.ran
+        asyncio.get_running_loop().call_later(0.3, release.set)
+        got = await world.create(name="soon", disk_size_bytes=256 * MIB)
+        assert got.stages() == ["claim"], got.events
+        assert claim_warnings(got.events) == []
+        assert world.namer.renamed == [(name, "soon")]
+        await filling
 
     asyncio.run(scenario())
