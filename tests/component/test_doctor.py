@@ -53,17 +53,16 @@ table inet other {
     assert forward_drop_chains(ruleset) == ["ip filter FORWARD"]
 
 
-def test_doctor_reports_kvm_vsock_and_firewall_checks(home: BangerHome) -> None:
+def test_doctor_reports_kvm_and_firewall_checks(home: BangerHome) -> None:
     out = home.banger("doctor", "--json")
     finished = {
         e["stage"]: e
         for e in map(json.loads, out.stdout.splitlines())
         if e["type"] == "stage" and e["state"] != "running"
     }
-    assert {"vhost-vsock", "firewall", "network", "nat", "dns"} <= finished.keys()
+    assert {"firewall", "network", "nat", "dns"} <= finished.keys()
+    # QEMU reaches the agent over virtio-serial on every host: nothing to check.
+    assert "vhost-vsock" not in finished
     # The daemon's own DNS server is asked, on its port (issue 14 item 18).
     assert "answers on 127.0.0.1:" in finished["dns"]["detail"], finished["dns"]
     assert finished["nat"]["detail"].startswith(("mode root", "rootless", "through", "no NAT"))
-    if not __import__("os").path.exists("/dev/vhost-vsock"):
-        assert finished["vhost-vsock"]["state"] == "warn"
-        assert "virtio-serial" in finished["vhost-vsock"]["detail"]

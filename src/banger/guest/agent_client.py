@@ -2,12 +2,11 @@
 
 Owns: reaching a VM's agent over its channel — QEMU's virtio-serial chardev socket
 (``over_unix``), Firecracker's vsock Unix socket with its ``CONNECT <port>\\n`` /
-``OK <hostport>\\n`` handshake (``over_firecracker_vsock``), AF_VSOCK for QEMU with
-vhost-vsock (``over_vsock``) —; one request at a time on the serial channel (a lock per
-socket path, shared by every client in the process); reading each reply under hard
-bounds (handshake line ≤ 32 bytes, head ≤ 16 KiB, body ≤ 1 MiB, one deadline for the whole
-call, lock wait included). What ``/healthz`` and ``/ports`` say is checked by
-``banger.guest.agent_replies``; waiting for a booting guest's agent is
+``OK <hostport>\\n`` handshake (``over_firecracker_vsock``); one request at a time on
+the serial channel (a lock per socket path, shared by every client in the process);
+reading each reply under hard bounds (handshake line ≤ 32 bytes, head ≤ 16 KiB, body ≤
+1 MiB, one deadline for the whole call, lock wait included). What ``/healthz`` and
+``/ports`` say is checked by ``banger.guest.agent_replies``; waiting for a booting guest's agent is
 ``banger.services.readiness``; the web probe of ``vm ports`` is ``banger.guest.webprobe``.
 
 Must not: use anything the guest says as a host path or command (ADVERSARIAL 64), block
@@ -228,28 +227,6 @@ class AgentClient:
             except BaseException:
                 sock.close()
                 raise
-
-        return cls(what, connect, lock_key=None, timeout_s=timeout_s)
-
-    @classmethod
-    def over_vsock(
-        cls, cid: int, port: int = AGENT_VSOCK_PORT, *, timeout_s: float = DEFAULT_TIMEOUT_S
-    ) -> AgentClient:
-        """AF_VSOCK to a guest CID (QEMU with vhost-vsock)."""
-        what = f"the guest agent (vsock cid {cid} port {port})"
-
-        def connect(deadline: _Deadline) -> tuple[socket.socket, bytes]:
-            sock = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-            sock.settimeout(deadline.left())
-            try:
-                sock.connect((cid, port))
-            except TimeoutError:
-                sock.close()
-                raise Timeout(f"{what}: connecting timed out") from None
-            except OSError as exc:
-                sock.close()
-                raise CommandFailed(f"cannot reach {what}: {exc.strerror or exc}") from exc
-            return sock, b""
 
         return cls(what, connect, lock_key=None, timeout_s=timeout_s)
 

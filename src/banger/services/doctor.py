@@ -102,16 +102,6 @@ def _kvm_verdict(verdict: KvmVerdict | None) -> CheckResult:
     )
 
 
-def check_vhost_vsock(_: DoctorInputs) -> CheckResult:
-    if Path("/dev/vhost-vsock").exists():
-        return CheckResult(StageState.OK, "/dev/vhost-vsock present")
-    return CheckResult(
-        StageState.WARN,
-        "/dev/vhost-vsock absent: QEMU guests reach banger's agent over virtio-serial instead",
-        hint="optional: sudo modprobe vhost_vsock",
-    )
-
-
 def check_default_image(inputs: DoctorInputs) -> CheckResult:
     name = inputs.config.default_image_name
     if inputs.default_image == "local":
@@ -231,7 +221,6 @@ def check_runtime_dir(inputs: DoctorInputs) -> CheckResult:
 CHECKS: tuple[tuple[str, Check], ...] = (
     ("architecture", check_arch),
     ("kvm", check_kvm),
-    ("vhost-vsock", check_vhost_vsock),
     ("vmm", check_vmm),
     ("host tools", check_host_tools),
     ("network", check_network),

@@ -5,13 +5,11 @@ Owns: the kinds of agent channel, the host-side socket of each (always in the VM
 create one, and the matching ``AgentClient``. Which backend uses which kind is the
 backend class's business (``agent_channel``; ``banger.vmm.table`` looks it up).
 
-- QEMU without vhost-vsock (these hosts): a virtio-serial port named
+- QEMU, on every host: a virtio-serial port named
   ``org.banger.agent`` whose chardev is a listening Unix socket ``<run_dir>/agent.sock``
   (``server=on,wait=off``: QEMU accepts one host connection at a time; the guest sees
   the host come and go); a second port ``org.banger.exec`` on ``<run_dir>/exec.sock``
   carries exec (``banger.guest.exec_client``).
-- QEMU with vhost-vsock: ``vhost-vsock-device`` with a host-unique guest CID; the host
-  connects with AF_VSOCK to (cid, 52).
 - Firecracker: its vsock device (``PUT /vsock`` with guest CID 3 — each VM has its own
   device — and ``uds_path=<run_dir>/vsock.sock``); the host connects to that socket and
   sends ``CONNECT 52`` (``CONNECT 53`` for exec). Firecracker forwards guest-initiated
@@ -48,16 +46,15 @@ def qemu_option_value(path: Path | None) -> str:
 
 class ChannelKind(StrEnum):
     VIRTIO_SERIAL = "virtio-serial"
-    VHOST_VSOCK = "vhost-vsock"
     FIRECRACKER_VSOCK = "firecracker-vsock"
 
 
 @dataclass(frozen=True)
 class AgentChannel:
     kind: ChannelKind
-    #: The host-side Unix socket (virtio-serial chardev, Firecracker vsock); None for AF_VSOCK.
-    socket_path: Path | None
-    #: The guest's vsock CID (vhost-vsock, Firecracker); None for virtio-serial.
+    #: The host-side Unix socket: QEMU's virtio-serial chardev, Firecracker's vsock.
+    socket_path: Path
+    #: The guest's vsock CID (Firecracker); None for virtio-serial.
     guest_cid: int | None
     port: int = AGENT_VSOCK_PORT
 
@@ -78,55 +75,32 @@ class AgentChannel:
                 "-device",
                 f"virtserialport,chardev=exec,name={EXEC_PORT_NAME}",
             ]
-        if self.kind is ChannelKind.VHOST_VSOCK:
-            device = "vhost-vsock-device" if mmio else "vhost-vsock-pci"
-            return ["-device", f"{device},guest-cid={self.guest_cid}"]
         return []
 
     @property
-    def exec_socket_path(self) -> Path | None:
+    def exec_socket_path(self) -> Path:
         """virtio-serial: the exec port's chardev socket; Firecracker: the vsock socket."""
         if self.kind is ChannelKind.VIRTIO_SERIAL:
-            assert self.socket_path is not None
             return self.socket_path.with_name(EXEC_SOCKET)
         return self.socket_path
 
     async def exec_connect(self, *, timeout_s: float = CONNECT_TIMEOUT_S) -> ExecConnection:
         """A connection to the guest's exec channel (one per VM carries every command)."""
-        path = self.exec_socket_path
         if self.kind is ChannelKind.VIRTIO_SERIAL:
-            assert path is not None
-            return await ExecConnection.over_unix(path, timeout_s=timeout_s)
-        if self.kind is ChannelKind.FIRECRACKER_VSOCK:
-            assert path is not None
-            return await ExecConnection.over_firecracker_vsock(
-                path, EXEC_VSOCK_PORT, timeout_s=timeout_s
-            )
-        raise NotImplementedError("exec over AF_VSOCK (vhost-vsock) is not wired up yet")
+            return await ExecConnection.over_unix(self.exec_socket_path, timeout_s=timeout_s)
+        return await ExecConnection.over_firecracker_vsock(
+            self.exec_socket_path, EXEC_VSOCK_PORT, timeout_s=timeout_s
+        )
 
     def client(self, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> AgentClient:
         if self.kind is ChannelKind.VIRTIO_SERIAL:
-            assert self.socket_path is not None
             return AgentClient.over_unix(self.socket_path, timeout_s=timeout_s)
-        if self.kind is ChannelKind.FIRECRACKER_VSOCK:
-            assert self.socket_path is not None
-            return AgentClient.over_firecracker_vsock(
-                self.socket_path, self.port, timeout_s=timeout_s
-            )
-        assert self.guest_cid is not None
-        return AgentClient.over_vsock(self.guest_cid, self.port, timeout_s=timeout_s)
+        return AgentClient.over_firecracker_vsock(self.socket_path, self.port, timeout_s=timeout_s)
 
 
 def serial_channel(run_dir: Path) -> AgentChannel:
-    """QEMU without vhost-vsock: a virtio-serial port behind ``<run_dir>/agent.sock``."""
+    """QEMU: a virtio-serial port behind ``<run_dir>/agent.sock``."""
     return AgentChannel(ChannelKind.VIRTIO_SERIAL, run_dir / AGENT_SOCKET, None)
-
-
-def vhost_vsock_channel(guest_cid: int) -> AgentChannel:
-    """QEMU with ``/dev/vhost-vsock``: ``guest_cid`` must be host-unique and >= 3."""
-    if guest_cid < 3:
-        raise ValueError(f"guest CID {guest_cid} is reserved (0-2)")
-    return AgentChannel(ChannelKind.VHOST_VSOCK, None, guest_cid)
 
 
 def firecracker_channel(run_dir: Path) -> AgentChannel:

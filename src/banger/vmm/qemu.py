@@ -21,7 +21,7 @@ from banger.host.runner import Runner
 from banger.kernels.vmlinux import KernelFormat, kernel_format
 from banger.vmm import spawn
 from banger.vmm.base import Accel, Backend, DriveSpec, MachineSpec, NetSpec, VmmHandle
-from banger.vmm.channels import AgentChannel, qemu_option_value, serial_channel, vhost_vsock_channel
+from banger.vmm.channels import AgentChannel, qemu_option_value, serial_channel
 from banger.vmm.qmp import QmpClient
 
 log = logging.getLogger("banger.vmm.qemu")
@@ -165,9 +165,9 @@ class QemuVmm:
         self.machine = machine
 
     @classmethod
-    def agent_channel(cls, run_dir: Path, *, vsock_cid: int | None = None) -> AgentChannel:
-        """virtio-serial (no vhost-vsock needed); vhost-vsock when given a host-unique CID."""
-        return serial_channel(run_dir) if vsock_cid is None else vhost_vsock_channel(vsock_cid)
+    def agent_channel(cls, run_dir: Path) -> AgentChannel:
+        """virtio-serial on every host (docs/explanation/guest-agent.md: why not vhost-vsock)."""
+        return serial_channel(run_dir)
 
     def kvm_probe_argv(self, kernel: Path, scratch: Path) -> list[str]:
         """The real command line for a one-vCPU, disk-less guest under KVM booting
