@@ -6,7 +6,7 @@ a pool of 1 (1 vCPU, 512 MiB, 1G disk). Each run waits (polling `pool status` ev
 claim meets a guest that has just become ready. Before the settle (issue 12), ready
 meant "the agent answered", and the guest was still starting units; now ready means
 systemd's boot is over. Prints the median wall time and the median create (the claim)
-from the daemon's access log.
+from the daemon's access log. ``--disk-size 3G`` makes each claim grow the work disk.
 
 Not in bench/run: its baseline is older code. Compare by running it against another
 source tree (`--src DIR`, e.g. `git archive main | tar -x -C DIR`): the daemon and the
@@ -34,7 +34,7 @@ CONFIG = (
     'default_image_name = "debagent"\ntap_pool_size = 4\n'
     '[[pool]]\nsize = 1\nvcpu = 1\nmemory_mib = 512\ndisk_size = "1G"\n'
 )
-SPEC = ["--vcpu", "1", "--memory", "512", "--disk-size", "1G"]
+SPEC = ["--vcpu", "1", "--memory", "512"]
 
 
 def _wait_ready(env: VmEnv, timeout_s: float = 900) -> None:
@@ -52,6 +52,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--src", help="a source tree whose src/ the daemon and CLI import")
+    parser.add_argument(
+        "--disk-size", default="1G", help="what each run asks (more than 1G: the claim grows)"
+    )
     args = parser.parse_args()
     extra = {"PYTHONPATH": os.path.join(args.src, "src")} if args.src else {}
     walls: list[float] = []
@@ -67,7 +70,9 @@ def main() -> int:
             _wait_ready(env)
             since = datetime.now(UTC)
             started = time.perf_counter()
-            out = env.banger("vm", "run", "--rm", *SPEC, "--", "true")
+            out = env.banger(
+                "vm", "run", "--rm", *SPEC, "--disk-size", args.disk_size, "--", "true"
+            )
             wall = time.perf_counter() - started
             assert out.returncode == 0, out.stdout + out.stderr
             assert any(line.startswith("✓ claim") for line in out.stdout.splitlines()), out.stdout
@@ -77,7 +82,10 @@ def main() -> int:
         split = _split(log, windows)
         entries = [json.loads(line) for line in log.read_text().splitlines() if line[:1] == "{"]
         settles = [e["settle_s"] for e in entries if "settle_s" in e]
-    print(f"bench pool_settle: claim right after ready, {args.src or 'this tree'}")
+    print(
+        f"bench pool_settle: claim right after ready, {args.src or 'this tree'}, "
+        f"--disk-size {args.disk_size} (the pool's: 1G)"
+    )
     print(f"  vm run --rm -- true  p50 {statistics.median(walls):.2f} s of {len(walls)} runs")
     print("  runs: " + ", ".join(f"{w:.2f}" for w in walls))
     print("  median of each part: " + ", ".join(f"{k} {v:.3f} s" for k, v in split.items()))
