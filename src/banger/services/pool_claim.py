@@ -4,9 +4,11 @@ Owns: which pool VM matches a create request (``matches``: what cannot change af
 boot must be equal), the claim itself (a bigger work disk if asked, through
 ``banger.services.pool_grow``; the guest's hostname, the VM dir, the row and the
 ``<name>.vm`` record take the requested name; a VM that fails either is discarded and
-the create boots cold), saying why a create that found pool VMs
-of its image still boots, and the ``GuestNamer`` seam that renames a running guest (on
-the daemon's exec connection to the VM, SSH when the guest has no exec channel).
+the create boots cold), a short wait for a busy VM (settling, or held by another claim),
+saying why a create that found pool VMs of its image still boots, and the
+``GuestNamer`` seam that runs short commands in a running guest — the rename, the
+grow's ``resize2fs``, the pool's settle — on the daemon's exec connection to the VM, over
+SSH when the guest has no exec channel.
 Must not: boot or refill (``banger.services.pool``), open an exec connection of its own
 (QEMU's exec chardev takes one host at a time: ``ExecService`` holds it), or drain the
 pool for a request no pool VM matches (no match simply means a cold create).
