@@ -45,7 +45,7 @@ def claim_lines(events: list[dict[str, Any]], state: str) -> list[dict[str, Any]
 
 
 def grow_commands(world: World) -> list[tuple[str, list[str]]]:
-    return [(vm, argv) for vm, argv in world.namer.ran if "resize2fs" in " ".join(argv)]
+    return [(vm, argv) for vm, argv in world.namer.ran if argv[-2:-1] == ["/dev/vdb"]]
 
 
 def test_a_bigger_disk_is_grown_on_the_claimed_vm(world: World) -> None:
@@ -95,6 +95,30 @@ def test_a_vm_that_needs_no_grow_is_claimed_first(world: World) -> None:
     asyncio.run(scenario())
 
 
+def test_a_guest_without_resize2fs_keeps_its_pool_vm_and_the_create_boots(
+    world: World,
+) -> None:
+    async def scenario() -> None:
+        await pool_of(world).fill_once()
+        [pooled] = await world.ctx.db.run(repo.list_vms, pool=True)
+        world.namer.fail_commands = "command -v resize2fs"
+        got = await world.create(name="big", disk_size_bytes=1024 * MIB)
+        assert got.error is None, got.error
+        assert got.stages() == BOOT_STAGES
+        [warn] = claim_lines(got.events, "warn")
+        assert f"{pooled.name} cannot grow its work disk" in warn["detail"], warn
+        assert world.vmm.grown == [] and grow_commands(world) == [], "nothing was changed"
+        assert [r.name for r in await world.ctx.db.run(repo.list_vms, pool=True)] == [
+            pooled.name
+        ], "it stays in the pool"
+        assert world.vms.paths(pooled).work_disk.stat().st_size == pooled.disk_size_bytes
+        assert (await world.row("big")).disk_size_bytes == 1024 * MIB
+        got = await world.create(name="fits", disk_size_bytes=POOL_DISK)
+        assert got.stages() == ["claim"], "a create that needs no grow still claims it"
+
+    asyncio.run(scenario())
+
+
 def _assert_discarded_then_cold(world: World, got: Any, pooled: Any, why: str) -> None:
     assert got.error is None, got.error
     assert got.stages() == BOOT_STAGES, "a cold create instead"
@@ -126,7 +150,7 @@ def test_a_guest_that_cannot_grow_its_filesystem_means_no_half_grown_vm(world: W
     async def scenario() -> None:
         await pool_of(world).fill_once()
         [pooled] = await world.ctx.db.run(repo.list_vms, pool=True)
-        world.namer.fail_commands = "resize2fs"
+        world.namer.fail_commands = 'resize2fs "$dev"'
         got = await world.create(name="big", disk_size_bytes=1024 * MIB)
         _assert_discarded_then_cold(world, got, pooled, "growing the guest's /root filesystem")
         assert [e[1] for e in world.vmm.grown] == [1024 * MIB], "the device had grown"
@@ -141,7 +165,8 @@ def test_a_claim_interrupted_mid_grow_discards_the_vm(world: World) -> None:
     async def scenario() -> None:
         await pool_of(world).fill_once()
         [pooled] = await world.ctx.db.run(repo.list_vms, pool=True)
-        world.namer.gate = ("resize2fs", asyncio.Event())  # never set: the guest is busy
+        # Never set: the guest is busy growing.
+        world.namer.gate = ('resize2fs "$dev"', asyncio.Event())
         req = await world.vms.validate(
             CreateOrder(name="big", image=IMAGE, disk_size_bytes=1024 * MIB)
         )

@@ -18,7 +18,7 @@ import pytest
 
 from banger.errors import StateError
 from banger.services.pool import SETTLE_SCRIPT
-from banger.services.pool_grow import extend_file, grow_argv, grow_script
+from banger.services.pool_grow import CHECK_ARGV, extend_file, grow_argv, grow_script
 
 SHELLS = [
     pytest.param([path], id=name)
@@ -159,3 +159,14 @@ def test_settle_skips_a_guest_without_systemd(tmp_path: Path, shell: list[str]) 
         [*shell, "-c", SETTLE_SCRIPT], env={"PATH": str(empty)}, check=False, timeout=10
     )
     assert done.returncode == 0
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_the_check_finds_resize2fs_or_fails(tmp_path: Path, shell: list[str]) -> None:
+    script = CHECK_ARGV[2]
+    env = _guest(tmp_path, 0)
+    assert subprocess.run([*shell, "-c", script], env=env, check=False).returncode == 0
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    missing = subprocess.run([*shell, "-c", script], env={"PATH": str(empty)}, check=False)
+    assert missing.returncode == 3

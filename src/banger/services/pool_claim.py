@@ -240,6 +240,13 @@ async def _claim_one(
         return None  # another claim or a drain took it while we waited for its lock
     if not matches(vm, req, image_id) or not service.alive(vm):
         return None
+    if vm.disk_size_bytes < req.disk_size_bytes:
+        why = await pool_grow.why_not_growable(service, vm)
+        if why is not None:  # nothing was changed: it stays in the pool
+            progress.note(
+                "claim", StageState.WARN, f"{pool_name} cannot grow its work disk ({why})"
+            )
+            return None
     name = req.name or await service.fresh_name()
     paths = service.paths(vm)
     grown = ""

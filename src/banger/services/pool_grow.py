@@ -5,7 +5,8 @@ extended (sparse, never shrunk, never replaced), the running VMM told (QEMU's
 ``block_resize``, Firecracker's ``PATCH /drives``), the guest's mounted ext4 grown
 online (``resize2fs`` once the guest kernel sees the new size, through the
 ``GuestNamer`` seam: the daemon's exec connection, SSH without an agent) — and the row's
-new size, written last. Must not: pick, rename or discard the VM
+new size, written last; and, first, whether the guest can grow at all
+(``why_not_growable``: ``resize2fs`` present). Must not: pick, rename or discard the VM
 (``banger.services.pool_claim`` does, and discards a VM whose grow failed), grow a
 stopped VM's disk (``banger.disks.workdisk``), or shrink anything.
 """
@@ -18,7 +19,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from banger.errors import StateError
+from banger.errors import BangerError, StateError
 from banger.model.records import VmRecord
 from banger.services import vm_boot
 from banger.services.vm_paths import VmPaths
@@ -56,6 +57,27 @@ def grow_script(sys_root: str = "", wait_s: float = CAPACITY_WAIT_S) -> str:
 
 def grow_argv(size_bytes: int, device: str = WORK_DEVICE) -> list[str]:
     return ["sh", "-c", grow_script(), "sh", device, str(size_bytes // 512)]
+
+
+#: Before anything is grown: a guest without ``resize2fs`` (busybox, Alpine without
+#: e2fsprogs-extra) keeps its pool VM intact instead of losing it to a half-done grow.
+CHECK_ARGV = ["sh", "-c", "command -v resize2fs >/dev/null || exit 3"]
+CHECK_TIMEOUT_S = 10.0
+
+
+async def why_not_growable(service: VmService, vm: VmRecord) -> str | None:
+    """None when the guest has ``resize2fs``; else why it cannot grow (nothing changed)."""
+    try:
+        await service.guest_namer.run(
+            vm,
+            service.ssh_argv_of(vm),
+            CHECK_ARGV,
+            timeout_s=CHECK_TIMEOUT_S,
+            what="looking for resize2fs in the guest",
+        )
+    except BangerError as exc:
+        return exc.brief
+    return None
 
 
 def extend_file(path: Path, size_bytes: int) -> bool:
