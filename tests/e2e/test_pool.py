@@ -89,6 +89,21 @@ def test_a_request_no_pool_vm_matches_boots_cold_and_keeps_the_pool(env: VmEnv) 
     env.ok("vm", "delete", "--force", "cold")
 
 
+def test_a_bigger_disk_on_a_guest_without_resize2fs_boots_cold_and_keeps_the_pool(
+    env: VmEnv,
+) -> None:
+    """The busybox guest cannot grow an ext4 online: it is asked first (over SSH), and its
+    pool VM is left as it was."""
+    [pooled] = wait_ready(env)
+    out = env.banger("vm", "create", "--name", "big", "--disk-size", "2G")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert tuple(stages(out.stdout)) == BOOT_STAGES, out.stdout
+    assert f"{pooled} cannot grow its work disk" in out.stdout, out.stdout
+    assert env.json("vm", "show", "big")["disk_size_bytes"] == 2 * 2**30
+    assert pool_status(env)["images"][0]["vms"] == [pooled]
+    env.ok("vm", "delete", "--force", "big")
+
+
 def test_pool_vms_survive_a_daemon_kill_and_stay_claimable(env: VmEnv) -> None:
     [pooled] = wait_ready(env)
     env.kill_daemon()

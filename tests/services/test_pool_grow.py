@@ -183,3 +183,20 @@ def test_a_claim_interrupted_mid_grow_discards_the_vm(world: World) -> None:
         assert handle is not None and not procinfo.is_running(handle.process)
 
     asyncio.run(scenario())
+
+
+def test_a_vm_held_by_a_claim_still_counts_so_no_replacement_boots(world: World) -> None:
+    """A claim may let go of its VM (a guest that cannot grow keeps it pooled): while it
+    holds it, the filler must not boot a replacement that would then be one too many."""
+
+    async def scenario() -> None:
+        pool = pool_of(world)
+        await pool.fill_once()
+        [pooled] = await world.ctx.db.run(repo.list_vms, pool=True)
+        launched = len(world.vmm.launched)
+        async with world.vms.locked(pooled.name):
+            assert await pool.fill_once() == 0
+            assert pool.status()[0]["vms"] == [pooled.name]
+        assert len(world.vmm.launched) == launched
+
+    asyncio.run(scenario())

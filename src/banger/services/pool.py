@@ -138,9 +138,16 @@ class PoolService:
         images = {i.id: i.name for i in await self.vms.ctx.db.run(repo.list_images)}
         kept: dict[int, list[str]] = {i: [] for i in range(len(self.states))}
         for vm in rows:
-            if self.vms.busy(vm.name) or vm.state is VmState.CREATING:
-                continue  # being booted or claimed right now
+            if vm.state is VmState.CREATING:
+                continue  # being booted right now
             index = self._target_of(vm, images.get(vm.image_id))
+            if self.vms.busy(vm.name):
+                # Being claimed (or asked whether it can grow): still the pool's until it
+                # is renamed, and a claim that lets go of it leaves it pooled. Counted,
+                # so that no replacement boots for a VM that may come back.
+                if index is not None:
+                    kept[index].append(vm.name)
+                continue
             alive = vm.state is VmState.RUNNING and self.vms.alive(vm)
             full = index is not None and len(kept[index]) >= self.states[index].target.size
             if index is None or not alive or full:
