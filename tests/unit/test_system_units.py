@@ -70,8 +70,8 @@ def test_the_daemon_runs_as_the_owner_with_no_capabilities_and_its_own_dirs_writ
     assert unit["Environment"] == ["BANGER_PRIVILEGE_MODE=helper"]
     assert unit["SupplementaryGroups"] == ["kvm banger"]
     assert unit["DevicePolicy"] == ["closed"]
-    assert unit["DeviceAllow"] == ["/dev/kvm rw", "/dev/net/tun rw", "/dev/vhost-vsock rw"]
-    assert unit["RestrictAddressFamilies"] == ["AF_UNIX AF_INET AF_INET6 AF_NETLINK AF_VSOCK"]
+    assert unit["DeviceAllow"] == ["/dev/kvm rw", "/dev/net/tun rw"]
+    assert unit["RestrictAddressFamilies"] == ["AF_UNIX AF_INET AF_INET6 AF_NETLINK"]
     assert unit["SystemCallFilter"] == ["@system-service"]
     assert unit["KillMode"] == ["process"]  # VMMs outlive a daemon restart
     # QEMU's TCG needs W+X memory; RemoveIPC would reach the owner's session.

@@ -182,10 +182,9 @@ ProtectHome=read-only
 ReadWritePaths={owner.state_dir} {owner.cache_dir} -{owner.runtime_dir}
 DeviceAllow=/dev/kvm rw
 DeviceAllow=/dev/net/tun rw
-DeviceAllow=/dev/vhost-vsock rw
-# The API socket, registries and guests over IP, netlink (bridge state), guest agents
-# over vsock.
-RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK AF_VSOCK
+# The API socket and guest agents (QEMU's virtio-serial, Firecracker's vsock: both Unix
+# sockets on the host), registries and guests over IP, netlink (bridge state).
+RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK
 # No MemoryDenyWriteExecute: QEMU's TCG translates guest code into W+X memory.
 # No RemoveIPC: the owner is a real user, whose session's IPC objects are not ours.
 
