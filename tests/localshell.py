@@ -1,9 +1,11 @@
 """Running the workspace's guest scripts on this host instead of in a VM: a
 ``GuestShell`` with ``remote=False``, optionally with busybox as every command (as in the
-tiny test guest)."""
+tiny test guest); ``SHELLS``, the shells of this host a guest's ``sh`` may be, for
+parametrizing tests of the daemon's guest shell scripts."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -12,6 +14,16 @@ import pytest
 from banger.workspace import GuestShell
 
 BUSYBOX = Path("/bin/busybox")
+#: argv prefixes: dash, bash and busybox's sh, those this host has.
+SHELLS = [
+    pytest.param([path], id=name)
+    for name in ("dash", "bash")
+    if (path := shutil.which(name)) is not None
+] + [
+    pytest.param([path, "sh"], id="busybox")
+    for path in [shutil.which("busybox")]
+    if path is not None
+]
 
 
 @pytest.fixture(scope="module")

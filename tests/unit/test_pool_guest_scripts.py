@@ -8,7 +8,6 @@ never follows a symlink).
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import threading
 import time
@@ -19,16 +18,7 @@ import pytest
 from banger.errors import StateError
 from banger.services.pool import SETTLE_SCRIPT
 from banger.services.pool_grow import CHECK_ARGV, extend_file, grow_argv, grow_script
-
-SHELLS = [
-    pytest.param([path], id=name)
-    for name in ("dash", "bash")
-    if (path := shutil.which(name)) is not None
-] + [
-    pytest.param([path, "sh"], id="busybox")
-    for path in [shutil.which("busybox")]
-    if path is not None
-]
+from tests.localshell import SHELLS
 
 
 def _guest(tmp_path: Path, sectors: int, *, resize_status: int = 0) -> dict[str, str]:

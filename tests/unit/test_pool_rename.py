@@ -13,16 +13,7 @@ from pathlib import Path
 import pytest
 
 from banger.services.pool_claim import rename_argv, rename_script
-
-SHELLS = [
-    pytest.param([path], id=name)
-    for name in ("dash", "bash")
-    if (path := shutil.which(name)) is not None
-] + [
-    pytest.param([path, "sh"], id="busybox")
-    for path in [shutil.which("busybox")]
-    if path is not None
-]
+from tests.localshell import SHELLS
 
 HOSTS_CASES = {
     "debian": (
