@@ -31,6 +31,7 @@ packages=(
     umoci             # inspecting OCI layouts by hand (the tests write theirs in Python)
     openssl           # signs the test token server's JWTs for the registry's token auth
     bind9-dnsutils    # dig, the DNS tests' second client
+    systemd-container # systemd-nspawn: the installed units under a real systemd (test_systemd_units)
 )
 
 missing=()

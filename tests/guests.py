@@ -127,6 +127,36 @@ def debian_agent_rootfs() -> Path:
     return _artifact("debian-agent-rootfs", key, _build_debian_agent_rootfs) / "rootfs.ext4"
 
 
+#: The packages of the systemd container (tests/e2e/test_systemd_units.py): systemd as
+#: PID 1, and what banger's setup.sh installs on a host.
+SYSTEMD_HOST_PACKAGES = (
+    "systemd-sysv,dbus,procps,python3,python3-venv,git,e2fsprogs,fakeroot,iproute2,nftables,"
+    "openssh-client,zstd,lz4,busybox-static,qemu-system-x86,kmod,uidmap"
+)
+
+
+def systemd_host_rootfs() -> Path:
+    """A Debian bookworm tree to boot with systemd-nspawn (from the host's apt sources,
+    as banger's own local image build); never modified: containers get an overlay."""
+    key = "s1-" + hashlib.sha256(SYSTEMD_HOST_PACKAGES.encode()).hexdigest()[:12]
+    return _artifact("systemd-host", key, _build_systemd_host_rootfs) / "rootfs"
+
+
+def _build_systemd_host_rootfs(tmp: Path) -> None:
+    subprocess.run(
+        [
+            "mmdebstrap",
+            "--quiet",
+            "--variant=important",
+            f"--include={SYSTEMD_HOST_PACKAGES}",
+            "bookworm",
+            str(tmp / "rootfs"),
+        ],
+        check=True,
+        timeout=900,
+    )
+
+
 def test_ssh_keypair() -> tuple[Path, Path]:
     out = _artifact("ssh-key", SSH_KEY_RECIPE, _build_ssh_key)
     return out / "id_ed25519", out / "id_ed25519.pub"
