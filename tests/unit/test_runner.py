@@ -23,7 +23,7 @@ import pytest
 from banger.errors import CommandFailed, Timeout
 from banger.host import procinfo
 from banger.host.procinfo import ProcessIdentity
-from banger.host.runner import TERM_GRACE_S, Runner
+from banger.host.runner import TERM_GRACE_S, Runner, find_tool, search_path
 
 #: A shell with two background children; it writes its own pid and theirs to "$1".
 FORKING = 'echo $$ >> "$1"; sleep 300 & echo $! >> "$1"; sleep 300 & echo $! >> "$1"; wait'
@@ -226,3 +226,14 @@ def test_the_event_loop_keeps_serving_while_a_command_is_stopped(pids: Recorder)
     assert asyncio.run(ticks_during_stop()) >= int(TERM_GRACE_S / 0.05) // 2
     pids.wait_for(1)
     assert pids.survivors() == []
+
+
+def test_a_normal_users_path_still_finds_the_sbin_tools(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Debian's login PATH for a normal user has no sbin: mkfs.ext4 (in /usr/sbin or /sbin)
+    was 'not installed' for a user's image build (seen running scripts/quickstart as one)."""
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    assert search_path() == "/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"
+    assert search_path("/opt/x:/usr/sbin") == "/opt/x:/usr/sbin:/usr/local/sbin:/sbin"
+    assert find_tool("mkfs.ext4") is not None
+    result = Runner().run(["mkfs.ext4", "-V"])
+    assert b"mke2fs" in result.stdout + result.stderr

@@ -34,6 +34,7 @@ import functools
 import logging
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import time
@@ -76,6 +77,23 @@ PASSED_ENV = (
 #: A child started by ``Runner.streaming``.
 Process = subprocess.Popen[bytes]
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+#: Where Debian keeps tools banger runs as a normal user too (mkfs.ext4, debugfs, depmod,
+#: nft): a normal user's login PATH lacks them, root's has them.
+SBIN_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
+
+
+def search_path(path: str | None = None) -> str:
+    """``path`` (default: this process's ``PATH``, else ``DEFAULT_PATH``) with the sbin
+    directories it lacks appended: a user's own choices still come first."""
+    if path is None:
+        path = os.environ.get("PATH") or DEFAULT_PATH
+    parts = [p for p in path.split(os.pathsep) if p]
+    return os.pathsep.join([*parts, *(d for d in SBIN_DIRS if d not in parts)])
+
+
+def find_tool(name: str) -> str | None:
+    """Where the host tool ``name`` is, searched as ``Runner`` children find it."""
+    return shutil.which(name, path=search_path())
 
 
 @dataclass(frozen=True)
@@ -100,7 +118,7 @@ class Runner:
 
     def env(self, overrides: Mapping[str, str] | None = None) -> dict[str, str]:
         env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
-        env.setdefault("PATH", DEFAULT_PATH)
+        env["PATH"] = search_path(env.get("PATH"))
         env["LC_ALL"] = "C"
         env.update(self.extra_env)
         if overrides:

@@ -22,14 +22,13 @@ import os
 import pwd
 import re
 import shlex
-import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from banger.errors import CommandFailed, InvalidArgument, UnsupportedHost
 from banger.host.publish import remove_tree
-from banger.host.runner import Runner
+from banger.host.runner import Runner, find_tool
 
 APT_ETC = Path("/etc/apt")
 OS_RELEASE = Path("/etc/os-release")
@@ -211,11 +210,11 @@ def build_rootfs_tar(
     """Bootstrap ``recipe`` into the tar ``out``; returns which tool did it."""
     source_file = work_dir / "sources.list"
     source_file.write_text("\n".join(sources) + "\n")
-    if shutil.which("mmdebstrap"):
+    if find_tool("mmdebstrap"):
         mode = None if os.geteuid() == 0 else require_unshare_mode(runner)
         _mmdebstrap(recipe, source_file, out, runner, marker=work_dir / ESSENTIAL_DONE, mode=mode)
         return "mmdebstrap"
-    if shutil.which("debootstrap") and os.geteuid() == 0:
+    if find_tool("debootstrap") and os.geteuid() == 0:
         _debootstrap(recipe, sources, out, runner, work_dir)
         return "debootstrap"
     raise UnsupportedHost(
@@ -226,7 +225,7 @@ def build_rootfs_tar(
 
 def check_user_build(runner: Runner) -> None:
     """Before any download: a normal user's build would fail for want of what this names."""
-    if os.geteuid() != 0 and shutil.which("mmdebstrap"):
+    if os.geteuid() != 0 and find_tool("mmdebstrap"):
         require_unshare_mode(runner)
 
 
@@ -256,7 +255,7 @@ def unshare_lacks(
     *,
     runner: Runner,
     etc: Path = ETC,
-    which: Callable[[str], str | None] = shutil.which,
+    which: Callable[[str], str | None] = find_tool,
 ) -> list[str]:
     """What mmdebstrap's unshare mode needs and this host does not give ``user``."""
     lacks = [f"{tool} (package uidmap)" for tool in ("newuidmap", "newgidmap") if not which(tool)]

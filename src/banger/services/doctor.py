@@ -14,6 +14,7 @@ import shutil
 import stat
 from pathlib import Path
 
+from banger.host.runner import find_tool
 from banger.model.units import format_size
 from banger.model.wire import StageState
 from banger.services.doctor_inputs import Check, CheckResult, DoctorInputs
@@ -148,7 +149,7 @@ def check_vmm(inputs: DoctorInputs) -> CheckResult:
 
 
 def check_host_tools(_: DoctorInputs) -> CheckResult:
-    missing = sorted({tool for tool in HOST_TOOLS if shutil.which(tool) is None})
+    missing = sorted({tool for tool in HOST_TOOLS if find_tool(tool) is None})
     if not missing:
         return CheckResult(StageState.OK, ", ".join(HOST_TOOLS))
     packages = " ".join(sorted({HOST_TOOLS[t] for t in missing}))

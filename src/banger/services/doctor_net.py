@@ -15,6 +15,7 @@ from banger.config.settings import Config, PrivilegeModeChoice
 from banger.dns import probe as dns_probe
 from banger.errors import BangerError
 from banger.host import buildinfo
+from banger.host.runner import find_tool
 from banger.model.addressing import prefix_len
 from banger.model.wire import StageState
 from banger.net import nat, privilege_mode
@@ -177,7 +178,7 @@ def check_nat(inputs: DoctorInputs) -> CheckResult:
 
 
 def _nat_as_root(inputs: DoctorInputs) -> CheckResult:
-    if shutil.which("nft") is None:
+    if find_tool("nft") is None:
         return CheckResult(
             StageState.WARN,
             "mode root, but nft is not installed: VMs started with --nat fail",
