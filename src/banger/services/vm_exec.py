@@ -110,11 +110,6 @@ class ExecService:
             timeout_s = CONNECT_TIMEOUT_NO_AGENT_S if answered is Via.SSH else CONNECT_TIMEOUT_S
             try:
                 conn = await self._connect(channel, timeout_s)
-            except NotImplementedError as exc:
-                raise AgentUnavailable(
-                    f"exec is not available for VM {name!r}: {exc}",
-                    hint=f"run the command with `banger vm ssh {name} -- …`",
-                ) from exc
             except (CommandFailed, BadResponse, Timeout) as exc:
                 raise AgentUnavailable(
                     f"the guest agent of VM {name!r} does not answer on its exec channel",

@@ -54,7 +54,7 @@ class ExecLinks:
         channel = agent_channel_at(paths.run_dir, handle.backend)
         try:
             return await channel.exec_connect(timeout_s=CONNECT_TIMEOUT_S)
-        except (CommandFailed, Timeout, NotImplementedError) as exc:
+        except (CommandFailed, Timeout) as exc:
             raise AgentUnavailable(
                 f"the agent in VM {vm.name!r} does not answer on its exec channel",
                 details=str(exc),
