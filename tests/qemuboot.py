@@ -36,13 +36,15 @@ def host_tsc_khz() -> int | None:
 
 
 def kernel_cmdline(hostname: str) -> str:
+    """What banger's own command line gives a TCG guest (banger.model.cmdline)."""
     parts = [
         "console=ttyS0", "reboot=k", "panic=-1", "root=/dev/vda", "rw", "net.ifnames=0",
         f"ip={GUEST_IP}::{GATEWAY}:{NETMASK}:{hostname}:eth0:off", f"nameserver={GATEWAY}",
         "initrd_net=1",
     ]  # fmt: skip
     if khz := host_tsc_khz():
-        parts.append(f"tsc_early_khz={khz}")
+        parts += [f"tsc_early_khz={khz}", "tsc=reliable"]
+    parts.append("norandmaps")
     return " ".join(parts)
 
 

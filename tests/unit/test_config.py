@@ -550,6 +550,7 @@ def test_env_var_names_cover_every_scalar_key() -> None:
         "BANGER_QEMU_BIN",
         "BANGER_VMM",
         "BANGER_PRIVILEGE_MODE",
+        "BANGER_TCG_ASLR",
         "BANGER_SSH_KEY_PATH",
         "BANGER_DEFAULT_IMAGE_NAME",
         "BANGER_AUTO_STOP_STALE_AFTER",
@@ -603,3 +604,13 @@ def test_config_keys_are_derived_from_the_models() -> None:
         k for k in keys if not k.startswith(tuple(f"{a}." for a in arrays))
     } | set(arrays)
     assert len(keys) == len(set(keys))
+
+
+def test_tcg_aslr_is_off_or_on_from_the_file_or_the_environment(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    assert load_config(write(tmp_path, ""), env=env).tcg_aslr == "off"
+    assert load_config(write(tmp_path, 'tcg_aslr = "on"\n'), env=env).tcg_aslr == "on"
+    assert load_config(write(tmp_path, ""), env={**env, "BANGER_TCG_ASLR": "on"}).tcg_aslr == "on"
+    err = load_error(write(tmp_path, 'tcg_aslr = "auto"\n'), env)
+    assert str(err) == "tcg_aslr: must be one of 'off' or 'on' (got \"auto\")"

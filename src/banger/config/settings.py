@@ -63,6 +63,15 @@ class VmmChoice(StrEnum):
     QEMU = "qemu"
 
 
+class TcgAslrChoice(StrEnum):
+    """``tcg_aslr``: whether a guest under software emulation (TCG) randomizes its address
+    space; off by default, because there it costs every new process its translated code
+    (docs/explanation/emulated-guests.md). Guests under KVM always do."""
+
+    OFF = "off"
+    ON = "on"
+
+
 class PrivilegeModeChoice(StrEnum):
     """``privilege_mode``: how a daemon that is not root gets its network (SPEC §9)."""
 
@@ -137,6 +146,7 @@ class Config(_Table):
     qemu_bin: UserPath | None = None
     vmm: VmmChoice = VmmChoice.AUTO
     privilege_mode: PrivilegeModeChoice = PrivilegeModeChoice.AUTO
+    tcg_aslr: TcgAslrChoice = TcgAslrChoice.OFF
     ssh_key_path: UserPath | None = None
     default_image_name: Annotated[str, _rule(rules.image_name)] = "debian-bookworm"
     auto_stop_stale_after: Annotated[str, rules.as_written(units.parse_duration)] = "0"

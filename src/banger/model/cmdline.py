@@ -18,6 +18,10 @@ class BootArgs:
     dns: tuple[str, ...] = ()
     #: Under TCG the guest must not calibrate its TSC (microvm has no HPET to do it with).
     tsc_khz: int | None = None
+    #: ``norandmaps``: no address-space randomization in the guest. Under TCG a process
+    #: whose libraries land at new addresses has all their code translated again
+    #: (docs/explanation/emulated-guests.md).
+    norandmaps: bool = False
     initrd_net: bool = True
     init: str | None = None
     extra: tuple[str, ...] = ()
@@ -31,7 +35,11 @@ def kernel_cmdline(args: BootArgs) -> str:
         if args.initrd_net:
             parts.append("initrd_net=1")
     if args.tsc_khz:
-        parts.append(f"tsc_early_khz={args.tsc_khz}")
+        # reliable: the emulated TSC follows the host's clock on every vCPU; without it
+        # the guest falls back to a 4 ms jiffies clock.
+        parts.extend((f"tsc_early_khz={args.tsc_khz}", "tsc=reliable"))
+    if args.norandmaps:
+        parts.append("norandmaps")
     if args.init:
         parts.append(f"init={args.init}")
     parts.extend(args.extra)

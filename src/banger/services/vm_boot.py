@@ -93,8 +93,16 @@ def _net_spec(vm: VmRecord, net: NetFacts) -> tuple[str, NetSpec]:
 
 
 def machine_spec(
-    vm: VmRecord, paths: VmPaths, files: BootFiles, net: NetFacts, accel: Accel
+    vm: VmRecord,
+    paths: VmPaths,
+    files: BootFiles,
+    net: NetFacts,
+    accel: Accel,
+    *,
+    aslr_when_emulated: bool = False,
 ) -> MachineSpec:
+    """What the VMM boots. Under TCG the guest's address space is not randomized unless
+    ``aslr_when_emulated`` (config ``tcg_aslr = "on"``)."""
     ip, net_spec = _net_spec(vm, net)
     args = BootArgs(
         hostname=vm.name,
@@ -105,6 +113,7 @@ def machine_spec(
         tsc_khz=host_tsc_khz() if accel is Accel.TCG else None,
         initrd_net=files.initrd is not None,
         init=files.init,
+        norandmaps=accel is Accel.TCG and not aslr_when_emulated,
     )
     return MachineSpec(
         name=vm.name,

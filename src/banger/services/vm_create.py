@@ -14,7 +14,7 @@ from collections.abc import Container
 from dataclasses import dataclass
 from pathlib import Path
 
-from banger.config.settings import Config
+from banger.config.settings import Config, TcgAslrChoice
 from banger.config.vm_defaults import HostFacts, VmDefaults
 from banger.errors import AlreadyExists, InvalidArgument
 from banger.model.addressing import mac_for_ip
@@ -177,4 +177,6 @@ def boot_spec(vm: VmRecord, paths: VmPaths, plan: BootPlan, config: Config) -> M
             gateway=config.bridge_ip, cidr=config.cidr, dns=tuple(config.default_dns)
         )
     files = vm_boot.boot_files(plan.image, plan.kernel, plan.vmm.backend)
-    return vm_boot.machine_spec(vm, paths, files, net, plan.accel)
+    return vm_boot.machine_spec(
+        vm, paths, files, net, plan.accel, aslr_when_emulated=config.tcg_aslr is TcgAslrChoice.ON
+    )
