@@ -2,15 +2,15 @@
 test's own (tests/vmenv.py), the Debian test guest with banger's agent, QEMU/TCG over
 virtio-serial — and once over Firecracker's vsock (``CONNECT 53``) with the stand-in.
 
-Covers: exit codes 0, 3 and a signal (128+N); stderr apart from stdout; 1 MiB of stdin
-from a pipe (sha256); ``--cwd``/``--env``; Ctrl-C to the CLI reaching a ``trap`` in the
-guest, the CLI exiting with the command's status; ``--timeout`` (124); a CLI killed with
-SIGKILL mid-command → the guest command is gone shortly after; ``head -c 100M
-/dev/zero`` exact with the daemon's RSS growing < 20 MiB (ADVERSARIAL 100: a guest
-flooding output is held to a window); a missing program (127); a stopped VM (clear error
-and hint), also right after its VMM was killed under a running command (ADVERSARIAL 99);
-``vm run -- CMD`` going through the agent (no SSH session), and falling back
-to SSH for a guest without the agent (said on stderr).
+Covers: a TCG guest without ASLR and on a TSC clock; exit codes 0, 3 and a signal (128+N);
+stderr apart from stdout; 1 MiB of stdin from a pipe (sha256); ``--cwd``/``--env``; Ctrl-C
+to the CLI reaching a ``trap`` in the guest, the CLI exiting with the command's status;
+``--timeout`` (124); a CLI killed with SIGKILL mid-command → the guest command is gone
+shortly after; ``head -c 100M /dev/zero`` exact with the daemon's RSS growing < 20 MiB
+(ADVERSARIAL 100: a guest flooding output is held to a window); a missing program (127); a
+stopped VM (clear error and hint), also right after its VMM was killed under a running
+command (ADVERSARIAL 99); ``vm run -- CMD`` going through the agent (no SSH session), and
+falling back to SSH for a guest without the agent (said on stderr).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import hashlib
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -92,6 +93,35 @@ def test_exit_codes_streams_stdin_cwd_env(env: VmEnv) -> None:
     assert (out.returncode, out.stdout) == (0, b"/tmp\n1 2|x=y\nex\n"), out.stderr
     out = run(env, "vm", "exec", "ex", "--", "/no/such/program")
     assert out.returncode == 127 and b"error:" in out.stderr
+
+
+@pytest.mark.timeout(900)
+def test_the_plain_form_takes_the_fast_path(env: VmEnv) -> None:
+    """docs/explanation/cli-startup.md: with the daemon up, ``vm exec NAME -- CMD`` never
+    loads click; the calls above all went this way."""
+    argv = [sys.executable, "-X", "importtime", str(BIN / "banger"), "vm", "exec", "ex"]
+    out = env.ns.run(
+        [*argv, "--", "echo", "fast"], env=env.env, capture_output=True, timeout=120, check=False
+    )
+    assert (out.returncode, out.stdout) == (0, b"fast\n"), out.stderr
+    loaded = {line.rsplit("|", 1)[-1].strip() for line in out.stderr.decode().splitlines()}
+    assert "banger.cli.fast_exec" in loaded and "click" not in loaded
+
+
+@pytest.mark.timeout(900)
+def test_a_tcg_guest_runs_without_aslr_on_a_tsc_clock(env: VmEnv) -> None:
+    """docs/explanation/emulated-guests.md: under TCG (all this host has) banger boots the
+    guest with ``norandmaps`` and ``tsc=reliable``; the guest's kernel took both."""
+    probe = (
+        "cat /proc/sys/kernel/randomize_va_space "
+        "/sys/devices/system/clocksource/clocksource0/current_clocksource; "
+        "for i in 1 2; do grep -m1 'libc.so' /proc/self/maps | cut -d- -f1; done"
+    )
+    out = run(env, "vm", "exec", "ex", "--", probe)
+    assert out.returncode == 0, out.stderr
+    aslr, clock, libc_a, libc_b = out.stdout.decode().split()
+    assert (aslr, clock) == ("0", "tsc")
+    assert libc_a == libc_b, "two processes mapped libc at the same address"
 
 
 @pytest.mark.timeout(900)

@@ -1,11 +1,13 @@
 """``POST /vms/{name}/exec``: a command in the guest, streamed both ways (``vm exec``).
 
-The request is ordinary HTTP/1.1 with ``Connection: Upgrade`` and
-``Upgrade: banger-exec/1`` and a JSON body (``ExecBody``). Every failure before the
-command runs (no such VM, not running, no agent answering, the command could not start)
-is an ordinary JSON error reply. Once the guest said the command started, the daemon
-answers ``101 Switching Protocols`` (header ``Banger-Exec-Pid``) and the connection
-carries frames (``banger.api.exec_relay``; docs/explanation/guest-exec.md).
+The request is ordinary HTTP/1.1 with ``Connection: Upgrade`` and ``Upgrade:
+banger-exec/1`` and a JSON body (``ExecBody``). Every failure before the command runs (no
+such VM, not running, no agent answering, the command could not start) is an ordinary JSON
+error reply, as is a ``Banger-Build`` header naming another build than the daemon's (409:
+the fast ``vm exec`` then hands over to the CLI that restarts it). Once the guest said the
+command started, the daemon answers ``101 Switching Protocols`` (header
+``Banger-Exec-Pid``) and the connection carries frames (``banger.api.exec_relay``;
+docs/explanation/guest-exec.md).
 
 Owns: that sequence. Must not: hold the relay's or the service's logic.
 """
@@ -23,7 +25,7 @@ from banger.api.deps import Services
 from banger.api.exec_relay import ExecRelay
 from banger.api.models import ExecBody
 from banger.api.transport import UPGRADE_EXTENSION, RawUpgrade
-from banger.errors import InvalidRequest
+from banger.errors import Conflict, InvalidRequest
 from banger.model import limits
 
 log = logging.getLogger("banger.exec")
@@ -71,6 +73,16 @@ UPGRADE: dict[int | str, dict[str, Any]] = {
                 "required": True,
                 "schema": {"type": "string", "enum": ["Upgrade"]},
             },
+            {
+                "name": "Banger-Build",
+                "in": "header",
+                "required": False,
+                "description": (
+                    "`VERSION COMMIT BUILD_TIME` of the client; a daemon of another build "
+                    "answers 409 `conflict` before running anything (the CLI then restarts it)"
+                ),
+                "schema": {"type": "string", "maxLength": 400},
+            },
         ]
     },
 )
@@ -81,6 +93,13 @@ async def exec_in_vm(request: Request, services: Services, name: Name, body: Exe
         raise InvalidRequest(
             "this route switches protocols",
             hint=f"send `Connection: Upgrade` and `Upgrade: {PROTOCOL}` (`banger vm exec`)",
+        )
+    wanted = request.headers.get("banger-build")
+    if wanted is not None and wanted != services.ctx.build.token():
+        raise Conflict(
+            "this daemon is another build than the CLI that asked "
+            f"(daemon: {services.ctx.build.token()[:120]})",
+            hint="the banger CLI restarts a daemon of another build: run the command again",
         )
     proc = await services.execs.start(
         name, body.argv, cwd=body.cwd, env=body.env, timeout_s=body.timeout_s

@@ -119,7 +119,7 @@ def _run(args: list[str], *, debug: bool) -> int:
         return 130
     except BrokenPipeError:
         # The reader went away (e.g. `banger ... | head`): not an error of ours.
-        _silence_stdout()
+        silence_stdout()
         return 0
     except Exception as err:  # noqa: BLE001 - every error ends as `error:` + `hint:` here
         from banger.cli.render import format_error  # traceback and textwrap: errors only
@@ -140,7 +140,7 @@ def format_click_error(exc: click.ClickException) -> str:
     return f"error: {message}\nhint: see '{path} --help'\n"
 
 
-def _silence_stdout() -> None:
+def silence_stdout() -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
     os.close(devnull)

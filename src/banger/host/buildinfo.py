@@ -19,6 +19,11 @@ class BuildInfo:
     def as_dict(self) -> dict[str, str]:
         return asdict(self)
 
+    def token(self) -> str:
+        """One line naming this build: the ``Banger-Build`` header a client may send with
+        ``vm exec`` so that a daemon of another build refuses before running anything."""
+        return f"{self.version} {self.commit} {self.build_time}"
+
     def describe(self) -> str:
         return f"{self.version} (commit {self.commit}, built {self.build_time})"
 

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from banger.errors import PermissionDenied
+from banger.host import runtime_dir as rt
 
-APP = "banger"
+APP = rt.APP
 
 
 @dataclass(frozen=True)
@@ -29,12 +30,12 @@ class Layout:
         env = os.environ if env is None else env
         uid = os.getuid() if uid is None else uid
         home = Path(env.get("HOME") or Path.home())
-        state_home = _xdg(env, "XDG_STATE_HOME", home / ".local" / "state")
+        state_home = Path(rt.state_home(env, str(home)))
         return cls(
             config_dir=_xdg(env, "XDG_CONFIG_HOME", home / ".config") / APP,
             state_dir=state_home / APP,
             cache_dir=_xdg(env, "XDG_CACHE_HOME", home / ".cache") / APP,
-            runtime_dir=_runtime_base(env, uid, state_home / APP / "run"),
+            runtime_dir=Path(rt.runtime_dir(env, uid, str(state_home / APP / "run"))),
         )
 
     @property
@@ -51,7 +52,7 @@ class Layout:
 
     @property
     def socket_path(self) -> Path:
-        return self.runtime_dir / "bangerd.sock"
+        return self.runtime_dir / rt.SOCKET_NAME
 
     @property
     def lock_path(self) -> Path:
@@ -94,23 +95,7 @@ class Layout:
 
 
 def _xdg(env: Mapping[str, str], name: str, default: Path) -> Path:
-    value = env.get(name, "")
-    # The XDG spec says relative values are invalid and must be ignored.
-    return Path(value) if value.startswith("/") else default
-
-
-def _runtime_base(env: Mapping[str, str], uid: int, fallback: Path) -> Path:
-    value = env.get("XDG_RUNTIME_DIR", "")
-    if value.startswith("/"):
-        return Path(value) / APP
-    run_user = Path(f"/run/user/{uid}")
-    try:
-        st = run_user.stat()
-    except OSError:
-        return fallback
-    if st.st_uid == uid and stat.S_ISDIR(st.st_mode):
-        return run_user / APP
-    return fallback
+    return Path(rt.xdg(env, name, str(default)))
 
 
 def ensure_private_dir(path: Path) -> Path:
