@@ -95,7 +95,10 @@ def main() -> int:
     if os.geteuid() != 0:
         print("agent_exec: skipped (needs root: it boots a guest in a network namespace)")
         return 0
-    with booted_debian(Path(tempfile.mkdtemp(prefix="bgbench-"))) as guest:
+    with (
+        tempfile.TemporaryDirectory(prefix="bgbench-") as scratch,
+        booted_debian(Path(scratch)) as guest,
+    ):
         figures = asyncio.run(_exec_figures(guest, args.runs))
         ssh = []
         for _ in range(3 if args.quick else 5):

@@ -5,7 +5,9 @@ no reply that breaks the schema — NDJSON progress lines included (issue 14 ite
 
 from __future__ import annotations
 
+import atexit
 import json
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _context() -> DaemonContext:
     root = Path(tempfile.mkdtemp(prefix="bgr-api-"))
+    atexit.register(shutil.rmtree, root, True)  # built at import: no fixture to clean up
     layout = Layout(
         config_dir=root / "config",
         state_dir=root / "state",

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import threading
+from pathlib import Path
 
 import pytest
 
 from banger.errors import InvalidArgument, InvalidState
 from banger.host import procinfo
+from banger.host.publish import STAGING_DIR, cleanup_leftovers
 from banger.model.records import VmState
 from banger.model.units import format_size
+from banger.services import sweeper
 from banger.services.vm_monitor import VmMonitor
 from tests.services.conftest import World, collect
 
@@ -118,6 +122,46 @@ def test_delete_refuses_a_running_vm_unless_forced(world: World) -> None:
         assert not paths.vm_dir.exists() and not paths.run_dir.exists()
         assert world.ops.taps == {} and world.dns.records == {}
         assert not procinfo.is_running(world.vmm.handles[-1].process)
+
+    asyncio.run(scenario())
+
+
+def test_delete_answers_before_the_disks_are_deleted_and_shutdown_waits_for_them(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The VM's directory is renamed away at once (the name is free), its disks deleted
+    after the answer; a failed deletion leaves the trash to the next start's cleanup."""
+    release = threading.Event()
+    real = sweeper.remove_tree
+
+    def slow_remove(path: Path) -> None:
+        assert release.wait(10)
+        real(path)
+
+    async def scenario() -> None:
+        assert (await world.create(name="quick")).error is None
+        vm = await world.row("quick")
+        staging_area = world.vms.paths(vm).vm_dir.parent / STAGING_DIR
+        monkeypatch.setattr(sweeper, "remove_tree", slow_remove)
+        await world.vms.delete("quick", force=True)
+        assert not world.vms.paths(vm).vm_dir.exists() and await world.rows() == []
+        trash = [p for p in staging_area.iterdir() if p.name.endswith(".trash")]
+        assert len(trash) == 1 and (trash[0] / "work.ext4").exists(), "not deleted yet"
+        assert world.vms.sweeper.pending == 1
+        assert (await world.create(name="quick")).error is None, "the name is free"
+        release.set()
+        await world.vms.sweeper.drain()
+        assert not trash[0].exists() and world.vms.sweeper.pending == 0
+
+        def failing(path: Path) -> None:
+            raise PermissionError(13, "Permission denied", str(path))
+
+        monkeypatch.setattr(sweeper, "remove_tree", failing)
+        await world.vms.delete("quick", force=True)
+        await world.vms.sweeper.drain()
+        left = [p for p in staging_area.iterdir() if p.name.endswith(".trash")]
+        assert len(left) == 1, "a failed deletion leaves the trash"
+        assert cleanup_leftovers([staging_area.parent]) == left
 
     asyncio.run(scenario())
 

@@ -21,6 +21,7 @@ from banger.host.publish import (
     rename_exchange,
     rename_fallback,
     rename_noreplace,
+    retire_published,
     staging,
     write_file_atomic,
 )
@@ -340,6 +341,26 @@ def test_remove_published_disappears_then_deletes(tmp_path: Path) -> None:
     assert not os.path.lexists(root / "single-file")
     with pytest.raises(InvalidArgument):
         remove_published(root / STAGING_DIR)
+
+
+def test_retire_published_frees_the_name_and_leaves_trash_for_later(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    with staging(root, "vm") as st:
+        _build(st.path)
+        st.commit(root / "vm")
+    trash = retire_published(root / "vm")
+    assert trash is not None and trash.parent == root / STAGING_DIR
+    assert trash.name.startswith("vm.") and trash.name.endswith(".trash")
+    assert not os.path.lexists(root / "vm"), "the name is free at once"
+    with staging(root, "vm") as st:  # and a new entry of that name can be published
+        st.commit(root / "vm")
+    assert _staging_entries(root) == [trash.name]
+    assert retire_published(root / "absent") is None
+    # A daemon that died before deleting it: the next start's cleanup does.
+    assert cleanup_leftovers([root]) == [trash]
+    assert _staging_entries(root) == [] and (root / "vm").is_dir()
+    with pytest.raises(InvalidArgument):
+        retire_published(root / STAGING_DIR)
 
 
 def test_write_file_atomic_round_trip_and_mode(tmp_path: Path) -> None:

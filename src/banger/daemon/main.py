@@ -294,6 +294,7 @@ async def _serve(
             await monitor.stop()
             await services.execs.aclose()
             await services.files.links.close_all()
+            await services.vms.sweeper.drain()
             with contextlib.suppress(asyncio.CancelledError):
                 await warming  # no thread of it left mid-way
     finally:

@@ -305,6 +305,23 @@ def remove_published(path: Path) -> bool:
     Returns False when there was nothing at ``path``. A crash while deleting leaves a
     ``*.trash`` entry in ``.staging`` that ``cleanup_leftovers`` finishes off.
     """
+    trash = retire_published(path)
+    if trash is None:
+        return False
+    try:
+        remove_tree(trash)
+    except OSError as exc:
+        raise StateError(f"cannot remove {path}: {exc.strerror}", details=str(exc)) from exc
+    return True
+
+
+def retire_published(path: Path) -> Path | None:
+    """The first half of a removal: ``path`` disappears atomically into ``.staging`` as a
+    ``*.trash`` entry, whose path is returned (None when there was nothing at ``path``).
+
+    The name is free again at once; deleting the trash (``remove_tree``) may come later,
+    and ``cleanup_leftovers`` finishes it after a crash.
+    """
     if path.name in {"", ".", "..", STAGING_DIR}:
         raise InvalidArgument(f"refusing to remove {path}")
     try:
@@ -317,12 +334,11 @@ def remove_published(path: Path) -> bool:
             except AlreadyExists:
                 continue  # 64 random bits collided: draw again
         fsync_dir(path.parent)
-        remove_tree(trash)
     except FileNotFoundError:
-        return False
+        return None
     except OSError as exc:
         raise StateError(f"cannot remove {path}: {exc.strerror}", details=str(exc)) from exc
-    return True
+    return trash
 
 
 def cleanup_leftovers(roots: Iterable[Path]) -> list[Path]:

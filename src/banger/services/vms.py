@@ -26,7 +26,7 @@ from banger.dns.server import records_from_vms
 from banger.errors import BangerError, InvalidArgument, InvalidState, NotFound
 from banger.host import procinfo
 from banger.host.procinfo import ProcessIdentity
-from banger.host.publish import remove_published
+from banger.host.publish import retire_published
 from banger.model.naming import generate_name
 from banger.model.records import ImageRecord, KernelRecord, VmRecord, VmState, utc_now
 from banger.model.units import format_size
@@ -41,6 +41,7 @@ from banger.services.inventory import record_dict
 from banger.services.operations import Progress, run_streamed, stop_if_set, unless_set
 from banger.services.pool_claim import AgentGuestNamer, GuestNamer
 from banger.services.readiness import PortProbe
+from banger.services.sweeper import Sweeper
 from banger.services.vm_addresses import VmAddresses
 from banger.services.vm_create import (
     Artifacts,
@@ -91,6 +92,7 @@ class VmService:
         self.reserve_lock = asyncio.Lock()
         self.network = VmNetwork(ctx.config, ops, ctx.dns)
         self._locks: dict[str, asyncio.Lock] = {}
+        self.sweeper = Sweeper()
         self._stopping: set[str] = set()
         self._said_backend = False
         #: Called with a VM's name when it stopped or was deleted (its exec connection).
@@ -463,15 +465,20 @@ class VmService:
         self._locks.pop(name, None)
 
     async def discard(self, vm: VmRecord) -> None:
-        """Remove a VM's row, files and TAP (row first: leftovers are swept at start-up)."""
+        """Remove a VM's row, files and TAP (row first: leftovers are swept at start-up).
+
+        Its directory is renamed away at once and deleted after the caller has its answer
+        (``sweeper``)."""
         await self.ctx.db.run(repo.delete_vm, vm.name)
         self._gone(vm.name)
         await self.publish_dns()
         paths = self.paths(vm)
-        await asyncio.to_thread(remove_published, paths.vm_dir)
+        trash = await asyncio.to_thread(retire_published, paths.vm_dir)
         await asyncio.to_thread(shutil.rmtree, paths.run_dir, True)
         if vm.tap:
             await asyncio.to_thread(self.taps.release, vm.tap)
+        if trash is not None:
+            self.sweeper.later(trash)  # its disks' blocks are freed after the answer
 
     async def set_resources(
         self, name: str, *, vcpu: int | None, memory_mib: int | None, disk_size_bytes: int | None
