@@ -30,7 +30,7 @@ from banger.guest import exec_frames
 from banger.guest.exec_client import ExecConnection, ExecProcess
 from banger.host.procinfo import ProcessIdentity
 from banger.services import vm_boot
-from banger.services.readiness import Via
+from banger.services.readiness import ATTEMPT_TIMEOUT_S, Via
 from banger.services.vms import VmService
 from banger.vmm import table
 from banger.vmm.channels import AgentChannel
@@ -42,10 +42,11 @@ log = logging.getLogger("banger.exec")
 Connect = Callable[[AgentChannel, float], Awaitable[ExecConnection]]
 #: Connecting includes the agent's answer to HELLO: quick from a live agent, never from
 #: an image without one. When the guest's readiness was SSH's answer (the agent, if any,
-#: was slower than an ssh handshake: most likely there is none) the wait is shorter, so
-#: that `vm run -- CMD` falls back to SSH soon.
+#: was slower than an ssh handshake: most likely there is none) the wait is one readiness
+#: attempt's (a booted agent answers well within it, even under TCG), so that
+#: `vm run -- CMD` falls back to SSH soon: 1.5 s cost every such run 1 s more.
 CONNECT_TIMEOUT_S = 5.0
-CONNECT_TIMEOUT_NO_AGENT_S = 1.5
+CONNECT_TIMEOUT_NO_AGENT_S = ATTEMPT_TIMEOUT_S
 _FAILURES = frozenset(f.name.lower() for f in exec_frames.Failure)
 
 
