@@ -63,9 +63,10 @@ def run(
         request = create_request(**options, delete_on_disconnect=remove)
         name = create_vm(session, request, as_json=False).name
         try:
-            cwd = prepare_for_run(session, name, plan) if plan is not None else None
+            cwd, agent = prepare_for_run(session, name, plan) if plan else (None, True)
             if command:
-                code = _run_command(session, name, command, cwd)
+                # A guest whose agent did not take the copy has none: straight to ssh.
+                code = _run_command(session, name, command, cwd) if agent else None
                 if code is not None:
                     return code
             argv = ssh_command(session, name, command, cwd=cwd)

@@ -1,6 +1,7 @@
 """A host repository put into a VM, as the CLI shows it: the ``--dry-run`` report, the
-warnings and summary lines, and the ssh ``GuestShell`` the copy runs through — shared by
-``vm run PATH`` and ``vm workspace prepare`` (SPEC §7).
+warnings and summary lines, and the shell the copy runs through (the guest agent, ssh
+when there is none: ``banger.client.agent_shell``) — shared by ``vm run PATH`` and
+``vm workspace prepare`` (SPEC §7).
 
 Owns: presentation and the wiring to the VM (its ssh command from the daemon). Must not:
 decide what is copied or copy it (``banger.workspace.plan`` and ``banger.workspace.send``
@@ -16,8 +17,8 @@ from pathlib import Path
 from typing import IO
 
 from banger.cli.session import Session
+from banger.client.agent_shell import AgentShell
 from banger.model.workspace_modes import DEFAULT_GUEST_PATH
-from banger.workspace import GuestShell, ssh_shell
 from banger.workspace.archive import Kind, display
 from banger.workspace.plan import Plan, make_plan
 from banger.workspace.send import send_plan
@@ -53,9 +54,10 @@ def _untracked_note(plan: Plan) -> str:
     )
 
 
-def guest_shell(session: Session, vm_name: str) -> GuestShell:
-    """banger's ssh to the VM, non-interactive (no tty: the archive is binary)."""
-    return ssh_shell(session.client().vms.ssh_info(vm_name))
+def guest_shell(session: Session, vm_name: str) -> AgentShell:
+    """The VM's guest agent, or banger's ssh to it (non-interactive: the archive is
+    binary) when it has none."""
+    return AgentShell(session.client(), vm_name)
 
 
 def report(warnings: list[str], plan: Plan) -> None:
@@ -80,10 +82,12 @@ def print_run_plan(plan: Plan) -> None:
     print_plan(plan, DEFAULT_GUEST_PATH, sys.stdout)
 
 
-def prepare_for_run(session: Session, vm_name: str, plan: Plan) -> str:
-    """``vm run PATH``: copy the planned repository to /root/repo; returns the guest cwd."""
-    warnings = send_plan(plan, guest_shell(session, vm_name), DEFAULT_GUEST_PATH)
+def prepare_for_run(session: Session, vm_name: str, plan: Plan) -> tuple[str, bool]:
+    """``vm run PATH``: copy the planned repository to /root/repo; returns the guest cwd
+    and whether the guest agent took the copy (False: the guest has none, ssh did)."""
+    shell = guest_shell(session, vm_name)
+    warnings = send_plan(plan, shell, DEFAULT_GUEST_PATH)
     report(warnings, plan)
     top = plan.repo.toplevel
     sys.stderr.write(f"banger: copied {plan.file_count} files of {top} to {DEFAULT_GUEST_PATH}\n")
-    return DEFAULT_GUEST_PATH
+    return DEFAULT_GUEST_PATH, shell.agent is not False

@@ -14,8 +14,9 @@ import builtins
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
+from banger.client.agent_shell import AgentShell
 from banger.model.workspace_modes import DEFAULT_GUEST_PATH
-from banger.workspace import GuestShell, check_guest_path, ssh_shell
+from banger.workspace import check_guest_path
 from banger.workspace.export import export_patch
 from banger.workspace.plan import Plan, make_plan
 from banger.workspace.send import send_plan
@@ -103,5 +104,6 @@ class SandboxWorkspace:
         )
         return result.patch
 
-    def _shell(self) -> GuestShell:
-        return ssh_shell(self._client.vms.ssh_info(self._name))
+    def _shell(self) -> AgentShell:
+        """The guest agent, or ssh when the guest has none."""
+        return AgentShell(self._client, self._name)

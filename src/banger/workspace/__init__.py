@@ -23,7 +23,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import IO, TypeVar
+from typing import IO, Protocol, TypeVar
 
 from banger.errors import CommandFailed, InvalidArgument, InvalidState, Timeout
 from banger.guest.ssh_argv import ssh_prefix
@@ -41,6 +41,19 @@ EXIT_EXISTS = 17
 EXIT_NO_GIT = 18
 #: Long enough for a large repository over a slow (TCG) guest; a hung ssh still ends.
 TRANSFER_TIMEOUT_S = 3600.0
+
+
+class Shell(Protocol):
+    """How workspace scripts reach a guest: ``GuestShell`` (ssh), or the guest agent's
+    exec channel (``banger.client.agent_shell.AgentShell``, ssh when there is none)."""
+
+    def send(
+        self, script: str, write: Callable[[IO[bytes]], None], *, timeout_s: float = ...
+    ) -> Result: ...
+
+    def receive(
+        self, script: str, read: Callable[[IO[bytes]], T], *, timeout_s: float = ...
+    ) -> tuple[T, Result]: ...
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ from typing import IO
 
 from banger.errors import CommandFailed, InvalidArgument, InvalidState
 from banger.host.runner import Runner
-from banger.workspace import EXIT_NO_GIT, GuestShell, guest_failure
+from banger.workspace import EXIT_NO_GIT, Shell, guest_failure
 from banger.workspace.archive import RootDir, Unsafe, display
 from banger.workspace.gitrepo import Repo, is_object_id, open_repo, tmp_git
 
@@ -114,7 +114,7 @@ def pull_script(guest_path: str) -> str:
     )
 
 
-def _probe(shell: GuestShell, guest_path: str) -> tuple[bool, str]:
+def _probe(shell: Shell, guest_path: str) -> tuple[bool, str]:
     out, result = shell.receive(
         probe_script(guest_path), lambda s: s.read(4096), timeout_s=PROBE_TIMEOUT_S
     )
@@ -132,7 +132,7 @@ def _probe(shell: GuestShell, guest_path: str) -> tuple[bool, str]:
 
 
 def export_patch(
-    shell: GuestShell,
+    shell: Shell,
     *,
     guest_path: str,
     base_commit: str | None,
@@ -169,7 +169,7 @@ def export_patch(
     return Export(patch, base, Via.HOST, warnings)
 
 
-def _guest_diff(shell: GuestShell, guest_path: str, base: str) -> bytes:
+def _guest_diff(shell: Shell, guest_path: str, base: str) -> bytes:
     if base.startswith("-") or not base.isprintable() or len(base) > 200:
         raise InvalidArgument(f"{base!r} is not a valid git revision")
 
@@ -198,9 +198,7 @@ def _host_base(repo: Repo, base: str, *, given: bool) -> str:
     return base
 
 
-def _host_diff(
-    shell: GuestShell, repo: Repo, guest_path: str, base: str
-) -> tuple[bytes, list[str]]:
+def _host_diff(shell: Shell, repo: Repo, guest_path: str, base: str) -> tuple[bytes, list[str]]:
     with tempfile.TemporaryDirectory(prefix="banger-export-") as tmp:
         work = Path(tmp) / "work"
         work.mkdir()

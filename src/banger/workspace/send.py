@@ -1,4 +1,5 @@
-"""Copying a planned workspace into a guest: one tar stream over a ``GuestShell`` (SPEC §7).
+"""Copying a planned workspace into a guest: one tar stream over a ``Shell``
+(the guest agent, or ssh; SPEC §7).
 
 Owns: building the guest's ``.git`` (tracked mode), writing the plan's items into the
 archive the guest's unpack script reads, and turning the script's exit status into an
@@ -16,7 +17,7 @@ from typing import IO
 from banger.errors import AlreadyExists
 from banger.host.runner import Result
 from banger.model.workspace_modes import Mode
-from banger.workspace import EXIT_EXISTS, GuestShell, check_guest_path, guest_failure
+from banger.workspace import EXIT_EXISTS, Shell, check_guest_path, guest_failure
 from banger.workspace.archive import (
     Item,
     Kind,
@@ -35,7 +36,7 @@ _PRE_SESSION = (b"kex_exchange_identification", b"banner exchange", b"Connection
 
 
 def send_plan(
-    plan: Plan, shell: GuestShell, guest_path: str, *, replace: bool = False, readonly: bool = False
+    plan: Plan, shell: Shell, guest_path: str, *, replace: bool = False, readonly: bool = False
 ) -> list[str]:
     """Copy the plan into the guest; returns warnings (files that changed meanwhile)."""
     guest_path = check_guest_path(guest_path)
