@@ -11,7 +11,13 @@ the dev image's includes but the kernel (printed apart).
 
 "Boot-to-ready" is the create stream's `boot` + `wait-ready` stages: QEMU spawned until
 the guest's agent answers and sshd accepts. The images alternate, so load on the host
-weighs on both alike. Run: bench/run [--quick] (or `.venv/bin/python -m bench.dev_image
+weighs on both alike.
+
+Then the headline as a user types it, `vm run --rm ./repo -- make test` with no flags on
+the default image (a C program and a Python unittest, tests/e2e/test_default_image.py's
+repository): cold (no pool, as the suite's daemons run), and out of the box (pool_size
+unset, so "auto": one VM of the default image kept ready, claimed by each run; the bench
+waits for the refill before the next). Run: bench/run [--quick] (or `.venv/bin/python -m bench.dev_image
 --runs N`).
 """
 
@@ -24,6 +30,7 @@ import sys
 import time
 from pathlib import Path
 
+from tests.e2e.test_default_image import make_repo
 from tests.vmenv import VmEnv, events, vm_env
 
 IMAGES = ("debian-bookworm-minimal", "debian-bookworm")
@@ -66,6 +73,26 @@ def _boot_to_ready(env: VmEnv, image: str, name: str) -> float:
     return sum(stages.get(s, 0.0) for s in BOOT_STAGES)
 
 
+def _headline(env: VmEnv, repo: Path) -> float:
+    """`vm run --rm ./repo -- make test` as a user types it (no flags): wall seconds."""
+    started = time.perf_counter()
+    out = env.banger("vm", "run", "--rm", str(repo), "--", "make", "test", timeout=1800)
+    took = time.perf_counter() - started
+    assert out.returncode == 0, f"the headline failed:\n{out.stdout[-2000:]}{out.stderr[-2000:]}"
+    claimed = any(line.startswith("✓ claim") for line in out.stdout.splitlines())
+    assert claimed == (env.extra_env.get("BANGER_POOL_SIZE") == ""), out.stdout[-2000:]
+    return took
+
+
+def _pool_ready(env: VmEnv) -> None:
+    deadline = time.monotonic() + 900
+    while (image := env.json("pool", "status")["images"][0])["ready"] < 1:
+        assert image["last_error"] is None, image
+        assert time.monotonic() < deadline, f"the default pool did not fill: {image}"
+        time.sleep(0.5)
+    time.sleep(2)  # its settle is done; let the host's load of that boot pass
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="one boot of each (CI)")
@@ -83,6 +110,17 @@ def main() -> int:
         for i in range(runs):
             for image in IMAGES if i % 2 == 0 else reversed(IMAGES):
                 boots[image].append(_boot_to_ready(env, image, f"b{i}-{len(boots[image])}"))
+        # The headline on the default image: cold (the suite's pool_size 0), then out of
+        # the box (pool_size unset: "auto", 1 VM on a host with 2 CPUs and 8 GiB).
+        repo = make_repo(env.home.root / "repo", passing=True)
+        cold = [_headline(env, repo) for _ in range(runs)]
+        env.stop_daemon()
+        env.extra_env["BANGER_POOL_SIZE"] = ""  # empty counts as unset
+        env.start_daemon()
+        warm = []
+        for _ in range(runs):
+            _pool_ready(env)
+            warm.append(_headline(env, repo))
     med = statistics.median
     print(f"bench dev_image: catalog images built here, boots under QEMU/TCG, median of {runs}")
     for image in IMAGES:
@@ -100,6 +138,11 @@ def main() -> int:
     ratio = med(boots["debian-bookworm"]) / med(boots["debian-bookworm-minimal"])
     verdict = "within" if ratio <= 1.15 else "OVER"
     print(f"  boot-to-ready dev / minimal: x{ratio:.2f} ({verdict} the x1.15 goal)")
+    print(
+        f"  vm run --rm ./repo -- make test (default image, no flags): cold {med(cold):.2f} s,"
+        f" out of the box (the default pool's VM claimed) {med(warm):.2f} s"
+        f" = x{med(warm) / med(cold):.2f} of cold"
+    )
     return 0
 
 
