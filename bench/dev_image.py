@@ -17,8 +17,9 @@ Then the headline as a user types it, `vm run --rm ./repo -- make test` with no 
 the default image (a C program and a Python unittest, tests/e2e/test_default_image.py's
 repository): cold (no pool, as the suite's daemons run), and out of the box (pool_size
 unset, so "auto": one VM of the default image kept ready, claimed by each run; the bench
-waits for the refill before the next). Run: bench/run [--quick] (or `.venv/bin/python -m bench.dev_image
---runs N`).
+waits for the refill before the next).
+
+Run: bench/run [--quick] (or `.venv/bin/python -m bench.dev_image --runs N`).
 """
 
 from __future__ import annotations
