@@ -9,6 +9,8 @@ from __future__ import annotations
 import collections
 import contextlib
 import io
+import os
+import signal
 import subprocess
 import tarfile
 import threading
@@ -33,7 +35,11 @@ class LocalSession:
         self.argv = argv
         self.timeout_s = timeout_s
         self.proc = subprocess.Popen(
-            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # killed as a group, as the agent kills a command
         )
         self._events: collections.deque[tuple[str, bytes]] = collections.deque()
         self._cond = threading.Condition()
@@ -90,8 +96,8 @@ class LocalSession:
         with self._cond:
             self.closed = True
             self._cond.notify_all()
-        if self.proc.poll() is None:
-            self.proc.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)  # sh's children too (`sh -c yes`)
         self.proc.wait()
 
     def __enter__(self) -> LocalSession:
