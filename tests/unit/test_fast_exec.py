@@ -23,6 +23,7 @@ from banger.guest.exec_frames import Kind
 from banger.host import buildinfo
 from banger.host.paths import Layout
 from banger.host.runtime_dir import socket_path
+from banger.model import api_types
 from banger.model.api_types import ExecRequest, to_body
 
 
@@ -108,6 +109,7 @@ def test_wire_constants_are_exec_frames() -> None:
     )
     assert fast_exec.PROTOCOL == exec_session.PROTOCOL
     assert fast_exec.KILL_AFTER_S == KILL_AFTER_S
+    assert fast_exec.EXIT_TIMED_OUT == api_types.EXIT_TIMED_OUT
     pairs = {
         fast_exec.STDIN: Kind.STDIN,
         fast_exec.STDIN_EOF: Kind.STDIN_EOF,

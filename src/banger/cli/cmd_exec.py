@@ -34,7 +34,6 @@ if TYPE_CHECKING:
 
 #: A second Ctrl-C within this many seconds of the first kills the command.
 KILL_AFTER_S = 2.0
-EXIT_TIMED_OUT = 124
 EXIT_NOT_EXECUTABLE = 126
 EXIT_NOT_FOUND = 127
 _PLAIN_WORD = re.compile(r"[A-Za-z0-9_./:+@%,=-]+")
@@ -50,11 +49,9 @@ def command_argv(words: Sequence[str]) -> list[str]:
 
 
 def exit_status(result: ExecResult) -> int:
-    if result.timed_out:
-        return EXIT_TIMED_OUT
-    if result.signal is not None:
-        return 128 + result.signal
-    return result.exit_code if result.exit_code is not None else 1
+    from banger.model.api_types import exit_status
+
+    return exit_status(result, unknown=1)
 
 
 def parse_env(pairs: Sequence[str]) -> dict[str, str]:

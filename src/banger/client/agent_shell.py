@@ -21,6 +21,7 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar, cast
 from banger.client.exec_session import STDOUT, ExecSession
 from banger.errors import AgentUnavailable, Timeout
 from banger.host.runner import STDERR_TAIL_CHARS, Result
+from banger.model.api_types import exit_status
 from banger.workspace import TRANSFER_TIMEOUT_S, GuestShell, ssh_shell
 
 if TYPE_CHECKING:
@@ -60,9 +61,15 @@ class _Output:
     behind the stdin being written): stdout to ``sink`` (or dropped), the tail of
     stderr kept."""
 
-    def __init__(self, session: ExecSession, sink: Callable[[bytes], None] | None) -> None:
+    def __init__(
+        self,
+        session: ExecSession,
+        sink: Callable[[bytes], None] | None,
+        on_end: Callable[[], None] | None = None,
+    ) -> None:
         self._session = session
         self._sink = sink
+        self._on_end = on_end
         self.stderr = bytearray()
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._pump, name="banger-shell", daemon=True)
@@ -79,6 +86,9 @@ class _Output:
                     del self.stderr[:-STDERR_TAIL_CHARS]
         except BaseException as exc:  # noqa: BLE001 - re-raised by the caller's thread
             self.error = exc
+        finally:
+            if self._on_end is not None:
+                self._on_end()
 
     def join(self) -> None:
         self._thread.join()
@@ -142,19 +152,11 @@ class AgentShell:
             session.close_stdin()
             r, w = os.pipe()
             with os.fdopen(r, "rb") as stream:
-                try:
-                    output = _Output(session, lambda data: _write_all(w, data))
-                    output_closes_w = threading.Thread(
-                        target=_close_after, args=(output, w), daemon=True
-                    )
-                    output_closes_w.start()
-                except BaseException:
-                    os.close(w)
-                    raise
+                # The pump closes the write end when the output ends: ``read`` sees EOF.
+                output = _Output(session, lambda data: _write_all(w, data), lambda: os.close(w))
                 value = read(stream)
                 while stream.read(1 << 16):  # what read() left: the guest finishes writing
                     pass
-                output_closes_w.join()
             output.join()
             return value, self._result(script, session, output)
 
@@ -193,9 +195,8 @@ class AgentShell:
         ended = session.wait()
         if ended.timed_out:
             raise Timeout(f"the guest did not finish within the time limit ({self.name})")
-        code = ended.exit_code if ended.exit_code is not None else 128 + (ended.signal or 0)
         argv = ("banger", "vm", "exec", self.name, "--", "sh", "-c", script)
-        return Result(argv, code, b"", bytes(output.stderr[-STDERR_TAIL_CHARS:]))
+        return Result(argv, exit_status(ended, unknown=1), b"", bytes(output.stderr))
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -205,9 +206,3 @@ def _write_all(fd: int, data: bytes) -> None:
             view = view[os.write(fd, view) :]
         except BrokenPipeError:
             return  # the reader is gone: the rest is dropped
-
-
-def _close_after(output: _Output, fd: int) -> None:
-    with contextlib.suppress(BaseException):
-        output.join()
-    os.close(fd)

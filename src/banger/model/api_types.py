@@ -365,6 +365,10 @@ class ExecRequest(Record):
     timeout_s: float | None = None
 
 
+#: The exit status of a command the guest killed at its time limit (as timeout(1)).
+EXIT_TIMED_OUT = 124
+
+
 class ExecResult(Record):
     """How a command run with ``vms.exec`` ended: its exit code, or the signal that
     ended it; ``timed_out`` when the guest killed it at ``timeout_s``."""
@@ -372,6 +376,16 @@ class ExecResult(Record):
     exit_code: int | None
     signal: int | None
     timed_out: bool = False
+
+
+def exit_status(result: ExecResult, *, unknown: int) -> int:
+    """The one number a caller checks: the exit code, 128+N for signal N, 124 when it
+    timed out; ``unknown`` when the reply names neither code nor signal."""
+    if result.timed_out:
+        return EXIT_TIMED_OUT
+    if result.signal is not None:
+        return 128 + result.signal
+    return result.exit_code if result.exit_code is not None else unknown
 
 
 class ImageRegisterRequest(Record):

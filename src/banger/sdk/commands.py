@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from banger.errors import CommandExitError, InvalidArgument, Timeout
+from banger.model import api_types
+from banger.model.api_types import EXIT_TIMED_OUT  # noqa: F401 - the SDK says `exit_code` 124 by it
 
 if TYPE_CHECKING:
     from banger.client.exec_session import ExecSession
     from banger.model.api_types import ExecResult
 
-#: What ``exit_code`` says for a command ``timeout`` ended (as coreutils' timeout(1)).
-EXIT_TIMED_OUT = 124
 #: How much of stderr the error of ``check()`` carries.
 CHECK_DETAIL_CHARS = 2000
 
@@ -80,11 +80,7 @@ def to_argv(cmd: Command) -> list[str]:
 
 def exit_status(result: ExecResult) -> int:
     """The one number a caller checks: the exit code, 128+N for signal N, 124 timed out."""
-    if result.timed_out:
-        return EXIT_TIMED_OUT
-    if result.signal is not None:
-        return 128 + result.signal
-    return result.exit_code if result.exit_code is not None else 128 + signals.SIGKILL
+    return api_types.exit_status(result, unknown=128 + signals.SIGKILL)
 
 
 def command_result(result: ExecResult, out: Collector, err: Collector) -> CommandResult:
