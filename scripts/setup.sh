@@ -52,6 +52,11 @@ sync_args=(--frozen --reinstall-package banger)
 # `banger mcp` needs the optional `mcp` extra; the dev setup (and so CI) tests it.
 [ "$mcp" = 1 ] && sync_args+=(--extra mcp)
 UV_PROJECT_ENVIRONMENT=.venv .venv/bin/uv sync -q "${sync_args[@]}"
+# Python 3.11's venv seeds setuptools, which nothing here needs and uv leaves in place: its
+# distutils-precedence.pth runs at every interpreter start, ~0.3 ms of each CLI call.
+if compgen -G ".venv/lib/python3*/site-packages/distutils-precedence.pth" >/dev/null; then
+    .venv/bin/uv pip uninstall -q --python .venv/bin/python setuptools
+fi
 
 mkdir -p "$HOME/.local/bin"
 for tool in banger bangerd; do
